@@ -1,0 +1,22 @@
+"""shardann: a sharded IVF-PQ approximate-nearest-neighbour index.
+
+The core (this package's top level) runs in one Python process with no Ray;
+``shardann.distributed`` and ``shardann.service`` add Ray.
+"""
+
+from .errors import (
+    CommitConflictError, CorruptIndexError, NotTrainedError, ShardannError,
+    ShardUnavailableError,
+)
+from .index import FlatIndex, IVFFlatIndex, IVFPQIndex, brute_force_knn, open_index
+from .kmeans import KMeans
+from .pq import OPQ, ProductQuantizer
+from .results import merge_results
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CommitConflictError", "CorruptIndexError", "FlatIndex", "IVFFlatIndex", "IVFPQIndex",
+    "KMeans", "NotTrainedError", "OPQ", "ProductQuantizer", "ShardUnavailableError",
+    "ShardannError", "brute_force_knn", "merge_results", "open_index",
+]

@@ -1,0 +1,170 @@
+"""Inverted-list scans: IVF-Flat exact scan and IVF-PQ ADC scan with a top-k heap.
+
+Lists live in one row-major slab: list ``l`` occupies rows
+``[list_start[l], list_start[l] + list_size[l])`` of ``ids`` / ``codes`` /
+``vectors``. Each query visits its probed lists (``probes``, -1 = skip) and
+keeps the ``k`` smallest keys with their slab row positions.
+
+Serial and parallel (``prange`` over queries) variants are compiled from one
+body. Scans avoid ``fastmath`` so every variant sums in the same order and the
+results of one shard, N shards and the local index agree bit for bit.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .distances import exact_key
+from .pq import unpack_one
+from .topk import heap_init, heap_replace_top, heap_sort_into
+
+# ADC table modes
+MODE_L2_PRECOMPUTED = 0  # table = list_terms[list] + qlut[q]; dis0 = |q - c|^2
+MODE_IP = 1  # table = qlut[q]; dis0 = -<q, c>
+MODE_L2_RESIDUAL = 2  # table = |(q - c)_m - codeword|^2 built per (query, list)
+
+
+@njit(inline="always")
+def _offer(hd, hi, hid, k, s, r, ident):
+    if s < hd[0] or (s == hd[0] and ident < hid[0]):
+        heap_replace_top(hd, hi, hid, k, s, r, ident)
+
+
+def _ivfflat_body(queries, probes, vectors, ids, list_start, list_size, k, ip,
+                  out_d, out_pos):
+    nq, nprobe = probes.shape
+    for q in prange(nq):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        hid = np.empty(k, np.int64)
+        heap_init(hd, hi, hid)
+        for p in range(nprobe):
+            lst = probes[q, p]
+            if lst < 0:
+                continue
+            start = list_start[lst]
+            for r in range(start, start + list_size[lst]):
+                s = exact_key(queries[q], vectors[r], ip)
+                _offer(hd, hi, hid, k, s, r, ids[r])
+        heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
+
+
+ivfflat_scan_serial = njit(cache=True)(_ivfflat_body)
+ivfflat_scan_parallel = njit(cache=True, parallel=True)(_ivfflat_body)
+
+
+@njit(inline="always")
+def _byte_tables(L, nbits, code_size, T):
+    # Fold the sub-quantizer tables that share a code byte into one
+    # 256-entry table per byte (nbits divides 8), so the scan does one lookup
+    # per byte: 4-bit codes read two sub-quantizers per lookup.
+    M = L.shape[0]
+    per = 8 // nbits
+    mask = (1 << nbits) - 1
+    for j in range(code_size):
+        for b in range(256):
+            s = np.float32(0.0)
+            for u in range(per):
+                m = j * per + u
+                if m < M:
+                    s += L[m, (b >> (u * nbits)) & mask]
+            T[j, b] = s
+
+
+@njit(inline="always")
+def _residual_table(query, centroid, codebooks, L):
+    M, ksub, dsub = codebooks.shape
+    for m in range(M):
+        for j in range(ksub):
+            s = np.float32(0.0)
+            for t in range(dsub):
+                u = query[m * dsub + t] - centroid[m * dsub + t] - codebooks[m, j, t]
+                s += u * u
+            L[m, j] = s
+
+
+def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
+                k, nbits, mode, queries, centroids, codebooks, out_d, out_pos):
+    nq, nprobe = probes.shape
+    M = qlut.shape[1]
+    ksub = qlut.shape[2]
+    code_size = codes.shape[1]
+    bytewise = (8 % nbits) == 0
+    mask = np.uint32((1 << nbits) - 1)
+    for q in prange(nq):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        hid = np.empty(k, np.int64)
+        heap_init(hd, hi, hid)
+        L = np.empty((M, ksub), np.float32)
+        T = np.empty((code_size, 256), np.float32)
+        have_table = False
+        for p in range(nprobe):
+            lst = probes[q, p]
+            if lst < 0 or list_size[lst] == 0:
+                continue
+            if mode == MODE_L2_PRECOMPUTED:
+                for m in range(M):
+                    for j in range(ksub):
+                        L[m, j] = list_terms[lst, m, j] + qlut[q, m, j]
+            elif mode == MODE_L2_RESIDUAL:
+                _residual_table(queries[q], centroids[lst], codebooks, L)
+            elif not have_table:  # MODE_IP: the table does not depend on the list
+                for m in range(M):
+                    for j in range(ksub):
+                        L[m, j] = qlut[q, m, j]
+            if bytewise and nbits != 8 and not (mode == MODE_IP and have_table):
+                _byte_tables(L, nbits, code_size, T)
+            have_table = True
+            base = dis0[q, p]
+            start = list_start[lst]
+            end = start + list_size[lst]
+            if nbits == 8:
+                for r in range(start, end):
+                    s = base
+                    for j in range(code_size):
+                        s += L[j, codes[r, j]]
+                    _offer(hd, hi, hid, k, s, r, ids[r])
+            elif bytewise:
+                for r in range(start, end):
+                    s = base
+                    for j in range(code_size):
+                        s += T[j, codes[r, j]]
+                    _offer(hd, hi, hid, k, s, r, ids[r])
+            else:
+                for r in range(start, end):
+                    s = base
+                    for m in range(M):
+                        s += L[m, unpack_one(codes[r], m, nbits, mask)]
+                    _offer(hd, hi, hid, k, s, r, ids[r])
+        heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
+
+
+ivfpq_scan_serial = njit(cache=True)(_ivfpq_body)
+ivfpq_scan_parallel = njit(cache=True, parallel=True)(_ivfpq_body)
+
+
+@njit(cache=True)
+def gathered_keys(queries, gathered, valid, ip):
+    """Exact keys of each query against its own candidate rows.
+
+    queries : float32 (nq, d); gathered : float32 (nq, c, d) candidate vectors;
+    valid : bool (nq, c). Returns float32 (nq, c), +inf where not valid.
+    """
+    nq, c, _ = gathered.shape
+    out = np.empty((nq, c), np.float32)
+    for q in range(nq):
+        for j in range(c):
+            if valid[q, j]:
+                out[q, j] = exact_key(queries[q], gathered[q, j], ip)
+            else:
+                out[q, j] = np.inf
+    return out
+
+
+@njit(cache=True)
+def scatter_rows(dst, dst_rows, src):
+    """dst[dst_rows[i]] = src[i] for 2-D arrays (append into the list slab)."""
+    for i in range(src.shape[0]):
+        r = dst_rows[i]
+        for j in range(src.shape[1]):
+            dst[r, j] = src[i, j]

@@ -1,0 +1,104 @@
+"""Bounded max-heaps keyed by (distance, id) and row-wise top-k selection."""
+
+import numpy as np
+from numba import njit
+
+
+@njit(inline="always")
+def _worse(d1, i1, d2, i2):
+    # (d1, i1) ranks after (d2, i2): larger key, or equal key and larger id.
+    return d1 > d2 or (d1 == d2 and i1 > i2)
+
+
+@njit(cache=True)
+def heap_replace_top(hd, hi, hid, k, d, i, ident):
+    """Replace the worst element of a full max-heap of size ``k`` and sift down.
+
+    ``hd``/``hi`` hold keys and payloads (row positions), ``hid`` the ids used
+    to break ties (``ident`` is the id of the new element).
+    """
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= k:
+            break
+        right = left + 1
+        child = left
+        if right < k and _worse(hd[right], hid[right], hd[left], hid[left]):
+            child = right
+        if _worse(hd[child], hid[child], d, ident):
+            hd[pos] = hd[child]
+            hi[pos] = hi[child]
+            hid[pos] = hid[child]
+            pos = child
+        else:
+            break
+    hd[pos] = d
+    hi[pos] = i
+    hid[pos] = ident
+
+
+@njit(cache=True)
+def heap_push(hd, hi, hid, k, d, i, ident):
+    """Offer (d, ident) with payload ``i`` to a max-heap holding the ``k`` best.
+
+    A heap starts filled with (+inf, -1, int64 max) sentinels, so it is
+    always "full" and the root is the current worst kept element.
+    """
+    if _worse(d, ident, hd[0], hid[0]):
+        return
+    heap_replace_top(hd, hi, hid, k, d, i, ident)
+
+
+@njit(cache=True)
+def heap_init(hd, hi, hid):
+    """Fill a heap with sentinels: key +inf, payload -1, id int64 max."""
+    for j in range(hd.shape[0]):
+        hd[j] = np.inf
+        hi[j] = -1
+        hid[j] = np.iinfo(np.int64).max
+
+
+@njit(cache=True)
+def heap_sort_into(hd, hi, hid, out_d, out_i):
+    """Write heap contents best-first into ``out_d``/``out_i`` (payloads).
+
+    The heap is consumed. Sentinel entries come out as (+inf, -1).
+    """
+    k = hd.shape[0]
+    n = k
+    while n > 0:
+        # root is worst: move it to the back
+        out_d[n - 1] = hd[0]
+        out_i[n - 1] = hi[0]
+        n -= 1
+        if n == 0:
+            break
+        d = hd[n]
+        i = hi[n]
+        ident = hid[n]
+        heap_replace_top(hd, hi, hid, n, d, i, ident)
+
+
+@njit(cache=True)
+def topk_rows(dist, ids, k, out_d, out_i):
+    """Row-wise k smallest of a distance block.
+
+    Parameters
+    ----------
+    dist : float32 (nq, n) keys (smaller is better).
+    ids : int64 (nq, n) id of each entry (a broadcast view is fine); ties
+        break by smaller id.
+    k : int, number kept per row.
+    out_d : float32 (nq, k), out_i : int64 (nq, k) results (ids), best first,
+        padded with (+inf, -1).
+    """
+    nq, n = dist.shape
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    hid = np.empty(k, np.int64)
+    for q in range(nq):
+        heap_init(hd, hi, hid)
+        for j in range(n):
+            heap_push(hd, hi, hid, k, dist[q, j], ids[q, j], ids[q, j])
+        heap_sort_into(hd, hi, hid, out_d[q], out_i[q])

@@ -1,0 +1,1 @@
+"""Datasets and benchmarks (recall/QPS against FAISS)."""

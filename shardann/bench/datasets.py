@@ -1,0 +1,85 @@
+"""Structured synthetic data and the standard ANN file formats.
+
+Random Gaussian vectors are a poor test of an ANN index (every point is about
+equally far from every other). :func:`synthetic` makes data with structure like
+real embeddings: a low-dimensional latent mixture mapped non-linearly into
+``d`` dimensions, plus a little noise.
+"""
+
+import os
+
+import numpy as np
+
+from .._validation import check_int
+
+
+def synthetic(n, d, *, intrinsic_dim=16, n_clusters=64, noise=0.05, seed=0, dtype=np.float32):
+    """``n`` float32 vectors of dimension ``d`` on a curved low-dimensional manifold.
+
+    The same ``seed`` always gives the same manifold, so a database and a query
+    set drawn with different ``offset`` rows of one call, or with
+    :func:`synthetic_split`, share structure.
+    """
+    n = check_int("n", n, low=0)
+    d = check_int("d", d, low=1)
+    rng = np.random.default_rng(seed)
+    di = min(intrinsic_dim, d)
+    centers = rng.standard_normal((n_clusters, di)) * 2.0
+    A = rng.standard_normal((di, d)) / np.sqrt(di)
+    B = rng.standard_normal((d, d)) / np.sqrt(d)
+    out = np.empty((n, d), dtype)
+    block = 65536
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        brng = np.random.default_rng([seed, s])
+        z = centers[brng.integers(0, n_clusters, e - s)] + brng.standard_normal((e - s, di))
+        h = np.tanh(z @ A) + 0.3 * np.sin(2.0 * (z @ A))
+        out[s:e] = h @ B + noise * brng.standard_normal((e - s, d))
+    return out
+
+
+def synthetic_split(nb, nq, d, *, nt=0, seed=0, **kwargs):
+    """Database, queries and (optionally) a training set from one manifold.
+
+    Returns ``(xb, xq)`` or ``(xb, xq, xt)`` when ``nt > 0``; float32.
+    """
+    x = synthetic(nb + nq + nt, d, seed=seed, **kwargs)
+    xb, xq, xt = x[:nb], x[nb:nb + nq], x[nb + nq:]
+    return (xb, xq, xt) if nt else (xb, xq)
+
+
+def read_vectors(path, mmap=True):
+    """Read ``.npy`` (memory-mapped), ``.fvecs``, ``.bvecs`` or ``.ivecs``.
+
+    Returns an (n, d) array: float32 for npy/fvecs, uint8 for bvecs, int32 for ivecs.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        return np.load(path, mmap_mode="r" if mmap else None)
+    if ext in (".fvecs", ".ivecs", ".bvecs"):
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size < 4:
+            raise ValueError(f"{path}: empty or truncated {ext} file")
+        d = int(raw[:4].view(np.int32)[0])
+        item = 1 if ext == ".bvecs" else 4
+        row = 4 + d * item
+        if d <= 0 or raw.size % row:
+            raise ValueError(f"{path}: size {raw.size} is not a multiple of the row size "
+                             f"{row} implied by d={d}; truncated or not a {ext} file")
+        rows = raw.reshape(-1, row)
+        if not (rows[:, :4].view(np.int32) == d).all():
+            raise ValueError(f"{path}: rows of different dimensions")
+        dtype = {".fvecs": np.float32, ".ivecs": np.int32, ".bvecs": np.uint8}[ext]
+        return np.ascontiguousarray(rows[:, 4:]).view(dtype)
+    raise ValueError(f"{path}: unsupported extension {ext!r} (.npy, .fvecs, .bvecs, .ivecs)")
+
+
+def write_fvecs(path, x):
+    """Write float32 (n, d) ``x`` in the .fvecs format."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    rows = np.empty((n, d + 1), np.float32)
+    rows[:, 0] = np.array([d], np.int32).view(np.float32)[0]
+    rows[:, 1:] = x
+    rows.tofile(path)

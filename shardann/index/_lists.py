@@ -1,0 +1,164 @@
+"""Inverted lists held in one slab of rows, scanned in place by the kernels.
+
+List ``l`` occupies rows ``[start[l], start[l] + size[l])`` of ``ids`` and of
+each payload column (``codes``, ``vectors``), with room up to ``cap[l]``
+rows. A list that outgrows its room moves to the end of the slab with twice
+the room, so appends are amortised O(1) per row and the kernels never need a
+per-list Python object. Rows that hold no live vector carry id ``-1``.
+"""
+
+import numpy as np
+
+_MIN_SLAB = 1024
+
+
+class InvertedLists:
+    """``nlist`` lists of (id, payload columns) rows.
+
+    Parameters
+    ----------
+    nlist : int.
+    columns : dict name -> (width, dtype), e.g. ``{"codes": (16, np.uint8)}``.
+    """
+
+    def __init__(self, nlist, columns):
+        self.nlist = int(nlist)
+        self.columns = {k: (int(w), np.dtype(t)) for k, (w, t) in columns.items()}
+        self.start = np.zeros(self.nlist, np.int64)
+        self.size = np.zeros(self.nlist, np.int64)
+        self.cap = np.zeros(self.nlist, np.int64)
+        self.used = 0
+        self.ids = np.full(0, -1, np.int64)
+        self.data = {k: np.empty((0, w), t) for k, (w, t) in self.columns.items()}
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def from_sorted(cls, nlist, columns, list_sizes, ids, data):
+        """Wrap rows already grouped by list (list 0 first) without copying."""
+        lists = cls(nlist, columns)
+        sizes = np.asarray(list_sizes, np.int64)
+        lists.size = sizes.copy()
+        lists.cap = sizes.copy()
+        lists.start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        lists.used = int(sizes.sum())
+        lists.ids = ids
+        lists.data = dict(data)
+        return lists
+
+    @property
+    def ntotal(self):
+        return int(self.size.sum())
+
+    def _reserve(self, extra):
+        need = self.used + extra
+        if need <= self.ids.shape[0]:
+            return
+        new = max(need, 2 * self.ids.shape[0], _MIN_SLAB)
+        ids = np.full(new, -1, np.int64)
+        ids[: self.used] = self.ids[: self.used]
+        self.ids = ids
+        for k, arr in self.data.items():
+            grown = np.zeros((new, arr.shape[1]), arr.dtype)
+            grown[: self.used] = arr[: self.used]
+            self.data[k] = grown
+
+    def _move(self, lst, new_cap):
+        s, n = self.start[lst], self.size[lst]
+        dst = self.used
+        self.ids[dst:dst + n] = self.ids[s:s + n]
+        self.ids[s:s + n] = -1
+        for arr in self.data.values():
+            arr[dst:dst + n] = arr[s:s + n]
+        self.start[lst] = dst
+        self.cap[lst] = new_cap
+        self.used += new_cap
+
+    # -- mutation ------------------------------------------------------------
+    def add(self, list_no, ids, **cols):
+        """Append rows: ``list_no`` int64 (n,), ``ids`` int64 (n,), and one
+        array (n, width) per payload column."""
+        n = len(ids)
+        if n == 0:
+            return
+        if set(cols) != set(self.columns):
+            raise ValueError(f"columns {sorted(cols)} given; expected {sorted(self.columns)}")
+        order = np.argsort(list_no, kind="stable")
+        sorted_lists = list_no[order]
+        counts = np.bincount(list_no, minlength=self.nlist)
+        touched = np.flatnonzero(counts)
+        need = self.size[touched] + counts[touched]
+        grow = touched[need > self.cap[touched]]
+        if grow.size:
+            new_caps = np.maximum(self.size[grow] + counts[grow], 2 * self.cap[grow])
+            self._reserve(int(new_caps.sum()))
+            for lst, c in zip(grow.tolist(), new_caps.tolist()):
+                self._move(lst, c)
+        group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(n) - group_start[sorted_lists]
+        dest = self.start[sorted_lists] + self.size[sorted_lists] + rank
+        self.ids[dest] = ids[order]
+        for k, arr in cols.items():
+            self.data[k][dest] = arr[order]
+        self.size[touched] += counts[touched]
+        if self.used > 2 * max(self.ntotal, _MIN_SLAB):
+            self.compact()
+
+    def remove(self, positions):
+        """Drop the rows at slab ``positions`` (int64, live rows), keeping list order."""
+        if len(positions) == 0:
+            return
+        positions = np.unique(positions)
+        owner = self.owners(positions)
+        for lst in np.unique(owner).tolist():
+            s, n = self.start[lst], self.size[lst]
+            dead = positions[owner == lst] - s
+            keep = np.ones(n, bool)
+            keep[dead] = False
+            nk = int(keep.sum())
+            self.ids[s:s + nk] = self.ids[s:s + n][keep]
+            self.ids[s + nk:s + n] = -1
+            for arr in self.data.values():
+                arr[s:s + nk] = arr[s:s + n][keep]
+            self.size[lst] = nk
+
+    def compact(self):
+        """Rewrite the slab so lists are contiguous, in list order, with no slack."""
+        rows = self.live_rows()
+        self.ids = self.ids[rows]
+        for k in self.data:
+            self.data[k] = self.data[k][rows]
+        self.cap = self.size.copy()
+        self.start = np.concatenate([[0], np.cumsum(self.size)[:-1]]).astype(np.int64)
+        self.used = int(self.size.sum())
+
+    # -- reading -------------------------------------------------------------
+    def live_rows(self):
+        """Slab positions of every live row, grouped by list in list order."""
+        if self.ntotal == 0:
+            return np.zeros(0, np.int64)
+        idx = np.repeat(self.start - np.concatenate([[0], np.cumsum(self.size)[:-1]]),
+                        self.size)
+        return np.arange(self.ntotal, dtype=np.int64) + idx
+
+    def list_of_rows(self):
+        """List number of each row of :meth:`live_rows`."""
+        return np.repeat(np.arange(self.nlist, dtype=np.int64), self.size)
+
+    def get_list(self, lst):
+        """(ids, {column: rows}) views of one list."""
+        s, n = self.start[lst], self.size[lst]
+        return self.ids[s:s + n], {k: v[s:s + n] for k, v in self.data.items()}
+
+    def nbytes(self):
+        return self.ids[: self.used].nbytes + sum(a[: self.used].nbytes for a in self.data.values())
+
+    def owners(self, positions):
+        """List number owning each live slab position, int64."""
+        live = np.flatnonzero(self.size > 0)  # empty lists may share a start
+        by_start = live[np.argsort(self.start[live], kind="stable")]
+        return by_start[np.searchsorted(self.start[by_start], positions, side="right") - 1]
+
+    def packed(self):
+        """(list_sizes, ids, {column: rows}) with rows grouped by list, no slack."""
+        rows = self.live_rows()
+        return self.size.copy(), self.ids[rows], {k: v[rows] for k, v in self.data.items()}

@@ -1,0 +1,196 @@
+"""What every single-process index shares: parameters, validation, ids,
+search plumbing, reconstruct and remove."""
+
+import logging
+
+import numpy as np
+
+from .._validation import as_id_array, as_ids, as_vectors, check_int, check_search_args
+from ..errors import NotTrainedError
+from ..metric import check_metric, keys_to_distances, normalize_rows
+from ..results import empty_results
+
+logger = logging.getLogger(__name__)
+
+
+class BaseIndex:
+    """Base class: ``d``, ``metric``, ids and the public method contracts.
+
+    Subclasses provide ``_lists`` (an :class:`~shardann.index._lists.InvertedLists`),
+    ``_encode_rows`` (prepared vectors -> list numbers and payload columns),
+    ``_search_keys`` and ``_decode_rows``.
+    """
+
+    kind = "base"
+
+    def __init__(self, d, metric="l2"):
+        self.d = check_int("d", d, low=1)
+        self.metric = check_metric(metric)
+        self._lists = None
+        self._sorted_ids = np.zeros(0, np.int64)
+        self._posmap = None  # (sorted ids, slab positions), rebuilt after mutations
+
+    # -- state -----------------------------------------------------------------
+    @property
+    def is_trained(self):
+        return True
+
+    @property
+    def ntotal(self):
+        return 0 if self._lists is None else self._lists.ntotal
+
+    def __len__(self):
+        return self.ntotal
+
+    def _require_trained(self, what):
+        if not self.is_trained:
+            raise NotTrainedError(
+                f"{type(self).__name__}.{what} needs a trained index; call train(x) first")
+
+    def _prepare(self, x, name="x", *, allow_empty=True):
+        """Validate user vectors and map them into the space the index stores
+        (normalised for cosine, rotated by OPQ where used)."""
+        x = as_vectors(x, self.d, name, allow_empty=allow_empty)
+        if self.metric == "cosine":
+            x = normalize_rows(x.copy())
+        return self._transform(x)
+
+    def _transform(self, x):
+        return x
+
+    # -- add / remove ----------------------------------------------------------
+    def add(self, x, ids=None):
+        """Add float32 (n, d) vectors with int64 (n,) ids.
+
+        ``ids`` default to consecutive integers after the largest id so far
+        (0..n-1 for a fresh index). Ids must be unique within the index.
+        Returns the int64 ids that were added.
+        """
+        self._require_trained("add")
+        x = self._prepare(x)
+        n = x.shape[0]
+        if ids is None:
+            first = int(self._sorted_ids[-1]) + 1 if self._sorted_ids.size else 0
+            ids = np.arange(first, first + n, dtype=np.int64)
+        else:
+            ids = as_ids(ids, n)
+            if self._sorted_ids.size and n:
+                at = np.searchsorted(self._sorted_ids, ids)
+                hit = at < self._sorted_ids.size
+                hit[hit] = self._sorted_ids[at[hit]] == ids[hit]
+                if hit.any():
+                    raise ValueError(
+                        f"ids already in the index, e.g. {int(ids[hit][0])} "
+                        f"({int(hit.sum())} of {n}); remove them first to replace them")
+        if n == 0:
+            return ids
+        list_no, cols = self._encode_rows(x)
+        self._lists.add(list_no, ids, **cols)
+        # two sorted runs: the stable sort (timsort) merges them in linear time
+        self._sorted_ids = np.sort(np.concatenate([self._sorted_ids, np.sort(ids)]),
+                                   kind="stable")
+        self._posmap = None
+        self._on_mutation()
+        return ids
+
+    def remove_ids(self, ids):
+        """Remove the vectors with these ids; unknown ids are ignored.
+
+        Returns the number of vectors removed.
+        """
+        ids = as_id_array(ids)
+        found, pos = self._lookup(ids)
+        if not found.any():
+            return 0
+        self._lists.remove(pos[found])
+        gone = np.unique(ids[found])
+        self._sorted_ids = self._sorted_ids[~np.isin(self._sorted_ids, gone)]
+        self._posmap = None
+        self._on_mutation()
+        return int(gone.size)
+
+    def _on_mutation(self):
+        pass
+
+    def _lookup(self, ids):
+        """(found bool (n,), slab position int64 (n,)) of each id."""
+        if self._posmap is None:
+            rows = self._lists.live_rows() if self._lists is not None else np.zeros(0, np.int64)
+            live_ids = self._lists.ids[rows] if rows.size else np.zeros(0, np.int64)
+            order = np.argsort(live_ids, kind="stable")
+            self._posmap = (live_ids[order], rows[order])
+        sids, spos = self._posmap
+        if sids.size == 0:
+            return np.zeros(len(ids), bool), np.full(len(ids), -1, np.int64)
+        at = np.minimum(np.searchsorted(sids, ids), sids.size - 1)
+        found = sids[at] == ids
+        return found, np.where(found, spos[at], -1)
+
+    # -- reconstruct -----------------------------------------------------------
+    def reconstruct(self, ids):
+        """Stored (or decoded) vector(s) for ``ids``.
+
+        A scalar id gives float32 (d,), an array of ids float32 (n, d). Raises
+        ``KeyError`` naming the first id not in the index. For cosine the
+        stored vectors are unit-normalised; IVF-PQ without kept vectors
+        returns the quantized approximation.
+        """
+        scalar = np.ndim(ids) == 0
+        arr = as_id_array(ids)
+        found, pos = self._lookup(arr)
+        if not found.all():
+            raise KeyError(f"id {int(arr[~found][0])} is not in the index")
+        out = self._decode_rows(pos)
+        return out[0] if scalar else out
+
+    # -- search ----------------------------------------------------------------
+    def search(self, queries, k=10, **kwargs):
+        """k nearest neighbours of each query.
+
+        Returns ``(D, I)``: float32 and int64 arrays of shape (nq, k), best
+        first; D is the squared L2 distance (l2) or the similarity (ip,
+        cosine); rows with fewer than k hits are padded with ``+inf``/``-inf``
+        and id -1.
+        """
+        self._require_trained("search")
+        k, nprobe, refine_factor = self._check_search(k, **kwargs)
+        q = self._prepare(queries, "queries")
+        if q.shape[0] == 0 or self.ntotal == 0:
+            return empty_results(q.shape[0], k, self.metric)
+        keys, ids = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor)
+        return keys_to_distances(keys, self.metric), ids
+
+    def _check_search(self, k, refine_factor=0):
+        k, _, refine_factor = check_search_args(k, refine_factor=refine_factor)
+        return k, None, refine_factor
+
+    # -- persistence -------------------------------------------------------------
+    def get_config(self):
+        """Constructor arguments that rebuild an untrained twin of this index."""
+        return {"d": self.d, "metric": self.metric}
+
+    def _trained_arrays(self):
+        """Trained model arrays (centroids, codebooks, rotation), by name."""
+        return {}
+
+    def _set_trained_arrays(self, arrays):
+        pass
+
+    def _set_lists(self, list_sizes, ids, data):
+        """Install lists already grouped by list (zero-copy where possible)."""
+        from ._lists import InvertedLists
+        self._lists = InvertedLists.from_sorted(
+            self._lists.nlist, self._lists.columns, list_sizes, ids, data)
+        self._sorted_ids = np.sort(ids)
+        self._posmap = None
+        self._on_mutation()
+
+    def save(self, path):
+        """Write the index to directory ``path`` (replaced atomically)."""
+        from .serialize import save_index
+        save_index(self, path)
+
+    # -- description -------------------------------------------------------------
+    def __repr__(self):
+        return (f"{type(self).__name__}(d={self.d}, metric={self.metric!r}, "
+                f"ntotal={self.ntotal}, is_trained={self.is_trained})")

@@ -1,0 +1,399 @@
+"""Inverted-file indexes: IVF-Flat and IVF-PQ (with optional OPQ and refine)."""
+
+import logging
+
+import numba
+import numpy as np
+
+from .._kernels.ivf import (
+    MODE_IP, MODE_L2_PRECOMPUTED, MODE_L2_RESIDUAL, gathered_keys,
+    ivfflat_scan_parallel, ivfflat_scan_serial, ivfpq_scan_parallel, ivfpq_scan_serial,
+)
+from .._kernels.pq import pq_dot_tables
+from .._kernels.topk import topk_rows
+from .._validation import as_vectors, check_choice, check_int, check_search_args
+from ..kmeans import KMeans, nearest_centroids
+from ..metric import normalize_rows, uses_ip
+from ..pq import OPQ, ProductQuantizer
+from ._lists import InvertedLists
+from .base import BaseIndex
+
+logger = logging.getLogger(__name__)
+
+_PRECOMPUTE_MAX_BYTES = 256 << 20
+
+
+def _parallel(nq):
+    return nq > 1 and numba.get_num_threads() > 1
+
+
+def coarse_probe(q, centroids, cnorms, nprobe, ip):
+    """The ``nprobe`` closest lists of each query.
+
+    Returns ``dis0`` float32 (nq, nprobe) — squared L2 to the centroid, or its
+    negated inner product — and ``probes`` int64 (nq, nprobe), closest first.
+    """
+    dots = q @ centroids.T
+    if ip:
+        keys = np.negative(dots)
+    else:
+        keys = cnorms[None, :] - 2.0 * dots
+        keys += np.einsum("ij,ij->i", q, q)[:, None]
+    nq = q.shape[0]
+    dis0 = np.empty((nq, nprobe), np.float32)
+    probes = np.empty((nq, nprobe), np.int64)
+    lists = np.arange(centroids.shape[0], dtype=np.int64)
+    topk_rows(keys.astype(np.float32, copy=False), np.broadcast_to(lists, keys.shape),
+              nprobe, dis0, probes)
+    return dis0, probes
+
+
+class IVFIndex(BaseIndex):
+    """Shared inverted-file machinery: coarse quantizer, lists, nprobe.
+
+    Subclasses define the payload (``_columns``, ``_train_payload``,
+    ``_payload``, ``_scan``, ``_decode_rows``).
+    """
+
+    def __init__(self, d, nlist, metric="l2", *, nprobe=1, seed=0, niter=25,
+                 max_points_per_centroid=256, verbose=False):
+        super().__init__(d, metric)
+        self.nlist = check_int("nlist", nlist, low=1)
+        self.seed = check_int("seed", seed)
+        self.niter = check_int("niter", niter, low=0)
+        self.max_points_per_centroid = check_int(
+            "max_points_per_centroid", max_points_per_centroid, low=0)
+        self.verbose = bool(verbose)
+        self.centroids = None
+        self._cnorms = None
+        self.nprobe = nprobe
+
+    # -- parameters ------------------------------------------------------------
+    @property
+    def nprobe(self):
+        """Default number of lists scanned per query (FAISS's ``index.nprobe``)."""
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value):
+        self._nprobe = check_int("nprobe", value, low=1, high=self.nlist)
+
+    @property
+    def is_trained(self):
+        return self.centroids is not None
+
+    @property
+    def _ip(self):
+        return uses_ip(self.metric)
+
+    # -- training --------------------------------------------------------------
+    def train(self, x):
+        """Train the coarse centroids (and the payload quantizer) on float32
+        (n, d) ``x``, n >= nlist. A sample of the data is enough. Returns self."""
+        x = as_vectors(x, self.d, allow_empty=False)
+        if x.shape[0] < self.nlist:
+            raise ValueError(
+                f"training needs at least nlist={self.nlist} vectors; got {x.shape[0]}")
+        if self.metric == "cosine":
+            x = normalize_rows(x.copy())
+        x = self._train_transform(x)
+        km = KMeans(self.d, self.nlist, niter=self.niter, seed=self.seed, metric=self.metric,
+                    max_points_per_centroid=self.max_points_per_centroid,
+                    verbose=self.verbose)
+        self._set_centroids(km.train(x).centroids)
+        self._train_payload(x)
+        self._lists = InvertedLists(self.nlist, self._columns())
+        self._sorted_ids = np.zeros(0, np.int64)
+        self._posmap = None
+        return self
+
+    def _set_centroids(self, centroids):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._cnorms = np.einsum("ij,ij->i", self.centroids, self.centroids).astype(np.float32)
+
+    def _train_transform(self, x):
+        return x
+
+    def _train_payload(self, x):
+        pass
+
+    # -- add ---------------------------------------------------------------------
+    def assign(self, x):
+        """List number, int64 (n,), of each float32 (n, d) vector."""
+        self._require_trained("assign")
+        return self._assign(self._prepare(x))
+
+    def _assign(self, x):
+        return nearest_centroids(x, self.centroids, ip=self._ip, cnorms=self._cnorms)[0]
+
+    def _encode_rows(self, x):
+        labels = self._assign(x)
+        return labels, self._payload(x, labels)
+
+    # -- search --------------------------------------------------------------------
+    def _check_search(self, k, nprobe=None, refine_factor=0):
+        if nprobe is None:
+            nprobe = self.nprobe
+        return check_search_args(k, nprobe, self.nlist, refine_factor)
+
+    def search(self, queries, k=10, *, nprobe=None, refine_factor=0):
+        """k nearest neighbours of each query, scanning ``nprobe`` lists.
+
+        Parameters
+        ----------
+        queries : float32 (nq, d).
+        k : int >= 1.
+        nprobe : int in 1..nlist, lists scanned per query (default ``self.nprobe``).
+        refine_factor : int, re-rank ``k * refine_factor`` candidates with exact
+            distances on kept vectors (0 = off; needs ``keep_vectors``).
+
+        Returns
+        -------
+        D float32 (nq, k), I int64 (nq, k) — see :meth:`BaseIndex.search`.
+        """
+        return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor)
+
+    def probe(self, q, nprobe):
+        """Coarse quantization of prepared queries: ``(dis0, probes)``."""
+        return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip)
+
+    def _search_keys(self, q, k, nprobe, refine_factor=0):
+        dis0, probes = self.probe(q, nprobe)
+        return self.scan(q, dis0, probes, k, refine_factor)
+
+    def scan(self, q, dis0, probes, k, refine_factor=0):
+        """Scan the given lists for prepared queries; return (keys, ids) (nq, k).
+
+        This is the part a shard runs: ``probes`` may name lists this index
+        does not hold (they are empty here) or -1 (skipped).
+        """
+        kk = k * refine_factor if refine_factor else k
+        keys, pos = self._scan(q, dis0, probes, kk)
+        if refine_factor:
+            return self._refine(q, keys, pos, k)
+        ids = np.where(pos >= 0, self._lists.ids[np.maximum(pos, 0)], -1)
+        return keys, ids
+
+    def _refine(self, q, keys, pos, k):
+        vectors = self._lists.data.get("vectors")
+        if vectors is None:
+            raise ValueError("refine_factor > 0 needs an index built with keep_vectors")
+        valid = pos >= 0
+        safe = np.maximum(pos, 0)
+        gathered = np.ascontiguousarray(vectors[safe], dtype=np.float32)
+        exact = gathered_keys(q, gathered, valid, self._ip)
+        ids = np.where(valid, self._lists.ids[safe], -1)
+        out_k = np.empty((q.shape[0], k), np.float32)
+        out_i = np.empty((q.shape[0], k), np.int64)
+        topk_rows(exact, ids, k, out_k, out_i)
+        return out_k, out_i
+
+    def get_config(self):
+        return {**super().get_config(), "nlist": self.nlist, "nprobe": self.nprobe,
+                "seed": self.seed, "niter": self.niter,
+                "max_points_per_centroid": self.max_points_per_centroid}
+
+    def _trained_arrays(self):
+        return {"centroids": self.centroids} if self.is_trained else {}
+
+    def _set_trained_arrays(self, arrays):
+        self._set_centroids(arrays["centroids"])
+        self._lists = InvertedLists(self.nlist, self._columns())
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(d={self.d}, nlist={self.nlist}, metric={self.metric!r}, "
+                f"ntotal={self.ntotal}, is_trained={self.is_trained})")
+
+
+class IVFFlatIndex(IVFIndex):
+    """Inverted file with exact vectors in the lists (FAISS ``IndexIVFFlat``).
+
+    Parameters
+    ----------
+    d, nlist : dimension and number of lists.
+    metric : "l2", "ip" or "cosine".
+    nprobe : default lists scanned per query. seed, niter : coarse k-means.
+
+    Examples
+    --------
+    >>> index = IVFFlatIndex(d=128, nlist=256).train(xt)   # doctest: +SKIP
+    >>> index.add(xb); D, I = index.search(xq, 10, nprobe=8)  # doctest: +SKIP
+    """
+
+    kind = "ivfflat"
+
+    def _columns(self):
+        return {"vectors": (self.d, np.float32)}
+
+    def _payload(self, x, labels):
+        return {"vectors": x}
+
+    def _scan(self, q, dis0, probes, k):
+        L = self._lists
+        out_d = np.empty((q.shape[0], k), np.float32)
+        out_p = np.empty((q.shape[0], k), np.int64)
+        fn = ivfflat_scan_parallel if _parallel(q.shape[0]) else ivfflat_scan_serial
+        fn(q, probes, L.data["vectors"], L.ids, L.start, L.size, k, self._ip, out_d, out_p)
+        return out_d, out_p
+
+    def _refine(self, q, keys, pos, k):
+        # lists already hold exact vectors: the scan is exact, keep its best k
+        ids = np.where(pos >= 0, self._lists.ids[np.maximum(pos, 0)], -1)
+        return np.ascontiguousarray(keys[:, :k]), np.ascontiguousarray(ids[:, :k])
+
+    def _decode_rows(self, pos):
+        return self._lists.data["vectors"][pos].copy()
+
+
+class IVFPQIndex(IVFIndex):
+    """Inverted file with product-quantized residuals (FAISS ``IndexIVFPQ``).
+
+    Parameters
+    ----------
+    d : int, dimension (a multiple of ``M``).
+    nlist : int, number of lists.
+    M : int, sub-quantizers; codes take ``ceil(M * nbits / 8)`` bytes.
+    nbits : int in 1..8 (8 and 4 have the fastest scans).
+    metric : "l2", "ip" or "cosine".
+    seed : int, seeds all training.
+    opq : bool, learn an OPQ rotation in front of the index.
+    keep_vectors : False, True/"float32" or "float16" — keep raw vectors so
+        ``search(..., refine_factor=r)`` can re-rank ``k * r`` candidates exactly.
+    nprobe : default lists scanned per query.
+    niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
+    precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
+        2**nbits floats) to keep; above it tables are built per (query, list).
+
+    Examples
+    --------
+    >>> index = IVFPQIndex(d=128, nlist=1024, M=32, nbits=8, metric="l2")  # doctest: +SKIP
+    >>> index.train(sample); index.add(xb)                                 # doctest: +SKIP
+    >>> D, I = index.search(xq, k=10, nprobe=16)                           # doctest: +SKIP
+    """
+
+    kind = "ivfpq"
+
+    def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
+                 keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
+                 max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
+                 verbose=False):
+        super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
+                         max_points_per_centroid=max_points_per_centroid, verbose=verbose)
+        self.pq = ProductQuantizer(self.d, M, nbits, niter=pq_niter, seed=self.seed,
+                                   max_points_per_centroid=max_points_per_centroid,
+                                   verbose=verbose)
+        self.M, self.nbits = self.pq.M, self.pq.nbits
+        self.opq = OPQ(self.d, self.M, nbits=self.nbits, seed=self.seed) if opq else None
+        if keep_vectors is True:
+            keep_vectors = "float32"
+        self.keep_vectors = (check_choice("keep_vectors", keep_vectors, ("float32", "float16"))
+                             if keep_vectors else None)
+        self.precompute_max_bytes = check_int("precompute_max_bytes", precompute_max_bytes,
+                                              low=0)
+        self._list_terms = None
+
+    @property
+    def is_trained(self):
+        return self.centroids is not None and self.pq.is_trained
+
+    @property
+    def code_size(self):
+        return self.pq.code_size
+
+    # -- training ------------------------------------------------------------------
+    def _train_transform(self, x):
+        if self.opq is None:
+            return x
+        self.opq.train(x)
+        return self.opq.apply(x)
+
+    def _transform(self, x):
+        return x if self.opq is None else self.opq.apply(x)
+
+    def _train_payload(self, x):
+        labels = self._assign(x)
+        self.pq.train(x - self.centroids[labels])
+        self._precompute()
+
+    def _precompute(self):
+        """L2 precomputed term per (list, sub-quantizer, code):
+        ``|c_mj|^2 + 2 <centroid_l,m, c_mj>`` (FAISS's "term 1")."""
+        self._list_terms = None
+        if self._ip:
+            return
+        M, ksub, dsub = self.pq.codebooks.shape
+        if self.nlist * M * ksub * 4 > self.precompute_max_bytes:
+            logger.info("precomputed L2 tables would take %d bytes > %d; building tables "
+                        "per (query, list)", self.nlist * M * ksub * 4, self.precompute_max_bytes)
+            return
+        cb = self.pq.codebooks
+        norms = np.einsum("mkd,mkd->mk", cb, cb)
+        cross = np.einsum("lmd,mkd->lmk", self.centroids.reshape(self.nlist, M, dsub), cb)
+        self._list_terms = np.ascontiguousarray((norms[None] + 2.0 * cross).astype(np.float32))
+
+    # -- add -------------------------------------------------------------------------
+    def _columns(self):
+        cols = {"codes": (self.code_size, np.uint8)}
+        if self.keep_vectors:
+            cols["vectors"] = (self.d, np.dtype(self.keep_vectors))
+        return cols
+
+    def _payload(self, x, labels):
+        cols = {"codes": self.pq._encode(x - self.centroids[labels])}
+        if self.keep_vectors:
+            cols["vectors"] = x.astype(self.keep_vectors, copy=False)
+        return cols
+
+    # -- search ------------------------------------------------------------------------
+    def _scan(self, q, dis0, probes, k):
+        L = self._lists
+        nq = q.shape[0]
+        cb = self.pq.codebooks
+        if self._ip:
+            mode, qlut = MODE_IP, pq_dot_tables(q, cb)
+            np.negative(qlut, out=qlut)
+            terms = np.empty((0, 1, 1), np.float32)
+        elif self._list_terms is not None:
+            mode, qlut = MODE_L2_PRECOMPUTED, pq_dot_tables(q, cb)
+            qlut *= -2.0
+            terms = self._list_terms
+        else:
+            mode = MODE_L2_RESIDUAL
+            qlut = np.empty((nq, self.M, self.pq.ksub), np.float32)
+            terms = np.empty((0, 1, 1), np.float32)
+            dis0 = np.zeros_like(dis0)
+        out_d = np.empty((nq, k), np.float32)
+        out_p = np.empty((nq, k), np.int64)
+        fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
+        fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
+           self.nbits, mode, q, self.centroids, cb, out_d, out_p)
+        return out_d, out_p
+
+    def get_config(self):
+        return {**super().get_config(), "M": self.M, "nbits": self.nbits,
+                "opq": self.opq is not None, "keep_vectors": self.keep_vectors or False,
+                "pq_niter": self.pq.niter, "precompute_max_bytes": self.precompute_max_bytes}
+
+    def _trained_arrays(self):
+        if not self.is_trained:
+            return {}
+        out = {"centroids": self.centroids, "codebooks": self.pq.codebooks}
+        if self.opq is not None:
+            out["opq_rotation"] = self.opq.rotation
+        return out
+
+    def _set_trained_arrays(self, arrays):
+        self.pq.codebooks = np.ascontiguousarray(arrays["codebooks"], dtype=np.float32)
+        self.pq._derived = None
+        if self.opq is not None:
+            self.opq.rotation = np.ascontiguousarray(arrays["opq_rotation"], dtype=np.float32)
+        super()._set_trained_arrays(arrays)
+        self._precompute()
+
+    def _decode_rows(self, pos):
+        L = self._lists
+        if self.keep_vectors:
+            x = L.data["vectors"][pos].astype(np.float32)
+        else:
+            x = self.pq.decode(L.data["codes"][pos]) + self.centroids[L.owners(pos)]
+        return x if self.opq is None else self.opq.reverse(x)
