@@ -5,7 +5,10 @@ The core (this package's top level) runs in one Python process with no Ray;
 """
 
 from .errors import (
-    CommitConflictError, CorruptIndexError, NotTrainedError, ShardannError,
+    CommitConflictError,
+    CorruptIndexError,
+    NotTrainedError,
+    ShardannError,
     ShardUnavailableError,
 )
 from .index import FlatIndex, IVFFlatIndex, IVFPQIndex, brute_force_knn, open_index

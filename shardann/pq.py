@@ -13,7 +13,12 @@ import math
 import numpy as np
 
 from ._kernels.pq import (
-    pack_codes, pq_assign, pq_decode, pq_dot_tables, pq_l2_tables, unpack_codes,
+    pack_codes,
+    pq_assign,
+    pq_decode,
+    pq_dot_tables,
+    pq_l2_tables,
+    unpack_codes,
 )
 from ._matrix_io import read_matrix, write_matrix
 from ._validation import as_vectors, check_int

@@ -6,8 +6,14 @@ import numba
 import numpy as np
 
 from .._kernels.ivf import (
-    MODE_IP, MODE_L2_PRECOMPUTED, MODE_L2_RESIDUAL, gathered_keys,
-    ivfflat_scan_parallel, ivfflat_scan_serial, ivfpq_scan_parallel, ivfpq_scan_serial,
+    MODE_IP,
+    MODE_L2_PRECOMPUTED,
+    MODE_L2_RESIDUAL,
+    gathered_keys,
+    ivfflat_scan_parallel,
+    ivfflat_scan_serial,
+    ivfpq_scan_parallel,
+    ivfpq_scan_serial,
 )
 from .._kernels.pq import pq_dot_tables
 from .._kernels.topk import topk_rows
