@@ -91,7 +91,7 @@ class InvertedLists:
         if grow.size:
             new_caps = np.maximum(self.size[grow] + counts[grow], 2 * self.cap[grow])
             self._reserve(int(new_caps.sum()))
-            for lst, c in zip(grow.tolist(), new_caps.tolist()):
+            for lst, c in zip(grow.tolist(), new_caps.tolist(), strict=True):
                 self._move(lst, c)
         group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(n) - group_start[sorted_lists]

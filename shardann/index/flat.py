@@ -20,7 +20,6 @@ def exact_search_keys(q, xb, ids, k, ip, xb_norms=None):
     and ids int64 (nq, k), best first, ties by smaller id.
     """
     nq = q.shape[0]
-    metric = "ip" if ip else "l2"
     if not ip:
         if xb_norms is None:
             xb_norms = np.einsum("ij,ij->i", xb, xb)
