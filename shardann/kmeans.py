@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from ._kernels.kmeans import argmin_direct_l2, argmin_from_dots, centroid_sums
+from ._kernels.kmeans import argmin_from_dots, argmin_l2_lowdim, centroid_sums
 from ._matrix_io import read_matrix, write_matrix
 from ._validation import as_vectors, check_choice, check_int
 from .errors import NotTrainedError
@@ -39,7 +39,7 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     if cnorms is None:
         cnorms = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
     if not ip and x.shape[1] <= _DIRECT_MAX_DIM:
-        argmin_direct_l2(x, np.ascontiguousarray(centroids.T), cnorms, labels, keys)
+        argmin_l2_lowdim(x, 0, centroids, cnorms, labels, keys)
         return labels, keys
     for s in range(0, n, _BLOCK_ROWS):
         e = min(n, s + _BLOCK_ROWS)

@@ -92,14 +92,13 @@ class ProductQuantizer:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_derived"] = None  # transposed codebooks/norms are rebuilt on demand
+        state["_derived"] = None  # codeword norms are rebuilt on demand
         return state
 
-    def _encoder_tables(self):
+    def _codeword_norms(self):
         if self._derived is None:
-            cbt = np.ascontiguousarray(self.codebooks.transpose(0, 2, 1))
-            norms = np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks).astype(np.float32)
-            self._derived = (cbt, np.ascontiguousarray(norms))
+            norms = np.einsum("mkd,mkd->mk", self.codebooks, self.codebooks)
+            self._derived = np.ascontiguousarray(norms, dtype=np.float32)
         return self._derived
 
     # -- training ------------------------------------------------------------
@@ -137,13 +136,13 @@ class ProductQuantizer:
 
     def _encode(self, x):
         """Encode already validated float32 (n, d); no checks."""
-        cbt, norms = self._encoder_tables()
+        norms = self._codeword_norms()
         out = np.empty((x.shape[0], self.code_size), np.uint8)
         raw = np.empty((min(_ENCODE_BLOCK, x.shape[0]), self.M), np.uint8)
         for s in range(0, x.shape[0], _ENCODE_BLOCK):
             e = min(x.shape[0], s + _ENCODE_BLOCK)
             r = raw[: e - s]
-            pq_assign(x[s:e], cbt, norms, r)
+            pq_assign(x[s:e], self.codebooks, norms, r)
             out[s:e] = r if self.nbits == 8 else pack_codes(r, self.nbits, self.code_size)
         return out
 

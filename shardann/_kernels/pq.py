@@ -9,27 +9,26 @@ holds sub-code ``m`` in its low (even ``m``) or high (odd ``m``) nibble.
 import numpy as np
 from numba import njit
 
-from .kmeans import argmin_direct_l2
+from .kmeans import argmin_l2_lowdim
 
 
 @njit(cache=True)
-def pq_assign(x, codebooks_t, cnorms, out_codes):
+def pq_assign(x, codebooks, cnorms, out_codes):
     """Nearest sub-centroid per sub-vector.
 
     Parameters
     ----------
     x : float32 (n, d).
-    codebooks_t : float32 (M, dsub, ksub), codebooks transposed per subspace.
+    codebooks : float32 (M, ksub, dsub).
     cnorms : float32 (M, ksub), squared norms of the sub-centroids.
     out_codes : uint8 (n, M), unpacked codes.
     """
     n = x.shape[0]
-    M, dsub, ksub = codebooks_t.shape
+    M, ksub, dsub = codebooks.shape
     labels = np.empty(n, np.int64)
     keys = np.empty(n, np.float32)
     for m in range(M):
-        sub = np.ascontiguousarray(x[:, m * dsub:(m + 1) * dsub])
-        argmin_direct_l2(sub, codebooks_t[m], cnorms[m], labels, keys)
+        argmin_l2_lowdim(x, m * dsub, codebooks[m], cnorms[m], labels, keys)
         for i in range(n):
             out_codes[i, m] = labels[i]
 
