@@ -20,7 +20,7 @@ def empty_results(nq, k, metric):
     return D, I
 
 
-def merge_results(parts, k, metric):
+def merge_results(parts, k, metric, *, return_source=False):
     """Merge partial results into the global top-k.
 
     Parameters
@@ -30,9 +30,13 @@ def merge_results(parts, k, metric):
     k : int, hits per query in the output.
     metric : "l2", "ip" or "cosine" — decides whether smaller or larger D wins.
 
+    return_source : also return int64 (nq, k) positions of the chosen
+        entries among the concatenated columns of ``parts`` (so a caller can
+        carry extra per-hit data through the merge).
+
     Returns
     -------
-    D : float32 (nq, k), I : int64 (nq, k).
+    D : float32 (nq, k), I : int64 (nq, k)[, source int64 (nq, k)].
     """
     parts = list(parts)
     if not parts:
@@ -51,4 +55,7 @@ def merge_results(parts, k, metric):
     D = np.take_along_axis(D, order, axis=1)
     I = np.take_along_axis(I, order, axis=1)
     D[I < 0] = pad_distance(metric)
-    return np.ascontiguousarray(D), np.ascontiguousarray(I)
+    D, I = np.ascontiguousarray(D), np.ascontiguousarray(I)
+    if return_source:
+        return D, I, np.where(order < n, order, -1)
+    return D, I

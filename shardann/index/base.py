@@ -27,8 +27,9 @@ class BaseIndex:
         self.d = check_int("d", d, low=1)
         self.metric = check_metric(metric)
         self._lists = None
-        self._sorted_ids = np.zeros(0, np.int64)
+        self._sorted_ids = None  # sorted live ids, built when first needed
         self._posmap = None  # (sorted ids, slab positions), rebuilt after mutations
+        self._next_id = 0  # default id of the next added vector
 
     # -- state -----------------------------------------------------------------
     @property
@@ -68,30 +69,51 @@ class BaseIndex:
         """
         self._require_trained("add")
         x = self._prepare(x)
-        n = x.shape[0]
+        ids = self._new_ids(ids, x.shape[0])
+        if x.shape[0]:
+            list_no, cols = self._encode_rows(x)
+            self.add_encoded(list_no, ids, cols)
+        return ids
+
+    def _new_ids(self, ids, n):
+        """Validate user ids for ``n`` new rows (or make default ones)."""
         if ids is None:
-            first = int(self._sorted_ids[-1]) + 1 if self._sorted_ids.size else 0
-            ids = np.arange(first, first + n, dtype=np.int64)
-        else:
-            ids = as_ids(ids, n)
-            if self._sorted_ids.size and n:
-                at = np.searchsorted(self._sorted_ids, ids)
-                hit = at < self._sorted_ids.size
-                hit[hit] = self._sorted_ids[at[hit]] == ids[hit]
-                if hit.any():
-                    raise ValueError(
-                        f"ids already in the index, e.g. {int(ids[hit][0])} "
-                        f"({int(hit.sum())} of {n}); remove them first to replace them")
-        if n == 0:
-            return ids
-        list_no, cols = self._encode_rows(x)
+            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        ids = as_ids(ids, n)
+        present = self.contains(ids)
+        if present.any():
+            raise ValueError(
+                f"ids already in the index, e.g. {int(ids[present][0])} "
+                f"({int(present.sum())} of {n}); remove them first to replace them")
+        return ids
+
+    def add_encoded(self, list_no, ids, cols):
+        """Append rows already assigned and encoded (no validation).
+
+        ``list_no`` int64 (n,), ``ids`` int64 (n,), ``cols`` the payload
+        columns as produced by ``_encode_rows`` — what a shard receives from
+        its coordinator.
+        """
         self._lists.add(list_no, ids, **cols)
-        # two sorted runs: the stable sort (timsort) merges them in linear time
-        self._sorted_ids = np.sort(np.concatenate([self._sorted_ids, np.sort(ids)]),
-                                   kind="stable")
+        if self._sorted_ids is not None:
+            # two sorted runs: the stable sort (timsort) merges them in linear time
+            self._sorted_ids = np.sort(np.concatenate([self._sorted_ids, np.sort(ids)]),
+                                       kind="stable")
+        if len(ids):
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._posmap = None
         self._on_mutation()
-        return ids
+
+    def contains(self, ids):
+        """bool (n,): which of the int64 ``ids`` are in the index."""
+        ids = as_id_array(ids)
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self._lists.ids[self._lists.live_rows()])
+        s = self._sorted_ids
+        if s.size == 0:
+            return np.zeros(len(ids), bool)
+        at = np.minimum(np.searchsorted(s, ids), s.size - 1)
+        return s[at] == ids
 
     def remove_ids(self, ids):
         """Remove the vectors with these ids; unknown ids are ignored.
@@ -99,15 +121,17 @@ class BaseIndex:
         Returns the number of vectors removed.
         """
         ids = as_id_array(ids)
-        found, pos = self._lookup(ids)
-        if not found.any():
+        if ids.size == 0 or self._lists is None:
             return 0
-        self._lists.remove(pos[found])
-        gone = np.unique(ids[found])
-        self._sorted_ids = self._sorted_ids[~np.isin(self._sorted_ids, gone)]
+        rows = self._lists.live_rows()
+        dead = rows[np.isin(self._lists.ids[rows], ids)]
+        if dead.size == 0:
+            return 0
+        self._lists.remove(dead)
+        self._sorted_ids = None
         self._posmap = None
         self._on_mutation()
-        return int(gone.size)
+        return int(dead.size)
 
     def _on_mutation(self):
         pass
@@ -181,8 +205,9 @@ class BaseIndex:
         from ._lists import InvertedLists
         self._lists = InvertedLists.from_sorted(
             self._lists.nlist, self._lists.columns, list_sizes, ids, data)
-        self._sorted_ids = np.sort(ids)
+        self._sorted_ids = None
         self._posmap = None
+        self._next_id = int(ids.max()) + 1 if len(ids) else 0
         self._on_mutation()
 
     def save(self, path):

@@ -21,6 +21,7 @@ from .._validation import as_vectors, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids
 from ..metric import normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
+from ..results import merge_results
 from ._lists import InvertedLists
 from .base import BaseIndex
 
@@ -109,8 +110,9 @@ class IVFIndex(BaseIndex):
         self._set_centroids(km.train(x).centroids)
         self._train_payload(x)
         self._lists = InvertedLists(self.nlist, self._columns())
-        self._sorted_ids = np.zeros(0, np.int64)
+        self._sorted_ids = None
         self._posmap = None
+        self._next_id = 0
         return self
 
     def _set_centroids(self, centroids):
@@ -140,7 +142,12 @@ class IVFIndex(BaseIndex):
     def _check_search(self, k, nprobe=None, refine_factor=0):
         if nprobe is None:
             nprobe = self.nprobe
-        return check_search_args(k, nprobe, self.nlist, refine_factor)
+        k, nprobe, refine_factor = check_search_args(k, nprobe, self.nlist, refine_factor)
+        if refine_factor and self._refines and "vectors" not in self._columns():
+            raise ValueError(
+                "refine_factor > 0 needs an index built with keep_vectors=True "
+                f"(got refine_factor={refine_factor})")
+        return k, nprobe, refine_factor
 
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0):
         """k nearest neighbours of each query, scanning ``nprobe`` lists.
@@ -170,29 +177,32 @@ class IVFIndex(BaseIndex):
     def scan(self, q, dis0, probes, k, refine_factor=0):
         """Scan the given lists for prepared queries; return (keys, ids) (nq, k).
 
-        This is the part a shard runs: ``probes`` may name lists this index
-        does not hold (they are empty here) or -1 (skipped).
+        ``probes`` may name lists this index does not hold (they are empty
+        here) or -1 (skipped). With ``refine_factor`` the ``k * refine_factor``
+        best ADC candidates are re-ranked by exact distance.
         """
-        kk = k * refine_factor if refine_factor else k
-        keys, pos = self._scan(q, dis0, probes, kk)
-        if refine_factor:
-            return self._refine(q, keys, pos, k)
-        ids = np.where(pos >= 0, self._lists.ids[np.maximum(pos, 0)], -1)
+        if refine_factor and self._refines:
+            _, ids, exact = self.scan_candidates(q, dis0, probes, k * refine_factor,
+                                                 exact=True)
+            # keys are smaller-is-better whatever the metric: merge them as l2
+            return merge_results([(exact, ids)], k, "l2")
+        keys, ids, _ = self.scan_candidates(q, dis0, probes, k)
         return keys, ids
 
-    def _refine(self, q, keys, pos, k):
+    def scan_candidates(self, q, dis0, probes, kk, *, exact=False):
+        """The ``kk`` best rows by scan key: ``(keys, ids, exact_keys)``, each
+        (nq, kk); ``exact_keys`` (None unless ``exact``) are the exact keys of
+        the same rows, for a coordinator that refines across shards."""
+        keys, pos = self._scan(q, dis0, probes, kk)
+        safe = np.maximum(pos, 0)
+        ids = np.where(pos >= 0, self._lists.ids[safe], -1)
+        if not exact:
+            return keys, ids, None
         vectors = self._lists.data.get("vectors")
         if vectors is None:
-            raise ValueError("refine_factor > 0 needs an index built with keep_vectors")
-        valid = pos >= 0
-        safe = np.maximum(pos, 0)
+            raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
         gathered = np.ascontiguousarray(vectors[safe], dtype=np.float32)
-        exact = gathered_keys(q, gathered, valid, self._ip)
-        ids = np.where(valid, self._lists.ids[safe], -1)
-        out_k = np.empty((q.shape[0], k), np.float32)
-        out_i = np.empty((q.shape[0], k), np.int64)
-        topk_rows(exact, ids, k, out_k, out_i)
-        return out_k, out_i
+        return keys, ids, gathered_keys(q, gathered, pos >= 0, self._ip)
 
     def get_config(self):
         return {**super().get_config(), "nlist": self.nlist, "nprobe": self.nprobe,
@@ -227,6 +237,7 @@ class IVFFlatIndex(IVFIndex):
     """
 
     kind = "ivfflat"
+    _refines = False  # lists hold exact vectors: the scan is already exact
 
     def _columns(self):
         return {"vectors": (self.d, np.float32)}
@@ -241,11 +252,6 @@ class IVFFlatIndex(IVFIndex):
         fn = ivfflat_scan_parallel if _parallel(q.shape[0]) else ivfflat_scan_serial
         fn(q, probes, L.data["vectors"], L.ids, L.start, L.size, k, self._ip, out_d, out_p)
         return out_d, out_p
-
-    def _refine(self, q, keys, pos, k):
-        # lists already hold exact vectors: the scan is exact, keep its best k
-        ids = np.where(pos >= 0, self._lists.ids[np.maximum(pos, 0)], -1)
-        return np.ascontiguousarray(keys[:, :k]), np.ascontiguousarray(ids[:, :k])
 
     def _decode_rows(self, pos):
         return self._lists.data["vectors"][pos].copy()
@@ -278,6 +284,7 @@ class IVFPQIndex(IVFIndex):
     """
 
     kind = "ivfpq"
+    _refines = True
 
     def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
