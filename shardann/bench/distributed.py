@@ -1,0 +1,130 @@
+"""``shardann bench distributed``: the sharded index against the local one.
+
+Builds an IVF-PQ index on structured synthetic data, saves it, then measures
+on the same queries: the local single-process index, and ``ShardedIndex``
+with 1, 2 and 4 shards in local Ray mode — QPS for batches of 256 queries and
+p50/p99 latency of single queries — and prints each sharded figure as a
+ratio of the local one. Results are also checked to be identical.
+"""
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p):
+    p.add_argument("--n", type=int, default=200_000, help="database vectors")
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--nq", type=int, default=1024, help="queries for the batch runs")
+    p.add_argument("--nlist", type=int, default=1024)
+    p.add_argument("--M", type=int, default=32)
+    p.add_argument("--nbits", type=int, default=8)
+    p.add_argument("--nprobe", type=int, default=16)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--single", type=int, default=300, help="single-query latency samples")
+    p.add_argument("--shards", default="1,2,4")
+    p.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
+    p.add_argument("--path", default=None, help="index directory (default: a temp dir)")
+    p.add_argument("--out", default="bench-results", help="where to write the JSON")
+    p.add_argument("--quick", action="store_true", help="n=30000, nlist=128 smoke run")
+
+
+def _batch_qps(search, xq, batch, reps=3):
+    best = np.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for s in range(0, len(xq), batch):
+            search(xq[s:s + batch])
+        best = min(best, time.perf_counter() - t0)
+    return len(xq) / best
+
+
+def _latencies(search, xq, n):
+    lat = []
+    for i in range(n):
+        q = xq[i % len(xq):i % len(xq) + 1]
+        t0 = time.perf_counter()
+        search(q)
+        lat.append(time.perf_counter() - t0)
+    lat = np.array(lat) * 1e3
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def run(args):
+    import ray
+
+    import shardann
+    from shardann.bench.datasets import synthetic_split
+    from shardann.distributed import ShardedIndex
+
+    if args.quick:
+        args.n, args.nlist, args.nq, args.single = 30_000, 128, 512, 100
+    xb, xq, xt = synthetic_split(args.n, args.nq, args.d, nt=min(args.n, 100 * args.nlist),
+                                 seed=0)
+    tmp = None
+    path = args.path
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="shardann-bench-")
+        path = os.path.join(tmp.name, "index")
+    logger.info("building the index (%d x %d)", args.n, args.d)
+    index = shardann.IVFPQIndex(args.d, args.nlist, args.M, args.nbits, seed=0)
+    index.train(xt)
+    index.add(xb)
+    index.save(path)
+    kw = dict(k=args.k, nprobe=args.nprobe)
+    index.search(xq[:4], **kw)  # compile / warm
+    rows = []
+    expected = index.search(xq, **kw)
+    local_qps = _batch_qps(lambda q: index.search(q, **kw), xq, args.batch)
+    local_p50, local_p99 = _latencies(lambda q: index.search(q, **kw), xq, args.single)
+    rows.append({"setup": "local", "shards": 0, "qps": local_qps, "p50_ms": local_p50,
+                 "p99_ms": local_p99, "identical": True})
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        for shards in [int(s) for s in args.shards.split(",")]:
+            with ShardedIndex.open(path, num_shards=shards) as sharded:
+                got = sharded.search(xq, **kw)
+                same = bool(np.array_equal(got[1], expected[1])
+                            and np.array_equal(got[0], expected[0]))
+                qps = _batch_qps(lambda q, s=sharded: s.search(q, **kw), xq, args.batch)
+                p50, p99 = _latencies(lambda q, s=sharded: s.search(q, **kw), xq, args.single)
+                rows.append({"setup": f"{shards} shard(s)", "shards": shards, "qps": qps,
+                             "p50_ms": p50, "p99_ms": p99, "identical": same})
+    finally:
+        ray.shutdown()
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"shardann bench distributed: n={args.n} d={args.d} nlist={args.nlist} M={args.M} "
+          f"nbits={args.nbits} nprobe={args.nprobe} k={args.k}, batch={args.batch}, "
+          f"ray num_cpus={args.num_cpus}")
+    print(f"{'setup':<12} {'QPS@batch':>10} {'xlocal':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'p50-local':>10} {'same (D,I)':>10}")
+    for r in rows:
+        print(f"{r['setup']:<12} {r['qps']:>10.0f} {r['qps'] / local_qps:>7.2f} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ms'] - local_p50:>10.2f} "
+              f"{str(r['identical']):>10}")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, "distributed.json")
+    with open(out, "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    print(f"wrote {out}")
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="shardann bench distributed", description=__doc__)
+    add_arguments(p)
+    logging.basicConfig(level=logging.INFO)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

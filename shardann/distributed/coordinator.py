@@ -1,0 +1,386 @@
+"""The coordinator: a sharded index that looks like a local one.
+
+``ShardedIndex`` holds the trained model (coarse centroids, codebooks, OPQ),
+places the inverted lists on ``ShardWorker`` Ray actors, and answers
+``search`` with the same signature and the same ``(D, I)`` as the local
+index: it quantizes the queries once, sends each shard one call carrying all
+of the batch's (query, list) pairs it owns, and merges the shards' top-k with
+the one merge routine.
+"""
+
+import itertools
+import logging
+import os
+import time
+
+import numpy as np
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from .._validation import as_id_array, as_ids, check_int
+from ..errors import ShardUnavailableError
+from ..metric import keys_to_distances
+from ..results import empty_results, merge_results
+from .placement import place_lists, shard_loads
+from .shard import ShardWorker
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "shardann"
+_ACTOR_ERRORS = (RayActorError, ActorUnavailableError)
+_RETRY_PAUSE_S = 0.05
+
+
+class SearchResult(tuple):
+    """``(D, I)`` that also says which shards did not answer.
+
+    Unpacks like the plain tuple; ``missing_shards`` lists the shard numbers
+    whose lists were not searched and ``complete`` is True when none were.
+    """
+
+    def __new__(cls, D, I, missing_shards=()):
+        obj = super().__new__(cls, (D, I))
+        obj.missing_shards = list(missing_shards)
+        return obj
+
+    @property
+    def complete(self):
+        return not self.missing_shards
+
+
+def _index_name(path):
+    return os.path.basename(os.path.normpath(os.fspath(path))) or "index"
+
+
+class ShardedIndex:
+    """A sharded IVF index served by Ray actors. Use :meth:`create` / :meth:`open`.
+
+    Searching, adding and removing work like the local index. ``close()``
+    (or leaving a ``with`` block) stops the actors this object started.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use ShardedIndex.create(path, ...) or ShardedIndex.open(path, ...)")
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, d, nlist, M=None, nbits=8, metric="l2", sample, opq=False,
+               keep_vectors=False, seed=0, niter=25, pq_niter=25, column="embedding",
+               sample_size=None, num_shards=1, replicas=1, **open_kwargs):
+        """Train a new index on ``sample`` on the coordinator, store it at
+        ``path`` (no vectors yet) and open it on ``num_shards`` shards.
+
+        ``M=None`` makes an IVF-Flat index, otherwise IVF-PQ with ``M``
+        sub-quantizers of ``nbits``. ``sample`` is float32 (n, d) or a Ray
+        Dataset whose ``column`` holds the vectors (``sample_size`` rows are
+        drawn from it, default 256 * nlist).
+        """
+        from ..index import IVFFlatIndex, IVFPQIndex
+        from ..storage import IndexStore
+
+        if M is None:
+            index = IVFFlatIndex(d, nlist, metric, seed=seed, niter=niter)
+        else:
+            index = IVFPQIndex(d, nlist, M, nbits, metric, seed=seed, opq=opq,
+                               keep_vectors=keep_vectors, niter=niter, pq_niter=pq_niter)
+        if not isinstance(sample, np.ndarray) and hasattr(sample, "iter_batches"):
+            sample = sample_dataset(sample, sample_size or 256 * nlist, column=column,
+                                    seed=seed)
+        index.train(sample)
+        IndexStore.create(path, index)
+        return cls.open(path, num_shards=num_shards, replicas=replicas, **open_kwargs)
+
+    @classmethod
+    def open(cls, path, *, num_shards=1, replicas=1, version=None, timeout_s=30.0,
+             max_restarts=-1, name=None, detached=False, shard_num_cpus=0):
+        """Open the index at ``path`` on ``num_shards`` shards x ``replicas``.
+
+        Shard actors are named ``<name>/v<version>/s<num_shards>/shard-<i>/r<j>``
+        in the ``shardann`` namespace; live actors of that name are attached to
+        instead of started again (and are then not stopped by ``close``).
+        ``version`` opens an older version read-only. Actors restart up to
+        ``max_restarts`` times (-1: forever) and reload from the store.
+        """
+        from ..storage import IndexStore
+
+        self = object.__new__(cls)
+        self.path = os.fspath(path)
+        self.num_shards = check_int("num_shards", num_shards, low=1)
+        self.replicas = check_int("replicas", replicas, low=1)
+        self.timeout_s = float(timeout_s)
+        store = IndexStore.open(self.path, version=version)
+        self.read_only = version is not None and store.version != max(store.versions())
+        self.version = store.version
+        self._store_path = self.path
+        self.model = store.load_index(lists=np.zeros(0, np.int64))
+        self.metric = self.model.metric
+        self.d = self.model.d
+        self.nlist = self.model.nlist
+        self.list_sizes = np.asarray(store.list_sizes(), np.int64)
+        self.owner = place_lists(self.list_sizes, self.num_shards)
+        self.name = name or _index_name(self.path)
+        if not ray.is_initialized():
+            ray.init()
+        worker = ray.remote(ShardWorker)
+        self._actors, self._owned = [], []
+        load_version = version if self.read_only else None
+        for s in range(self.num_shards):
+            lists = np.flatnonzero(self.owner == s)
+            group = []
+            for r in range(self.replicas):
+                actor_name = f"{self.name}/v{self.version}/s{self.num_shards}/shard-{s}/r{r}"
+                try:
+                    actor = ray.get_actor(actor_name, namespace=NAMESPACE)
+                except ValueError:
+                    actor = worker.options(
+                        name=actor_name, namespace=NAMESPACE, max_restarts=max_restarts,
+                        max_task_retries=0, num_cpus=shard_num_cpus,
+                        lifetime="detached" if detached else None,
+                        scheduling_strategy="SPREAD",
+                    ).remote(self.path, lists, load_version, s, r)
+                    self._owned.append(actor)
+                group.append(actor)
+            self._actors.append(group)
+        self._rr = [itertools.count(s) for s in range(self.num_shards)]
+        # wait until every shard has loaded, so the first query is not a cold start
+        ray.get([a.ping.remote() for g in self._actors for a in g])
+        self._next_id = max(ray.get([g[0].max_id.remote() for g in self._actors])) + 1
+        self.ntotal = int(self.list_sizes.sum())
+        logger.info("opened %s v%d: %d vectors, %d lists on %d shards x %d replicas",
+                    self.path, self.version, self.ntotal, self.nlist, self.num_shards,
+                    self.replicas)
+        return self
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self):
+        """Stop the actors this object started (attached ones keep running)."""
+        for actor in getattr(self, "_owned", []):
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self._owned = []
+        self._actors = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"ShardedIndex({self.path!r}, version={self.version}, ntotal={self.ntotal}, "
+                f"shards={self.num_shards}, replicas={self.replicas})")
+
+    # -- fan-out -----------------------------------------------------------------------
+    def _call(self, calls, timeout_s):
+        """Run ``calls`` {shard: (method, args)} on one replica of each shard.
+
+        A replica that fails is replaced by the next one; when all have failed
+        the call is retried until the deadline (a restarting actor comes back).
+        Returns ({shard: result}, [shards that did not answer]).
+        """
+        deadline = time.monotonic() + timeout_s
+        pending = {}
+
+        def submit(s, replica):
+            method, args = calls[s]
+            actor = self._actors[s][replica % self.replicas]
+            pending[getattr(actor, method).remote(*args)] = (s, replica)
+
+        for s in calls:
+            submit(s, next(self._rr[s]))
+        tried = {s: 1 for s in calls}
+        results = {}
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
+            for ref in ready:
+                s, replica = pending.pop(ref)
+                try:
+                    results[s] = ray.get(ref)
+                except _ACTOR_ERRORS as exc:
+                    logger.warning("shard %d replica %d failed: %s", s, replica % self.replicas,
+                                   type(exc).__name__)
+                    if tried[s] >= self.replicas:
+                        time.sleep(min(_RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
+                    tried[s] += 1
+                    submit(s, replica + 1)
+        return results, sorted(set(calls) - set(results))
+
+    # -- search --------------------------------------------------------------------------
+    def search(self, queries, k=10, *, nprobe=None, refine_factor=0, timeout_s=None,
+               allow_partial=False):
+        """k nearest neighbours, exactly as the local index would answer.
+
+        Returns ``(D, I)`` (float32, int64, (nq, k)). A shard that does not
+        answer within ``timeout_s`` raises :class:`ShardUnavailableError`; with
+        ``allow_partial=True`` a :class:`SearchResult` flagged with the missing
+        shards is returned instead.
+        """
+        model = self.model
+        k, nprobe, refine_factor = model._check_search(k, nprobe, refine_factor)
+        q = model._prepare(queries, "queries")
+        nq = q.shape[0]
+        if nq == 0:
+            D, I = empty_results(0, k, self.metric)
+            return SearchResult(D, I) if allow_partial else (D, I)
+        dis0, probes = model.probe(q, nprobe)
+        exact = bool(refine_factor) and model._refines
+        kk = k * refine_factor if exact else k
+        owner = self.owner[probes]
+        calls, rows_of = {}, {}
+        for s in np.unique(owner).tolist():
+            mine = owner == s
+            rows = np.flatnonzero(mine.any(axis=1))
+            rows_of[s] = rows
+            calls[s] = ("search", (q[rows], dis0[rows], np.where(mine[rows], probes[rows], -1),
+                                   kk, exact))
+        results, missing = self._call(calls, self.timeout_s if timeout_s is None else timeout_s)
+        if missing and not allow_partial:
+            raise ShardUnavailableError(
+                f"shard(s) {missing} of {self.path} did not answer within "
+                f"{self.timeout_s if timeout_s is None else timeout_s}s; "
+                "retry, or pass allow_partial=True to accept results without them")
+        parts, exacts = [], []
+        for s, (keys, ids, ex) in results.items():
+            full_k, full_i = empty_results(nq, kk, "l2")
+            full_k[rows_of[s]], full_i[rows_of[s]] = keys, ids
+            parts.append((full_k, full_i))
+            if exact:
+                full_e = np.full((nq, kk), np.inf, np.float32)
+                full_e[rows_of[s]] = ex
+                exacts.append(full_e)
+        if not parts:
+            D, I = empty_results(nq, k, self.metric)
+        elif exact:
+            _, short_ids, src = merge_results(parts, kk, "l2", return_source=True)
+            all_exact = np.concatenate(exacts, axis=1)
+            short_exact = np.where(src >= 0, np.take_along_axis(all_exact, np.maximum(src, 0),
+                                                                axis=1), np.inf)
+            keys, I = merge_results([(short_exact.astype(np.float32), short_ids)], k, "l2")
+            D = keys_to_distances(keys, self.metric)
+        else:
+            keys, I = merge_results(parts, k, "l2")
+            D = keys_to_distances(keys, self.metric)
+        D[I < 0] = empty_results(1, 1, self.metric)[0][0, 0]
+        return SearchResult(D, I, missing) if allow_partial else (D, I)
+
+    # -- writes ----------------------------------------------------------------------------
+    def _check_writable(self):
+        if self.read_only:
+            raise PermissionError(f"version {self.version} of {self.path} is open read-only")
+
+    def _broadcast(self, calls, what):
+        """Apply a write on every replica of the given shards. A replica that
+        fails is restarted so it reloads the committed state from the store."""
+        refs = {}
+        for s, (method, args) in calls.items():
+            for actor in self._actors[s]:
+                refs[getattr(actor, method).remote(*args)] = (s, actor)
+        out = {}
+        for ref, (s, actor) in refs.items():
+            try:
+                out[s] = ray.get(ref, timeout=max(self.timeout_s, 60.0))
+            except (*_ACTOR_ERRORS, GetTimeoutError) as exc:
+                logger.warning("%s on shard %d failed (%s); restarting the replica so it "
+                               "reloads the committed version", what, s, type(exc).__name__)
+                ray.kill(actor, no_restart=False)
+        return out
+
+    def add(self, x, ids=None):
+        """Add float32 (n, d) vectors with int64 ids (default: after the largest id).
+
+        The rows are committed to the store before this returns, then applied
+        to the owning shards; the next search sees them. Returns the ids.
+        """
+        from ..storage import IndexStore
+
+        self._check_writable()
+        model = self.model
+        x = model._prepare(x)
+        n = x.shape[0]
+        if ids is None:
+            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            ids = as_ids(ids, n)
+            present = self.contains(ids)
+            if present.any():
+                raise ValueError(f"ids already in the index, e.g. {int(ids[present][0])} "
+                                 f"({int(present.sum())} of {n})")
+        if n == 0:
+            return ids
+        list_no, cols = model._encode_rows(x)
+        txn = IndexStore.open(self.path).transaction()
+        txn.add(list_no, ids, **cols)
+        txn.commit()
+        shard = self.owner[list_no]
+        calls = {}
+        for s in np.unique(shard).tolist():
+            sel = np.flatnonzero(shard == s)
+            part = {c: v[sel] for c, v in cols.items()}
+            calls[s] = ("add_encoded", (list_no[sel], ids[sel], part))
+        self._broadcast(calls, "add")
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self.ntotal += n
+        np.add.at(self.list_sizes, list_no, 1)
+        return ids
+
+    def remove_ids(self, ids):
+        """Delete ids (durably, as a tombstone) from every shard; returns how many."""
+        from ..storage import IndexStore
+
+        self._check_writable()
+        ids = np.unique(as_id_array(ids))
+        present = ids[self.contains(ids)]
+        if present.size == 0:
+            return 0
+        txn = IndexStore.open(self.path).transaction()
+        txn.delete(present)
+        txn.commit()
+        self._broadcast({s: ("remove_ids", (present,)) for s in range(self.num_shards)},
+                        "remove")
+        self.ntotal -= int(present.size)
+        return int(present.size)
+
+    def contains(self, ids):
+        """bool (n,): which ids are in the index (asks every shard)."""
+        ids = as_id_array(ids)
+        results, missing = self._call({s: ("contains", (ids,)) for s in range(self.num_shards)},
+                                      self.timeout_s)
+        if missing:
+            raise ShardUnavailableError(f"shard(s) {missing} did not answer")
+        return np.logical_or.reduce([results[s] for s in range(self.num_shards)])
+
+    # -- introspection -----------------------------------------------------------------------
+    def stats(self):
+        """Per-shard and per-replica statistics (rows, calls, memory, node)."""
+        refs = [(s, r, a.stats.remote()) for s, g in enumerate(self._actors)
+                for r, a in enumerate(g)]
+        shards = []
+        for s, r, ref in refs:
+            try:
+                shards.append(ray.get(ref, timeout=self.timeout_s))
+            except (*_ACTOR_ERRORS, GetTimeoutError) as exc:
+                shards.append({"shard": s, "replica": r, "error": type(exc).__name__})
+        loads = shard_loads(self.owner, self.list_sizes, self.num_shards)
+        return {"path": self.path, "version": self.version, "ntotal": self.ntotal,
+                "nlist": self.nlist, "num_shards": self.num_shards, "replicas": self.replicas,
+                "shard_rows": loads.tolist(),
+                "balance": float(loads.max() / max(loads.mean(), 1)), "shards": shards}
+
+
+def sample_dataset(ds, n, *, column="embedding", seed=0):
+    """Uniform sample of about ``n`` vectors from a Ray Dataset column, float32 (m, d)."""
+    total = ds.count()
+    frac = min(1.0, n / max(total, 1))
+    batches = []
+    for batch in ds.random_sample(frac, seed=seed).iter_batches(batch_format="numpy",
+                                                                   batch_size=65536):
+        batches.append(np.asarray(np.stack(batch[column]) if batch[column].dtype == object
+                                  else batch[column], dtype=np.float32))
+    if not batches:
+        raise ValueError("the dataset sample is empty")
+    return np.concatenate(batches)[:n]

@@ -1,0 +1,40 @@
+"""Placing inverted lists on shards."""
+
+import heapq
+
+import numpy as np
+
+
+def place_lists(list_sizes, num_shards):
+    """Assign each list to a shard so shard row counts are balanced.
+
+    Greedy longest-processing-time bin packing: lists in decreasing size
+    (ties by list number) each go to the currently smallest shard (ties by
+    shard number). Deterministic for given sizes.
+
+    Parameters
+    ----------
+    list_sizes : int64 (nlist,) rows per list.
+    num_shards : int >= 1.
+
+    Returns
+    -------
+    int64 (nlist,) shard number of every list.
+    """
+    sizes = np.asarray(list_sizes, dtype=np.int64)
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1; got {num_shards}")
+    owner = np.empty(sizes.shape[0], np.int64)
+    # (rows, lists, shard): among equally loaded shards the one with fewer
+    # lists wins, so empty lists spread out too
+    heap = [(0, 0, s) for s in range(num_shards)]
+    for lst in np.lexsort((np.arange(sizes.shape[0]), -sizes)).tolist():
+        rows, nlists, s = heapq.heappop(heap)
+        owner[lst] = s
+        heapq.heappush(heap, (rows + int(sizes[lst]), nlists + 1, s))
+    return owner
+
+
+def shard_loads(owner, list_sizes, num_shards):
+    """Rows held by each shard, int64 (num_shards,)."""
+    return np.bincount(owner, weights=list_sizes, minlength=num_shards).astype(np.int64)

@@ -1,0 +1,89 @@
+"""The shard: a slice of the inverted lists, loaded from the store and scanned
+with the kernels. ``ShardWorker`` is a plain class (testable without Ray);
+the coordinator runs it as a Ray actor."""
+
+import logging
+import os
+import time
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class ShardWorker:
+    """Owns the lists ``lists`` of the index stored at ``path``.
+
+    Parameters
+    ----------
+    path : index store location.
+    lists : int64 array of the list numbers this shard owns.
+    version : store version to load, or None for the newest. A restarted
+        actor is constructed again with ``version=None`` semantics by the
+        coordinator, so it sees every committed write.
+    shard_id, replica : for naming and stats.
+    """
+
+    def __init__(self, path, lists, version=None, shard_id=0, replica=0):
+        from ..storage import IndexStore
+
+        t0 = time.perf_counter()
+        self.shard_id = int(shard_id)
+        self.replica = int(replica)
+        self.lists = np.asarray(lists, dtype=np.int64)
+        store = IndexStore.open(path, version=version)
+        self.version = store.version
+        self.index = store.load_index(lists=self.lists)
+        self.calls = {"search": 0, "add": 0, "remove": 0}
+        self.scanned_lists = 0
+        self.load_seconds = time.perf_counter() - t0
+        logger.info("shard %d/r%d loaded %d vectors of %d lists (version %d) in %.2fs",
+                    self.shard_id, self.replica, self.index.ntotal, len(self.lists),
+                    self.version, self.load_seconds)
+
+    def search(self, q, dis0, probes, kk, exact):
+        """Scan this shard's part of a batch.
+
+        q float32 (nq, d) prepared queries; dis0 float32 / probes int64
+        (nq, nprobe) with -1 for lists of other shards; returns
+        ``(keys, ids, exact_keys)`` (nq, kk) — see ``IVFIndex.scan_candidates``.
+        """
+        self.calls["search"] += 1
+        self.scanned_lists += int((probes >= 0).sum())
+        return self.index.scan_candidates(q, dis0, probes, kk, exact=exact)
+
+    def add_encoded(self, list_no, ids, cols):
+        self.calls["add"] += 1
+        self.index.add_encoded(list_no, ids, cols)
+        return len(ids)
+
+    def remove_ids(self, ids):
+        self.calls["remove"] += 1
+        return self.index.remove_ids(ids)
+
+    def contains(self, ids):
+        return self.index.contains(ids)
+
+    def max_id(self):
+        return self.index._next_id - 1
+
+    def ping(self):
+        return True
+
+    def stats(self):
+        lists = self.index._lists
+        return {
+            "shard": self.shard_id, "replica": self.replica, "pid": os.getpid(),
+            "node_id": _node_id(), "version": self.version, "ntotal": self.index.ntotal,
+            "lists": int(len(self.lists)), "calls": dict(self.calls),
+            "scanned_lists": self.scanned_lists, "list_bytes": int(lists.nbytes()),
+            "load_seconds": self.load_seconds,
+        }
+
+
+def _node_id():
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray
+        return None

@@ -1,0 +1,171 @@
+"""ShardedIndex in local Ray mode: exactness against the local index, routing,
+writes, faults and input validation."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+import shardann
+from shardann.distributed import SearchResult, ShardedIndex, place_lists
+
+from .conftest import assert_same, build_local
+
+pytestmark = pytest.mark.ray
+
+
+def test_placement_balances_rows():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(50, 150, 256)
+    for shards in (2, 3, 4):
+        owner = place_lists(sizes, shards)
+        loads = np.bincount(owner, weights=sizes, minlength=shards)
+        assert loads.max() <= 1.1 * loads.mean()
+        assert set(owner.tolist()) == set(range(shards))
+    np.testing.assert_array_equal(place_lists(sizes, 3), place_lists(sizes, 3))
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("refine", [0, 3])
+def test_one_and_three_shards_equal_local(ray_local, data, tmp_path, metric, refine):
+    xb, xq, xt = data
+    local = build_local(tmp_path / "idx", xt, xb, metric, keep_vectors=bool(refine),
+                        delete=np.arange(0, 6000, 7))  # tombstones present
+    expected = local.search(xq, 10, nprobe=6, refine_factor=refine)
+    assert (expected[1] >= 0).all()
+    assert not np.isin(expected[1], np.arange(0, 6000, 7)).any()
+    for shards in (1, 3):
+        with ShardedIndex.open(tmp_path / "idx", num_shards=shards) as sharded:
+            assert sharded.ntotal == local.ntotal
+            got = sharded.search(xq, 10, nprobe=6, refine_factor=refine)
+            assert_same(got, expected)
+
+
+def test_routing_calls_only_owning_shard(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=3) as sharded:
+        q = sharded.model._prepare(xq[:1])
+        _, probes = sharded.model.probe(q, 1)
+        target = int(sharded.owner[probes[0, 0]])
+        before = [s["calls"]["search"] for s in sharded.stats()["shards"]]
+        sharded.search(xq[:1], 5, nprobe=1)
+        after = [s["calls"]["search"] for s in sharded.stats()["shards"]]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [
+            1 if s == target else 0 for s in range(3)]
+
+
+def test_add_remove_durable_and_visible(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb[:4000])
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2) as sharded:
+        new_ids = sharded.add(xb[4000:])
+        np.testing.assert_array_equal(new_ids, np.arange(4000, 6000))
+        assert sharded.ntotal == 6000
+        D, I = sharded.search(xb[4500:4510], 1, nprobe=32)
+        # l2 residual PQ: a stored vector is almost always its own nearest hit
+        assert (I[:, 0] == np.arange(4500, 4510)).mean() >= 0.8
+        assert sharded.remove_ids(np.arange(4500, 4510)) == 10
+        assert sharded.remove_ids(np.arange(4500, 4510)) == 0
+        _, I2 = sharded.search(xb[4500:4510], 10, nprobe=32)
+        assert not np.isin(I2, np.arange(4500, 4510)).any()
+        with pytest.raises(ValueError, match="already in the index"):
+            sharded.add(xb[:2], ids=[1, 2])
+        expected = sharded.search(xq, 10, nprobe=8)
+    # everything acknowledged is in the store: a fresh local open agrees
+    reopened = shardann.open_index(tmp_path / "idx")
+    assert reopened.ntotal == 5990
+    assert_same(reopened.search(xq, 10, nprobe=8), expected)
+
+
+def test_bad_input_raised_before_fanout(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2) as sharded:
+        before = [s["calls"]["search"] for s in sharded.stats()["shards"]]
+        with pytest.raises(ValueError, match="dimension"):
+            sharded.search(xq[:, :5], 10)
+        with pytest.raises(ValueError, match="NaN"):
+            sharded.search(np.full((1, 32), np.nan, np.float32), 10)
+        with pytest.raises(ValueError, match="k must be"):
+            sharded.search(xq, 0)
+        with pytest.raises(ValueError, match="nprobe"):
+            sharded.search(xq, 10, nprobe=10_000)
+        with pytest.raises(ValueError, match="keep_vectors"):
+            sharded.search(xq, 10, refine_factor=2)
+        with pytest.raises(TypeError):
+            sharded.search(np.array([["a"] * 32]), 10)
+        after = [s["calls"]["search"] for s in sharded.stats()["shards"]]
+        assert before == after
+        D, I = sharded.search(xq[:0], 4)
+        assert D.shape == (0, 4) and I.shape == (0, 4)
+
+
+def _kill_during_stream(sharded, xq, baseline, n_queries=500):
+    outcomes = {"ok": 0, "unavailable": 0, "wrong": 0}
+    victim = sharded._actors[0][0]
+
+    def killer():
+        time.sleep(0.3)
+        ray.kill(victim, no_restart=False)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    for i in range(n_queries):
+        j = i % len(xq)
+        try:
+            D, I = sharded.search(xq[j:j + 1], 10, nprobe=6, timeout_s=5)
+        except shardann.ShardUnavailableError:
+            outcomes["unavailable"] += 1
+            continue
+        if np.array_equal(I[0], baseline[1][j]):
+            outcomes["ok"] += 1
+        else:
+            outcomes["wrong"] += 1
+    t.join()
+    return outcomes
+
+
+def test_kill_shard_with_replicas(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2, replicas=2) as sharded:
+        baseline = sharded.search(xq, 10, nprobe=6)
+        outcomes = _kill_during_stream(sharded, xq, baseline)
+        assert outcomes == {"ok": 500, "unavailable": 0, "wrong": 0}
+
+
+def test_kill_shard_single_replica_recovers(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2, replicas=1) as sharded:
+        baseline = sharded.search(xq, 10, nprobe=6)
+        outcomes = _kill_during_stream(sharded, xq, baseline)
+        assert outcomes["wrong"] == 0
+        assert outcomes["ok"] + outcomes["unavailable"] == 500
+        deadline = time.monotonic() + 60
+        while True:  # the restarted actor reloads from the store
+            try:
+                assert_same(sharded.search(xq, 10, nprobe=6), baseline)
+                break
+            except shardann.ShardUnavailableError:
+                assert time.monotonic() < deadline
+        assert sharded.ntotal == len(xb)
+
+
+def test_timeout_and_partial(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2, replicas=1, max_restarts=0) as s:
+        full = s.search(xq, 10, nprobe=32)
+        ray.kill(s._actors[1][0], no_restart=True)
+        with pytest.raises(shardann.ShardUnavailableError, match=r"shard\(s\) \[1\]"):
+            s.search(xq, 10, nprobe=32, timeout_s=1)
+        res = s.search(xq, 10, nprobe=32, timeout_s=1, allow_partial=True)
+        assert isinstance(res, SearchResult) and res.missing_shards == [1]
+        assert not res.complete
+        D, I = res
+        mine = np.isin(I, full[1]) | (I == -1)
+        assert mine.all()
