@@ -40,18 +40,20 @@ def coarse_probe(q, centroids, cnorms, nprobe, ip):
     Returns ``dis0`` float32 (nq, nprobe) — squared L2 to the centroid, or its
     negated inner product — and ``probes`` int64 (nq, nprobe), closest first.
     """
-    dots = q @ centroids.T
-    if ip:
-        keys = np.negative(dots)
-    else:
-        keys = cnorms[None, :] - 2.0 * dots
-        keys += np.einsum("ij,ij->i", q, q)[:, None]
     nq = q.shape[0]
     dis0 = np.empty((nq, nprobe), np.float32)
     probes = np.empty((nq, nprobe), np.int64)
     lists = np.arange(centroids.shape[0], dtype=np.int64)
-    topk_rows(keys.astype(np.float32, copy=False), np.broadcast_to(lists, keys.shape),
-              nprobe, dis0, probes)
+    step = max(1, (1 << 24) // max(centroids.shape[0], 1))  # bound the (nq, nlist) block
+    for s in range(0, nq, step):
+        e = min(nq, s + step)
+        dots = q[s:e] @ centroids.T
+        if ip:
+            keys = np.negative(dots)
+        else:
+            keys = cnorms[None, :] - np.float32(2.0) * dots
+            keys += np.einsum("ij,ij->i", q[s:e], q[s:e])[:, None]
+        topk_rows(keys, np.broadcast_to(lists, keys.shape), nprobe, dis0[s:e], probes[s:e])
     return dis0, probes
 
 
@@ -97,6 +99,10 @@ class IVFIndex(BaseIndex):
     def train(self, x):
         """Train the coarse centroids (and the payload quantizer) on float32
         (n, d) ``x``, n >= nlist. A sample of the data is enough. Returns self."""
+        if self.ntotal:
+            raise ValueError(
+                f"train() on an index holding {self.ntotal} vectors would orphan them; "
+                "train a new index (or remove every vector first)")
         x = as_vectors(x, self.d, allow_empty=False)
         if x.shape[0] < self.nlist:
             raise ValueError(
