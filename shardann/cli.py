@@ -1,0 +1,354 @@
+"""The ``shardann`` command.
+
+``shardann demo``        build, search, save and reopen an IVF-PQ index on synthetic data
+``shardann info PATH``   describe an index written by ``index.save(PATH)``
+``shardann bench core``  kernel/index benchmarks (``shardann.bench.core``)
+
+The command prints its results; the library only logs (``--log-level INFO``
+shows k-means progress). Exit codes: 0 ok, 1 error (one line; ``--debug``
+for the traceback), 2 usage.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class UsageError(Exception):
+    """Bad command-line values found after parsing; exits with status 2."""
+
+
+class CommandError(Exception):
+    """A failure the command explains itself in one line; exits with status 1."""
+
+
+# -- parser ------------------------------------------------------------------------------
+def _common_options(parser, *, in_subcommand):
+    """--log-level and --debug, accepted before or after the subcommand.
+
+    The subcommands' copies default to SUPPRESS so they never overwrite a value
+    given before the subcommand.
+    """
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        default=argparse.SUPPRESS if in_subcommand else "WARNING",
+                        help="library log level (default WARNING; INFO shows k-means progress)")
+    parser.add_argument("--debug", action="store_true",
+                        default=argparse.SUPPRESS if in_subcommand else False,
+                        help="show the full traceback when a command fails")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="shardann", allow_abbrev=False,
+        description="shardann: a sharded IVF-PQ approximate-nearest-neighbour index.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _common_options(parser, in_subcommand=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+
+    demo = add("demo", "Build an IVF-PQ index on synthetic data, measure recall@10 against "
+                       "exact search, save it and reopen it.")
+    _common_options(demo, in_subcommand=True)
+    demo.add_argument("--n", type=int, default=100_000, help="database vectors (default 100000)")
+    demo.add_argument("--d", type=int, default=64, help="dimension (default 64)")
+    demo.add_argument("--nq", type=int, default=1000, help="queries (default 1000)")
+    demo.add_argument("--nlist", type=int, default=256, help="IVF lists (default 256)")
+    demo.add_argument("--M", type=int, default=16, help="PQ sub-quantizers (default 16)")
+    demo.add_argument("--nbits", type=int, default=8, help="bits per PQ code (default 8)")
+    demo.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    demo.add_argument("--save", metavar="PATH",
+                      help="keep the index at PATH (try `shardann info PATH` on it); "
+                           "by default it is saved to a temporary directory and removed")
+    demo.add_argument("--no-ray", action="store_true",
+                      help="skip the Ray local-mode part")
+    demo.set_defaults(handler=cmd_demo)
+
+    info = add("info", "Describe an index saved with index.save(PATH).")
+    _common_options(info, in_subcommand=True)
+    info.add_argument("path", metavar="PATH", help="index directory")
+    info.set_defaults(handler=cmd_info)
+
+    bench = add("bench", "Benchmarks (speed is measured here, not in the tests).")
+    bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    # `bench core` takes its options from shardann.bench.core, imported only when it
+    # runs; everything after `core` is handed to that module's own parser.
+    core = bench_sub.add_parser(
+        "core", add_help=False, allow_abbrev=False,
+        help="kernel and single-process index benchmarks against FAISS "
+             "(`shardann bench core --help` for its options)")
+    core.set_defaults(handler=cmd_bench_core, passthrough=True)
+    return parser
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+# -- main ----------------------------------------------------------------------------------
+def main(argv=None):
+    """Run the command line; return the exit status (0 ok, 1 error, 2 usage)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    command = "shardann"
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        command = " ".join(["shardann", args.command, getattr(args, "suite", "")]).strip()
+        if getattr(args, "passthrough", False):
+            args = _parse_bench_core(args, extra)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _configure_logging(args.log_level)
+        return args.handler(args) or EXIT_OK
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except UsageError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            message = " ".join(str(exc).split()) or "(no message)"
+            print(f"{command}: error: {type(exc).__name__}: {message} "
+                  "(--debug shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _configure_logging(level_name):
+    """Print log records of the chosen level from shardann, WARNING and up from
+    everything else (numba, ray)."""
+    level = getattr(logging, level_name)
+    logging.basicConfig(level=max(level, logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("shardann").setLevel(level)
+
+
+# -- shared helpers -------------------------------------------------------------------------
+def recall_at_k(I, gt):
+    """Mean fraction of the true ``k`` neighbours (``gt`` int64 (nq, k)) found in
+    ``I`` int64 (nq, k')."""
+    k = gt.shape[1]
+    hits = (I[:, :, None] == gt[:, None, :]) & (gt[:, None, :] >= 0)
+    return float(hits.any(axis=1).sum()) / (gt.shape[0] * k)
+
+
+class _Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def _step(label, text, seconds=None):
+    tail = f"{seconds:8.2f} s" if seconds is not None else ""
+    print(f"{label:<10} {text:<62}{tail}".rstrip())
+
+
+# -- demo --------------------------------------------------------------------------------------
+def cmd_demo(args):
+    import shardann
+    from shardann.bench.datasets import synthetic_split
+
+    for name in ("n", "d", "nq", "nlist", "M", "nbits"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.n < args.nlist:
+        raise UsageError(f"--n ({args.n}) must be at least --nlist ({args.nlist})")
+    try:  # parameter errors are usage errors: check them before any work
+        index = shardann.IVFPQIndex(d=args.d, nlist=args.nlist, M=args.M, nbits=args.nbits,
+                                    metric="l2", seed=args.seed, keep_vectors=True,
+                                    verbose=True)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    k = 10
+    nt = min(args.n, 20_000)
+    print(f"shardann {shardann.__version__} demo: IVF-PQ on {args.n:,} x {args.d} structured "
+          f"synthetic vectors (seed {args.seed})")
+    with _Timer() as t:
+        xb, xq, xt = synthetic_split(args.n, args.nq, args.d, nt=nt, seed=args.seed)
+    _step("data", f"{args.n:,} base, {args.nq:,} queries, {nt:,} training vectors", t.seconds)
+
+    with _Timer() as t:
+        exact = shardann.FlatIndex(args.d)
+        exact.add(xb)
+        _, gt = exact.search(xq, k)
+    _step("exact", f"FlatIndex ground truth, k={k}", t.seconds)
+
+    with _Timer() as t:
+        index.train(xt)
+    _step("train", f"IVFPQIndex(d={args.d}, nlist={args.nlist}, M={args.M}, "
+                   f"nbits={args.nbits}), k-means + PQ", t.seconds)
+    with _Timer() as t:
+        index.add(xb)
+    _step("add", f"{index.ntotal:,} vectors: {index.code_size} B code + 8 B id each "
+                 f"(raw float32: {4 * args.d} B)", t.seconds)
+    with _Timer() as t:  # compile (or load from cache) the Numba scan kernels once
+        index.search(xq[:2], k, nprobe=1)
+        index.search(xq[:2], k, nprobe=1, refine_factor=2)
+    _step("warm-up", "Numba kernels compiled or loaded from cache", t.seconds)
+
+    print(f"\nsearch: {args.nq:,} queries, k={k}; recall@10 = share of the exact 10 nearest "
+          "found")
+    print(f"  {'nprobe':>6} {'refine':>6} {'recall@10':>9} {'ms/query':>9} {'QPS':>9}")
+    settings = [(p, 0) for p in (1, 4, 16, 64) if p <= args.nlist]
+    settings.append((min(16, args.nlist), 10))
+    results = {}
+    for nprobe, refine in settings:
+        with _Timer() as t:
+            D, I = index.search(xq, k, nprobe=nprobe, refine_factor=refine)
+        results[nprobe, refine] = (D, I)
+        print(f"  {nprobe:>6} {refine:>6} {recall_at_k(I, gt):>9.3f} "
+              f"{1000 * t.seconds / args.nq:>9.3f} {args.nq / t.seconds:>9,.0f}")
+    print("  (refine re-ranks k*refine PQ candidates with exact distances on kept vectors)\n")
+
+    # the largest nprobe reads every code; the refine row reads the kept vectors too
+    checks = settings[-2:]
+    with tempfile.TemporaryDirectory(prefix="shardann-demo-") as tmp:
+        path = args.save or os.path.join(tmp, "demo-index")
+        with _Timer() as t:
+            index.save(path)
+            reopened = shardann.open_index(path)
+            same = all(
+                all(np.array_equal(a, b) for a, b in zip(
+                    results[nprobe, refine],
+                    reopened.search(xq, k, nprobe=nprobe, refine_factor=refine), strict=True))
+                for nprobe, refine in checks)
+        where = path if args.save else "a temporary directory"
+        _step("save/open", f"saved to {where}, reopened: (D, I) "
+                           f"{'identical' if same else 'DIFFER'}", t.seconds)
+    if not same:
+        raise CommandError("the reopened index returned different results")
+    if args.save:
+        print(f"{'':<10} inspect it with: shardann info {path}")
+
+    if args.no_ray:
+        _step("ray", "skipped (--no-ray)")
+    else:
+        have_ray = importlib.util.find_spec("ray") is not None
+        print("ray        the Ray local-mode part (ray.init(num_cpus=2), searches fanned out to 2\n"
+              "           shard actors each holding half of the lists) arrives with\n"
+              "           shardann.distributed, which is not in this version"
+              + ("" if have_ray else " (and ray is not installed)"))
+    return EXIT_OK
+
+
+# -- info ----------------------------------------------------------------------------------------
+def cmd_info(args):
+    import shardann
+
+    index = shardann.open_index(args.path)
+    rows = [("path", os.path.abspath(args.path)),
+            ("kind", f"{index.kind} ({type(index).__name__})"),
+            ("d", index.d),
+            ("metric", index.metric)]
+    if hasattr(index, "nlist"):
+        rows += [("nlist", index.nlist), ("nprobe", f"{index.nprobe} (default per search)")]
+    if hasattr(index, "M"):
+        rows += [("M", index.M), ("nbits", index.nbits),
+                 ("code size", f"{index.code_size} B"),
+                 ("opq", "yes" if index.opq is not None else "no"),
+                 ("kept vectors", index.keep_vectors or "no (refine unavailable)")]
+    rows += [("trained", "yes" if index.is_trained else "no"),
+             ("ntotal", f"{index.ntotal:,}")]
+    sizes = _list_sizes(index)
+    if hasattr(index, "nlist") and sizes is not None and sizes.size:
+        rows.append(("list sizes", f"min {sizes.min():,} / mean {sizes.mean():,.1f} / "
+                                   f"max {sizes.max():,} ({int((sizes == 0).sum())} empty)"))
+    per_vector = _bytes_per_vector(index)
+    if per_vector is not None:
+        total, parts = per_vector
+        rows.append(("bytes/vector", f"{total} in memory ("
+                     + " + ".join(f"{name} {b}" for name, b in parts)
+                     + f"); raw float32 is {4 * index.d}"))
+    rows.append(("on disk", _human_bytes(_dir_size(args.path))))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return EXIT_OK
+
+
+def _list_sizes(index):
+    # No public accessor yet: the inverted lists are private (index._lists).
+    lists = getattr(index, "_lists", None)
+    return None if lists is None else np.asarray(lists.size)
+
+
+def _bytes_per_vector(index):
+    """(total, [(part, bytes)]) stored per vector: id plus each payload column."""
+    lists = getattr(index, "_lists", None)
+    if lists is None:
+        return None
+    parts = [("id", 8)]
+    for name, (width, dtype) in lists.columns.items():
+        parts.append((name.rstrip("s"), int(width) * np.dtype(dtype).itemsize))
+    return sum(b for _, b in parts), parts
+
+
+def _dir_size(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def _human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+# -- bench ---------------------------------------------------------------------------------------
+def _parse_bench_core(args, extra):
+    """Parse the options after `bench core` with shardann.bench.core's own parser."""
+    module = _load_bench_core()
+    parser = argparse.ArgumentParser(prog="shardann bench core", allow_abbrev=False,
+                                     conflict_handler="resolve",
+                                     description="Kernel and single-process index benchmarks.")
+    _common_options(parser, in_subcommand=True)
+    module.add_arguments(parser)
+    ns = parser.parse_args(extra, namespace=args)
+    ns.bench_module = module
+    return ns
+
+
+def _load_bench_core():
+    try:
+        return importlib.import_module("shardann.bench.core")
+    except ModuleNotFoundError as exc:
+        if exc.name != "shardann.bench.core":
+            raise  # the module exists but one of its own imports is missing
+        raise CommandError("shardann.bench.core is not in this version of shardann yet "
+                           "(the benchmark suite is still being written)") from None
+
+
+def cmd_bench_core(args):
+    status = args.bench_module.run(args)
+    return EXIT_OK if status is None else int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
