@@ -2,7 +2,8 @@
 
 ``shardann demo``        build, search, save and reopen an IVF-PQ index on synthetic data
 ``shardann info PATH``   describe an index written by ``index.save(PATH)``
-``shardann bench core``  kernel/index benchmarks (``shardann.bench.core``)
+``shardann bench SUITE`` benchmarks: ``core`` (kernels, local indexes vs FAISS) and
+                         ``distributed`` (sharded vs local), from ``shardann.bench.SUITE``
 
 The command prints its results; the library only logs (``--log-level INFO``
 shows k-means progress). Exit codes: 0 ok, 1 error (one line; ``--debug``
@@ -23,6 +24,11 @@ import numpy as np
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# shardann.bench.<name> modules that expose add_arguments(parser) and run(args) -> int
+BENCH_SUITES = {
+    "core": "kernel and single-process index benchmarks against FAISS",
+    "distributed": "the sharded index in Ray local mode against the local index",
+}
 
 
 class UsageError(Exception):
@@ -83,13 +89,12 @@ def build_parser():
 
     bench = add("bench", "Benchmarks (speed is measured here, not in the tests).")
     bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    # `bench core` takes its options from shardann.bench.core, imported only when it
-    # runs; everything after `core` is handed to that module's own parser.
-    core = bench_sub.add_parser(
-        "core", add_help=False, allow_abbrev=False,
-        help="kernel and single-process index benchmarks against FAISS "
-             "(`shardann bench core --help` for its options)")
-    core.set_defaults(handler=cmd_bench_core, passthrough=True)
+    # A suite takes its options from shardann.bench.<suite>, imported only when it runs;
+    # everything after the suite's name is handed to that module's own parser.
+    for suite, help_text in BENCH_SUITES.items():
+        p = bench_sub.add_parser(suite, add_help=False, allow_abbrev=False,
+                                 help=f"{help_text} (`shardann bench {suite} --help`)")
+        p.set_defaults(handler=cmd_bench, passthrough=True)
     return parser
 
 
@@ -109,7 +114,7 @@ def main(argv=None):
         args, extra = parser.parse_known_args(argv)
         command = " ".join(["shardann", args.command, getattr(args, "suite", "")]).strip()
         if getattr(args, "passthrough", False):
-            args = _parse_bench_core(args, extra)
+            args = _parse_bench(args, extra)
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         _configure_logging(args.log_level)
@@ -250,7 +255,7 @@ def cmd_demo(args):
         have_ray = importlib.util.find_spec("ray") is not None
         print("ray        the Ray local-mode part (ray.init(num_cpus=2), searches fanned out to 2\n"
               "           shard actors each holding half of the lists) arrives with\n"
-              "           shardann.distributed, which is not in this version"
+              "           shardann.distributed, which is still in progress"
               + ("" if have_ray else " (and ray is not installed)"))
     return EXIT_OK
 
@@ -322,12 +327,12 @@ def _human_bytes(n):
 
 
 # -- bench ---------------------------------------------------------------------------------------
-def _parse_bench_core(args, extra):
-    """Parse the options after `bench core` with shardann.bench.core's own parser."""
-    module = _load_bench_core()
-    parser = argparse.ArgumentParser(prog="shardann bench core", allow_abbrev=False,
+def _parse_bench(args, extra):
+    """Parse the options after `bench SUITE` with shardann.bench.SUITE's own parser."""
+    module = _load_bench(args.suite)
+    parser = argparse.ArgumentParser(prog=f"shardann bench {args.suite}", allow_abbrev=False,
                                      conflict_handler="resolve",
-                                     description="Kernel and single-process index benchmarks.")
+                                     description=BENCH_SUITES[args.suite].capitalize() + ".")
     _common_options(parser, in_subcommand=True)
     module.add_arguments(parser)
     ns = parser.parse_args(extra, namespace=args)
@@ -335,17 +340,17 @@ def _parse_bench_core(args, extra):
     return ns
 
 
-def _load_bench_core():
+def _load_bench(suite):
+    name = f"shardann.bench.{suite}"
     try:
-        return importlib.import_module("shardann.bench.core")
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != "shardann.bench.core":
+        if exc.name != name:
             raise  # the module exists but one of its own imports is missing
-        raise CommandError("shardann.bench.core is not in this version of shardann yet "
-                           "(the benchmark suite is still being written)") from None
+        raise CommandError(f"{name} is not in this version of shardann yet") from None
 
 
-def cmd_bench_core(args):
+def cmd_bench(args):
     status = args.bench_module.run(args)
     return EXIT_OK if status is None else int(status)
 
