@@ -4,4 +4,46 @@ Arrays in, arrays out; no classes, no I/O, no Ray. Every kernel minimises a
 *key*: squared L2 for ``l2``, the negated inner product for ``ip``/``cosine``
 (the orchestration layer converts back at the boundary). Ties break by the
 smaller id so results are deterministic across shards and block sizes.
+
+Kernels are compiled with ``cache=True``. Numba keys a cached kernel on its
+own file only, so a kernel that calls a kernel of another file keeps stale
+machine code after that other file changes (seen here: a stale scan ran 20x
+slower). :func:`_drop_stale_cache` therefore clears this package's cache when
+any kernel source changed since the cache was written.
 """
+
+import hashlib
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def _drop_stale_cache():
+    here = os.path.dirname(os.path.abspath(__file__))
+    cache = os.path.join(here, "__pycache__")
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    stamp = os.path.join(cache, "shardann-kernels.sha256")
+    try:
+        with open(stamp) as f:
+            if f.read() == digest.hexdigest():
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache, exist_ok=True)
+        for name in os.listdir(cache):
+            if name.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache, name))
+        with open(stamp, "w") as f:
+            f.write(digest.hexdigest())
+        logger.debug("kernel sources changed: cleared the Numba cache in %s", cache)
+    except OSError:  # read-only install: Numba then caches elsewhere
+        pass
+
+
+_drop_stale_cache()
