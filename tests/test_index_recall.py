@@ -427,7 +427,10 @@ def test_remove_ids(data, ground_truth, fresh, kind, kw):
     ref.add(xb[keep], ids=keep)
     Dr, Ir = ref.search(xq, K, **_search_kw(kind))
     np.testing.assert_array_equal(I, Ir)
-    np.testing.assert_array_equal(D_, Dr)
+    if kind == "flat":  # BLAS over a different matrix may round the last bit differently
+        np.testing.assert_allclose(D_, Dr, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(D_, Dr)
     with pytest.raises(KeyError):
         index.reconstruct(gone[0])
     # a removed id may be added again and reconstructs as before

@@ -71,6 +71,7 @@ def test_non_finite_rejected(fresh, built, small, kind, kw, bad):
         _raises(ValueError, shardann.IVFFlatIndex(D, 2).train, x, match="NaN or infinite")
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_overflow_to_inf_rejected(built):
     # finite float64 that overflows float32 is caught after conversion
     _raises(ValueError, built("ivfflat").search, np.full((1, D), 1e300), 3, match="infinite")
