@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-_INT64_MAX = np.iinfo(np.int64).max
+MAX_ID = np.iinfo(np.int64).max - 1  # int64 max marks empty heap slots
 
 
 def check_int(name, value, *, low=None, high=None):
@@ -48,6 +48,8 @@ def as_vectors(x, d, name="x", *, allow_empty=True):
             f"{name} must hold real numbers (float32 preferred); got dtype {x.dtype}")
     if x.ndim == 1 and x.shape[0] == d and d > 0:
         x = x.reshape(1, d)
+    elif x.ndim == 1 and x.shape[0] == 0:
+        x = x.reshape(0, d)
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (n, {d}); got shape {x.shape}")
     if x.shape[1] != d:
@@ -70,7 +72,8 @@ def as_vectors(x, d, name="x", *, allow_empty=True):
 def as_ids(ids, n, name="ids"):
     """Validate user ids: int64 (n,), each in ``[0, 2**63 - 2]``, no repeats.
 
-    Negative ids are refused because ``-1`` pads result rows.
+    Negative ids are refused because ``-1`` pads result rows, and int64 max
+    because it marks empty slots inside the kernels.
     """
     arr = np.asarray(ids)
     if arr.ndim == 0:
@@ -79,8 +82,9 @@ def as_ids(ids, n, name="ids"):
         raise TypeError(f"{name} must be integers (int64); got dtype {arr.dtype}")
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) to match the vectors; got {arr.shape}")
-    if arr.dtype.kind == "u" and arr.size and arr.max() > _INT64_MAX - 1:
-        raise ValueError(f"{name} must fit in int64; got {arr.max()}")
+    if arr.size and arr.max() > MAX_ID:
+        raise ValueError(
+            f"{name} must fit in int64 and be <= {MAX_ID} (2**63 - 2); got {arr.max()}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if arr.size and arr.min() < 0:
         raise ValueError(

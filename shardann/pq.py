@@ -284,13 +284,13 @@ class OPQ:
         """Rotate float32 (n, d) vectors: ``x @ R``."""
         if not self.is_trained:
             raise NotTrainedError("OPQ.apply called before train")
-        return np.ascontiguousarray(np.asarray(x, dtype=np.float32) @ self.rotation)
+        return np.ascontiguousarray(as_vectors(x, self.d) @ self.rotation)
 
     def reverse(self, y):
         """Undo :meth:`apply`: ``y @ R.T``."""
         if not self.is_trained:
             raise NotTrainedError("OPQ.reverse called before train")
-        return np.ascontiguousarray(np.asarray(y, dtype=np.float32) @ self.rotation.T)
+        return np.ascontiguousarray(as_vectors(y, self.d, "y") @ self.rotation.T)
 
     def save(self, path):
         if not self.is_trained:

@@ -8,13 +8,15 @@ per-shard top-k gives exactly the top-k over all shards.
 
 import numpy as np
 
-from .metric import distances_to_keys, pad_distance
+from ._validation import check_int
+from .metric import check_metric, distances_to_keys, pad_distance
 
 _ID_LAST = np.iinfo(np.int64).max
 
 
 def empty_results(nq, k, metric):
     """Padded ``(D, I)`` of shape (nq, k) with no hits."""
+    metric = check_metric(metric)
     D = np.full((nq, k), pad_distance(metric), dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
     return D, I
@@ -38,6 +40,8 @@ def merge_results(parts, k, metric, *, return_source=False):
     -------
     D : float32 (nq, k), I : int64 (nq, k)[, source int64 (nq, k)].
     """
+    metric = check_metric(metric)
+    k = check_int("k", k, low=1)
     parts = list(parts)
     if not parts:
         raise ValueError("merge_results needs at least one part")

@@ -5,7 +5,14 @@ import logging
 
 import numpy as np
 
-from .._validation import as_id_array, as_ids, as_vectors, check_int, check_search_args
+from .._validation import (
+    MAX_ID,
+    as_id_array,
+    as_ids,
+    as_vectors,
+    check_int,
+    check_search_args,
+)
 from ..errors import NotTrainedError
 from ..metric import check_metric, keys_to_distances, normalize_rows
 from ..results import empty_results
@@ -78,6 +85,9 @@ class BaseIndex:
     def _new_ids(self, ids, n):
         """Validate user ids for ``n`` new rows (or make default ones)."""
         if ids is None:
+            if self._next_id + n - 1 > MAX_ID:
+                raise ValueError(
+                    f"default ids would pass the largest id {MAX_ID}; pass ids explicitly")
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         ids = as_ids(ids, n)
         present = self.contains(ids)
@@ -159,6 +169,7 @@ class BaseIndex:
         stored vectors are unit-normalised; IVF-PQ without kept vectors
         returns the quantized approximation.
         """
+        self._require_trained("reconstruct")
         scalar = np.ndim(ids) == 0
         arr = as_id_array(ids)
         found, pos = self._lookup(arr)

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
+from dist_support import assert_same, build_local  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from shardann.distributed import ShardedIndex  # noqa: E402
-
-from .conftest import assert_same, build_local  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

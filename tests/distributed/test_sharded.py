@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 import ray
+from dist_support import assert_same, build_local
 
 import shardann
 from shardann.distributed import SearchResult, ShardedIndex, place_lists
-
-from .conftest import assert_same, build_local
 
 pytestmark = pytest.mark.ray
 
