@@ -117,10 +117,14 @@ def main(argv=None):
             args = _parse_bench(args, extra)
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        debug = args.debug
         _configure_logging(args.log_level)
         return args.handler(args) or EXIT_OK
-    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except SystemExit as exc:  # argparse (0 for --help/--version, 2 for usage) or sys.exit
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or EXIT_OK
+        print(exc.code, file=sys.stderr)
+        return EXIT_ERROR
     except UsageError as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
