@@ -1,0 +1,129 @@
+"""Request and response bodies of the HTTP API (pydantic models).
+
+The request models are built per service (:func:`request_models`) so that the
+OpenAPI schema states the limits this service really enforces: batch sizes,
+``k``, ``refine_factor``. Floats must be finite (JSON has no NaN/inf; Python's
+JSON parser accepts ``NaN``/``Infinity`` tokens, which are refused with 422);
+ids are JSON integers in int64 range.
+"""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+INT64_MAX = 2**63 - 1
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Vector = list[FiniteFloat]
+UserId = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX - 1)]
+AnyId = Annotated[int, Field(strict=True, ge=-INT64_MAX - 1, le=INT64_MAX)]
+
+
+def request_models(config, d):
+    """``(SearchRequest, AddRequest, DeleteRequest, ReloadRequest)`` for a service
+    with ``config``'s limits over an index of dimension ``d``."""
+    strict = ConfigDict(extra="forbid")
+    search = create_model(
+        "SearchRequest", __config__=strict,
+        __doc__=f"k nearest neighbours of each query vector (dimension {d}).",
+        vectors=(list[Vector], Field(
+            min_length=1, max_length=config.max_batch_size,
+            description=f"Query vectors: a list of 1..{config.max_batch_size} lists of {d} "
+                        "finite numbers. Single-vector requests arriving together are "
+                        "batched into one fan-out.")),
+        k=(Annotated[int, Field(strict=True, ge=1, le=config.max_k)],
+           Field(10, description=f"Hits per query, 1..{config.max_k}.")),
+        nprobe=(Annotated[int, Field(strict=True, ge=1)] | None, Field(
+            None, description="Lists scanned per query, 1..nlist (default: the index's).")),
+        refine_factor=(Annotated[int, Field(strict=True, ge=0, le=config.max_refine_factor)],
+                       Field(0, description="Re-rank k * refine_factor candidates exactly "
+                                            "(needs an index with kept vectors); 0 = off.")),
+        allow_partial=(bool, Field(False, strict=True, description=(
+            "Answer even when some shards do not respond; the response then lists "
+            "`missing_shards`. Without it such a search fails with 503."))),
+        timeout_s=(Annotated[float, Field(strict=False, gt=0, allow_inf_nan=False)] | None,
+                   Field(None, description="Deadline in seconds (at most the server's "
+                                           f"{config.request_timeout_s:g} s); 504 after it.")),
+    )
+    add = create_model(
+        "AddRequest", __config__=strict,
+        __doc__=f"Vectors to add (dimension {d}), committed before the answer.",
+        vectors=(list[Vector], Field(
+            min_length=1, max_length=config.max_add_batch,
+            description=f"1..{config.max_add_batch} lists of {d} finite numbers.")),
+        ids=(list[UserId] | None, Field(
+            None, description="One int64 id (>= 0, unique, not yet in the index) per vector; "
+                              "default: consecutive ids after the largest one.")),
+    )
+    delete = create_model(
+        "DeleteRequest", __config__=strict,
+        __doc__="Ids to delete (unknown ids are ignored).",
+        ids=(list[AnyId], Field(min_length=1, max_length=config.max_add_batch,
+                                description=f"1..{config.max_add_batch} int64 ids.")),
+    )
+    reload = create_model(
+        "ReloadRequest", __config__=strict,
+        __doc__="Switch to another committed version of the index.",
+        version=(Annotated[int, Field(strict=True, ge=1)] | None, Field(
+            None, description="Version to serve (default: the newest). An older version is "
+                              "served read-only.")),
+    )
+    return search, add, delete, reload
+
+
+class SearchResponse(BaseModel):
+    ids: list[list[int]] = Field(description="int64 ids, (nq, k), best first; -1 pads rows "
+                                             "with fewer than k hits.")
+    distances: list[list[float | None]] = Field(
+        description="(nq, k): squared L2 distance (metric l2, smaller is better) or "
+                    "similarity (ip, cosine; larger is better); null where the id is -1.")
+    metric: str
+    version: int = Field(description="Index version that answered.")
+    partial: bool = Field(description="True when some shards did not answer "
+                                      "(only with allow_partial).")
+    missing_shards: list[int]
+
+
+class AddResponse(BaseModel):
+    ids: list[int] = Field(description="The ids of the added vectors.")
+    ntotal: int
+
+
+class DeleteResponse(BaseModel):
+    removed: int = Field(description="How many of the ids were in the index.")
+    ntotal: int
+
+
+class ShardHealth(BaseModel):
+    shard: int
+    replicas: int
+    alive: int
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok (every replica answered), degraded (every shard has "
+                                    "a live replica) or unavailable (some shard has none; "
+                                    "HTTP 503).")
+    version: int
+    shards: list[ShardHealth]
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    previous_version: int
+    version: int
+    ntotal: int
+    read_only: bool
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="malformed_json, invalid_request, unauthorized, "
+                                  "body_too_large, unsupported_media_type, not_found, "
+                                  "method_not_allowed, conflict, read_only, "
+                                  "shard_unavailable, timeout, internal.")
+    message: str
+    details: list | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,90 @@
+"""Helpers of the service tests (imported as ``service_support``, a unique name)."""
+
+import contextlib
+import socket
+import warnings
+
+import numpy as np
+
+D = 32
+TOKEN = "s3cret-token-for-tests"
+JSON = {"content-type": "application/json"}
+JSON_AUTH = {**JSON, "Authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def local_client(index, **settings):
+    """A TestClient on the FastAPI app over a LocalBackend wrapping ``index``."""
+    import copy
+
+    from shardann.service import LocalBackend, SearchService, create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette's TestClient-on-httpx deprecation
+        from fastapi.testclient import TestClient
+    backend = LocalBackend(copy.deepcopy(index))
+    config = {"path": "memory", "backend": "local", **settings}
+    service = SearchService(config, backend, environ={})
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        client.service = service
+        client.backend = backend
+        yield client
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bearer(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(r, status=None, code=None):
+    """A 4xx/5xx answer with our JSON error body."""
+    assert r.headers["content-type"].startswith("application/json"), r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["message"], body
+    if status is not None:
+        assert r.status_code == status, (r.status_code, r.text)
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def as_result(out, metric="l2"):
+    from shardann.metric import pad_distance
+    I = np.asarray(out["ids"], dtype=np.int64)
+    Dm = np.array(out["distances"], dtype=np.float64)
+    Dm = np.where(np.isnan(Dm), pad_distance(metric), Dm).astype(np.float32)
+    return Dm, I
+
+
+def build_store(path, xt, xb, *, nlist=16, keep_vectors=True):
+    """Train an IVF-PQ index, add ``xb`` (ids 0..n-1) and save it at ``path``."""
+    import shardann
+    index = shardann.IVFPQIndex(xt.shape[1], nlist, 8, 8, "l2", seed=0, niter=6, pq_niter=6,
+                                keep_vectors=keep_vectors)
+    index.train(xt)
+    index.add(xb)
+    index.save(path)
+    return index
+
+
+@contextlib.contextmanager
+def serving(path, **settings):
+    """Run the Serve app for the index at ``path`` on a free loopback port; yield its
+    URL; afterwards shut Serve down and stop every shard actor of the index."""
+    import os
+
+    from shardann.service import run, stop
+    from shardann.service.backends import list_index_actors
+
+    config = {"path": os.fspath(path), **settings}
+    name = settings.get("name") or os.path.basename(os.fspath(path))
+    try:
+        yield run(config, host="127.0.0.1", port=free_port())
+    finally:
+        stop(name, shutdown_serve=True)
+        assert list_index_actors(name) == []

@@ -1,0 +1,281 @@
+"""End to end over real HTTP on loopback: the Serve app in local Ray (2 CPUs)
+over a ShardedIndex on 2 shards. Each test starts its own app and shuts Serve
+down and stops the shard actors afterwards."""
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from service_support import JSON_AUTH, TOKEN, assert_error, bearer, build_store, serving
+
+ray = pytest.importorskip("ray")
+httpx = pytest.importorskip("httpx")
+
+import shardann  # noqa: E402
+from shardann.distributed import ShardedIndex  # noqa: E402
+from shardann.service import Client  # noqa: E402
+from shardann.service.backends import list_index_actors  # noqa: E402
+from shardann.service.config import token_digest  # noqa: E402
+from shardann.storage import IndexStore  # noqa: E402
+
+pytestmark = pytest.mark.ray
+AUTH = {"token_sha256": token_digest(TOKEN)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def store(tmp_path, svc_data):
+    xb, _, xt = svc_data
+    path = tmp_path / "idx"
+    build_store(path, xt, xb)
+    return path
+
+
+def _reference(path, xq, **kw):
+    with ShardedIndex.open(path, num_shards=2, name="reference") as ref:
+        return ref.search(xq, 10, nprobe=8, **kw)
+
+
+def test_add_search_delete_equals_sharded_index(store, svc_data):
+    xb, xq, _ = svc_data
+    with serving(store, num_shards=2, **AUTH) as url, Client(url, TOKEN) as client:
+        assert client.health()["status"] == "ok"
+        for kw in ({}, {"refine_factor": 4}):
+            got = client.search(xq, 10, nprobe=8, **kw)
+            want = _reference(store, xq, **kw)
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+        new = xq[:5] + np.float32(0.01)
+        ids = client.add(new, ids=np.arange(50_000, 50_005))
+        np.testing.assert_array_equal(ids, np.arange(50_000, 50_005))
+        _, I = client.search(new, 1, nprobe=16)
+        assert (I[:, 0] == ids).mean() >= 0.8  # nearly always its own nearest hit
+        assert client.delete(np.r_[50_000, 50_001, np.arange(0, 200)]) == 202
+        got = client.search(xq, 10, nprobe=8)
+        assert not np.isin(got[1], np.r_[50_000, 50_001, np.arange(200)]).any()
+        want = _reference(store, xq)  # a fresh coordinator on the committed store
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        s = client.stats()
+        assert s["ntotal"] == len(xb) + 5 - 202 and s["num_shards"] == 2
+        assert s["versions"][-1] > s["versions"][0]  # the writes were committed
+        assert "shardann_shard_scanned_lists_total" in client.metrics()
+    # everything acknowledged is in the store
+    assert shardann.open_index(store).ntotal == len(xb) + 5 - 202
+
+
+def test_auth_and_bad_input_over_http(store, svc_data):
+    xb, xq, _ = svc_data
+    d = xb.shape[1]
+    with serving(store, num_shards=2, max_body_bytes=64 * 1024, **AUTH) as url:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            before = http.get("/v1/stats", headers=bearer()).json()["ntotal"]
+            for headers in ({}, bearer("nope")):
+                assert_error(http.post("/v1/search", headers=headers,
+                                       json={"vectors": xq[:1].tolist()}), 401)
+                assert_error(http.post("/v1/vectors", headers=headers,
+                                       json={"vectors": xq[:1].tolist(), "ids": [99_999]}),
+                             401)
+                assert_error(http.request("DELETE", "/v1/vectors", headers=headers,
+                                          json={"ids": [1, 2]}), 401)
+            assert http.get("/v1/stats", headers=bearer()).json()["ntotal"] == before
+            assert http.get("/v1/health").status_code == 200
+            row = [0.5] * d
+            bad = [
+                {"vectors": [row[:-1]]}, {"vectors": [row], "k": 0},
+                {"vectors": [row], "k": 10**6}, {"vectors": [["x"] * d]},
+                {"vectors": [row], "nprobe": 10**9}, {"vectors": row}, {"k": 3},
+            ]
+            for body in bad:
+                assert_error(http.post("/v1/search", headers=bearer(), json=body), 422)
+            nan = '{"vectors": [[NaN' + ", 0.5" * (d - 1) + "]]}"
+            assert_error(http.post("/v1/search", headers=JSON_AUTH, content=nan), 422)
+            assert_error(http.post("/v1/search", headers={**bearer(),
+                                                          "content-type": "application/json"},
+                                   content="{not json"), 400, "malformed_json")
+            big = json.dumps({"vectors": [row] * 1000})
+            assert_error(http.post("/v1/search", headers=JSON_AUTH, content=big), 413)
+            fuzz_http(http)
+            r = http.post("/v1/search", headers=bearer(), json={"vectors": xq[:3].tolist()})
+            assert r.status_code == 200 and len(r.json()["ids"]) == 3
+            counts = http.get("/v1/stats", headers=bearer()).json()["service"]["requests"]
+            assert not any(s.startswith("5") for c in counts.values() for s in c), counts
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**66, 2**66) | st.floats() | st.text(max_size=5),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=6), kids,
+                                                              max_size=4), max_leaves=30)
+
+
+def fuzz_http(http):
+    @settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(body=st.fixed_dictionaries({"vectors": _values},
+                                      optional={"k": _values, "nprobe": _values,
+                                                "refine_factor": _values}) | _values)
+    def check(body):
+        r = http.post("/v1/search", headers=JSON_AUTH, content=json.dumps(body))
+        assert r.status_code < 500, (r.status_code, r.text)
+        if r.status_code != 200:
+            assert_error(r)
+
+    check()
+
+
+def _request_loop(url, xq, baseline, seconds, outcomes, stop):
+    """Single-vector searches for ``seconds``; classify every answer."""
+    with httpx.Client(base_url=url, timeout=30, headers=bearer()) as http:
+        t_end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < t_end and not stop.is_set():
+            j = i % len(xq)
+            i += 1
+            try:
+                r = http.post("/v1/search", json={"vectors": [xq[j].tolist()], "k": 10,
+                                                  "nprobe": 8, "timeout_s": 3})
+            except httpx.HTTPError as exc:
+                outcomes.append(("transport", type(exc).__name__))
+                continue
+            if r.status_code == 200:
+                same = r.json()["ids"][0] == baseline[j].tolist()
+                outcomes.append(("ok" if same else "wrong", r.status_code))
+            else:
+                try:
+                    code = r.json()["error"]["code"]
+                except Exception:
+                    code = r.text[:100]
+                outcomes.append((r.status_code, code))
+
+
+@pytest.mark.parametrize("seconds", [10, pytest.param(30, marks=pytest.mark.slow)])
+def test_kill_shard_under_load_recovers(store, svc_data, seconds):
+    xb, xq, _ = svc_data
+    with serving(store, num_shards=2, replicas=1, request_timeout_s=4, **AUTH) as url, \
+            Client(url, TOKEN) as client:
+        added = client.add(xq[:10] + np.float32(0.02), ids=np.arange(70_000, 70_010))
+        _, baseline = client.search(xq, 10, nprobe=8)
+        outcomes, stop = [], threading.Event()
+        loop = threading.Thread(target=_request_loop,
+                                args=(url, xq, baseline, seconds, outcomes, stop))
+        loop.start()
+        try:
+            time.sleep(2)
+            victim = sorted(list_index_actors("idx"))[0]
+            ray.kill(ray.get_actor(victim, namespace="shardann"), no_restart=False)
+        finally:
+            loop.join()
+        kinds = {}
+        for kind, detail in outcomes:
+            kinds[(kind, detail) if kind != "ok" else "ok"] = kinds.get(
+                (kind, detail) if kind != "ok" else "ok", 0) + 1
+        allowed = {"ok", (503, "shard_unavailable"), (504, "timeout")}
+        assert set(kinds) <= allowed, kinds
+        assert kinds.get("ok", 0) > 0
+        # recovers by itself, and nothing added before the kill is lost
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _, I = client.search(xq, 10, nprobe=8)
+                break
+            except shardann.ShardannError:
+                assert time.monotonic() < deadline, "the service did not recover"
+                time.sleep(0.5)
+        np.testing.assert_array_equal(I, baseline)
+        assert client.stats()["ntotal"] == len(xb) + 10
+        _, I = client.search(xq[:10] + np.float32(0.02), 1, nprobe=16)
+        assert np.isin(added, I[:, 0]).mean() >= 0.8
+        assert client.health()["status"] == "ok"
+
+
+def test_version_rollover_without_failed_requests(store, svc_data):
+    xb, xq, _ = svc_data
+    with serving(store, num_shards=2, retire_grace_s=0.5, **AUTH) as url, \
+            Client(url, TOKEN) as client:
+        v1 = client.stats()["version"]
+        outcomes = []
+        stop = threading.Event()
+        _, baseline = client.search(xq, 10, nprobe=8)
+
+        def loop():
+            with httpx.Client(base_url=url, timeout=30, headers=bearer()) as http:
+                i = 0
+                while not stop.is_set():
+                    r = http.post("/v1/search", json={"vectors": [xq[i % len(xq)].tolist()],
+                                                      "k": 10, "nprobe": 8})
+                    outcomes.append(r.status_code)
+                    i += 1
+
+        threads = [threading.Thread(target=loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            # another writer commits a new version with 30 more vectors
+            local = shardann.open_index(store)
+            fresh = xq + np.float32(0.03)
+            local.add(fresh[:30], ids=np.arange(90_000, 90_030))
+            local.save(store)
+            v2 = IndexStore.open(store).version
+            assert v2 > v1
+            time.sleep(0.5)
+            out = client.reload()
+            assert out == {"changed": True, "previous_version": v1, "version": v2,
+                           "ntotal": len(xb) + 30, "read_only": False}
+            assert client.reload()["changed"] is False
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert outcomes and set(outcomes) == {200}, {s: outcomes.count(s) for s in outcomes}
+        assert client.stats()["version"] == v2
+        _, I = client.search(fresh[:30], 1, nprobe=16)
+        assert (I[:, 0] == np.arange(90_000, 90_030)).mean() >= 0.8
+        # the old version's shard actors are gone once idle
+        deadline = time.monotonic() + 20
+        while any(f"/v{v1}/" in n for n in list_index_actors("idx")):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert all(f"/v{v2}/" in n for n in list_index_actors("idx"))
+
+
+def test_overload_answers_503_fast(store, svc_data):
+    _, xq, _ = svc_data
+    with serving(store, num_shards=2, max_ongoing_requests=2, max_queued_requests=2,
+                 batch_max_size=1, **AUTH) as url:
+        body = json.dumps({"vectors": np.tile(xq, (6, 1)).tolist(), "k": 100, "nprobe": 16})
+
+        async def burst(n):
+            async with httpx.AsyncClient(base_url=url, timeout=60, headers=JSON_AUTH,
+                                         limits=httpx.Limits(max_connections=n)) as http:
+                async def one():
+                    t0 = time.perf_counter()
+                    r = await http.post("/v1/search", content=body)
+                    return r, time.perf_counter() - t0
+                return await asyncio.gather(*[one() for _ in range(n)])
+
+        results = asyncio.run(burst(24))
+        statuses = [r.status_code for r, _ in results]
+        assert set(statuses) <= {200, 503}, statuses
+        rejected = [(r, t) for r, t in results if r.status_code == 503]
+        assert len(rejected) >= 12, statuses  # at most 2 running + 2 queued (+ timing slack)
+        assert all(r.headers.get("retry-after") for r, _ in rejected)
+        fastest_ok = min(t for r, t in results if r.status_code == 200)
+        # rejections do not wait for the work ahead of them
+        assert np.median([t for _, t in rejected]) < fastest_ok, (
+            [round(t, 3) for _, t in rejected], fastest_ok)
+        r = httpx.post(f"{url}/v1/search", headers=bearer(), json={"vectors": xq[:1].tolist()})
+        assert r.status_code == 200
