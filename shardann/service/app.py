@@ -330,6 +330,9 @@ def deployment_options(config):
         "health_check_period_s": 10,
         "logging_config": {"enable_access_log": bool(config.access_log)},
         "graceful_shutdown_timeout_s": config.request_timeout_s + 5,
+        # a redeploy starts the new replica (which opens the index beside the old one)
+        # before it stops the old one
+        "max_surge_percent": 100,
     }
 
 

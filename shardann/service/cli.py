@@ -108,35 +108,41 @@ def serve_main(args):
 
     from .server import run, stop
 
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        url = run(config, host=args.host, port=args.port)
-    except Exception:
-        stop(config.index_name, shutdown_serve=not args.address)
-        raise
-    auth = "bearer token required" if digest else "no token (loopback only)"
-    print(f"shardann: serving {config.path} ({config.num_shards} shard(s) x "
-          f"{config.replicas} replica(s)) at {url}  [{auth}]", flush=True)
-    if args.detach:
-        print("shardann: detached; the app keeps running on the Ray cluster", flush=True)
-        return 0
-    print("shardann: Ctrl-C to stop", flush=True)
+    # Ctrl-C / SIGTERM: the first asks for an orderly stop (also during startup, which
+    # then finishes and stops at once); a second one interrupts.
     done = threading.Event()
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda *_: done.set())
+
+    def on_signal(signum, _frame):
+        if done.is_set():
+            raise KeyboardInterrupt
+        logger.info("signal %d: stopping", signum)
+        done.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_on_exit = True
     try:
+        if args.address:
+            ray.init(address=args.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        url = run(config, host=args.host, port=args.port)
+        auth = "bearer token required" if digest else "no token (loopback only)"
+        print(f"shardann: serving {config.path} ({config.num_shards} shard(s) x "
+              f"{config.replicas} replica(s)) at {url}  [{auth}]", flush=True)
+        if args.detach:
+            print("shardann: detached; the app keeps running on the Ray cluster", flush=True)
+            stop_on_exit = False
+            return 0
+        print("shardann: Ctrl-C to stop", flush=True)
         while not done.wait(1.0):
             pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        print("shardann: stopping", flush=True)
-        stop(config.index_name, shutdown_serve=not args.address)
-        if not args.address:
+        if stop_on_exit and ray.is_initialized():
+            print("shardann: stopping", flush=True)
+            stop(config.index_name, shutdown_serve=not args.address)
+        if not args.address and ray.is_initialized() and stop_on_exit:
             serve.shutdown()
             ray.shutdown()
     return 0

@@ -1,0 +1,142 @@
+"""``shardann serve`` (``shardann.service.cli``), the config and token rules, and
+import hygiene: ``import shardann`` and the client stay free of Ray and FastAPI."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from service_support import TOKEN, build_store, free_port
+
+from shardann.service.cli import add_serve_arguments, config_from_args, serve_main
+from shardann.service.config import (
+    ServiceConfig,
+    check_auth_settings,
+    is_loopback,
+    resolve_token_digest,
+    token_digest,
+)
+
+
+def _args(*argv):
+    return add_serve_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_arguments_make_a_config(tmp_path):
+    args = _args(str(tmp_path / "idx"), "--shards", "3", "--replicas", "2", "--port", "9000",
+                 "--max-k", "50", "--batch-wait-ms", "5")
+    cfg = config_from_args(args)
+    assert (cfg.num_shards, cfg.replicas, cfg.max_k) == (3, 2, 50)
+    assert cfg.batch_wait_timeout_s == pytest.approx(0.005)
+    assert os.path.isabs(cfg.path) and args.port == 9000 and args.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("127.8.9.1", True),
+                                       ("::1", True), ("localhost", True),
+                                       ("0.0.0.0", False), ("::", False),
+                                       ("192.168.1.4", False), ("", False)])
+def test_is_loopback(host, loop):
+    assert is_loopback(host) is loop
+
+
+def test_refuses_public_host_without_token(tmp_path, monkeypatch):
+    from shardann.cli import UsageError
+
+    monkeypatch.delenv("SHARDANN_TOKEN", raising=False)
+    monkeypatch.delenv("SHARDANN_TOKEN_FILE", raising=False)
+    with pytest.raises(UsageError, match="refusing to serve on '0.0.0.0'"):
+        serve_main(_args(str(tmp_path), "--host", "0.0.0.0"))
+    with pytest.raises(UsageError, match="token file"):
+        serve_main(_args(str(tmp_path), "--host", "0.0.0.0", "--token-file",
+                         str(tmp_path / "missing")))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(UsageError, match="empty"):
+        serve_main(_args(str(tmp_path), "--token-file", str(tmp_path / "empty")))
+
+
+def test_token_sources(tmp_path):
+    f = tmp_path / "tok"
+    f.write_text(f"  {TOKEN}\n")
+    digest = token_digest(TOKEN)
+    assert resolve_token_digest(ServiceConfig(token_file=str(f)), {}) == digest
+    assert resolve_token_digest(ServiceConfig(), {"SHARDANN_TOKEN": TOKEN}) == digest
+    assert resolve_token_digest(ServiceConfig(), {"SHARDANN_TOKEN_FILE": str(f)}) == digest
+    assert resolve_token_digest(ServiceConfig(), {"SHARDANN_TOKEN": " "}) is None
+    assert resolve_token_digest(ServiceConfig(token_sha256=digest), {}) == digest
+    check_auth_settings(ServiceConfig(host="0.0.0.0"), digest)  # fine with a token
+    with pytest.raises(ValueError, match="require_token"):
+        check_auth_settings(ServiceConfig(require_token=True), None)
+
+
+@pytest.mark.parametrize("bad,err", [({"num_shards": 0}, ValueError),
+                                     ({"max_k": "10"}, TypeError),
+                                     ({"backend": "gpu"}, ValueError),
+                                     ({"token_sha256": TOKEN}, ValueError),
+                                     ({"request_timeout_s": 0}, ValueError),
+                                     ({"max_queued_requests": -2}, ValueError),
+                                     ({"nshards": 2}, ValueError)])
+def test_config_validation(bad, err):
+    with pytest.raises(err):
+        ServiceConfig.from_dict(bad)
+
+
+def test_imports_stay_light():
+    code = ("import sys, shardann, shardann.service, shardann.service.client; "
+            "c = shardann.service.Client('http://127.0.0.1:1'); "
+            "print(sorted(m for m in ('ray', 'fastapi', 'starlette', 'prometheus_client') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.ray
+def test_serve_command_runs_and_stops(tmp_path, svc_data):
+    """``python -m shardann.service.cli`` in a subprocess (its own local Ray): serves,
+    answers with the token, and on SIGINT stops Serve and its shard actors."""
+    xb, xq, xt = svc_data
+    path = tmp_path / "idx"
+    build_store(path, xt, xb)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardann.service.cli", str(path), "--shards", "2",
+         "--port", str(port), "--num-cpus", "2", "--token-file", str(token_file),
+         "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SHARDANN_TOKEN")})
+    try:
+        import httpx
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the service did not come up"
+            time.sleep(1)
+        from shardann.service import Client
+        with Client(f"http://127.0.0.1:{port}", TOKEN) as client:
+            D, I = client.search(xq[:4], 5, nprobe=4)
+            assert I.shape == (4, 5) and (I >= 0).all()
+            assert client.stats()["num_shards"] == 2
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/search",
+                       json={"vectors": xq[:1].tolist()})
+        assert r.status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0, out
+    assert "serving" in out and "bearer token required" in out and "stopping" in out
+    json.dumps(out)  # printable
