@@ -1,102 +1,58 @@
-"""Interim single-directory index format: ``index.json`` + ``arrays.npz``.
+"""``index.save(path)`` and ``shardann.open_index(path)`` on the versioned store.
 
-Written to a temporary directory and renamed into place, so a crash leaves
-either the old or the new index. The Arrow/Parquet store (``shardann.storage``)
-is the long-term format.
+The format lives in :mod:`shardann.storage` (see ``docs/format.md``); this
+module only bridges the single-process index to it, importing the storage
+layer lazily.
 """
 
-import json
-import os
-import shutil
-import uuid
+import logging
 
-import numpy as np
-
-from ..errors import CorruptIndexError
-
-FORMAT = "shardann-interim"
-FORMAT_VERSION = 1
-
-
-def _index_classes():
-    from .flat import FlatIndex
-    from .ivf import IVFFlatIndex, IVFPQIndex
-    return {c.kind: c for c in (FlatIndex, IVFFlatIndex, IVFPQIndex)}
+logger = logging.getLogger(__name__)
 
 
 def save_index(index, path):
-    """Write ``index`` to directory ``path``, replacing what was there."""
-    path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-    os.makedirs(tmp)
+    """Write ``index`` to directory ``path``; return the committed version number.
+
+    A new path becomes a store at version 1; an existing store gets a new
+    version holding exactly the index's current content (earlier versions stay
+    readable until ``IndexStore.vacuum``). A store whose newest version is
+    damaged is superseded by the new version (with a warning).
+    """
+    from ..errors import CorruptIndexError
+    from ..storage import IndexStore
+    from ..storage._manifest import FutureFormatError
+    from ..storage._store import _write_index
+
+    if not IndexStore.exists(path):
+        return IndexStore.create(path, index).version
     try:
-        arrays = {f"trained/{k}": v for k, v in index._trained_arrays().items()}
-        if index._lists is not None and index.is_trained:
-            sizes, ids, data = index._lists.packed()
-            arrays["lists/sizes"] = sizes
-            arrays["lists/ids"] = ids
-            for k, v in data.items():
-                arrays[f"lists/{k}"] = v
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": index.kind,
-                "config": index.get_config(), "trained": index.is_trained,
-                "ntotal": index.ntotal}
-        with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        with open(os.path.join(tmp, "index.json"), "w") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.path.exists(path):
-            old = f"{tmp}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        store = IndexStore.open(path)
+    except FutureFormatError:
         raise
+    except CorruptIndexError as exc:
+        logger.warning("saving a new version over a damaged index: %s", exc)
+        return _write_index(store_path(path), index, None, "save", None).version
+    return store.save_index(index).version
 
 
-def open_index(path):
-    """Open an index written by ``index.save(path)``."""
-    path = os.fspath(path)
-    meta_path = os.path.join(path, "index.json")
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"no shardann index at {path!r} (missing index.json)")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except ValueError as exc:
-        raise CorruptIndexError(f"{meta_path}: unreadable ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise CorruptIndexError(f"{meta_path}: not a {FORMAT} index")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CorruptIndexError(
-            f"{meta_path}: format version {meta['format_version']} is newer than this "
-            f"shardann understands ({FORMAT_VERSION}); upgrade shardann")
-    classes = _index_classes()
-    if meta.get("kind") not in classes:
-        raise CorruptIndexError(f"{meta_path}: unknown index kind {meta.get('kind')!r}")
-    index = classes[meta["kind"]](**meta["config"])
-    arrays_path = os.path.join(path, "arrays.npz")
-    try:
-        with np.load(arrays_path) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise CorruptIndexError(f"{arrays_path}: unreadable ({exc})") from exc
-    if meta["trained"]:
-        trained = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("trained/")}
-        index._set_trained_arrays(trained)
-        data = {k.split("/", 1)[1]: v for k, v in arrays.items()
-                if k.startswith("lists/") and k not in ("lists/sizes", "lists/ids")}
-        if "lists/sizes" in arrays:
-            index._set_lists(arrays["lists/sizes"], arrays["lists/ids"], data)
-    if index.ntotal != meta["ntotal"]:
-        raise CorruptIndexError(
-            f"{path}: holds {index.ntotal} vectors but index.json says {meta['ntotal']}")
-    return index
+def store_path(path):
+    import os
+    return os.path.abspath(os.fspath(path))
+
+
+def open_index(path, version=None):
+    """Open an index written by ``index.save(path)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, the index directory.
+    version : int, optional. A committed version to open; default the newest.
+
+    Returns a FlatIndex, IVFFlatIndex or IVFPQIndex (trained, if it was saved
+    trained) with all its lists loaded. Raises ``FileNotFoundError`` when there
+    is no index (or no such version) and :class:`shardann.CorruptIndexError`
+    naming the file when a file is truncated, corrupt or of an unknown format.
+    """
+    from ..storage import IndexStore
+
+    return IndexStore.open(path, version).load_index()

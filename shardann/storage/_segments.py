@@ -1,0 +1,254 @@
+"""List segments: immutable Parquet files of (list_id, id, code[, vector]) rows.
+
+Rows are sorted by (list_id, id); row groups are cut at list boundaries so a
+shard reads only the row groups of the lists it owns. Pages carry CRC-32
+checksums, verified on every read; the footer's CRC-32 is in the manifest and
+checked before a segment is first read.
+"""
+
+import json
+import os
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import CorruptIndexError
+from ._crash import crash_point
+from ._files import ChecksumWriter
+from ._manifest import check_format_version
+
+META_KEY = b"shardann"
+FILE_FORMAT = "shardann-segment"
+#: index payload column name -> segment column name
+TO_FILE = {"codes": "code", "vectors": "vector"}
+TO_INDEX = {v: k for k, v in TO_FILE.items()}
+ROW_GROUP_ROWS = 65536
+#: memory-map segment files when reading (sizes are checked first)
+MEMORY_MAP = True
+
+
+def column_spec(columns):
+    """Manifest column spec from an index's ``_lists.columns`` ({name: (width, dtype)})."""
+    spec = {}
+    for name, (width, dtype) in columns.items():
+        if name not in TO_FILE:
+            raise ValueError(f"cannot store a list column named {name!r}")
+        spec[TO_FILE[name]] = {"dtype": np.dtype(dtype).name, "width": int(width)}
+    return spec
+
+
+def arrow_schema(spec, meta=None):
+    fields = [pa.field("list_id", pa.int32(), nullable=False),
+              pa.field("id", pa.int64(), nullable=False)]
+    for name in ("code", "vector"):
+        if name in spec:
+            c = spec[name]
+            nbytes = c["width"] * np.dtype(c["dtype"]).itemsize
+            fields.append(pa.field(name, pa.binary(nbytes), nullable=False, metadata={
+                b"shardann.dtype": c["dtype"].encode(),
+                b"shardann.width": str(c["width"]).encode()}))
+    schema = pa.schema(fields)
+    return schema.with_metadata({META_KEY: json.dumps(meta)}) if meta else schema
+
+
+def _fsb(arr, nbytes):
+    """A (n, w) uint8 / float array as an Arrow fixed_size_binary array (no copy)."""
+    arr = np.ascontiguousarray(arr)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(nbytes), arr.shape[0],
+                                                [None, pa.py_buffer(arr)])
+
+
+def sort_rows(list_ids, ids, data):
+    """Rows ordered by (list_id, id); returns the inputs themselves when already sorted."""
+    if list_ids.size > 1:
+        dl = np.diff(list_ids)
+        ordered = (dl >= 0).all() and (np.diff(ids)[dl == 0] >= 0).all()
+        if not ordered:
+            order = np.lexsort((ids, list_ids))
+            list_ids, ids = list_ids[order], ids[order]
+            data = {k: _take_rows(v, order) for k, v in data.items()}
+    return list_ids, ids, data
+
+
+def _take_rows(a, rows):
+    """``a[rows]`` for a 2-D array, copying each row as one opaque item."""
+    a = np.ascontiguousarray(a)
+    if a.ndim == 2 and a.shape[1]:
+        void = a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(-1)
+        return void[rows].view(a.dtype).reshape(len(rows), a.shape[1])
+    return a[rows]
+
+
+def _row_group_cuts(list_ids, target):
+    """Row offsets cutting sorted ``list_ids`` into groups of whole lists, ~``target`` rows."""
+    n = list_ids.size
+    starts = np.flatnonzero(np.concatenate([[True], list_ids[1:] != list_ids[:-1]]))
+    group = starts // max(int(target), 1)
+    first = starts[np.concatenate([[True], group[1:] != group[:-1]])]
+    return np.concatenate([first, [n]])
+
+
+def write_segment(path, list_ids, ids, data, spec, *, format_version,
+                  row_group_rows=ROW_GROUP_ROWS):
+    """Write one segment file (``path`` must not exist) and return its manifest entry.
+
+    ``list_ids`` int (n,), ``ids`` int64 (n,), ``data`` {"codes"/"vectors": (n, w)};
+    rows are sorted here. The entry has path-independent fields: size, crc32,
+    footer_size, footer_crc32, rows, min_id, max_id, row_groups.
+    """
+    list_ids = np.asarray(list_ids, dtype=np.int32)
+    ids = np.asarray(ids, dtype=np.int64)
+    list_ids, ids, data = sort_rows(list_ids, ids, data)
+    n = ids.size
+    meta = {"format": FILE_FORMAT, "format_version": format_version, "columns": spec}
+    schema = arrow_schema(spec, meta)
+    arrays = [pa.array(list_ids, pa.int32()), pa.array(ids, pa.int64())]
+    for name in ("code", "vector"):
+        if name in spec:
+            c = spec[name]
+            arr = np.ascontiguousarray(data[TO_INDEX[name]], dtype=c["dtype"])
+            if arr.shape != (n, c["width"]):
+                raise ValueError(f"{TO_INDEX[name]} must have shape ({n}, {c['width']}); "
+                                 f"got {arr.shape}")
+            arrays.append(_fsb(arr, arr.shape[1] * arr.itemsize))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    cuts = _row_group_cuts(list_ids, row_group_rows)
+    crash_point("segment.before_write")
+    sink = ChecksumWriter(path)
+    try:
+        writer = pq.ParquetWriter(sink, schema, compression="none", write_page_checksum=True,
+                                  use_dictionary=["list_id"], write_statistics=["list_id"])
+        for s, e in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            writer.write_table(table.slice(s, e - s), row_group_size=e - s)
+            sink.flush()
+            crash_point("segment.row_group")
+        writer.close()
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    footer_size = int.from_bytes(sink.tail(8)[:4], "little") + 8
+    footer_crc = zlib.crc32(sink.tail(footer_size))
+    md = pq.read_metadata(path)
+    rg_rows = np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)], np.int64)
+    bounds = np.concatenate([[0], np.cumsum(rg_rows)])
+    row_groups = [{"first_list": int(list_ids[s]), "last_list": int(list_ids[e - 1]),
+                   "rows": int(e - s)} for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+    crash_point("segment.after_write")
+    return {"size": sink.size, "crc32": sink.crc, "footer_size": footer_size,
+            "footer_crc32": footer_crc, "rows": int(n),
+            "min_id": int(ids.min()) if n else 0, "max_id": int(ids.max()) if n else -1,
+            "row_groups": row_groups}
+
+
+def _numpy_column(chunked, dtype=None, width=None):
+    """NumPy view of an Arrow column: zero-copy when it is one chunk."""
+    parts = []
+    for chunk in chunked.chunks:
+        if width is None:
+            item = np.dtype(dtype).itemsize
+            parts.append(np.frombuffer(chunk.buffers()[1], dtype, count=len(chunk),
+                                       offset=chunk.offset * item))
+        else:
+            nbytes = chunk.type.byte_width
+            raw = np.frombuffer(chunk.buffers()[1], np.uint8, count=len(chunk) * nbytes,
+                                offset=chunk.offset * nbytes).reshape(len(chunk), nbytes)
+            parts.append(raw.view(dtype).reshape(len(chunk), width))
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        shape = (0,) if width is None else (0, width)
+        return np.zeros(shape, dtype)
+    return np.concatenate(parts)
+
+
+class SegmentFile:
+    """Reads one segment named by a manifest entry; checks it before the first read."""
+
+    def __init__(self, root, entry, spec):
+        self.path = os.path.join(root, entry["path"])
+        self.entry = entry
+        self.spec = spec
+        self._pf = None
+
+    def _open(self):
+        if self._pf is not None:
+            return self._pf
+        e = self.entry
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != e["size"]:
+                    raise CorruptIndexError(
+                        f"{self.path}: segment has {size} bytes but the manifest says "
+                        f"{e['size']} (truncated or replaced)")
+                f.seek(size - e["footer_size"])
+                footer = f.read(e["footer_size"])
+        except FileNotFoundError:
+            raise CorruptIndexError(
+                f"{self.path}: segment named by the manifest is missing") from None
+        except OSError as exc:
+            if isinstance(exc, CorruptIndexError):
+                raise
+            raise CorruptIndexError(f"{self.path}: cannot read segment ({exc})") from exc
+        if (len(footer) != e["footer_size"] or footer[-4:] != b"PAR1"
+                or int.from_bytes(footer[-8:-4], "little") + 8 != e["footer_size"]
+                or zlib.crc32(footer) != e["footer_crc32"]):
+            raise CorruptIndexError(
+                f"{self.path}: Parquet footer does not match its checksum in the manifest")
+        try:
+            pf = pq.ParquetFile(self.path, page_checksum_verification=True,
+                                memory_map=MEMORY_MAP)
+            meta = json.loads(pf.schema_arrow.metadata[META_KEY])
+        except Exception as exc:
+            raise CorruptIndexError(f"{self.path}: unreadable segment ({exc})") from exc
+        if meta.get("format") != FILE_FORMAT:
+            raise CorruptIndexError(f"{self.path}: not a shardann segment")
+        check_format_version(meta.get("format_version"), self.path)
+        want = arrow_schema(self.spec)
+        got = pf.schema_arrow.remove_metadata()
+        if not got.equals(want, check_metadata=False):
+            raise CorruptIndexError(
+                f"{self.path}: segment schema {got} does not match the manifest's {want}")
+        md = pf.metadata
+        rg_rows = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        if rg_rows != [g["rows"] for g in e["row_groups"]]:
+            raise CorruptIndexError(
+                f"{self.path}: row groups hold {rg_rows} rows; the manifest says "
+                f"{[g['rows'] for g in e['row_groups']]}")
+        self._pf = pf
+        return pf
+
+    def read(self, row_groups=None, columns=None):
+        """{"list_id", "id", "codes", "vectors"}: NumPy arrays of the given row groups.
+
+        ``columns`` restricts to some of the segment columns (file names:
+        "list_id", "id", "code", "vector"); one-chunk columns are zero-copy
+        views of Arrow's buffers.
+        """
+        pf = self._open()
+        if row_groups is None:
+            row_groups = list(range(len(self.entry["row_groups"])))
+        if columns is None:
+            columns = ["list_id", "id"] + [c for c in ("code", "vector") if c in self.spec]
+        want = sum(self.entry["row_groups"][i]["rows"] for i in row_groups)
+        try:
+            table = pf.read_row_groups(row_groups, columns=columns, use_threads=True)
+        except Exception as exc:
+            raise CorruptIndexError(f"{self.path}: corrupt segment data ({exc})") from exc
+        if table.num_rows != want:
+            raise CorruptIndexError(
+                f"{self.path}: read {table.num_rows} rows; the manifest says {want}")
+        out = {}
+        for name in columns:
+            col = table.column(name)
+            if name == "list_id":
+                out[name] = _numpy_column(col, np.int32)
+            elif name == "id":
+                out[name] = _numpy_column(col, np.int64)
+            else:
+                c = self.spec[name]
+                out[TO_INDEX[name]] = _numpy_column(col, np.dtype(c["dtype"]), c["width"])
+        return out
