@@ -202,8 +202,9 @@ class ShardedIndex:
                 try:
                     results[s] = ray.get(ref)
                 except _ACTOR_ERRORS as exc:
-                    logger.warning("shard %d replica %d failed: %s", s, replica % self.replicas,
-                                   type(exc).__name__)
+                    logger.log(logging.WARNING if tried[s] == 1 else logging.DEBUG,
+                               "shard %d replica %d failed (%s); trying again until the "
+                               "deadline", s, replica % self.replicas, type(exc).__name__)
                     if tried[s] >= self.replicas:
                         time.sleep(min(_RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
                     tried[s] += 1
