@@ -1,7 +1,9 @@
 """The ``shardann`` command.
 
-``shardann demo``        build, search, save and reopen an IVF-PQ index on synthetic data
+``shardann demo``        build, search, save and reopen an IVF-PQ index on synthetic data,
+                         then search it sharded over 2 Ray actors in local mode
 ``shardann info PATH``   describe an index written by ``index.save(PATH)``
+``shardann serve PATH``  serve an index over HTTP with Ray Serve (``shardann.service``)
 ``shardann bench SUITE`` benchmarks: ``core`` (kernels, local indexes vs FAISS) and
                          ``distributed`` (sharded vs local), from ``shardann.bench.SUITE``
 
@@ -12,7 +14,6 @@ for the traceback), 2 usage.
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -66,7 +67,8 @@ def build_parser():
         return sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
 
     demo = add("demo", "Build an IVF-PQ index on synthetic data, measure recall@10 against "
-                       "exact search, save it and reopen it.")
+                       "exact search, save and reopen it, then search it on 2 Ray shard "
+                       "actors in local mode.")
     _common_options(demo, in_subcommand=True)
     demo.add_argument("--n", type=int, default=100_000, help="database vectors (default 100000)")
     demo.add_argument("--d", type=int, default=64, help="dimension (default 64)")
@@ -79,13 +81,19 @@ def build_parser():
                       help="keep the index at PATH (try `shardann info PATH` on it); "
                            "by default it is saved to a temporary directory and removed")
     demo.add_argument("--no-ray", action="store_true",
-                      help="skip the Ray local-mode part")
+                      help="skip the Ray local-mode part (the saved index on 2 shard actors)")
     demo.set_defaults(handler=cmd_demo)
 
     info = add("info", "Describe an index saved with index.save(PATH).")
     _common_options(info, in_subcommand=True)
     info.add_argument("path", metavar="PATH", help="index directory")
     info.set_defaults(handler=cmd_info)
+
+    serve = add("serve", "Serve an index over HTTP (Ray Serve) until interrupted.")
+    _common_options(serve, in_subcommand=True)
+    from .service.cli import add_serve_arguments, serve_main  # light: Ray loads in serve_main
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=serve_main)
 
     bench = add("bench", "Benchmarks (speed is measured here, not in the tests).")
     bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
@@ -221,99 +229,134 @@ def cmd_demo(args):
 
     print(f"\nsearch: {args.nq:,} queries, k={k}; recall@10 = share of the exact 10 nearest "
           "found")
-    print(f"  {'nprobe':>6} {'refine':>6} {'recall@10':>9} {'ms/query':>9} {'QPS':>9}")
     settings = [(p, 0) for p in (1, 4, 16, 64) if p <= args.nlist]
     settings.append((min(16, args.nlist), 10))
-    results = {}
-    for nprobe, refine in settings:
-        with _Timer() as t:
-            D, I = index.search(xq, k, nprobe=nprobe, refine_factor=refine)
-        results[nprobe, refine] = (D, I)
-        print(f"  {nprobe:>6} {refine:>6} {recall_at_k(I, gt):>9.3f} "
-              f"{1000 * t.seconds / args.nq:>9.3f} {args.nq / t.seconds:>9,.0f}")
+    results = _search_table(index.search, xq, k, settings, gt)
     print("  (refine re-ranks k*refine PQ candidates with exact distances on kept vectors)\n")
 
-    # the largest nprobe reads every code; the refine row reads the kept vectors too
-    checks = settings[-2:]
     with tempfile.TemporaryDirectory(prefix="shardann-demo-") as tmp:
         path = args.save or os.path.join(tmp, "demo-index")
         with _Timer() as t:
             index.save(path)
             reopened = shardann.open_index(path)
-            same = all(
-                all(np.array_equal(a, b) for a, b in zip(
-                    results[nprobe, refine],
-                    reopened.search(xq, k, nprobe=nprobe, refine_factor=refine), strict=True))
-                for nprobe, refine in checks)
+            # the largest nprobe reads every code; the refine row reads the kept vectors too
+            same = _same_results(reopened.search, xq, k, settings[-2:], results)
         where = path if args.save else "a temporary directory"
         _step("save/open", f"saved to {where}, reopened: (D, I) "
                            f"{'identical' if same else 'DIFFER'}", t.seconds)
-    if not same:
-        raise CommandError("the reopened index returned different results")
-    if args.save:
-        print(f"{'':<10} inspect it with: shardann info {path}")
-
-    if args.no_ray:
-        _step("ray", "skipped (--no-ray)")
-    else:
-        have_ray = importlib.util.find_spec("ray") is not None
-        print("ray        the Ray local-mode part (ray.init(num_cpus=2), searches fanned out to 2\n"
-              "           shard actors each holding half of the lists) arrives with\n"
-              "           shardann.distributed, which is still in progress"
-              + ("" if have_ray else " (and ray is not installed)"))
+        if not same:
+            raise CommandError("the reopened index returned different results")
+        if args.save:
+            print(f"{'':<10} inspect it with: shardann info {path}")
+        if args.no_ray:
+            _step("ray", "skipped (--no-ray)")
+        else:
+            _demo_ray(path, xq, k, settings, gt, results)
     return EXIT_OK
+
+
+def _search_table(search, xq, k, settings, gt, local=None):
+    """Run ``search`` for each (nprobe, refine_factor), print recall and speed;
+    with ``local`` results also say whether they are identical. Returns the results."""
+    same_col = f" {'same as local':>14}" if local is not None else ""
+    print(f"  {'nprobe':>6} {'refine':>6} {'recall@10':>9} {'ms/query':>9} {'QPS':>9}{same_col}")
+    results = {}
+    for nprobe, refine in settings:
+        with _Timer() as t:
+            D, I = search(xq, k, nprobe=nprobe, refine_factor=refine)
+        results[nprobe, refine] = (D, I)
+        same = ""
+        if local is not None:
+            same = f" {'yes' if _equal((D, I), local[nprobe, refine]) else 'NO':>14}"
+        print(f"  {nprobe:>6} {refine:>6} {recall_at_k(I, gt):>9.3f} "
+              f"{1000 * t.seconds / len(xq):>9.3f} {len(xq) / t.seconds:>9,.0f}{same}")
+    return results
+
+
+def _equal(a, b):
+    """Two (D, I) results are identical."""
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _same_results(search, xq, k, settings, expected):
+    return all(_equal(search(xq, k, nprobe=nprobe, refine_factor=refine), expected[nprobe, refine])
+               for nprobe, refine in settings)
+
+
+def _demo_ray(path, xq, k, settings, gt, local):
+    """The saved index on 2 Ray shard actors in local mode, checked against the local one."""
+    try:
+        import ray
+
+        from shardann.distributed import ShardedIndex
+    except ImportError as exc:
+        _step("ray", f"skipped: {exc} (use --no-ray to skip it quietly)")
+        return
+    if ray.is_initialized():
+        raise CommandError("Ray is already initialised in this process")
+    with _Timer() as t:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    try:
+        _step("ray", "local mode started: ray.init(num_cpus=2)", t.seconds)
+        with _Timer() as t:
+            sharded = ShardedIndex.open(path, num_shards=2)
+        with sharded:
+            sizes = [int(sharded.list_sizes[sharded.owner == s].sum()) for s in range(2)]
+            _step("shards", f"2 shard actors, {sizes[0]:,} + {sizes[1]:,} vectors "
+                            "(lists placed by size)", t.seconds)
+            with _Timer() as t:  # first calls: the actors load their kernels
+                sharded.search(xq[:64], k, nprobe=1)
+                sharded.search(xq[:64], k, nprobe=1, refine_factor=2)
+            _step("warm-up", "shard actors' kernels loaded", t.seconds)
+            print("\nsearch fanned out to the 2 shards, merged on the coordinator:")
+            results = _search_table(sharded.search, xq, k, settings, gt, local=local)
+    finally:
+        ray.shutdown()
+    if not all(_equal(results[s], local[s]) for s in settings):
+        raise CommandError("the sharded index returned different results from the local one")
 
 
 # -- info ----------------------------------------------------------------------------------------
 def cmd_info(args):
-    import shardann
+    from shardann.storage import IndexStore
 
-    index = shardann.open_index(args.path)
+    store = IndexStore.open(args.path)  # reads the manifest and codebooks, not the lists
+    cfg = store.config
+    d = cfg["d"]
     rows = [("path", os.path.abspath(args.path)),
-            ("kind", f"{index.kind} ({type(index).__name__})"),
-            ("d", index.d),
-            ("metric", index.metric)]
-    if hasattr(index, "nlist"):
-        rows += [("nlist", index.nlist), ("nprobe", f"{index.nprobe} (default per search)")]
-    if hasattr(index, "M"):
-        rows += [("M", index.M), ("nbits", index.nbits),
-                 ("code size", f"{index.code_size} B"),
-                 ("opq", "yes" if index.opq is not None else "no"),
-                 ("kept vectors", index.keep_vectors or "no (refine unavailable)")]
-    rows += [("trained", "yes" if index.is_trained else "no"),
-             ("ntotal", f"{index.ntotal:,}")]
-    sizes = _list_sizes(index)
-    if hasattr(index, "nlist") and sizes is not None and sizes.size:
+            ("kind", store.kind),
+            ("d", d),
+            ("metric", cfg["metric"])]
+    if "nlist" in cfg:
+        rows += [("nlist", cfg["nlist"]), ("nprobe", f"{cfg['nprobe']} (default per search)")]
+    if "M" in cfg:
+        rows += [("M", cfg["M"]), ("nbits", cfg["nbits"]),
+                 ("code size", f"{-(-cfg['M'] * cfg['nbits'] // 8)} B"),
+                 ("opq", "yes" if cfg.get("opq") else "no"),
+                 ("kept vectors", cfg.get("keep_vectors") or "no (refine unavailable)")]
+    rows += [("trained", "yes" if store.is_trained else "no"),
+             ("ntotal", f"{store.ntotal:,}")]
+    if "nlist" in cfg and store.is_trained:
+        sizes = store.list_sizes()
         rows.append(("list sizes", f"min {sizes.min():,} / mean {sizes.mean():,.1f} / "
                                    f"max {sizes.max():,} ({int((sizes == 0).sum())} empty)"))
-    per_vector = _bytes_per_vector(index)
-    if per_vector is not None:
-        total, parts = per_vector
-        rows.append(("bytes/vector", f"{total} in memory ("
+    if store.is_trained:
+        parts = [("id", 8)] + [(name, spec["width"] * np.dtype(spec["dtype"]).itemsize)
+                               for name, spec in store.columns.items()]
+        rows.append(("bytes/vector", f"{sum(b for _, b in parts)} in memory ("
                      + " + ".join(f"{name} {b}" for name, b in parts)
-                     + f"); raw float32 is {4 * index.d}"))
-    rows.append(("on disk", _human_bytes(_dir_size(args.path))))
+                     + f"); raw float32 is {4 * d}"))
+    m = store.manifest
+    rows += [("version", f"{store.version} ({m['operation']} at {m['created_at']}); "
+                         f"{len(store.history())} readable version(s)"),
+             ("files", f"{len(m['files']['segments'])} segment(s), "
+                       f"{len(m['files']['tombstones'])} tombstone file(s), "
+                       f"{_human_bytes(_dir_size(args.path))} on disk")]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return EXIT_OK
-
-
-def _list_sizes(index):
-    # No public accessor yet: the inverted lists are private (index._lists).
-    lists = getattr(index, "_lists", None)
-    return None if lists is None else np.asarray(lists.size)
-
-
-def _bytes_per_vector(index):
-    """(total, [(part, bytes)]) stored per vector: id plus each payload column."""
-    lists = getattr(index, "_lists", None)
-    if lists is None:
-        return None
-    parts = [("id", 8)]
-    for name, (width, dtype) in lists.columns.items():
-        parts.append((name.rstrip("s"), int(width) * np.dtype(dtype).itemsize))
-    return sum(b for _, b in parts), parts
 
 
 def _dir_size(path):
