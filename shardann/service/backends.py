@@ -144,8 +144,8 @@ class ShardedBackend:
         stop_index_actors(self.name, prefix=self.actor_prefix)
 
     def close(self):
-        """Forget the actors without stopping them (they are detached)."""
-        self.index._owned = []
+        """Nothing to release: the detached shard actors keep serving (``retire`` or
+        :func:`stop_index_actors` stop them)."""
 
     def stop_stale_actors(self):
         """Stop shard actors of this index name that belong to other versions or shard

@@ -87,8 +87,8 @@ class ServiceConfig:
     batch_wait_timeout_s: float = 0.002
     max_concurrent_batches: int = 2
     search_threads: int = 4
-    max_ongoing_requests: int = 96
-    max_queued_requests: int = 32
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 16
     retry_after_s: float = 1.0
     num_replicas: int = 1
     replica_num_cpus: float = 1.0

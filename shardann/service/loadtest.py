@@ -68,6 +68,8 @@ class Stage:
         self.lat = {}  # status -> list of seconds
         self.errors = {}  # exception type -> count
         self.elapsed = 0.0
+        self.load_before = os.getloadavg()[0]
+        self.load_after = None
 
     def record(self, status, seconds):
         self.lat.setdefault(status, []).append(seconds)
@@ -89,6 +91,9 @@ class Stage:
             "max_ms": round(float(ok.max()), 2) if len(ok) else None,
             "rejected_p50_ms": pct(rej, 50), "rejected_p99_ms": pct(rej, 99),
             "rejected_max_ms": round(float(rej.max()), 2) if len(rej) else None,
+            "loadavg_1m": [round(self.load_before, 2),
+                           round(self.load_after if self.load_after is not None
+                                 else os.getloadavg()[0], 2)],
         }
 
 
@@ -173,8 +178,8 @@ def _print(summary):
     print(f"{s['stage']:<22} {s['requests']:>7} req {s['elapsed_s']:>7.1f} s  "
           f"ok {s['ok']:>7} ({s['qps_ok']:>7.1f}/s)  p50 {s['p50_ms']} ms  "
           f"p99 {s['p99_ms']} ms  max {s['max_ms']} ms  status {s['status']}"
-          f"{'  errors ' + str(s['client_errors']) if s['client_errors'] else ''}{rej}",
-          flush=True)
+          f"{'  errors ' + str(s['client_errors']) if s['client_errors'] else ''}{rej}"
+          f"  loadavg {s['loadavg_1m'][0]}->{s['loadavg_1m'][1]}", flush=True)
 
 
 def _ints(text):
@@ -216,11 +221,12 @@ def run(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m shardann.service.loadtest",
+    p = argparse.ArgumentParser(prog="python -m shardann.service.loadtest", allow_abbrev=False,
                                 description=__doc__.split("\n")[0])
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build a synthetic IVF-PQ index to serve")
+    b.add_argument("--log-level", default=argparse.SUPPRESS)
     b.add_argument("path")
     b.add_argument("--n", type=int, default=1_000_000)
     b.add_argument("--d", type=int, default=64)
@@ -229,6 +235,7 @@ def main(argv=None):
     b.add_argument("--nbits", type=int, default=8)
     b.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("run", help="send a bounded load to a running service")
+    r.add_argument("--log-level", default=argparse.SUPPRESS)
     r.add_argument("--url", default="http://127.0.0.1:8000")
     r.add_argument("--token", default=None, help="bearer token (default $SHARDANN_TOKEN)")
     r.add_argument("--d", type=int, default=64, help="vector dimension of the index")

@@ -4,6 +4,7 @@ down and stops the shard actors afterwards."""
 
 import asyncio
 import json
+import re
 import threading
 import time
 
@@ -51,8 +52,24 @@ def _reference(path, xq, **kw):
 
 def test_add_search_delete_equals_sharded_index(store, svc_data):
     xb, xq, _ = svc_data
-    with serving(store, num_shards=2, **AUTH) as url, Client(url, TOKEN) as client:
+    with serving(store, num_shards=2, batch_wait_timeout_s=0.02, **AUTH) as url, \
+            Client(url, TOKEN) as client:
         assert client.health()["status"] == "ok"
+        # concurrent single-vector searches are answered right, and batched (@serve.batch)
+        _, want = _reference(store, xq[:16])
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=60, headers=JSON_AUTH) as http:
+                return await asyncio.gather(*[
+                    http.post("/v1/search", json={"vectors": [xq[i].tolist()], "k": 10,
+                                                  "nprobe": 8}) for i in range(16)])
+
+        for i, r in enumerate(asyncio.run(burst())):
+            assert r.status_code == 200 and r.json()["ids"][0] == want[i].tolist()
+        metrics = client.metrics()
+        calls = float(re.search(r"^shardann_search_batch_size_count (\S+)$", metrics,
+                                re.M).group(1))
+        assert calls < 16, metrics  # fewer index calls than requests
         for kw in ({}, {"refine_factor": 4}):
             got = client.search(xq, 10, nprobe=8, **kw)
             want = _reference(store, xq, **kw)
