@@ -175,6 +175,19 @@ class SearchService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
+    def _timed(self, op, fn):
+        """``fn`` wrapped to record its duration in ``shardann_index_call_seconds``."""
+        hist = self.metrics.index_latency.labels(op)
+
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                hist.observe(time.perf_counter() - t0)
+
+        return call
+
     def _acquire(self):
         gen = self._gen
         gen.refs += 1
@@ -265,7 +278,8 @@ class SearchService:
                     q = np.stack([items[i][0] for i in idx])
                     timeout = max(items[i][5] for i in idx)
                     self.metrics.batch_size.observe(len(idx))
-                    calls.append(self._run(gen.backend.search, q, k, nprobe=nprobe,
+                    calls.append(self._run(self._timed("search", gen.backend.search), q, k,
+                                           nprobe=nprobe,
                                            refine_factor=refine, timeout_s=timeout,
                                            allow_partial=partial))
                 results = await asyncio.gather(*calls, return_exceptions=True)
@@ -293,7 +307,8 @@ class SearchService:
         gen = self._acquire()
         try:
             self.metrics.batch_size.observe(len(q))
-            D, I, missing = await self._run(gen.backend.search, q, k, nprobe=nprobe,
+            D, I, missing = await self._run(self._timed("search", gen.backend.search), q, k,
+                                            nprobe=nprobe,
                                             refine_factor=refine, timeout_s=shard_timeout,
                                             allow_partial=partial)
             return D, I, missing, gen.backend
@@ -342,7 +357,7 @@ class SearchService:
                 gen = self._acquire()
                 try:
                     async with asyncio.timeout(max(self.config.request_timeout_s, 60.0)):
-                        out = await self._run(gen.backend.add, x, ids)
+                        out = await self._run(self._timed("add", gen.backend.add), x, ids)
                 finally:
                     self._release(gen)
         except Exception as exc:
@@ -357,7 +372,7 @@ class SearchService:
                 gen = self._acquire()
                 try:
                     async with asyncio.timeout(max(self.config.request_timeout_s, 60.0)):
-                        n = await self._run(gen.backend.remove_ids, ids)
+                        n = await self._run(self._timed("remove", gen.backend.remove_ids), ids)
                 finally:
                     self._release(gen)
         except Exception as exc:

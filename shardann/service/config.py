@@ -84,7 +84,7 @@ class ServiceConfig:
     request_timeout_s: float = 10.0
     shard_timeout_fraction: float = 0.8
     batch_max_size: int = 32
-    batch_wait_timeout_s: float = 0.002
+    batch_wait_timeout_s: float = 0.001
     max_concurrent_batches: int = 2
     search_threads: int = 4
     max_ongoing_requests: int = 64

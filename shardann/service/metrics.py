@@ -110,6 +110,10 @@ class ServiceMetrics:
         self.latency = Histogram("shardann_request_duration_seconds",
                                  "Request latency in the service replica, by endpoint",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.index_latency = Histogram("shardann_index_call_seconds",
+                                       "Time in the index (fan-out to the shards and merge), "
+                                       "by operation", ["op"], buckets=LATENCY_BUCKETS,
+                                       registry=r)
         self.errors = Counter("shardann_errors", "Failed requests by kind", ["kind"],
                               registry=r)
         self.vectors = Counter("shardann_search_vectors", "Query vectors searched",
