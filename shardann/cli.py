@@ -201,7 +201,7 @@ def cmd_demo(args):
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     k = 10
-    nt = min(args.n, 20_000)
+    nt = min(args.n, max(20_000, 40 * args.nlist))  # about 40+ training points per list
     print(f"shardann {shardann.__version__} demo: IVF-PQ on {args.n:,} x {args.d} structured "
           f"synthetic vectors (seed {args.seed})")
     with _Timer() as t:
