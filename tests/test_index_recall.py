@@ -83,7 +83,7 @@ def test_flat_recall_is_one(data, ground_truth, built):
 
 def test_brute_force_knn_helper(data, ground_truth):
     xb, xq, _ = data
-    D_, I = shardann.brute_force_knn(xb, xq, K, "l2")
+    D_, I = shardann.brute_force_knn(xq, xb, K, "l2")
     np.testing.assert_array_equal(I, ground_truth["l2"][1])
 
 

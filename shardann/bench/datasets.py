@@ -16,9 +16,9 @@ from .._validation import check_int
 def synthetic(n, d, *, intrinsic_dim=16, n_clusters=64, noise=0.05, seed=0, dtype=np.float32):
     """``n`` float32 vectors of dimension ``d`` on a curved low-dimensional manifold.
 
-    The same ``seed`` always gives the same manifold, so a database and a query
-    set drawn with different ``offset`` rows of one call, or with
-    :func:`synthetic_split`, share structure.
+    The same ``seed`` always gives the same manifold and the same rows; split
+    one call into database, queries and training rows (as
+    :func:`synthetic_split` does) so that they share structure.
     """
     n = check_int("n", n, low=0)
     d = check_int("d", d, low=1)

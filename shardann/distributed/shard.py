@@ -37,6 +37,9 @@ class ShardWorker:
         self.calls = {"search": 0, "add": 0, "remove": 0}
         self.scanned_lists = 0
         self.load_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        warm_up(self.index)
+        self.warmup_seconds = time.perf_counter() - t1
         logger.info("shard %d/r%d loaded %d vectors of %d lists (version %d) in %.2fs",
                     self.shard_id, self.replica, self.index.ntotal, len(self.lists),
                     self.version, self.load_seconds)
@@ -77,8 +80,24 @@ class ShardWorker:
             "node_id": _node_id(), "version": self.version, "ntotal": self.index.ntotal,
             "lists": int(len(self.lists)), "calls": dict(self.calls),
             "scanned_lists": self.scanned_lists, "list_bytes": int(lists.nbytes()),
-            "load_seconds": self.load_seconds,
+            "load_seconds": self.load_seconds, "warmup_seconds": self.warmup_seconds,
         }
+
+
+def warm_up(index):
+    """Load (or compile) the scan kernels before the first query arrives, so
+    a new or restarted shard does not answer its first search seconds late.
+
+    Scans one and two dummy queries with every probe skipped: the serial and
+    parallel kernel variants, and the refine path when vectors are kept.
+    """
+    d = index.d
+    for nq in (1, 2):
+        q = np.zeros((nq, d), np.float32)
+        probes = np.full((nq, 1), -1, np.int64)
+        dis0 = np.zeros((nq, 1), np.float32)
+        index.scan_candidates(q, dis0, probes, 1, exact="vectors" in index._lists.columns
+                              and index._refines)
 
 
 def _node_id():

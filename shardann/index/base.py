@@ -180,7 +180,8 @@ class BaseIndex:
 
     # -- search ----------------------------------------------------------------
     def search(self, queries, k=10, **kwargs):
-        """k nearest neighbours of each query.
+        """k nearest neighbours of each query (``nprobe``/``refine_factor`` are
+        accepted and ignored by exact indexes).
 
         Returns ``(D, I)``: float32 and int64 arrays of shape (nq, k), best
         first; D is the squared L2 distance (l2) or the similarity (ip,
@@ -195,8 +196,12 @@ class BaseIndex:
         keys, ids = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor)
         return keys_to_distances(keys, self.metric), ids
 
-    def _check_search(self, k, refine_factor=0):
+    def _check_search(self, k, nprobe=None, refine_factor=0):
+        # nprobe/refine_factor are accepted so one search loop serves every
+        # index type; an exact index has nothing to probe or refine
         k, _, refine_factor = check_search_args(k, refine_factor=refine_factor)
+        if nprobe is not None:
+            check_int("nprobe", nprobe, low=1)
         return k, None, refine_factor
 
     # -- persistence -------------------------------------------------------------

@@ -97,10 +97,12 @@ class FlatIndex(BaseIndex):
         return self._lists.data["vectors"][pos].copy()
 
 
-def brute_force_knn(xb, xq, k, metric="l2", ids=None):
-    """Exact ``(D, I)`` of ``xq`` against ``xb`` without building an index.
+def brute_force_knn(xq, xb, k, metric="l2", ids=None):
+    """Exact ``(D, I)`` of queries ``xq`` against database ``xb`` without keeping
+    an index — argument order as ``faiss.knn(xq, xb, k)``.
 
-    Convenience for ground truth: same conventions as ``FlatIndex.search``.
+    Convenience for ground truth: same conventions as ``FlatIndex.search``;
+    ``ids`` int64 (len(xb),) names the database rows (default 0..n-1).
     """
     index = FlatIndex(np.asarray(xb).shape[1], metric)
     index.add(xb, ids)
