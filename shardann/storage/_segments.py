@@ -167,10 +167,11 @@ def _numpy_column(chunked, dtype=None, width=None):
 class SegmentFile:
     """Reads one segment named by a manifest entry; checks it before the first read."""
 
-    def __init__(self, root, entry, spec):
+    def __init__(self, root, entry, spec, check_pages=True):
         self.path = os.path.join(root, entry["path"])
         self.entry = entry
         self.spec = spec
+        self.check_pages = check_pages
         self._pf = None
 
     def _open(self):
@@ -199,7 +200,7 @@ class SegmentFile:
             raise CorruptIndexError(
                 f"{self.path}: Parquet footer does not match its checksum in the manifest")
         try:
-            pf = pq.ParquetFile(self.path, page_checksum_verification=True,
+            pf = pq.ParquetFile(self.path, page_checksum_verification=self.check_pages,
                                 memory_map=MEMORY_MAP)
             meta = json.loads(pf.schema_arrow.metadata[META_KEY])
         except Exception as exc:

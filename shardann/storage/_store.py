@@ -129,9 +129,10 @@ class IndexStore:
     >>> index = IndexStore.open("idx", version=1).load_index()   # doctest: +SKIP
     """
 
-    def __init__(self, root, manifest):
+    def __init__(self, root, manifest, check_pages=True):
         self._root = root
         self._m = manifest
+        self._check_pages = bool(check_pages)
         self._arrays = None
         self._segment_files = {}
         self._dead_cache = {}
@@ -139,10 +140,10 @@ class IndexStore:
 
     def __getstate__(self):
         # a view travels as (path, manifest); open files and caches are rebuilt on use
-        return {"root": self._root, "manifest": self._m}
+        return {"root": self._root, "manifest": self._m, "check_pages": self._check_pages}
 
     def __setstate__(self, state):
-        self.__init__(state["root"], state["manifest"])
+        self.__init__(state["root"], state["manifest"], state.get("check_pages", True))
 
     # -- opening ---------------------------------------------------------------------
     @staticmethod
@@ -151,13 +152,19 @@ class IndexStore:
         return bool(_manifest.list_versions(os.path.abspath(os.fspath(path))))
 
     @classmethod
-    def open(cls, path, version=None):
+    def open(cls, path, version=None, *, check_pages=True):
         """Open version ``version`` of the store at ``path`` (default: the newest).
 
         The newest manifest that parses is current; a damaged newer one is
         skipped with a warning, but one written by a newer shardann is an error.
         Opening checks the manifest's checksum, the codebooks' checksum and the
-        size of every data file (page checksums are checked as data is read).
+        size of every data file; a segment's footer checksum is checked when it
+        is first read, and Parquet page checksums on every read.
+
+        ``check_pages=False`` skips the page checksums on reads (about twice
+        as fast; footers and sizes are still checked, :meth:`verify` always
+        checks everything) — for trusted, recently verified data only: a
+        flipped bit inside a data page then goes unnoticed.
 
         Raises ``FileNotFoundError`` (no store / no such version) or
         :class:`shardann.CorruptIndexError` (naming the damaged file).
@@ -192,13 +199,13 @@ class IndexStore:
                     errors.append(str(exc))
             if body is None:
                 raise CorruptIndexError(f"{root}: no readable manifest ({'; '.join(errors)})")
-        store = cls(root, body)
+        store = cls(root, body, check_pages)
         store._check_files()
         return store
 
     def checkout(self, version=None):
         """Open another version (default: the newest) of the same store."""
-        return type(self).open(self._root, version)
+        return type(self).open(self._root, version, check_pages=self._check_pages)
 
     def _check_files(self):
         files = self._m["files"]
@@ -231,6 +238,27 @@ class IndexStore:
                     f"{root} is a non-empty directory that is not a shardann index "
                     f"(holds {sorted(foreign)[:5]})")
         return _write_index(root, index, None, "create", row_group_rows)
+
+    @classmethod
+    def create_from_segments(cls, path, index, segments):
+        """Create a store whose version 1 holds ``index``'s model and segment
+        files already written under ``path/segments/``, in one commit.
+
+        For writers that produce segments in other processes (the distributed
+        ingest's Ray workers, with ``_segments.write_segment``): model and data
+        are published together, so a crash before the commit leaves no index
+        rather than an empty one. ``index`` must be trained and empty;
+        ``segments`` are manifest entries as described in
+        :meth:`Transaction.add_segments`. ``path`` may hold unreferenced files
+        but no manifest (else ``FileExistsError``).
+        """
+        root = os.path.abspath(os.fspath(path))
+        if _manifest.list_versions(root):
+            raise FileExistsError(f"{root} already holds a shardann index; open it")
+        if not index.is_trained or index.ntotal:
+            raise ValueError("create_from_segments needs a trained, empty index (its model); "
+                             f"got is_trained={index.is_trained}, ntotal={index.ntotal}")
+        return _write_index(root, index, None, "create", None, segments=list(segments))
 
     def save_index(self, index, *, row_group_rows=ROW_GROUP_ROWS):
         """Commit a new version holding exactly ``index``'s current content.
@@ -332,7 +360,7 @@ class IndexStore:
         f = self._segment_files.get(entry["path"])
         if f is None:
             f = self._segment_files[entry["path"]] = SegmentFile(
-                self._root, entry, self._m["columns"])
+                self._root, entry, self._m["columns"], self._check_pages)
         return f
 
     def _tombstone_ids(self, entry):
@@ -640,7 +668,7 @@ class IndexStore:
                 continue
             report["segments"] += 1
             self._segment_files.pop(s["path"], None)
-            f = self._segment(s)
+            f = SegmentFile(self._root, s, self._m["columns"], check_pages=True)
             try:
                 live = _check_segment(f, s, self.nlist,
                                       self._dead_for(s["seq"]) if tomb_ok else None)
@@ -815,6 +843,52 @@ class Transaction:
                 self._spec, format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
             self._new_segments.append({"path": rel, **entry})
 
+    def add_segments(self, entries):
+        """Stage segment files that were written already (e.g. by another process).
+
+        Each entry is what ``_segments.write_segment`` returned for the file
+        plus ``path``, relative to the store (``segments/<name>.parquet``).
+        The file's size, Parquet footer checksum, schema (this store's
+        columns) and row-group row counts are checked against the entry, and
+        its lists must lie in 0..nlist-1. The files stay the caller's:
+        :meth:`abort` or a lost commit does not delete them.
+
+        Returns the number of rows staged.
+        """
+        self._check_open()
+        if self._spec is None:
+            raise NotTrainedError(f"{self._root}: version {self.base_version} holds an "
+                                  "untrained index; save a trained index first")
+        keys = ("path", "size", "crc32", "footer_size", "footer_crc32", "rows", "min_id",
+                "max_id", "row_groups")
+        nlist = self._base["nlist"]
+        seen = {s["path"] for s in self._base["files"]["segments"]}
+        seen |= {s["path"] for s in self._new_segments}
+        staged = []
+        for entry in entries:
+            missing = [k for k in keys if k not in entry]
+            if missing:
+                raise ValueError(f"segment entry lacks {missing}: {entry!r}")
+            e = {k: copy.deepcopy(entry[k]) for k in keys}
+            rel = e["path"]
+            if (not isinstance(rel, str) or os.path.dirname(rel) != SEGMENT_DIR
+                    or not rel.endswith(".parquet") or os.path.basename(rel).startswith(".")):
+                raise ValueError(f"segment path must be '{SEGMENT_DIR}/<name>.parquet' "
+                                 f"relative to the store; got {rel!r}")
+            if rel in seen:
+                raise ValueError(f"{rel} is already part of this version or transaction")
+            groups = e["row_groups"]
+            if sum(g["rows"] for g in groups) != e["rows"] or any(
+                    not 0 <= g["first_list"] <= g["last_list"] < nlist for g in groups):
+                raise ValueError(f"{rel}: row groups {groups} do not hold {e['rows']} rows "
+                                 f"of lists in 0..{nlist - 1}")
+            check_size(os.path.join(self._root, rel), e["size"], "segment")
+            SegmentFile(self._root, e, self._spec)._open()  # footer, schema, row groups
+            seen.add(rel)
+            staged.append(e)
+        self._new_segments += staged
+        return int(sum(e["rows"] for e in staged))
+
     def delete(self, ids):
         """Stage the deletion of ``ids`` (unknown ids are ignored)."""
         self._check_open()
@@ -909,7 +983,7 @@ class Transaction:
         crash_point("commit.before_manifest")
         _manifest.publish(root, body)
         crash_point("commit.after_publish")
-        store = IndexStore(root, body)
+        store = IndexStore(root, body, self._store._check_pages)
         # reuse what the base view has already read and checked
         store._arrays = self._store._arrays if cb_entry == base["files"].get("codebooks") \
             else None
@@ -944,11 +1018,13 @@ class Transaction:
         return False
 
 
-def _write_index(root, index, base, operation, row_group_rows=None):
+def _write_index(root, index, base, operation, row_group_rows=None, segments=()):
     """Commit ``index``'s whole content as a new version of the store at ``root``.
 
     ``base`` is the manifest the new version follows; None means the newest
     version number present (read if possible, to reuse its codebooks file).
+    ``segments``: entries of segment files written already, committed with it
+    (see :meth:`Transaction.add_segments`).
     """
     row_group_rows = row_group_rows or ROW_GROUP_ROWS
     from ..index.base import BaseIndex
@@ -1003,13 +1079,14 @@ def _write_index(root, index, base, operation, row_group_rows=None):
             sizes, ids, data = lists.packed()
             list_no = np.repeat(np.arange(nlist, dtype=np.int32), sizes)
             txn._write_rows(list_no, ids, data, MAX_SEGMENT_ROWS, row_group_rows)
+        extra = txn.add_segments(segments) if segments else 0
         store = txn.commit()
     except BaseException:
         if txn.committed is None:
             txn.abort()
         raise
-    if store.ntotal != index.ntotal:
+    if store.ntotal != index.ntotal + extra:
         raise CorruptIndexError(f"{root}: wrote {store.ntotal} rows for an index of "
-                                f"{index.ntotal}")
+                                f"{index.ntotal + extra}")
     store._arrays = {k: np.array(v, np.float32) for k, v in arrays.items()}
     return store

@@ -26,9 +26,9 @@ import shardann
 from shardann.storage import IndexStore
 path, mode = sys.argv[1], sys.argv[2]
 out = {}
-if mode == "store":
+if mode in ("store", "store-fast"):
     t1, c1 = time.perf_counter(), time.process_time()
-    store = IndexStore.open(path)
+    store = IndexStore.open(path, check_pages=(mode == "store"))
     t2 = time.perf_counter()
     sizes, ids, cols = store.read_lists()
     t3, c3 = time.perf_counter(), time.process_time()
@@ -99,6 +99,9 @@ def main():
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--dir", default="/tmp/shardann-bench")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--modes", default="store,store-fast,index",
+                    help="comma-separated: store (open + read_lists), store-fast (the same with "
+                         "check_pages=False), index (open_index + search)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     path = os.path.join(args.dir, f"ivfpq-{args.n}")
@@ -108,7 +111,7 @@ def main():
     print(f"on disk: segments {seg / n:.3f} B/vector, whole index {total / n:.3f} B/vector "
           f"(code {cs} + id 8 = {cs + 8}; budget {1.05 * (cs + 8):.2f})")
     env = dict(os.environ)
-    for mode in ("store", "index"):
+    for mode in args.modes.split(","):
         runs = []
         for _ in range(args.runs):
             extra = [os.path.join(args.dir, "queries.npy")] if mode == "index" else []
@@ -117,11 +120,12 @@ def main():
             if p.returncode:
                 raise SystemExit(p.stderr)
             runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
-        if mode == "store":
+        if mode.startswith("store"):
             best = min(runs, key=lambda r: r["total_s"])
             med = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]
             for label, r in (("best", best), ("median", med)):
-                print(f"IndexStore.open + read_lists() [{label} of {len(runs)}]: open "
+                what = "check_pages=False" if mode == "store-fast" else "page CRCs on"
+                print(f"IndexStore.open + read_lists() ({what}) [{label} of {len(runs)}]: open "
                       f"{r['open_s'] * 1e3:.1f} ms + read {r['read_lists_s'] * 1e3:.1f} ms "
                       f"= {r['total_s'] * 1e3:.1f} ms -> "
                       f"{r['code_bytes'] / r['total_s'] / 1e9:.2f} GB/s of codes; cpu "

@@ -61,7 +61,7 @@ WRITER = textwrap.dedent("""
     import shardann
     from shardann.storage import IndexStore
     path, me, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    store = IndexStore.open(path)
+    store = IndexStore.open(path, version=1)  # the common base, however late we start
     txn = store.transaction()
     ids = np.arange(100000 * (me + 1), 100000 * (me + 1) + 50)
     txn.add(ids % store.nlist, ids, codes=np.full((50, store.code_size), me, np.uint8))

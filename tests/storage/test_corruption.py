@@ -295,3 +295,18 @@ def test_fuzzed_bytes_never_crash_or_hang(tmp_path, pristine, which):
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-300:], proc.stderr[-3000:])
     last = proc.stdout.strip().splitlines()[-1].split()
     assert last[0] == "DONE" and int(last[2]) > 0
+
+
+def test_check_pages_off_trades_detection_for_speed(idx, pristine):
+    """check_pages=False skips page CRCs on reads; footers, sizes and verify() still hold."""
+    seg = idx / pristine["S2"]
+    md = pq.ParquetFile(seg).metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    col = md.row_group(0).column(names.index("code"))
+    flip_byte(seg, col.data_page_offset + col.total_compressed_size // 2)
+    fast = IndexStore.open(idx, check_pages=False)
+    assert fast.read_lists()[1].size == len(pristine["v2"])  # the flipped code goes unseen
+    with pytest.raises(shardann.CorruptIndexError, match=_name(pristine["S2"])):
+        fast.verify()
+    with pytest.raises(shardann.CorruptIndexError, match=_name(pristine["S2"])):
+        IndexStore.open(idx).read_lists()

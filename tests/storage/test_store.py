@@ -410,3 +410,37 @@ def test_store_view_pickles_without_open_files(tmp_path, make_index):
     again = pickle.loads(pickle.dumps(store))
     assert again.version == store.version and again.manifest == store.manifest
     assert content(again) == before
+
+
+def test_segments_written_elsewhere_are_committed_by_reference(tmp_path, make_index, sdata):
+    """add_segments / create_from_segments: files written by other processes (ingest)."""
+    import uuid
+
+    from shardann.storage import _segments
+
+    xb, xq, _ = sdata
+    full = make_index("ivfpq")
+    model = shardann.IVFPQIndex(**full.get_config())
+    model._set_trained_arrays(full._trained_arrays())
+    root = tmp_path / "s"
+    (root / "segments").mkdir(parents=True)
+    list_no, cols = full._encode_rows(full._prepare(xb))
+    entries = []
+    for part in np.array_split(np.arange(NB), 3):  # three "workers"
+        rel = f"segments/{uuid.uuid4().hex}.parquet"
+        e = _segments.write_segment(str(root / rel), list_no[part], part,
+                                    {"codes": cols["codes"][part]},
+                                    _segments.column_spec(model._lists.columns),
+                                    format_version=1)
+        entries.append({"path": rel, **e})
+    store = IndexStore.create_from_segments(root, model, entries)
+    assert store.version == 1 and store.ntotal == NB and store.next_id == NB
+    np.testing.assert_array_equal(store.load_index().search(xq, K, nprobe=4)[1],
+                                  full.search(xq, K, nprobe=4)[1])
+    assert store.verify()["ntotal"] == NB
+    txn = store.transaction()
+    with pytest.raises(ValueError, match="already part"):
+        txn.add_segments(entries[:1])
+    bad = dict(entries[0], path="elsewhere/x.parquet")
+    with pytest.raises(ValueError, match="segment path"):
+        txn.add_segments([bad])
