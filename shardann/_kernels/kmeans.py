@@ -46,39 +46,108 @@ def argmin_l2_lowdim(x, col0, centroids, cnorms, labels, keys):
     labels : int64 (n,) out, the first nearest centroid.
     keys : float32 (n,) out, ``|c|^2 - 2 x.c`` of that centroid.
 
-    Works on blocks of rows laid out column-major so the inner loops run
-    across rows and vectorise (compare-and-select instead of a branch).
+    Rows are processed in blocks laid out column-major so the inner loop
+    runs across rows and vectorises (compare-and-select, no branch). Up to 4
+    and up to 8 dimensions use a zero-padded, fully fused expression kept in
+    registers (about 3x faster than accumulating per dimension).
     """
+    dsub = centroids.shape[1]
+    width = 4 if dsub <= 4 else (8 if dsub <= 8 else dsub)
+    padded = np.zeros((centroids.shape[0], width), np.float32)
+    padded[:, :dsub] = centroids
+    if width == 4:
+        _argmin_w4(x, col0, dsub, padded, cnorms, labels, keys)
+    elif width == 8:
+        _argmin_w8(x, col0, dsub, padded, cnorms, labels, keys)
+    else:
+        _argmin_any(x, col0, padded, cnorms, labels, keys)
+
+
+@njit(cache=True)
+def _load_block(x, s, nb, col0, dsub, xt):
+    m2 = np.float32(-2.0)
+    for i in range(nb):
+        for t in range(dsub):
+            xt[t, i] = m2 * x[s + i, col0 + t]
+
+
+@njit(cache=True, fastmath=True)
+def _argmin_w4(x, col0, dsub, C, cnorms, labels, keys):
     n = x.shape[0]
-    k, dsub = centroids.shape
+    B = _LOWDIM_BLOCK
+    xt = np.zeros((4, B), np.float32)
+    x0, x1, x2, x3 = xt[0], xt[1], xt[2], xt[3]
+    best = np.empty(B, np.float32)
+    arg = np.empty(B, np.int32)  # int32 keeps the select as wide as the floats
+    for s in range(0, n, B):
+        nb = min(B, n - s)
+        _load_block(x, s, nb, col0, dsub, xt)
+        best[:] = np.inf
+        arg[:] = 0
+        for j in range(C.shape[0]):
+            cn, c0, c1, c2, c3 = cnorms[j], C[j, 0], C[j, 1], C[j, 2], C[j, 3]
+            for i in range(B):
+                v = cn + x0[i] * c0 + x1[i] * c1 + x2[i] * c2 + x3[i] * c3
+                better = v < best[i]
+                best[i] = v if better else best[i]
+                arg[i] = j if better else arg[i]
+        labels[s:s + nb] = arg[:nb]
+        keys[s:s + nb] = best[:nb]
+
+
+@njit(cache=True, fastmath=True)
+def _argmin_w8(x, col0, dsub, C, cnorms, labels, keys):
+    n = x.shape[0]
+    B = _LOWDIM_BLOCK
+    xt = np.zeros((8, B), np.float32)
+    x0, x1, x2, x3 = xt[0], xt[1], xt[2], xt[3]
+    x4, x5, x6, x7 = xt[4], xt[5], xt[6], xt[7]
+    best = np.empty(B, np.float32)
+    arg = np.empty(B, np.int32)
+    for s in range(0, n, B):
+        nb = min(B, n - s)
+        _load_block(x, s, nb, col0, dsub, xt)
+        best[:] = np.inf
+        arg[:] = 0
+        for j in range(C.shape[0]):
+            cn, c0, c1, c2, c3 = cnorms[j], C[j, 0], C[j, 1], C[j, 2], C[j, 3]
+            c4, c5, c6, c7 = C[j, 4], C[j, 5], C[j, 6], C[j, 7]
+            for i in range(B):
+                v = (cn + x0[i] * c0 + x1[i] * c1 + x2[i] * c2 + x3[i] * c3
+                     + x4[i] * c4 + x5[i] * c5 + x6[i] * c6 + x7[i] * c7)
+                better = v < best[i]
+                best[i] = v if better else best[i]
+                arg[i] = j if better else arg[i]
+        labels[s:s + nb] = arg[:nb]
+        keys[s:s + nb] = best[:nb]
+
+
+@njit(cache=True, fastmath=True)
+def _argmin_any(x, col0, C, cnorms, labels, keys):
+    n = x.shape[0]
+    k, dsub = C.shape
     B = _LOWDIM_BLOCK
     xt = np.zeros((dsub, B), np.float32)
     dist = np.empty(B, np.float32)
     best = np.empty(B, np.float32)
-    arg = np.empty(B, np.int64)
+    arg = np.empty(B, np.int32)
     for s in range(0, n, B):
         nb = min(B, n - s)
-        for i in range(nb):
-            for t in range(dsub):
-                xt[t, i] = -2.0 * x[s + i, col0 + t]
-        for i in range(B):
-            best[i] = np.inf
-            arg[i] = 0
+        _load_block(x, s, nb, col0, dsub, xt)
+        best[:] = np.inf
+        arg[:] = 0
         for j in range(k):
-            cn = cnorms[j]
-            for i in range(B):
-                dist[i] = cn
+            dist[:] = cnorms[j]
             for t in range(dsub):
-                ct = centroids[j, t]
+                ct = C[j, t]
                 for i in range(B):
                     dist[i] += xt[t, i] * ct
             for i in range(B):
                 better = dist[i] < best[i]
-                best[i] = min(dist[i], best[i])
+                best[i] = dist[i] if better else best[i]
                 arg[i] = j if better else arg[i]
-        for i in range(nb):
-            labels[s + i] = arg[i]
-            keys[s + i] = best[i]
+        labels[s:s + nb] = arg[:nb]
+        keys[s:s + nb] = best[:nb]
 
 
 @njit(cache=True)
