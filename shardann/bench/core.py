@@ -723,7 +723,10 @@ def plot(report, path):
             sw = entry[lib]["sweep"]
             rec = [s["recall"] for s in sw]
             qps = [s["qps"] for s in sw]
-            ax.plot(rec, qps, marker=marker, color=color, label=label)
+            ax.plot(rec, qps, marker=marker, color=color, label=f"{label} (wall)")
+            if all("qps_cpu" in s for s in sw):
+                ax.plot(rec, [s["qps_cpu"] for s in sw], marker=marker, color=color,
+                        linestyle="--", alpha=0.45, markersize=4, label=f"{label} (CPU time)")
             for s in sw:
                 ax.annotate(str(s["nprobe"]), (s["recall"], s["qps"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3), color=color)
