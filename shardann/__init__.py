@@ -18,8 +18,17 @@ from .results import merge_results
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # the HTTP client lives with the service; importing it lazily keeps
+    # ``import shardann`` free of Ray and FastAPI
+    if name == "Client":
+        from .service.client import Client
+        return Client
+    raise AttributeError(f"module 'shardann' has no attribute {name!r}")
+
 __all__ = [
-    "CommitConflictError", "CorruptIndexError", "FlatIndex", "IVFFlatIndex", "IVFPQIndex",
+    "Client", "CommitConflictError", "CorruptIndexError", "FlatIndex", "IVFFlatIndex", "IVFPQIndex",
     "KMeans", "NotTrainedError", "OPQ", "ProductQuantizer", "ShardUnavailableError",
     "ShardannError", "brute_force_knn", "merge_results", "open_index",
 ]

@@ -9,6 +9,8 @@ import numbers
 import numpy as np
 
 MAX_ID = np.iinfo(np.int64).max - 1  # int64 max marks empty heap slots
+_MAX_SQ_NORM = 1e36  # x.y and |x - y|^2 of two such vectors still fit in float32
+_HUGE = 1e15  # below this per-value magnitude no row can reach the norm limit cheaply
 
 
 def check_int(name, value, *, low=None, high=None):
@@ -66,6 +68,14 @@ def as_vectors(x, d, name="x", *, allow_empty=True):
             raise ValueError(
                 f"{name} contains NaN or infinite values (first at row {bad}); "
                 "all values must be finite")
+        if np.abs(x).max() > _HUGE:
+            # squared distances of such vectors overflow float32 to inf/NaN
+            sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            if sq.max() > _MAX_SQ_NORM:
+                bad = int(np.argmax(sq > _MAX_SQ_NORM))
+                raise ValueError(
+                    f"{name} row {bad} has squared norm {sq[bad]:.3g}; values this large "
+                    f"overflow float32 distances (limit {_MAX_SQ_NORM:.0e})")
     return x
 
 

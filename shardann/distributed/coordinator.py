@@ -356,6 +356,31 @@ class ShardedIndex:
         return np.logical_or.reduce([results[s] for s in range(self.num_shards)])
 
     # -- introspection -----------------------------------------------------------------------
+    def health(self, timeout_s=2.0):
+        """Ping every replica: ``{"status": "ok"|"degraded"|"unavailable", "shards":
+        [{"shard", "replicas", "alive"}]}`` — degraded when some replica of a shard
+        is down, unavailable when a shard has no live replica."""
+        refs = [(s, a.ping.remote()) for s, g in enumerate(self._actors) for a in g]
+        ready, _ = ray.wait([r for _, r in refs], num_returns=len(refs), timeout=timeout_s)
+        ready = set(ready)
+        alive = [0] * self.num_shards
+        for s, ref in refs:
+            if ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
+                    alive[s] += 1
+                except (*_ACTOR_ERRORS, GetTimeoutError):
+                    pass
+        shards = [{"shard": s, "replicas": self.replicas, "alive": alive[s]}
+                  for s in range(self.num_shards)]
+        if all(a == self.replicas for a in alive):
+            status = "ok"
+        elif all(a > 0 for a in alive):
+            status = "degraded"
+        else:
+            status = "unavailable"
+        return {"status": status, "shards": shards}
+
     def stats(self):
         """Per-shard and per-replica statistics (rows, calls, memory, node)."""
         refs = [(s, r, a.stats.remote()) for s, g in enumerate(self._actors)

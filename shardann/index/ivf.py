@@ -347,8 +347,11 @@ class IVFPQIndex(IVFIndex):
             return
         cb = self.pq.codebooks
         norms = np.einsum("mkd,mkd->mk", cb, cb)
-        cross = np.einsum("lmd,mkd->lmk", self.centroids.reshape(self.nlist, M, dsub), cb)
-        self._list_terms = np.ascontiguousarray((norms[None] + 2.0 * cross).astype(np.float32))
+        terms = np.empty((self.nlist, M, ksub), np.float32)
+        for m in range(M):  # one small matrix product per sub-quantizer (BLAS)
+            sub = self.centroids[:, m * dsub:(m + 1) * dsub]
+            terms[:, m, :] = norms[m][None, :] + np.float32(2.0) * (sub @ cb[m].T)
+        self._list_terms = terms
 
     # -- add -------------------------------------------------------------------------
     def _columns(self):

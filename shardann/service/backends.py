@@ -116,27 +116,7 @@ class ShardedBackend:
 
     def health(self, timeout_s=2.0):
         """Ping every shard replica; per shard how many answered within ``timeout_s``."""
-        import ray
-
-        probe = getattr(self.index, "health", None)
-        if callable(probe):  # the coordinator's own check, where it has one
-            return probe(timeout_s=timeout_s)
-        refs = [(s, r, a.ping.remote()) for s, group in enumerate(self.index._actors)
-                for r, a in enumerate(group)]
-        ready, _ = ray.wait([ref for _, _, ref in refs], num_returns=len(refs),
-                            timeout=timeout_s)
-        ready = set(ready)
-        alive = [0] * self.index.num_shards
-        for s, _, ref in refs:
-            if ref in ready:
-                try:
-                    ray.get(ref, timeout=0)
-                    alive[s] += 1
-                except Exception:  # a dead or restarting replica
-                    pass
-        shards = [{"shard": s, "replicas": self.index.replicas, "alive": alive[s]}
-                  for s in range(self.index.num_shards)]
-        return {"status": _health_summary(shards), "shards": shards}
+        return self.index.health(timeout_s=timeout_s)
 
     def retire(self):
         """Stop this version's shard actors (after the service switched away)."""
