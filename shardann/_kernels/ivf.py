@@ -82,6 +82,38 @@ def _residual_table(query, centroid, codebooks, L):
             L[m, j] = s
 
 
+@njit(inline="always")
+def _scan_bytes(T, codes, ids, start, end, base, hd, hi, hid, k):
+    # One 256-entry table lookup per code byte. Four rows are summed side by
+    # side: each row still adds its terms in the same order (results are
+    # bit-identical to one row at a time), but the four chains of dependent
+    # adds overlap instead of waiting on each other.
+    code_size = codes.shape[1]
+    r = start
+    while r + 4 <= end:
+        s0 = base
+        s1 = base
+        s2 = base
+        s3 = base
+        for j in range(code_size):
+            t = T[j]
+            s0 += t[codes[r, j]]
+            s1 += t[codes[r + 1, j]]
+            s2 += t[codes[r + 2, j]]
+            s3 += t[codes[r + 3, j]]
+        _offer(hd, hi, hid, k, s0, r, ids[r])
+        _offer(hd, hi, hid, k, s1, r + 1, ids[r + 1])
+        _offer(hd, hi, hid, k, s2, r + 2, ids[r + 2])
+        _offer(hd, hi, hid, k, s3, r + 3, ids[r + 3])
+        r += 4
+    while r < end:
+        s = base
+        for j in range(code_size):
+            s += T[j, codes[r, j]]
+        _offer(hd, hi, hid, k, s, r, ids[r])
+        r += 1
+
+
 def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
                 k, nbits, mode, queries, centroids, codebooks, out_d, out_pos):
     nq, nprobe = probes.shape
@@ -118,18 +150,9 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
             base = dis0[q, p]
             start = list_start[lst]
             end = start + list_size[lst]
-            if nbits == 8:
-                for r in range(start, end):
-                    s = base
-                    for j in range(code_size):
-                        s += L[j, codes[r, j]]
-                    _offer(hd, hi, hid, k, s, r, ids[r])
-            elif bytewise:
-                for r in range(start, end):
-                    s = base
-                    for j in range(code_size):
-                        s += T[j, codes[r, j]]
-                    _offer(hd, hi, hid, k, s, r, ids[r])
+            if bytewise:
+                _scan_bytes(L if nbits == 8 else T, codes, ids, start, end, base,
+                            hd, hi, hid, k)
             else:
                 for r in range(start, end):
                     s = base
