@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 # Below this dimension a direct loop beats a BLAS matrix product.
 _DIRECT_MAX_DIM = 16
-_BLOCK_ROWS = 16384
+_BLOCK_ROWS = 2048  # a (2048, nlist) distance block stays in cache for the argmin pass
 _SPLIT_EPS = 1.0 / 1024.0
 
 
