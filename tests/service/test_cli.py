@@ -95,6 +95,7 @@ def test_imports_stay_light():
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a full `shardann serve` subprocess: 30-120 s here
 def test_serve_command_runs_and_stops(tmp_path, svc_data):
     """``python -m shardann.service.cli`` in a subprocess (its own local Ray): serves,
     answers with the token, and on SIGINT stops Serve and its shard actors."""
