@@ -1,0 +1,294 @@
+"""Ingest on Ray Data: the result equals the core index built from the same vectors and
+model; inputs in every supported format; append; ids; bad input; the CLI handler."""
+
+import argparse
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ingest_support import (
+    NPROBE,
+    TRAIN,
+    D,
+    K,
+    assert_same_index,
+    data,
+    write_mixed,
+    write_parquet,
+)
+
+from shardann.bench.datasets import write_fvecs
+from shardann.distributed.ingest import (
+    InputError,
+    add_ingest_arguments,
+    clean_ingest_jobs,
+    ingest,
+    ingest_main,
+)
+from shardann.storage import IndexStore
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
+
+N = 12000
+
+
+@pytest.fixture(scope="module")
+def xb():
+    x = data(N)
+    x.flags.writeable = False
+    return x
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory, xb):
+    """Parquet files of three encodings and different row-group sizes."""
+    d = tmp_path_factory.mktemp("pq")
+    write_mixed(d, xb, [3000, 4500, 2500, 2000], row_groups=[700, 1500, None, 333])
+    return str(d)
+
+
+def test_parquet_equals_core_index(tmp_path, xb, parquet_dir):
+    path = str(tmp_path / "idx")
+    s = ingest(path, parquet_dir, block_rows=2000, merge_bytes=64 << 10, **TRAIN)
+    assert (s.version, s.mode, s.vectors, s.skipped_rows) == (1, "create", N, 0)
+    assert s.blocks >= 6 and s.segments > 1 and s.bytes_written > 0
+    assert s.recall is not None and s.recall > 0.5  # observed 0.75 (nprobe=16 of 16 lists)
+    assert s.vectors_per_second > 0 and set(s.stage_seconds) >= {"sample", "train", "encode",
+                                                                "merge", "commit"}
+    store, got = assert_same_index(path, xb)
+    # default ids are the input row order
+    np.testing.assert_array_equal(np.sort(store.read_lists()[1]), np.arange(N))
+    assert store.next_id == N
+    # the job's scratch is gone; only its small record is left
+    job_dir = os.path.join(path, "_ingest", s.job_id)
+    assert os.listdir(job_dir) == ["committed.json"]
+    # row groups are cut at list boundaries: a shard reads only its lists' row groups
+    for seg in store.manifest["files"]["segments"]:
+        assert all(g["first_list"] <= g["last_list"] for g in seg["row_groups"])
+    # running the same job again does nothing
+    again = ingest(path, parquet_dir, block_rows=2000, merge_bytes=64 << 10, **TRAIN)
+    assert again.already_committed and again.version == 1
+    assert IndexStore.open(path).version == 1
+
+
+def test_sharded_search_over_ingested_index(tmp_path, xb, parquet_dir):
+    from shardann.distributed import ShardedIndex
+
+    path = str(tmp_path / "idx")
+    ingest(path, parquet_dir, **TRAIN)
+    local = IndexStore.open(path).load_index()
+    q = data(40, seed=5)
+    with ShardedIndex.open(path, num_shards=2) as sharded:
+        D2, I2 = sharded.search(q, K, nprobe=NPROBE)
+    D1, I1 = local.search(q, K, nprobe=NPROBE)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
+def test_array_formats_equal_core_index(tmp_path):
+    """.npy (memory-mapped), .fvecs and .bvecs inputs, ids in input order."""
+    x = data(5000)
+    b = np.clip(np.round((x[:1500] + 4) * 30), 0, 255).astype(np.uint8)
+    np.save(tmp_path / "a.npy", x[:2000])
+    write_fvecs(tmp_path / "b.fvecs", x[2000:])
+    rows = np.empty((b.shape[0], 4 + D), np.uint8)
+    rows[:, :4] = np.array([D], np.int32).view(np.uint8)
+    rows[:, 4:] = b
+    rows.tofile(tmp_path / "c.bvecs")
+    path = str(tmp_path / "idx")
+    s = ingest(path, [str(tmp_path / "a.npy"), str(tmp_path / "b.fvecs"),
+                      str(tmp_path / "c.bvecs")], block_rows=1200, **TRAIN)
+    assert s.vectors == 6500
+    assert_same_index(path, np.concatenate([x, b.astype(np.float32)]))
+
+
+@pytest.mark.parametrize("opts", [
+    {"keep_vectors": "float16", "metric": "l2"},
+    {"keep_vectors": True, "metric": "cosine", "opq": True},
+    {"metric": "ip", "nbits": 4},
+])
+def test_options_equal_core_index(tmp_path, xb, parquet_dir, opts):
+    path = str(tmp_path / "idx")
+    ingest(path, parquet_dir, block_rows=3000, **{**TRAIN, **opts})
+    kw = {"refine_factor": 2} if opts.get("keep_vectors") else {}
+    store, _ = assert_same_index(path, xb, **kw)
+    if opts.get("keep_vectors") == "float16":
+        assert store.columns["vector"]["dtype"] == "float16"
+
+
+def test_ivf_flat(tmp_path, xb, parquet_dir):
+    path = str(tmp_path / "idx")
+    ingest(path, parquet_dir, **{**TRAIN, "M": None})
+    assert IndexStore.open(path).kind == "ivfflat"
+    assert_same_index(path, xb)
+
+
+def test_id_column(tmp_path, xb):
+    ids = np.random.default_rng(0).permutation(10 * N)[:N].astype(np.int64) + 5
+    (tmp_path / "in").mkdir()
+    write_mixed(tmp_path / "in", xb, [5000, 7000], ids=ids, row_groups=[900, 4000])
+    path = str(tmp_path / "idx")
+    s = ingest(path, str(tmp_path / "in"), id_column="id", block_rows=2500, **TRAIN)
+    assert s.vectors == N
+    store, _ = assert_same_index(path, xb, ids=ids)
+    assert store.next_id == int(ids.max()) + 1
+
+
+def test_duplicate_ids_are_an_error(tmp_path, xb):
+    ids = np.arange(N, dtype=np.int64)
+    ids[9000] = 17  # in another file than row 17
+    (tmp_path / "in").mkdir()
+    write_mixed(tmp_path / "in", xb, [6000, 6000], ids=ids)
+    path = str(tmp_path / "idx")
+    with pytest.raises(InputError, match="id 17 appears more than once"):
+        ingest(path, str(tmp_path / "in"), id_column="id", **TRAIN)
+    assert not IndexStore.exists(path)
+
+
+def test_append_reuses_the_model_as_a_new_version(tmp_path, xb):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_mixed(a, xb[:7000], [3000, 4000])
+    write_mixed(b, xb[7000:], [2000, 3000], encodings=("list",))
+    path = str(tmp_path / "idx")
+    first = ingest(path, str(a), **TRAIN)
+    cb = IndexStore.open(path).manifest["files"]["codebooks"]
+    second = ingest(path, str(b), progress=False)
+    assert (second.mode, second.version, second.vectors) == ("append", 2, 5000)
+    assert IndexStore.open(path, version=1).ntotal == 7000  # the old version stays
+    store, _ = assert_same_index(path, xb)  # ids continue: 7000.. for the second batch
+    assert store.manifest["files"]["codebooks"] == cb
+    assert first.job_id != second.job_id
+    # appending with index parameters that contradict the index is refused
+    with pytest.raises(ValueError, match="do not pass"):
+        ingest(path, str(b), nlist=99, progress=False)
+
+
+def test_append_ids_already_in_index(tmp_path, xb):
+    write_parquet(str(tmp_path / "a.parquet"), xb[:6000], ids=np.arange(6000))
+    write_parquet(str(tmp_path / "b.parquet"), xb[6000:], ids=np.arange(5990, 11990))
+    path = str(tmp_path / "idx")
+    ingest(path, str(tmp_path / "a.parquet"), id_column="id", **TRAIN)
+    with pytest.raises(InputError, match="already in the index"):
+        ingest(path, str(tmp_path / "b.parquet"), id_column="id", progress=False)
+    assert IndexStore.open(path).version == 1
+
+
+def test_codebooks_from_another_index(tmp_path, xb, parquet_dir):
+    first = str(tmp_path / "first")
+    ingest(first, parquet_dir, **TRAIN)
+    np.save(tmp_path / "x.npy", xb[:3000])
+    path = str(tmp_path / "idx")
+    s = ingest(path, str(tmp_path / "x.npy"), codebooks=first, progress=False)
+    assert "train" not in s.stage_seconds
+    a, b = IndexStore.open(first), IndexStore.open(path)
+    for k, v in a.trained_arrays().items():
+        np.testing.assert_array_equal(v, b.trained_arrays()[k])
+    assert_same_index(path, xb[:3000])
+
+
+# -- bad input ---------------------------------------------------------------------------
+def _bad_inputs(tmp_path, xb):
+    """Three good files and one with a NaN row (3) and a short row (7)."""
+    write_parquet(str(tmp_path / "a.parquet"), xb[:4000], row_group_size=1000)
+    bad = xb[4000:8000].copy()
+    bad[3, 5] = np.nan
+    arr = pa.array([r for r in bad], pa.list_(pa.float32()))
+    short = pa.array([bad[7][:-1]], pa.list_(pa.float32()))
+    arr = pa.concat_arrays([arr.slice(0, 7), short, arr.slice(8)])
+    pq.write_table(pa.table({"embedding": arr}), tmp_path / "b.parquet", row_group_size=1500)
+    write_parquet(str(tmp_path / "c.parquet"), xb[8000:], "binary")
+    return str(tmp_path / "*.parquet")
+
+
+def test_bad_rows_name_file_and_row(tmp_path, xb):
+    inputs = _bad_inputs(tmp_path, xb)
+    path = str(tmp_path / "idx")
+    with pytest.raises(InputError, match=r"b\.parquet: row [37] .*(NaN|has 31 values)"):
+        ingest(path, inputs, **TRAIN)
+    assert not IndexStore.exists(path)
+
+
+def test_skip_bad_rows(tmp_path, xb):
+    inputs = _bad_inputs(tmp_path, xb)
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    path = str(tmp_path / "idx")
+    s = ingest(path, inputs, skip_bad_rows=True, **TRAIN)
+    assert s.skipped_rows == 2 and s.vectors == N - 2
+    assert [os.path.basename(p) for p, _ in s.skipped_files] == ["d.parquet"]
+    assert any("row 3" in m for m in s.bad_rows) and any("row 7" in m for m in s.bad_rows)
+    keep = np.setdiff1d(np.arange(N), [4003, 4007])  # ids stay the input row numbers
+    assert_same_index(path, xb[keep], ids=keep)
+
+
+@pytest.mark.parametrize("case", ["dimension", "column", "unreadable", "nan-npy"])
+def test_bad_files_name_the_file(tmp_path, xb, case):
+    write_parquet(str(tmp_path / "a.parquet"), xb[:5000])
+    if case == "dimension":
+        write_parquet(str(tmp_path / "b.parquet"), xb[5000:6000, :D - 1])
+        want = r"b\.parquet: vectors have dimension 31; expected d=32"
+    elif case == "column":
+        write_parquet(str(tmp_path / "b.parquet"), xb[5000:6000], column="vec")
+        want = r"b\.parquet: no column 'embedding' \(columns: vec\)"
+    elif case == "unreadable":
+        (tmp_path / "b.parquet").write_bytes(b"\x00" * 100)
+        want = r"b\.parquet: cannot read Parquet file"
+    else:
+        y = xb[5000:6000].copy()
+        y[321, 0] = np.inf
+        np.save(tmp_path / "b.npy", y)
+        want = r"b\.npy: row 321 \(input row 5321, id 5321\): embedding contains NaN"
+    path = str(tmp_path / "idx")
+    with pytest.raises(InputError, match=want):
+        ingest(path, str(tmp_path / "*"), **TRAIN)
+    assert not IndexStore.exists(path)
+
+
+def test_failed_append_leaves_the_old_version(tmp_path, xb):
+    write_parquet(str(tmp_path / "a.parquet"), xb[:5000])
+    path = str(tmp_path / "idx")
+    ingest(path, str(tmp_path / "a.parquet"), **TRAIN)
+    y = xb[5000:].copy()
+    y[-1, 3] = np.nan
+    np.save(tmp_path / "b.npy", y)
+    with pytest.raises(InputError, match=r"b\.npy: row 6999"):
+        ingest(path, str(tmp_path / "b.npy"), block_rows=1000, progress=False)
+    store = IndexStore.open(path)
+    assert (store.version, store.ntotal) == (1, 5000)
+    # the interrupted job's scratch can be cleaned up
+    removed, freed = clean_ingest_jobs(path, committed=False)
+    assert len(removed) == 1 and freed > 0
+
+
+# -- command line ------------------------------------------------------------------------
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_ingest_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_handler(tmp_path, xb, parquet_dir, capsys):
+    path = str(tmp_path / "idx")
+    args = _parse([path, parquet_dir, "--nlist", "16", "--M", "8", "--niter", "6",
+                   "--keep-vectors", "--no-progress", "--spot-check", "20"])
+    assert ingest_main(args) == 0
+    out = capsys.readouterr().out
+    assert f"ingested {N:,} vectors" in out and "recall@10" in out
+    store = IndexStore.open(path)
+    assert store.ntotal == N and store.columns["vector"]["dtype"] == "float32"
+
+
+def test_cli_bad_input_is_one_line(tmp_path, xb):
+    from shardann.cli import CommandError, UsageError
+
+    y = xb[:3000].copy()
+    y[10] = np.nan
+    np.save(tmp_path / "a.npy", y)
+    with pytest.raises(CommandError, match=r"a\.npy: row 10 .*nothing was committed"):
+        ingest_main(_parse([str(tmp_path / "idx"), str(tmp_path / "a.npy"), "--nlist", "16",
+                            "--M", "8", "--no-progress"]))
+    with pytest.raises(UsageError, match="--M"):
+        ingest_main(_parse([str(tmp_path / "idx"), str(tmp_path / "a.npy"), "--nlist", "16"]))
