@@ -114,7 +114,8 @@ def run(args):
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "distributed.json")
     with open(out, "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+        params = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        json.dump({"args": params, "rows": rows}, f, indent=1)
     print(f"wrote {out}")
     return 0 if all(r["identical"] for r in rows) else 1
 
