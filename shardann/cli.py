@@ -4,6 +4,7 @@
                          then search it sharded over 2 Ray actors in local mode
 ``shardann info PATH``   describe an index written by ``index.save(PATH)``
 ``shardann serve PATH``  serve an index over HTTP with Ray Serve (``shardann.service``)
+``shardann ingest PATH INPUT...``  build an index from embeddings on disk (Ray Data)
 ``shardann bench SUITE`` benchmarks: ``core`` (kernels, local indexes vs FAISS) and
                          ``distributed`` (sharded vs local), from ``shardann.bench.SUITE``
 
@@ -94,6 +95,13 @@ def build_parser():
     from .service.cli import add_serve_arguments, serve_main  # light: Ray loads in serve_main
     add_serve_arguments(serve)
     serve.set_defaults(handler=serve_main)
+
+    ingest = add("ingest", "Build or extend an index from Parquet / .npy / .fvecs files "
+                           "with Ray Data (bounded memory, resumable).")
+    _common_options(ingest, in_subcommand=True)
+    from .distributed.ingest import add_ingest_arguments, ingest_main  # Ray loads when it runs
+    add_ingest_arguments(ingest)
+    ingest.set_defaults(handler=ingest_main)
 
     bench = add("bench", "Benchmarks (speed is measured here, not in the tests).")
     bench_sub = bench.add_subparsers(dest="suite", metavar="SUITE", required=True)
