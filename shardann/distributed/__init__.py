@@ -5,11 +5,22 @@ parser can import the argument definitions without starting Ray's import.
 """
 
 import importlib
+import types
 
-# the function shadows its module's name in this package, so bind it eagerly
-# (ingest.py itself imports Ray only when a job runs)
+# ``shardann.distributed.ingest(...)`` is the documented call, and
+# ``shardann.distributed.ingest`` is also the module that defines it. Binding
+# the function over the module name would break ``import ...ingest as mod``,
+# so the module itself is made callable (it imports Ray only when a job runs).
+from . import ingest
 from .ingest import IngestSummary as IngestSummary
-from .ingest import ingest as ingest
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return self.ingest(*args, **kwargs)
+
+
+ingest.__class__ = _CallableModule
 
 _EXPORTS = {
     "NAMESPACE": ".coordinator", "SearchResult": ".coordinator", "ShardedIndex": ".coordinator",
