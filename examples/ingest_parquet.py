@@ -69,7 +69,7 @@ def exact_top_k(directory, queries, k):
             col = batch.column(0)
             x = col.values.to_numpy().reshape(len(col), -1)
             ids = np.arange(offset, offset + len(col))
-            parts.append(shardann.brute_force_knn(x, queries, k, ids=ids))
+            parts.append(shardann.brute_force_knn(xq=queries, xb=x, k=k, ids=ids))
             parts = [shardann.merge_results(parts, k, "l2")]
             offset += len(col)
     return parts[0]

@@ -106,7 +106,7 @@ class IngestSummary:
     skipped_rows: int = 0
     skipped_files: list = dataclasses.field(default_factory=list)  # [[path, reason]]
     bad_rows: list = dataclasses.field(default_factory=list)       # the first few, explained
-    seconds: float = 0.0
+    seconds: float = 0.0            # wall time of the call (of this run, when resumed)
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     #: time the encode workers spent reading, encoding and writing, summed over blocks
     worker_seconds: dict = dataclasses.field(default_factory=dict)
@@ -135,8 +135,10 @@ class IngestSummary:
         if self.already_committed:
             lines.append("  (this job had been committed already; nothing was redone)")
         if self.stage_seconds:
-            lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s"
-                                                  for k, v in self.stage_seconds.items()))
+            order = ("sample", "train", "encode", "check_ids", "merge", "commit", "check")
+            stages = sorted(self.stage_seconds.items(),
+                            key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+            lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages))
         lines.append(f"  written: {_human(self.bytes_written)} in {self.segments} segment(s); "
                      f"{self.blocks} blocks ({self.resumed_blocks} done by an earlier run)")
         if self.recall is not None:
@@ -1035,8 +1037,11 @@ def ingest_main(args):
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)
+        if args.address is not None and args.num_cpus is not None:
+            raise UsageError("--num-cpus sets up a local Ray; it cannot be used with --address")
+        kw = {"address": args.address} if args.address else {"num_cpus": args.num_cpus,
+                                                              "include_dashboard": False}
+        ray.init(configure_logging=False, log_to_driver=False, **kw)
         started = True
     try:
         summary = ingest(

@@ -153,7 +153,9 @@ class _Stop(Exception):
 
 def _stop_at(monkeypatch, point):
     """Make the driver raise at ``point`` ("name@n"): an interruption without SIGKILL."""
-    import shardann.distributed.ingest as mod
+    import shardann.distributed.ingest  # noqa: F401  (the package may bind the function)
+
+    mod = sys.modules["shardann.distributed.ingest"]
 
     name, _, nth = point.partition("@")
     hits = {"n": 0}
