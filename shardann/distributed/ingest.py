@@ -405,7 +405,8 @@ class _Job:
             if name != self.job_id and os.path.isdir(other) and not os.path.exists(
                     os.path.join(other, "committed.json")):
                 logger.warning("%s: scratch of another, interrupted ingest job (%s); "
-                               "clean_ingest_jobs() removes it", other, _human(_dir_bytes(other)))
+                               "clean_ingest_jobs(path) or `shardann ingest PATH --clean` "
+                               "removes it", other, _human(_dir_bytes(other)))
 
     def _newest_version(self):
         if not IndexStore.exists(self.root):
