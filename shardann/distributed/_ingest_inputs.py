@@ -280,7 +280,7 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
         if f.kind == "parquet":
             start, group, first = 0, [], 0
             for g, n in enumerate(f.row_groups):
-                if group and first + n > block_rows:
+                if group and first - start + n > block_rows:
                     blocks.append(Block(len(blocks), fi, start, first, tuple(group)))
                     start, group, first = first, [], first
                 group.append(g)

@@ -86,13 +86,13 @@ def _kill_child(path, inputs, point, opts):
 
 
 # Each case starts a Ray runtime in a child process (10-40 s here); the default suite
-# kills in the encode and merge stages and right after the commit point, the rest
-# is opt-in (-m slow). The in-process tests below cover more points cheaply.
+# kills in the encode stage of a create and right after an append's commit point,
+# the rest is opt-in (-m slow). The in-process tests below cover more points cheaply.
 CASES = [
     ("create", "ingest.block_done@2"),
-    ("create", "ingest.range_done@2"),
-    ("create", "manifest.after_publish"),
     ("append", "manifest.after_publish"),
+    pytest.param("create", "ingest.range_done@2", marks=pytest.mark.slow),
+    pytest.param("create", "manifest.after_publish", marks=pytest.mark.slow),
     pytest.param("create", "commit.before_manifest", marks=pytest.mark.slow),
     pytest.param("append", "ingest.encoded", marks=pytest.mark.slow),
     pytest.param("create", "ingest.encoded", marks=pytest.mark.slow),

@@ -30,6 +30,9 @@ def test_many_files_mixed_row_groups(tmp_path, n):
     s = ingest(path, str(tmp_path / "in"), nlist=64, M=16, niter=8, pq_niter=8,
                block_rows=block_rows, progress=False)
     assert s.vectors == n and s.skipped_rows == 0
+    # small row groups are packed into blocks of at most block_rows (about 40 blocks here,
+    # not one per row group)
+    assert s.blocks <= 50
     assert s.recall > 0.5  # observed 0.68 (60k) and 0.66 (300k), nprobe=16 of 64
     store, _ = assert_same_index(path, x, queries=data(100, D, seed=12), nprobe=8)
     # every segment's row groups are whole lists in ascending order
