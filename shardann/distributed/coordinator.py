@@ -22,7 +22,7 @@ from ..errors import ShardUnavailableError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
 from .placement import place_lists, shard_loads
-from .shard import ShardWorker
+from .shard import ShardWorker, pack, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, path, *, num_shards=1, replicas=1, version=None, timeout_s=30.0,
-             max_restarts=-1, name=None, detached=False, shard_num_cpus=0):
+             max_restarts=-1, name=None, detached=False, shard_num_cpus=0,
+             shard_threads=None):
         """Open the index at ``path`` on ``num_shards`` shards x ``replicas``.
 
         Shard actors are named ``<name>/v<version>/s<num_shards>/shard-<i>/r<j>``
@@ -100,6 +101,9 @@ class ShardedIndex:
         instead of started again (and are then not stopped by ``close``).
         ``version`` opens an older version read-only. Actors restart up to
         ``max_restarts`` times (-1: forever) and reload from the store.
+        ``shard_threads`` is the number of kernel threads per shard actor
+        (default: the cluster's CPUs divided among the shards, at least 1), so
+        shards scanning at once do not oversubscribe the cores.
         """
         from ..storage import IndexStore
 
@@ -122,6 +126,10 @@ class ShardedIndex:
         if not ray.is_initialized():
             ray.init()
         worker = ray.remote(ShardWorker)
+        if shard_threads is None:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            shard_threads = max(1, cpus // self.num_shards)
+        shard_threads = check_int("shard_threads", shard_threads, low=1)
         self._actors, self._owned = [], []
         load_version = version if self.read_only else None
         for s in range(self.num_shards):
@@ -137,7 +145,7 @@ class ShardedIndex:
                         max_task_retries=0, num_cpus=shard_num_cpus,
                         lifetime="detached" if detached else None,
                         scheduling_strategy="SPREAD",
-                    ).remote(self.path, lists, load_version, s, r)
+                    ).remote(self.path, lists, load_version, s, r, threads=shard_threads)
                     self._owned.append(actor)
                 group.append(actor)
             self._actors.append(group)
@@ -237,8 +245,9 @@ class ShardedIndex:
             mine = owner == s
             rows = np.flatnonzero(mine.any(axis=1))
             rows_of[s] = rows
-            calls[s] = ("search", (q[rows], dis0[rows], np.where(mine[rows], probes[rows], -1),
-                                   kk, exact))
+            calls[s] = ("search_packed", (pack((q[rows], dis0[rows],
+                                                np.where(mine[rows], probes[rows], -1),
+                                                kk, exact)),))
         results, missing = self._call(calls, self.timeout_s if timeout_s is None else timeout_s)
         if missing and not allow_partial:
             raise ShardUnavailableError(
@@ -246,7 +255,8 @@ class ShardedIndex:
                 f"{self.timeout_s if timeout_s is None else timeout_s}s; "
                 "retry, or pass allow_partial=True to accept results without them")
         parts, exacts = [], []
-        for s, (keys, ids, ex) in results.items():
+        for s, payload in results.items():
+            keys, ids, ex = unpack(payload)
             full_k, full_i = empty_results(nq, kk, "l2")
             full_k[rows_of[s]], full_i[rows_of[s]] = keys, ids
             parts.append((full_k, full_i))

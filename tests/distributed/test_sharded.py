@@ -57,6 +57,20 @@ def test_routing_calls_only_owning_shard(ray_local, data, tmp_path):
             1 if s == target else 0 for s in range(3)]
 
 
+def test_shard_threads_divide_the_cores(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    build_local(tmp_path / "idx", xt, xb)
+    # ray_local has 2 CPUs: two shards scanning at once get one kernel thread each
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2) as sharded:
+        assert [s["threads"] for s in sharded.stats()["shards"]] == [1, 1]
+        expected = sharded.search(xq, 10, nprobe=8)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=1, shard_threads=2) as sharded:
+        assert [s["threads"] for s in sharded.stats()["shards"]] == [2]
+        assert_same(sharded.search(xq, 10, nprobe=8), expected)
+    with pytest.raises(ValueError, match="shard_threads"):
+        ShardedIndex.open(tmp_path / "idx", num_shards=1, shard_threads=0)
+
+
 def test_add_remove_durable_and_visible(ray_local, data, tmp_path):
     xb, xq, xt = data
     build_local(tmp_path / "idx", xt, xb[:4000])
