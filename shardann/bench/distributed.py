@@ -96,8 +96,15 @@ def run(args):
                             and np.array_equal(got[0], expected[0]))
                 qps = _batch_qps(lambda q, s=sharded: s.search(q, **kw), xq, args.batch)
                 p50, p99 = _latencies(lambda q, s=sharded: s.search(q, **kw), xq, args.single)
+                held = sharded.stats()["shards"]
+                ntotal = max(1, sum(st["ntotal"] for st in held))
+                rss = [st["load_rss_bytes"] for st in held]
                 rows.append({"setup": f"{shards} shard(s)", "shards": shards, "qps": qps,
-                             "p50_ms": p50, "p99_ms": p99, "identical": same})
+                             "p50_ms": p50, "p99_ms": p99, "identical": same,
+                             "held_bytes_per_vector":
+                                 sum(st["allocated_bytes"] for st in held) / ntotal,
+                             "load_rss_bytes_per_vector":
+                                 None if None in rss else sum(rss) / ntotal})
     finally:
         ray.shutdown()
         if tmp is not None:
@@ -106,11 +113,17 @@ def run(args):
           f"nbits={args.nbits} nprobe={args.nprobe} k={args.k}, batch={args.batch}, "
           f"ray num_cpus={args.num_cpus}")
     print(f"{'setup':<12} {'QPS@batch':>10} {'xlocal':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p50-local':>10} {'same (D,I)':>10}")
+          f"{'p50-local':>10} {'same (D,I)':>10} {'B/vec held':>10} {'B/vec RSS':>10}")
     for r in rows:
+        held, rss = r.get("held_bytes_per_vector"), r.get("load_rss_bytes_per_vector")
         print(f"{r['setup']:<12} {r['qps']:>10.0f} {r['qps'] / local_qps:>7.2f} "
               f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ms'] - local_p50:>10.2f} "
-              f"{str(r['identical']):>10}")
+              f"{str(r['identical']):>10} {'' if held is None else f'{held:.1f}':>10} "
+              f"{'' if rss is None else f'{rss:.1f}':>10}")
+    code_bytes = index.code_size
+    print(f"budget per vector held by shards: code {code_bytes} + id 8 + 10% = "
+              f"{(code_bytes + 8) * 1.1:.1f} B ('B/vec RSS' is the shard processes' RSS growth "
+              "while loading their lists, over the vectors they hold)")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "distributed.json")
     with open(out, "w") as f:

@@ -2,6 +2,7 @@
 with the kernels. ``ShardWorker`` is a plain class (testable without Ray);
 the coordinator runs it as a Ray actor."""
 
+import ctypes
 import logging
 import os
 import pickle
@@ -39,7 +40,13 @@ class ShardWorker:
         self.lists = np.asarray(lists, dtype=np.int64)
         store = IndexStore.open(path, version=version)
         self.version = store.version
-        self.index = store.load_index(lists=self.lists)
+        # the model (centroids, codebooks, L2 term tables) first: its size does not
+        # depend on the lists, and load_rss_bytes below is what the lists cost
+        self.index = store.load_index(lists=np.zeros(0, np.int64))
+        rss0 = _rss_bytes()
+        store.load_lists_into(self.index, self.lists)
+        _release_free_memory()
+        self.load_rss_bytes = None if rss0 is None else _rss_bytes() - rss0
         self.calls = {"search": 0, "add": 0, "remove": 0}
         self.scanned_lists = 0
         self.load_seconds = time.perf_counter() - t0
@@ -92,6 +99,8 @@ class ShardWorker:
             "node_id": _node_id(), "version": self.version, "ntotal": self.index.ntotal,
             "lists": int(len(self.lists)), "calls": dict(self.calls),
             "scanned_lists": self.scanned_lists, "list_bytes": int(lists.nbytes()),
+            "allocated_bytes": int(lists.allocated_bytes()), "rss_bytes": _rss_bytes(),
+            "load_rss_bytes": self.load_rss_bytes,
             "threads": numba.get_num_threads(), "load_seconds": self.load_seconds,
             "warmup_seconds": self.warmup_seconds,
         }
@@ -120,6 +129,33 @@ def warm_up(index):
         dis0 = np.zeros((nq, 1), np.float32)
         index.scan_candidates(q, dis0, probes, 1, exact="vectors" in index._lists.columns
                               and index._refines)
+
+
+def _release_free_memory():
+    """Hand memory freed after a load back to the OS: Arrow's allocator and
+    glibc keep freed pages for reuse, which in a long-lived shard would
+    otherwise stay resident as about as much again as the lists themselves."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _rss_bytes():
+    """Anonymous (private) resident memory of this process, from Linux /proc;
+    None elsewhere. File pages mapped while reading segments are page cache the
+    kernel can drop, so they are not counted."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _node_id():

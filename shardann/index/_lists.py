@@ -150,7 +150,13 @@ class InvertedLists:
         return self.ids[s:s + n], {k: v[s:s + n] for k, v in self.data.items()}
 
     def nbytes(self):
+        """Bytes of the rows in use (ids and payload columns)."""
         return self.ids[: self.used].nbytes + sum(a[: self.used].nbytes for a in self.data.values())
+
+    def allocated_bytes(self):
+        """Bytes held: the whole slab including room to grow, and the per-list tables."""
+        tables = self.start.nbytes + self.size.nbytes + self.cap.nbytes
+        return self.ids.nbytes + sum(a.nbytes for a in self.data.values()) + tables
 
     def owners(self, positions):
         """List number owning each live slab position, int64."""

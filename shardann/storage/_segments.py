@@ -27,6 +27,8 @@ TO_INDEX = {v: k for k, v in TO_FILE.items()}
 ROW_GROUP_ROWS = 65536
 #: memory-map segment files when reading (sizes are checked first)
 MEMORY_MAP = True
+#: a filtered read decodes at most about this many payload bytes at a time
+READ_BATCH_BYTES = 16 << 20
 
 
 def column_spec(columns):
@@ -221,6 +223,41 @@ class SegmentFile:
                 f"{[g['rows'] for g in e['row_groups']]}")
         self._pf = pf
         return pf
+
+    def read_where(self, row_groups, columns, keep):
+        """Payload ``columns`` ("code", "vector") of the rows of ``row_groups``
+        where ``keep`` (bool, one per row of those groups in order) is True.
+
+        Reads a few row groups at a time and copies the kept rows into arrays
+        allocated once, so memory peaks at the result plus one batch of about
+        ``READ_BATCH_BYTES`` instead of every row of the groups (a shard owns
+        some of the lists of each row group).
+        """
+        keep = np.asarray(keep, bool)
+        specs = {name: self.spec[name] for name in columns}
+        row_bytes = max(1, sum(c["width"] * np.dtype(c["dtype"]).itemsize
+                               for c in specs.values()))
+        out = {TO_INDEX[name]: np.empty((int(keep.sum()), c["width"]), np.dtype(c["dtype"]))
+               for name, c in specs.items()}
+        pos_in = pos_out = 0
+        batch, batch_rows = [], 0
+        groups = list(row_groups)
+        for i, g in enumerate(groups):
+            batch.append(g)
+            batch_rows += self.entry["row_groups"][g]["rows"]
+            if i + 1 < len(groups) and batch_rows * row_bytes < READ_BATCH_BYTES:
+                continue
+            m = keep[pos_in:pos_in + batch_rows]
+            kept = int(m.sum())
+            if kept:
+                part = self.read(batch, list(columns))
+                for name, arr in part.items():
+                    np.compress(m, arr, axis=0, out=out[name][pos_out:pos_out + kept])
+            pos_in, pos_out = pos_in + batch_rows, pos_out + kept
+            batch, batch_rows = [], 0
+        if pos_in != keep.size:
+            raise ValueError(f"keep has {keep.size} entries for {pos_in} rows")
+        return out
 
     def read(self, row_groups=None, columns=None):
         """{"list_id", "id", "codes", "vectors"}: NumPy arrays of the given row groups.

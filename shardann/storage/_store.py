@@ -393,7 +393,7 @@ class IndexStore:
             want = np.zeros(nlist, bool)
             want[lists] = True
         names = list(self._payload_names()) if names is None else names
-        cols = ["list_id", "id"] + [_segments.TO_FILE[k] for k in names]
+        payload = [_segments.TO_FILE[k] for k in names]
         parts = []
         for entry in segments:
             rgs = entry["row_groups"]
@@ -409,7 +409,7 @@ class IndexStore:
             if not sel:
                 continue
             f = self._segment(entry)
-            rows = f.read(sel, cols)
+            rows = f.read(sel, ["list_id", "id"])
             lid = rows["list_id"]
             if lid.size and (int(lid.min()) < 0 or int(lid.max()) >= nlist):
                 raise CorruptIndexError(f"{f.path}: list ids outside 0..{nlist - 1}")
@@ -423,8 +423,12 @@ class IndexStore:
                 gone = _hits(dead, rows["id"])
                 if gone.any():
                     mask = ~gone if mask is None else mask & ~gone
-            if mask is not None:
+            if mask is None:
+                rows.update(f.read(sel, payload) if payload else {})  # zero-copy views
+            else:
                 rows = {k: v[mask] for k, v in rows.items()}
+                if payload:
+                    rows.update(f.read_where(sel, payload, mask))
             parts.append(rows)
         return parts
 
@@ -503,6 +507,11 @@ class IndexStore:
             raise CorruptIndexError(
                 f"{_manifest.manifest_path(self._root, self.version)}: stored columns "
                 f"{self._m['columns']} do not fit a {self.kind} index with this config")
+        return self.load_lists_into(index, lists)
+
+    def load_lists_into(self, index, lists=None):
+        """Replace ``index``'s inverted lists with ``lists`` of this version
+        (None: all); ``index`` is one :meth:`load_index` returned. Returns it."""
         sizes, ids, data = self.read_lists(lists)
         index._set_lists(sizes, ids, data)
         if hasattr(index, "_next_id"):

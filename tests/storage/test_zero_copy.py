@@ -106,3 +106,38 @@ def test_loaded_arrays_are_writable_so_the_index_stays_mutable(tmp_path, make_in
     assert loaded.remove_ids(np.arange(10)) == 10
     assert loaded.ntotal == NB - 10
     assert shardann.open_index(tmp_path / "s").ntotal == NB  # the files are untouched
+
+
+def test_filtered_read_is_streamed_in_bounded_batches(tmp_path, make_index, monkeypatch):
+    """A shard owning every other list reads its rows a few row groups at a time
+    into arrays allocated once, and gets exactly the rows of a full read."""
+    from shardann.storage import _segments
+
+    index = make_index("ivfpq", keep_vectors=True)
+    # row groups of several lists, so every one holds rows of lists not asked for
+    store = IndexStore.create(tmp_path / "s", index, row_group_rows=400)
+    groups = store.manifest["files"]["segments"][0]["row_groups"]
+    assert len(groups) > 3 and all(g["first_list"] < g["last_list"] for g in groups)
+    full_sizes, full_ids, full_cols = store.read_lists()
+    lists = np.arange(0, store.nlist, 2)
+    row_bytes = store.code_size + index.d * 4
+    monkeypatch.setattr(_segments, "READ_BATCH_BYTES", 500 * row_bytes)
+    batches = []
+    real = _segments.SegmentFile.read
+
+    def spy(self, row_groups=None, columns=None):
+        if "code" in columns:
+            batches.append(sum(self.entry["row_groups"][g]["rows"] for g in row_groups))
+        return real(self, row_groups, columns)
+
+    monkeypatch.setattr(_segments.SegmentFile, "read", spy)
+    sizes, ids, cols = store.read_lists(lists)
+    # a batch stops at the first row group that reaches the budget
+    assert len(batches) > 1
+    assert max(batches) < 500 + max(g["rows"] for g in groups)
+    keep = np.repeat(np.isin(np.arange(store.nlist), lists), full_sizes)
+    np.testing.assert_array_equal(sizes[lists], full_sizes[lists])
+    np.testing.assert_array_equal(ids, full_ids[keep])
+    for k in ("codes", "vectors"):
+        np.testing.assert_array_equal(cols[k], full_cols[k][keep])
+        assert cols[k].flags.owndata or cols[k].base is not None
