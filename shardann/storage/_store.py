@@ -409,7 +409,14 @@ class IndexStore:
             if not sel:
                 continue
             f = self._segment(entry)
-            rows = f.read(sel, ["list_id", "id"])
+            dead = self._dead_for(entry["seq"])
+            maybe_dead = bool(dead.size and entry.get("deleted", 1))
+            whole = want is None or all(want[rgs[g]["first_list"]:rgs[g]["last_list"] + 1].all()
+                                        for g in sel)
+            # nothing to filter out: one read, zero-copy; else ids first, then only
+            # the payload rows that stay
+            at_once = whole and not maybe_dead
+            rows = f.read(sel, ["list_id", "id"] + (payload if at_once else []))
             lid = rows["list_id"]
             if lid.size and (int(lid.min()) < 0 or int(lid.max()) >= nlist):
                 raise CorruptIndexError(f"{f.path}: list ids outside 0..{nlist - 1}")
@@ -418,13 +425,13 @@ class IndexStore:
                 m = want[lid]
                 if not m.all():
                     mask = m
-            dead = self._dead_for(entry["seq"])
-            if dead.size and entry.get("deleted", 1):
+            if maybe_dead:
                 gone = _hits(dead, rows["id"])
                 if gone.any():
                     mask = ~gone if mask is None else mask & ~gone
             if mask is None:
-                rows.update(f.read(sel, payload) if payload else {})  # zero-copy views
+                if payload and not at_once:
+                    rows.update(f.read(sel, payload))  # zero-copy views
             else:
                 rows = {k: v[mask] for k, v in rows.items()}
                 if payload:
