@@ -87,8 +87,10 @@ class ServiceConfig:
     batch_wait_timeout_s: float = 0.001
     max_concurrent_batches: int = 2
     search_threads: int = 4
-    max_ongoing_requests: int = 64
-    max_queued_requests: int = 16
+    # small on purpose: on a 2-core box 8 + 8 let an overload back up into the proxy
+    # (503s after seconds) while 4 + 4 kept answering 503 in ~15 ms (see cluster/README)
+    max_ongoing_requests: int = 4
+    max_queued_requests: int = 4
     retry_after_s: float = 1.0
     num_replicas: int = 1
     replica_num_cpus: float = 1.0

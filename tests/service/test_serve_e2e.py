@@ -52,7 +52,9 @@ def _reference(path, xq, **kw):
 
 def test_add_search_delete_equals_sharded_index(store, svc_data):
     xb, xq, _ = svc_data
-    with serving(store, num_shards=2, batch_wait_timeout_s=0.02, **AUTH) as url, \
+    # room for the burst of 16 below (the defaults answer 503 beyond 4 + 4)
+    with serving(store, num_shards=2, batch_wait_timeout_s=0.02, max_ongoing_requests=16,
+                 max_queued_requests=16, **AUTH) as url, \
             Client(url, TOKEN) as client:
         assert client.health()["status"] == "ok"
         # concurrent single-vector searches are answered right, and batched (@serve.batch)
