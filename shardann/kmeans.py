@@ -43,8 +43,7 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
         return labels, keys
     for s in range(0, n, _BLOCK_ROWS):
         e = min(n, s + _BLOCK_ROWS)
-        dots = x[s:e] @ centroids.T
-        argmin_from_dots(dots, cnorms, ip, labels[s:e], keys[s:e])
+        argmin_from_dots(centroids @ x[s:e].T, cnorms, ip, labels[s:e], keys[s:e])
     return labels, keys
 
 

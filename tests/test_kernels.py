@@ -177,10 +177,10 @@ def test_argmin_from_dots(ip):
     c[5] = c[2]  # duplicate centroid: the smaller index must win
     dots = (x @ c.T).astype(np.float32)
     cn = (c * c).sum(1).astype(np.float32)
-    dots, cn = readonly(dots, cn)
+    dots_t, cn = readonly(np.ascontiguousarray(dots.T), cn)
     labels = np.empty(50, np.int64)
     keys = np.empty(50, np.float32)
-    kkm.argmin_from_dots(dots, cn, ip, labels, keys)
+    kkm.argmin_from_dots(dots_t, cn, ip, labels, keys)
     ref = -dots.astype(np.float64) if ip else cn[None] - 2.0 * dots.astype(np.float64)
     np.testing.assert_array_equal(labels, np.argmin(ref, axis=1))  # first minimum on ties
     np.testing.assert_array_equal(keys, ref.min(axis=1).astype(np.float32))
