@@ -108,3 +108,16 @@ def pytest_report_header(config):
     import numba
     return f"shardann {shardann.__version__}, numba {numba.__version__}, " \
            f"threads {numba.get_num_threads()}"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray runtime (2 CPUs) per test module, shut down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()

@@ -29,6 +29,7 @@ import uuid
 
 import numpy as np
 
+from .._rows import scatter_rows, take_rows
 from ..index.flat import exact_search_keys
 from ..metric import uses_ip
 from ..results import merge_results
@@ -363,30 +364,10 @@ def _write_run(job_dir, b, j, labels, gids, cols, nlist, counts, meta):
     counts += np.diff(offsets)
     save_npy(paths["ids"], gids[order])
     for name, arr in cols.items():
-        save_npy(paths[name], _take_rows(arr, order))
+        save_npy(paths[name], take_rows(arr, order))
     save_npy(paths["offsets"], offsets)  # last: the run is complete once this exists
     meta["bytes"] += sum(os.path.getsize(p) for p in paths.values() if os.path.exists(p))
     return os.path.basename(paths["ids"])[: -len(".ids.npy")]
-
-
-def _take_rows(a, rows):
-    """``a[rows]`` for a 2-D array, copying each row as one opaque item."""
-    a = np.ascontiguousarray(a)
-    if a.ndim == 2 and a.shape[1]:
-        void = a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(-1)
-        return void[rows].view(a.dtype).reshape(len(rows), a.shape[1])
-    return a[rows]
-
-
-def _scatter_rows(dst, dest, src):
-    """``dst[dest] = src`` copying whole rows as opaque items."""
-    if dst.ndim == 2 and dst.shape[1]:
-        itemsize = dst.shape[1] * dst.itemsize
-        vd = dst.view(np.dtype((np.void, itemsize))).reshape(-1)
-        vs = np.ascontiguousarray(src).view(np.dtype((np.void, itemsize))).reshape(-1)
-        vd[dest] = vs
-    else:
-        dst[dest] = src
 
 
 # -- merge -------------------------------------------------------------------------------------
@@ -422,7 +403,7 @@ def merge_range(ctx, r):
         dest = np.repeat(fill - (np.asarray(off[a:b], np.int64) - s), cnt) + np.arange(e - s)
         out_ids[dest] = np.load(f"{base}.ids.npy", mmap_mode="r")[s:e]
         for name in names:
-            _scatter_rows(out[name], dest, np.load(f"{base}.{name}.npy", mmap_mode="r")[s:e])
+            scatter_rows(out[name], dest, np.load(f"{base}.{name}.npy", mmap_mode="r")[s:e])
         fill += cnt
     want = np.concatenate([[0], np.cumsum(totals)[:-1]]) + totals
     if not np.array_equal(fill, want):

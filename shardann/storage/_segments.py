@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._rows import take_rows
 from ..errors import CorruptIndexError
 from ._crash import crash_point
 from ._files import ChecksumWriter
@@ -70,17 +71,8 @@ def sort_rows(list_ids, ids, data):
         if not ordered:
             order = np.lexsort((ids, list_ids))
             list_ids, ids = list_ids[order], ids[order]
-            data = {k: _take_rows(v, order) for k, v in data.items()}
+            data = {k: take_rows(v, order) for k, v in data.items()}
     return list_ids, ids, data
-
-
-def _take_rows(a, rows):
-    """``a[rows]`` for a 2-D array, copying each row as one opaque item."""
-    a = np.ascontiguousarray(a)
-    if a.ndim == 2 and a.shape[1]:
-        void = a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(-1)
-        return void[rows].view(a.dtype).reshape(len(rows), a.shape[1])
-    return a[rows]
 
 
 def _row_group_cuts(list_ids, target):

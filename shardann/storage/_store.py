@@ -17,6 +17,7 @@ import zlib
 
 import numpy as np
 
+from .._rows import scatter_rows
 from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
 from . import _codebooks, _manifest, _segments, _tombstones
 from ._crash import crash_point
@@ -95,20 +96,9 @@ def _group_by_list(parts, nlist, names):
         dest = filled[lid] + (np.arange(lid.size, dtype=np.int64) - run_start[lid])
         out_ids[dest] = p["id"]
         for k in names:
-            _scatter_rows(out[k], dest, p[k])
+            scatter_rows(out[k], dest, p[k])
         filled += c
     return sizes, out_ids, out
-
-
-def _scatter_rows(dst, dest, src):
-    """``dst[dest] = src`` copying whole rows as opaque items."""
-    if dst.ndim == 2 and dst.shape[1]:
-        itemsize = dst.shape[1] * dst.itemsize
-        vd = dst.view(np.dtype((np.void, itemsize))).reshape(-1)
-        vs = np.ascontiguousarray(src).view(np.dtype((np.void, itemsize))).reshape(-1)
-        vd[dest] = vs
-    else:
-        dst[dest] = src
 
 
 class IndexStore:
