@@ -43,6 +43,7 @@ class ShardWorker:
         # the model (centroids, codebooks, L2 term tables) first: its size does not
         # depend on the lists, and load_rss_bytes below is what the lists cost
         self.index = store.load_index(lists=np.zeros(0, np.int64))
+        _release_free_memory()  # so the growth below is not offset by trimming older garbage
         rss0 = _rss_bytes()
         store.load_lists_into(self.index, self.lists)
         _release_free_memory()
