@@ -30,15 +30,51 @@ from shardann._kernels import topk as ktopk
 
 
 def _run_topk(dist, ids, k):
-    nq = dist.shape[0]
+    """Top-k of precomputed keys: ``0 - (-1) * dist + 0 == dist``; one call per row so
+    each row can carry its own ids."""
+    nq, n = dist.shape
     out_d = np.empty((nq, k), np.float32)
     out_i = np.empty((nq, k), np.int64)
-    ktopk.topk_rows(dist, ids, k, out_d, out_i)
+    ids = np.broadcast_to(ids, dist.shape)
+    zeros = readonly(np.zeros(n, np.float32))
+    for q in range(nq):
+        ktopk.topk_from_dots(dist[q:q + 1], zeros, np.float32(-1), np.zeros(1, np.float32),
+                             False, ids[q], k, out_d[q:q + 1], out_i[q:q + 1])
     return out_d, out_i
 
 
+@pytest.mark.parametrize("clamp", [False, True])
+@pytest.mark.parametrize("integer", [True, False])
+def test_topk_from_dots_rounds_like_numpy(clamp, integer):
+    """Keys formed in the kernel equal NumPy's float32 ``base - 2 * dots + qadd``."""
+    rng = np.random.default_rng(11)
+    if integer:
+        x = rng.integers(-3, 4, (13, 6)).astype(np.float32)
+        xb = rng.integers(-3, 4, (70, 6)).astype(np.float32)
+        xb[5] = xb[2]  # duplicate row: ties break by the smaller id
+    else:
+        x = rng.standard_normal((13, 6)).astype(np.float32)
+        xb = np.concatenate([x[:3], rng.standard_normal((67, 6)).astype(np.float32)])
+    dots = x @ xb.T
+    base = (xb * xb).sum(1).astype(np.float32)
+    qadd = (x * x).sum(1).astype(np.float32)
+    ids = rng.permutation(1000)[:70].astype(np.int64)
+    keys = base[None, :] - np.float32(2) * dots
+    keys += qadd[:, None]
+    if clamp:
+        np.maximum(keys, 0, out=keys)
+    for k in (1, 7, 70, 80):
+        D = np.empty((13, k), np.float32)
+        I = np.empty((13, k), np.int64)
+        ktopk.topk_from_dots(*readonly(dots, base), np.float32(2), readonly(qadd), clamp,
+                             readonly(ids), k, D, I)
+        Dr, Ir = topk_smallest(keys, ids, k)
+        np.testing.assert_array_equal(I, Ir)
+        np.testing.assert_array_equal(D, Dr.astype(np.float32))
+
+
 @pytest.mark.parametrize("k", [1, 5, 37, 50])
-def test_topk_rows_random(k):
+def test_topk_random(k):
     rng = np.random.default_rng(1)
     dist = rng.standard_normal((7, 50)).astype(np.float32)
     ids = rng.permutation(1000)[:50].astype(np.int64)
@@ -50,7 +86,7 @@ def test_topk_rows_random(k):
     np.testing.assert_array_equal(D, Dr.astype(np.float32))
 
 
-def test_topk_rows_accepts_broadcast_ids():
+def test_topk_accepts_broadcast_ids():
     rng = np.random.default_rng(2)
     dist = readonly(rng.standard_normal((4, 20)).astype(np.float32))
     ids = np.arange(100, 120, dtype=np.int64)
@@ -60,7 +96,7 @@ def test_topk_rows_accepts_broadcast_ids():
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 40])
-def test_topk_rows_ties_break_by_smaller_id(k):
+def test_topk_ties_break_by_smaller_id(k):
     rng = np.random.default_rng(3)
     # few distinct keys: most comparisons are ties
     dist = rng.integers(0, 4, (9, 40)).astype(np.float32)
@@ -75,7 +111,7 @@ def test_topk_rows_ties_break_by_smaller_id(k):
             assert D[q, j] < D[q, j + 1] or I[q, j] < I[q, j + 1]
 
 
-def test_topk_rows_all_equal_keys():
+def test_topk_all_equal_keys():
     dist = np.zeros((2, 10), np.float32)
     ids = np.array([[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]] * 2, np.int64)
     D, I = _run_topk(*readonly(dist, ids), 4)
@@ -83,7 +119,7 @@ def test_topk_rows_all_equal_keys():
 
 
 @pytest.mark.parametrize("n", [0, 1, 3])
-def test_topk_rows_pads_when_fewer_than_k(n):
+def test_topk_pads_when_fewer_than_k(n):
     rng = np.random.default_rng(4)
     dist = rng.standard_normal((3, n)).astype(np.float32)
     ids = np.broadcast_to(np.arange(n, dtype=np.int64)[::-1].copy(), dist.shape)
@@ -95,7 +131,7 @@ def test_topk_rows_pads_when_fewer_than_k(n):
     np.testing.assert_array_equal(D[:, :n], Dr[:, :n].astype(np.float32))
 
 
-def test_topk_rows_infinite_keys_rank_last_but_are_kept():
+def test_topk_infinite_keys_rank_last_but_are_kept():
     dist = np.array([[np.inf, 1.0, np.inf, 0.5]], np.float32)
     ids = np.array([[5, 6, 2, 7]], np.int64)
     D, I = _run_topk(*readonly(dist, ids), 6)

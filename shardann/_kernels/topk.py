@@ -81,24 +81,36 @@ def heap_sort_into(hd, hi, hid, out_d, out_i):
 
 
 @njit(cache=True)
-def topk_rows(dist, ids, k, out_d, out_i):
-    """Row-wise k smallest of a distance block.
+def topk_from_dots(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
+    """Row-wise k smallest keys ``base[j] - scale * dots[q, j] + qadd[q]``.
+
+    The keys are formed on the fly: one pass over the dot products instead of
+    NumPy passes that write and reread a (nq, n) block. Precomputed keys
+    ``dist`` are ``dots=dist, base=0, scale=-1, qadd=0``.
+    Rounds exactly like ``base[None] - scale * dots + qadd[:, None]`` in
+    float32 (no fastmath here, so no fused multiply-add).
 
     Parameters
     ----------
-    dist : float32 (nq, n) keys (smaller is better).
-    ids : int64 (nq, n) id of each entry (a broadcast view is fine); ties
-        break by smaller id.
+    dots : float32 (nq, n). base : float32 (n,). scale : float32.
+    qadd : float32 (nq,). clamp : bool, keys below 0 become 0 (rounding can
+        make a squared distance slightly negative).
+    ids : int64 (n,) id of each column; ties break by smaller id.
     k : int, number kept per row.
     out_d : float32 (nq, k), out_i : int64 (nq, k) results (ids), best first,
         padded with (+inf, -1).
     """
-    nq, n = dist.shape
+    nq, n = dots.shape
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     hid = np.empty(k, np.int64)
+    zero = np.float32(0.0)
     for q in range(nq):
         heap_init(hd, hi, hid)
+        add = qadd[q]
         for j in range(n):
-            heap_push(hd, hi, hid, k, dist[q, j], ids[q, j], ids[q, j])
+            v = (base[j] - scale * dots[q, j]) + add
+            if clamp and v < zero:
+                v = zero
+            heap_push(hd, hi, hid, k, v, ids[j], ids[j])
         heap_sort_into(hd, hi, hid, out_d[q], out_i[q])

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._kernels.topk import topk_rows
+from .._kernels.topk import topk_from_dots
 from ..metric import uses_ip
 from ..results import merge_results
 from ._lists import InvertedLists
@@ -20,10 +20,14 @@ def exact_search_keys(q, xb, ids, k, ip, xb_norms=None):
     and ids int64 (nq, k), best first, ties by smaller id.
     """
     nq = q.shape[0]
-    if not ip:
+    if ip:
+        q_zero = np.zeros(nq, np.float32)
+    else:
         if xb_norms is None:
             xb_norms = np.einsum("ij,ij->i", xb, xb)
-        q_norms = np.einsum("ij,ij->i", q, q)
+        xb_norms = np.asarray(xb_norms, np.float32)
+        q_norms = np.einsum("ij,ij->i", q, q).astype(np.float32, copy=False)
+    ids = np.ascontiguousarray(ids, np.int64)
     out_keys = np.empty((nq, k), np.float32)
     out_ids = np.empty((nq, k), np.int64)
     for qs in range(0, nq, _Q_BLOCK):
@@ -32,16 +36,14 @@ def exact_search_keys(q, xb, ids, k, ip, xb_norms=None):
         for s in range(0, xb.shape[0], _DB_BLOCK):
             e = min(xb.shape[0], s + _DB_BLOCK)
             dots = q[qs:qe] @ xb[s:e].T
-            if ip:
-                keys = np.negative(dots)
-            else:
-                keys = xb_norms[s:e][None, :] - 2.0 * dots
-                keys += q_norms[qs:qe, None]
-                np.maximum(keys, 0, out=keys)
             kd = np.empty((qe - qs, k), np.float32)
             ki = np.empty((qe - qs, k), np.int64)
-            topk_rows(keys.astype(np.float32, copy=False),
-                      np.broadcast_to(ids[s:e], keys.shape), k, kd, ki)
+            if ip:  # 0 - 1 * dot + 0 = -dot
+                topk_from_dots(dots, np.zeros(e - s, np.float32), np.float32(1), q_zero[qs:qe],
+                               False, ids[s:e], k, kd, ki)
+            else:
+                topk_from_dots(dots, xb_norms[s:e], np.float32(2), q_norms[qs:qe], True,
+                               ids[s:e], k, kd, ki)
             parts.append((kd, ki))
         # partial results are keys, so merge them as a smaller-is-better metric
         out_keys[qs:qe], out_ids[qs:qe] = merge_results(parts, k, "l2")

@@ -16,7 +16,7 @@ from .._kernels.ivf import (
     ivfpq_scan_serial,
 )
 from .._kernels.pq import pq_dot_tables
-from .._kernels.topk import topk_rows
+from .._kernels.topk import topk_from_dots
 from .._validation import as_vectors, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids
 from ..metric import normalize_rows, uses_ip
@@ -48,12 +48,14 @@ def coarse_probe(q, centroids, cnorms, nprobe, ip):
     for s in range(0, nq, step):
         e = min(nq, s + step)
         dots = q[s:e] @ centroids.T
-        if ip:
-            keys = np.negative(dots)
+        if ip:  # 0 - 1 * dot + 0 = -dot
+            topk_from_dots(dots, np.zeros(len(lists), np.float32), np.float32(1),
+                           np.zeros(e - s, np.float32), False, lists, nprobe,
+                           dis0[s:e], probes[s:e])
         else:
-            keys = cnorms[None, :] - np.float32(2.0) * dots
-            keys += np.einsum("ij,ij->i", q[s:e], q[s:e])[:, None]
-        topk_rows(keys, np.broadcast_to(lists, keys.shape), nprobe, dis0[s:e], probes[s:e])
+            topk_from_dots(dots, cnorms, np.float32(2),
+                           np.einsum("ij,ij->i", q[s:e], q[s:e]).astype(np.float32, copy=False),
+                           False, lists, nprobe, dis0[s:e], probes[s:e])
     return dis0, probes
 
 
