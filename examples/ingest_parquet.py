@@ -27,21 +27,9 @@ import pyarrow.parquet as pq
 import ray
 
 import shardann
+from shardann.bench.datasets import synthetic_chunk
 from shardann.distributed import ShardedIndex
 from shardann.distributed.ingest import ingest
-
-
-def embeddings(start, stop, d, seed=0, intrinsic=16, clusters=64):
-    """Rows ``[start, stop)`` of an endless synthetic dataset (any chunk, same manifold)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, intrinsic)) * 2.0
-    A = rng.standard_normal((intrinsic, d)) / np.sqrt(intrinsic)
-    B = rng.standard_normal((d, d)) / np.sqrt(d)
-    r = np.random.default_rng([seed, start])
-    z = centers[r.integers(0, clusters, stop - start)] + r.standard_normal((stop - start,
-                                                                           intrinsic))
-    h = np.tanh(z @ A) + 0.3 * np.sin(2.0 * (z @ A))
-    return (h @ B + 0.05 * r.standard_normal((stop - start, d))).astype(np.float32)
 
 
 def write_parquet(directory, n, d, files, chunk=200_000):
@@ -54,7 +42,7 @@ def write_parquet(directory, n, d, files, chunk=200_000):
         with pq.ParquetWriter(os.path.join(directory, f"part-{f:04d}.parquet"), schema,
                               compression="none") as w:
             for s in range(lo, hi, chunk):
-                x = embeddings(s, min(hi, s + chunk), d)
+                x = synthetic_chunk(s, min(hi, s + chunk), d)
                 col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)
                 w.write_table(pa.table({"embedding": col}), row_group_size=chunk // 2)
     print(f"wrote {n:,} x {d} float32 vectors to {files} Parquet files in {directory} "
@@ -96,7 +84,7 @@ def main():
                          pq_niter=10)
         print(summary)
 
-        queries = embeddings(10**12, 10**12 + 20, args.d)  # rows not in the data
+        queries = synthetic_chunk(10**12, 10**12 + 20, args.d)  # rows not in the data
         with ShardedIndex.open(index_dir, num_shards=2) as index:
             D, I = index.search(queries, k=10, nprobe=32)
         _, I_true = exact_top_k(data_dir, queries, 10)

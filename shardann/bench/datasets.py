@@ -13,6 +13,24 @@ import numpy as np
 from .._validation import check_int
 
 
+def _manifold(d, seed, intrinsic_dim, n_clusters):
+    """(centers, A, B) of the latent mixture and its map into ``d`` dimensions."""
+    rng = np.random.default_rng(seed)
+    di = min(intrinsic_dim, d)
+    centers = rng.standard_normal((n_clusters, di)) * 2.0
+    A = rng.standard_normal((di, d)) / np.sqrt(di)
+    B = rng.standard_normal((d, d)) / np.sqrt(d)
+    return centers, A, B
+
+
+def _manifold_rows(manifold, rng, m, noise):
+    """``m`` float64 rows drawn with ``rng`` from ``manifold``."""
+    centers, A, B = manifold
+    z = centers[rng.integers(0, centers.shape[0], m)] + rng.standard_normal((m, A.shape[0]))
+    h = np.tanh(z @ A) + 0.3 * np.sin(2.0 * (z @ A))
+    return h @ B + noise * rng.standard_normal((m, B.shape[0]))
+
+
 def synthetic(n, d, *, intrinsic_dim=16, n_clusters=64, noise=0.05, seed=0, dtype=np.float32):
     """``n`` float32 vectors of dimension ``d`` on a curved low-dimensional manifold.
 
@@ -22,20 +40,23 @@ def synthetic(n, d, *, intrinsic_dim=16, n_clusters=64, noise=0.05, seed=0, dtyp
     """
     n = check_int("n", n, low=0)
     d = check_int("d", d, low=1)
-    rng = np.random.default_rng(seed)
-    di = min(intrinsic_dim, d)
-    centers = rng.standard_normal((n_clusters, di)) * 2.0
-    A = rng.standard_normal((di, d)) / np.sqrt(di)
-    B = rng.standard_normal((d, d)) / np.sqrt(d)
+    manifold = _manifold(d, seed, intrinsic_dim, n_clusters)
     out = np.empty((n, d), dtype)
     block = 65536
     for s in range(0, n, block):
         e = min(n, s + block)
-        brng = np.random.default_rng([seed, s])
-        z = centers[brng.integers(0, n_clusters, e - s)] + brng.standard_normal((e - s, di))
-        h = np.tanh(z @ A) + 0.3 * np.sin(2.0 * (z @ A))
-        out[s:e] = h @ B + noise * brng.standard_normal((e - s, d))
+        out[s:e] = _manifold_rows(manifold, np.random.default_rng([seed, s]), e - s, noise)
     return out
+
+
+def synthetic_chunk(start, stop, d, *, intrinsic_dim=16, n_clusters=64, noise=0.05, seed=0):
+    """Rows ``[start, stop)`` of an endless float32 dataset on :func:`synthetic`'s
+    manifold, for writing data sets larger than memory chunk by chunk. Rows depend
+    on ``(seed, start)``: write with the same chunk boundaries to get the same data.
+    """
+    manifold = _manifold(d, seed, intrinsic_dim, n_clusters)
+    rows = _manifold_rows(manifold, np.random.default_rng([seed, start]), stop - start, noise)
+    return rows.astype(np.float32)
 
 
 def synthetic_split(nb, nq, d, *, nt=0, seed=0, **kwargs):

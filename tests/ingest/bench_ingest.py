@@ -25,8 +25,6 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 INGEST_CHILD = r"""
 import json, sys, time
 import ray
@@ -75,22 +73,11 @@ print("RESULT " + json.dumps({"n": int(x.shape[0]), "faiss_add_s": faiss_add,
 """
 
 
-def embeddings(start, stop, d, seed=0, intrinsic=16, clusters=64):
-    """Rows ``[start, stop)`` of an endless synthetic dataset (same as the example)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, intrinsic)) * 2.0
-    A = rng.standard_normal((intrinsic, d)) / np.sqrt(intrinsic)
-    B = rng.standard_normal((d, d)) / np.sqrt(d)
-    r = np.random.default_rng([seed, start])
-    z = centers[r.integers(0, clusters, stop - start)] + r.standard_normal((stop - start,
-                                                                           intrinsic))
-    h = np.tanh(z @ A) + 0.3 * np.sin(2.0 * (z @ A))
-    return (h @ B + 0.05 * r.standard_normal((stop - start, d))).astype(np.float32)
-
-
 def write_data(directory, n, d, files, chunk=250_000):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from shardann.bench.datasets import synthetic_chunk
 
     os.makedirs(directory, exist_ok=True)
     per_file = -(-n // files)
@@ -102,7 +89,7 @@ def write_data(directory, n, d, files, chunk=250_000):
         with pq.ParquetWriter(os.path.join(directory, f"part-{f:04d}.parquet"), schema,
                               compression="none") as w:
             for s in range(lo, hi, chunk):
-                x = embeddings(s, min(hi, s + chunk), d)
+                x = synthetic_chunk(s, min(hi, s + chunk), d)
                 col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)
                 w.write_table(pa.table({"embedding": col}), row_group_size=rg)
 
