@@ -19,6 +19,7 @@ from core_support import (
 )
 
 from shardann._kernels import distances as kd
+from shardann._kernels import fastscan as kfs
 from shardann._kernels import ivf as kivf
 from shardann._kernels import kmeans as kkm
 from shardann._kernels import pq as kpq
@@ -601,6 +602,138 @@ def test_ivfpq_modes_agree_for_l2():
     assert (a[1] == b[1]).mean() > 0.98
 
 
+# ---------------------------------------------------------------------------
+# 4-bit fast scan (SIMD pre-filter, x86 AVX2 only)
+# ---------------------------------------------------------------------------
+
+needs_avx2 = pytest.mark.skipif(not kfs.AVAILABLE, reason="fast scan needs x86 AVX2")
+
+
+def _blocks(codes, start, size):
+    bstart, total = kfs.block_starts(size, codes.shape[1])
+    out = np.zeros(total, np.uint8)
+    kfs.pack_blocks(*readonly(codes, start, size, bstart), out)
+    return out, bstart
+
+
+def test_pack_blocks_layout():
+    rng = np.random.default_rng(30)
+    start, size = np.array([5, 0, 50], np.int64), np.array([40, 0, 3], np.int64)
+    codes = rng.integers(0, 256, (60, 4), dtype=np.uint8)
+    out, bstart = _blocks(codes, start, size)
+    np.testing.assert_array_equal(bstart, [0, 2 * 32 * 4, 2 * 32 * 4])
+    assert out.size == 3 * 32 * 4
+    for lst in range(3):
+        rows = np.zeros((-(-size[lst] // 32) * 32, 4), np.uint8)  # zero padded
+        rows[: size[lst]] = codes[start[lst]:start[lst] + size[lst]]
+        ref = rows.reshape(-1, 32, 4).transpose(0, 2, 1).ravel()  # (block, byte, row)
+        np.testing.assert_array_equal(out[bstart[lst]:bstart[lst] + ref.size], ref)
+
+
+@pytest.fixture
+def quantize():
+    from numba import njit
+
+    @njit
+    def run(L, M, out):
+        return kfs.quantize_tables(L, M, out)
+
+    return run
+
+
+@needs_avx2
+@pytest.mark.parametrize("code_size", [1, 4, 16])
+def test_block_mask(code_size, quantize):
+    from numba import njit
+
+    @njit
+    def mask_of(bcodes, offset, qlut, cs, thr):
+        return kfs.block_mask(bcodes, offset, qlut, cs, thr)
+
+    rng = np.random.default_rng(31)
+    n = 75  # three blocks, the last one partial
+    codes = rng.integers(0, 256, (n, code_size), dtype=np.uint8)
+    out, bstart = _blocks(codes, np.zeros(1, np.int64), np.array([n], np.int64))
+    L = rng.standard_normal((2 * code_size, 16)).astype(np.float32)
+    Q = np.empty(2 * code_size * 32, np.uint8)
+    quantize(L, 2 * code_size, Q)
+    q16 = Q.reshape(-1, 32)[:, :16].astype(np.int64)
+    np.testing.assert_array_equal(Q.reshape(-1, 32)[:, 16:], Q.reshape(-1, 32)[:, :16])
+    padded = np.zeros((96, code_size), np.uint8)
+    padded[:n] = codes
+    even, odd = np.arange(0, 2 * code_size, 2), np.arange(1, 2 * code_size, 2)
+    acc = q16[even, padded & 15].sum(1) + q16[odd, padded >> 4].sum(1)
+    for thr in (0, int(np.median(acc)), int(acc.max()) - 1, 65535):
+        for b in range(3):
+            got = mask_of(readonly(out), b * 32 * code_size, Q, code_size, thr)
+            want = sum(1 << i for i in range(32) if acc[32 * b + i] <= thr)
+            assert got == want, (thr, b)
+
+
+@pytest.mark.parametrize("M", [1, 7, 32])
+def test_quantized_tables_bound_every_sum(M, quantize):
+    rng = np.random.default_rng(32 + M)
+    rows = M + M % 2
+    L = np.zeros((rows, 16), np.float32)
+    L[:M] = rng.standard_normal((M, 16)) * rng.uniform(0.01, 100, (M, 1))
+    Q = np.empty(rows * 32, np.uint8)
+    offset, scale, magnitude = quantize(L, M, Q)
+    q16 = Q.reshape(rows, 32)[:, :16].astype(np.int64)
+    assert (q16[M:] == 0).all() and q16.max() <= 255
+    codes = rng.integers(0, 16, (5000, rows))
+    codes[0] = L.argmin(1)  # the smallest and largest sums
+    codes[1] = L.argmax(1)
+    exact = L[np.arange(rows), codes].astype(np.float64).sum(1)
+    bound = offset + q16[np.arange(rows), codes].sum(1) / np.float64(scale)
+    assert (exact >= bound - 1e-5 * magnitude).all()
+    assert (exact - bound).max() <= M / scale * (1 + 1e-3)  # each term loses < 1 step
+    assert kfs.block_threshold(np.inf, 0.0, offset, scale, 0.0) == 65535
+    assert kfs.block_threshold(offset - 1.0, 0.0, offset, scale, 0.0) == -1
+
+
+def _run_fastscan(fn, s, mode, k):
+    qlut, terms, dis0 = _pq_inputs(s, mode)
+    bcodes, bstart = _blocks(s["codes"], s["start"], s["size"])
+    nq = s["probes"].shape[0]
+    out_d = np.empty((nq, k), np.float32)
+    out_p = np.empty((nq, k), np.int64)
+    fn(*readonly(qlut, terms, dis0, s["probes"], s["codes"], s["ids"], s["start"], s["size"],
+                 bcodes, bstart), k, mode, *readonly(s["queries"], s["centroids"], s["cb"]),
+       out_d, out_p)
+    return out_d, out_p
+
+
+@needs_avx2
+@pytest.mark.parametrize("mode", MODES, ids=MODE_NAMES)
+@pytest.mark.parametrize("M", [6, 7, 8])
+@pytest.mark.parametrize("integer", [True, False])
+@pytest.mark.parametrize("k", [1, 12, 40])
+def test_fastscan_equals_scalar_scan(mode, M, integer, k):
+    # the pre-filter may only skip rows that cannot enter: bit-identical results
+    s = _pq_slab(4000 + M + 10 * integer, M, 4, 2, integer=integer)
+    ref = _run_pq_scan(kivf.ivfpq_scan_serial, s, mode, k)
+    for fn in (kivf.ivfpq4_fastscan_serial, kivf.ivfpq4_fastscan_parallel):
+        got = _run_fastscan(fn, s, mode, k)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+
+
+@needs_avx2
+def test_fastscan_equals_scalar_scan_on_long_lists():
+    # lists of hundreds of rows: the heap fills and most blocks are skipped
+    rng = np.random.default_rng(33)
+    s = _pq_slab(4100, 16, 4, 2, integer=False)
+    sizes = rng.integers(200, 700, s["size"].size)
+    start, size, ids, owner = _slab(rng, sizes.size, sizes)
+    raw = rng.integers(0, 16, (ids.size, 16)).astype(np.uint8)
+    s.update(start=start, size=size, ids=ids, owner=owner, raw=raw, codes=pack_numpy(raw, 4))
+    for mode in MODES:
+        ref = _run_pq_scan(kivf.ivfpq_scan_serial, s, mode, 10)
+        got = _run_fastscan(kivf.ivfpq4_fastscan_serial, s, mode, 10)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+
+
 @pytest.mark.parametrize("ip", [False, True])
 def test_gathered_keys(ip):
     rng = np.random.default_rng(22)
@@ -644,7 +777,7 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
 
     source = pathlib.Path(__file__).read_text()
-    aliases = {kd: "kd", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk"}
+    aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk"}
     missing = []
     for mod, alias in aliases.items():
         for name, obj in inspect.getmembers(mod):

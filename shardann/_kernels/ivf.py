@@ -13,6 +13,7 @@ results of one shard, N shards and the local index agree bit for bit.
 import numpy as np
 from numba import njit, prange
 
+from . import fastscan
 from .distances import exact_key
 from .pq import unpack_one
 from .topk import heap_init, heap_replace_top, heap_sort_into
@@ -83,6 +84,26 @@ def _residual_table(query, centroid, codebooks, L):
 
 
 @njit(inline="always")
+def _fill_table(mode, have_table, qlut_q, list_terms, lst, query, centroids, codebooks, L):
+    # ADC table of one (query, list) into the first M rows of L; False when
+    # the table already there is still right (MODE_IP does not depend on the list).
+    M, ksub = qlut_q.shape
+    if mode == MODE_L2_PRECOMPUTED:
+        for m in range(M):
+            for j in range(ksub):
+                L[m, j] = list_terms[lst, m, j] + qlut_q[m, j]
+    elif mode == MODE_L2_RESIDUAL:
+        _residual_table(query, centroids[lst], codebooks, L)
+    elif have_table:
+        return False
+    else:
+        for m in range(M):
+            for j in range(ksub):
+                L[m, j] = qlut_q[m, j]
+    return True
+
+
+@njit(inline="always")
 def _scan_bytes(T, codes, ids, start, end, base, hd, hi, hid, k):
     # One 256-entry table lookup per code byte. Four rows are summed side by
     # side: each row still adds its terms in the same order (results are
@@ -134,17 +155,9 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
-            if mode == MODE_L2_PRECOMPUTED:
-                for m in range(M):
-                    for j in range(ksub):
-                        L[m, j] = list_terms[lst, m, j] + qlut[q, m, j]
-            elif mode == MODE_L2_RESIDUAL:
-                _residual_table(queries[q], centroids[lst], codebooks, L)
-            elif not have_table:  # MODE_IP: the table does not depend on the list
-                for m in range(M):
-                    for j in range(ksub):
-                        L[m, j] = qlut[q, m, j]
-            if bytewise and nbits != 8 and not (mode == MODE_IP and have_table):
+            fresh = _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+                                centroids, codebooks, L)
+            if bytewise and nbits != 8 and fresh:
                 _byte_tables(L, nbits, code_size, T)
             have_table = True
             base = dis0[q, p]
@@ -164,6 +177,63 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
 
 ivfpq_scan_serial = njit(cache=True)(_ivfpq_body)
 ivfpq_scan_parallel = njit(cache=True, parallel=True)(_ivfpq_body)
+
+
+def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
+                          bcodes, bstart, k, mode, queries, centroids, codebooks,
+                          out_d, out_pos):
+    # The 4-bit scan of _ivfpq_body with the SIMD pre-filter of fastscan.py:
+    # a row is scored (exactly as there: base + byte terms in byte order) only
+    # when its quantized lower bound can still enter the heap.
+    nq, nprobe = probes.shape
+    M = qlut.shape[1]
+    code_size = codes.shape[1]
+    for q in prange(nq):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        hid = np.empty(k, np.int64)
+        heap_init(hd, hi, hid)
+        L = np.zeros((2 * code_size, 16), np.float32)  # rows past M stay zero
+        Q = np.empty(2 * code_size * fastscan.BLOCK, np.uint8)
+        offset = np.float32(0.0)
+        scale = np.float32(0.0)
+        slack = np.float32(0.0)
+        have_table = False
+        for p in range(nprobe):
+            lst = probes[q, p]
+            if lst < 0 or list_size[lst] == 0:
+                continue
+            if _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+                           centroids, codebooks, L):
+                offset, scale, magnitude = fastscan.quantize_tables(L, M, Q)
+                # float sums of <= 2 * code_size + 1 terms round by far less
+                slack = np.float32(2.0 ** -14) * magnitude
+            have_table = True
+            base = dis0[q, p]
+            bound_slack = slack + np.float32(2.0 ** -14) * abs(base)
+            start = list_start[lst]
+            n = list_size[lst]
+            for b in range(0, n, fastscan.BLOCK):
+                thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
+                if thr < 0:
+                    break  # the heap top only falls: no later row can enter either
+                mask = fastscan.block_mask(bcodes, bstart[lst] + b * code_size, Q,
+                                           code_size, thr)
+                if mask == 0:
+                    continue
+                for i in range(min(fastscan.BLOCK, n - b)):
+                    if (mask >> i) & 1:
+                        r = start + b + i
+                        s = base
+                        for j in range(code_size):
+                            c = codes[r, j]
+                            s += L[2 * j, c & 15] + L[2 * j + 1, c >> 4]
+                        _offer(hd, hi, hid, k, s, r, ids[r])
+        heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
+
+
+ivfpq4_fastscan_serial = njit(cache=True)(_ivfpq4_fastscan_body)
+ivfpq4_fastscan_parallel = njit(cache=True, parallel=True)(_ivfpq4_fastscan_body)
 
 
 @njit(cache=True)

@@ -112,7 +112,7 @@ class BaseIndex:
         if len(ids):
             self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._posmap = None
-        self._on_mutation()
+        self._on_mutation(list_no)
 
     def contains(self, ids):
         """bool (n,): which of the int64 ``ids`` are in the index."""
@@ -137,14 +137,19 @@ class BaseIndex:
         dead = rows[np.isin(self._lists.ids[rows], ids)]
         if dead.size == 0:
             return 0
+        changed = np.unique(self._lists.owners(dead))
         self._lists.remove(dead)
         self._sorted_ids = None
         self._posmap = None
-        self._on_mutation()
+        self._on_mutation(changed)
         return int(dead.size)
 
-    def _on_mutation(self):
-        pass
+    def _on_mutation(self, list_nos=None):
+        """Hook: the rows of these lists (int64 array; None = all) changed."""
+
+    def derived_bytes(self):
+        """Bytes held besides the lists (layouts derived from them for faster scans)."""
+        return 0
 
     def _lookup(self, ids):
         """(found bool (n,), slab position int64 (n,)) of each id."""

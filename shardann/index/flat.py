@@ -78,7 +78,7 @@ class FlatIndex(BaseIndex):
     def _encode_rows(self, x):
         return np.zeros(x.shape[0], np.int64), {"vectors": x}
 
-    def _on_mutation(self):
+    def _on_mutation(self, list_nos=None):
         self._norms = None
 
     def _rows(self):

@@ -5,6 +5,7 @@ import logging
 import numba
 import numpy as np
 
+from .._kernels import fastscan
 from .._kernels.ivf import (
     MODE_IP,
     MODE_L2_PRECOMPUTED,
@@ -12,6 +13,8 @@ from .._kernels.ivf import (
     gathered_keys,
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
+    ivfpq4_fastscan_parallel,
+    ivfpq4_fastscan_serial,
     ivfpq_scan_parallel,
     ivfpq_scan_serial,
 )
@@ -22,6 +25,7 @@ from ..kmeans import KMeans, nearest_centroids
 from ..metric import normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
 from ..results import merge_results
+from ._blocks import CodeBlocks
 from ._lists import InvertedLists
 from .base import BaseIndex
 
@@ -312,6 +316,7 @@ class IVFPQIndex(IVFIndex):
         self.precompute_max_bytes = check_int("precompute_max_bytes", precompute_max_bytes,
                                               low=0)
         self._list_terms = None
+        self._blocks = None  # CodeBlocks of the 4-bit codes, built on first search
 
     @property
     def is_trained(self):
@@ -388,10 +393,40 @@ class IVFPQIndex(IVFIndex):
             dis0 = np.zeros_like(dis0)
         out_d = np.empty((nq, k), np.float32)
         out_p = np.empty((nq, k), np.int64)
-        fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
-        fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
-           self.nbits, mode, q, self.centroids, cb, out_d, out_p)
+        blocks = self._fastscan_blocks()
+        if blocks is not None:
+            fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
+            fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, *blocks,
+               k, mode, q, self.centroids, cb, out_d, out_p)
+        else:
+            fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
+            fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
+               self.nbits, mode, q, self.centroids, cb, out_d, out_p)
         return out_d, out_p
+
+    def _fastscan_blocks(self):
+        """(bcodes, bstart) block layout of the 4-bit codes for the SIMD scan
+        (``_kernels/fastscan.py``), built on first use after the lists change; None when the
+        scalar scan is used (other nbits, no AVX2, more than 256 sub-quantizers)."""
+        if not (self.nbits == 4 and fastscan.AVAILABLE
+                and 2 * self.code_size <= fastscan.MAX_SUBQ):
+            return None
+        if self._blocks is None or self._blocks.wasteful(self._lists):
+            self._blocks = CodeBlocks(self._lists, self.code_size)
+        else:
+            self._blocks.refresh(self._lists)
+        return self._blocks.bcodes, self._blocks.bstart
+
+    def _on_mutation(self, list_nos=None):
+        super()._on_mutation(list_nos)
+        if list_nos is None:
+            self._blocks = None
+        elif self._blocks is not None:
+            self._blocks.mark(list_nos)
+
+    def derived_bytes(self):
+        """Bytes held besides the lists: the 4-bit block layout when built."""
+        return 0 if self._blocks is None else self._blocks.nbytes
 
     def get_config(self):
         return {**super().get_config(), "M": self.M, "nbits": self.nbits,

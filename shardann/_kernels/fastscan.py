@@ -1,0 +1,245 @@
+"""4-bit PQ "fast scan": a SIMD pre-filter over blocks of 32 codes.
+
+A scalar ADC scan does one table lookup per code byte and row. For 4-bit codes
+a whole 16-entry table fits in one SIMD register, so a byte shuffle
+(``pshufb``) looks up 32 rows at once. The tables are first quantized to
+uint8 (one scale for all sub-quantizers, one offset per sub-quantizer) and
+summed in uint16 lanes. The quantized sum gives a lower bound of each row's
+float distance; only rows whose bound can still enter the top-k heap are
+scored exactly, with the same float tables and summation order as the scalar
+scan. So results are bit-identical to the scalar scan, and the SIMD pass only
+decides which rows are worth scoring.
+
+Block layout (built from the row-major code slab by :func:`pack_blocks`): list
+``l`` owns ``ceil(size[l] / 32)`` blocks starting at byte ``bstart[l]``; block
+``b`` holds ``code_size`` groups of 32 bytes, group ``j`` being byte ``j`` of
+rows ``32 b .. 32 b + 31`` of the list (rows past the end are zero).
+
+The shuffle is an x86 AVX2 instruction reached through a Numba intrinsic, so
+:data:`AVAILABLE` is False elsewhere (other CPUs, or Numba told to compile for
+a generic CPU) and callers keep the scalar scan.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import config, njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+BLOCK = 32
+MAX_SUBQ = 256  # uint16 lanes hold sums of up to 257 terms of at most 255
+
+
+def _host_has_avx2():
+    if config.CPU_NAME or config.CPU_FEATURES:
+        return False  # compiling for a chosen (maybe generic) CPU: do not assume AVX2
+    try:
+        import llvmlite.binding as ll
+
+        return bool(ll.get_host_cpu_features().get("avx2", False))
+    except Exception:  # noqa: BLE001 - no feature map means no fast path, never an error
+        return False
+
+
+AVAILABLE = _host_has_avx2()
+
+_V32I8 = ir.VectorType(ir.IntType(8), BLOCK)
+_V32I16 = ir.VectorType(ir.IntType(16), BLOCK)
+
+
+@intrinsic
+def block_mask(typingctx, bcodes, offset, qlut, code_size, thr):
+    """Bit ``i`` set where row ``i`` of the block at byte ``offset`` of ``bcodes``
+    has a quantized table sum ``<= thr``.
+
+    bcodes : uint8 (nbytes,) block layout; offset : int64 byte offset of the block;
+    qlut : uint8 (2 * code_size * 32,) quantized tables, sub-quantizer ``m`` in
+    bytes ``[32 m, 32 m + 32)`` (its 16 entries twice, one copy per 128-bit lane);
+    code_size : int64; thr : int64 in [0, 65535]. Returns uint32.
+    """
+    sig = types.uint32(bcodes, offset, qlut, code_size, thr)
+
+    def codegen(context, builder, signature, args):
+        codes_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        lut_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        offset_v, nbytes_v, thr_v = args[1], args[3], args[4]
+        shuffle = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.pshuf.b")
+        i64 = ir.IntType(64)
+        vptr = _V32I8.as_pointer()
+        low4 = ir.Constant(_V32I8, [15] * BLOCK)
+        four = ir.Constant(_V32I8, [4] * BLOCK)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, [0] * BLOCK))
+        block = builder.gep(codes_arr.data, [offset_v])
+        with cgutils.for_range(builder, nbytes_v) as loop:
+            j = loop.index
+            v = builder.load(builder.bitcast(
+                builder.gep(block, [builder.mul(j, ir.Constant(i64, BLOCK))]), vptr), align=1)
+            lo = builder.and_(v, low4)
+            hi = builder.and_(builder.lshr(v, four), low4)
+            lut0 = builder.gep(lut_arr.data, [builder.mul(j, ir.Constant(i64, 2 * BLOCK))])
+            lut1 = builder.gep(lut0, [ir.Constant(i64, BLOCK)])
+            t0 = builder.load(builder.bitcast(lut0, vptr), align=1)
+            t1 = builder.load(builder.bitcast(lut1, vptr), align=1)
+            r0 = builder.zext(builder.call(shuffle, [t0, lo]), _V32I16)
+            r1 = builder.zext(builder.call(shuffle, [t1, hi]), _V32I16)
+            builder.store(builder.add(builder.load(acc), builder.add(r0, r1)), acc)
+        limit = builder.trunc(thr_v, ir.IntType(16))
+        splat = builder.insert_element(ir.Constant(_V32I16, ir.Undefined), limit,
+                                       ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(_V32I16, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), BLOCK),
+                                                   [0] * BLOCK))
+        keep = builder.icmp_unsigned("<=", builder.load(acc), splat)
+        return builder.bitcast(keep, ir.IntType(32))
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def block_starts(list_size, code_size):
+    """Byte offset of each list's first block: int64 (nlist,), and the total bytes."""
+    nlist = list_size.shape[0]
+    out = np.empty(nlist, np.int64)
+    pos = 0
+    for lst in range(nlist):
+        out[lst] = pos
+        pos += (list_size[lst] + BLOCK - 1) // BLOCK * BLOCK * code_size
+    return out, pos
+
+
+@njit(cache=True)
+def pack_blocks(codes, list_start, list_size, bstart, out):
+    """Write the row-major codes (n, code_size) uint8 of every list into ``out``
+    (uint8, zeroed, the total from :func:`block_starts`) in block layout."""
+    code_size = codes.shape[1]
+    for lst in range(list_start.shape[0]):
+        start = list_start[lst]
+        base = bstart[lst]
+        for i in range(list_size[lst]):
+            pos = base + (i // BLOCK) * BLOCK * code_size + i % BLOCK
+            for j in range(code_size):
+                out[pos + j * BLOCK] = codes[start + i, j]
+
+
+_V16F32 = ir.VectorType(ir.FloatType(), 16)
+_V16I8 = ir.VectorType(ir.IntType(8), 16)
+
+
+def _row_pointer(context, builder, arr_type, arr, row):
+    # first of the 16 floats of row ``row`` of a C-contiguous (rows, 16) array
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [builder.mul(row, ir.Constant(ir.IntType(64), 16))]),
+                           _V16F32.as_pointer())
+
+
+def _check_table_type(L):
+    if not (isinstance(L, types.Array) and L.ndim == 2 and L.layout == "C"
+            and L.dtype == types.float32):
+        raise TypeError("fast-scan tables must be C-contiguous float32 (rows, 16)")
+
+
+def _row_reduce(pick):
+    @intrinsic
+    def reduce_row(typingctx, L, row):
+        _check_table_type(L)
+
+        def codegen(context, builder, signature, args):
+            v = builder.load(_row_pointer(context, builder, signature.args[0], *args), align=4)
+            # halving tree of compare-and-select (minps / maxps); LLVM's
+            # reduce.fmin intrinsic would expand to scalar NaN handling
+            width = 16
+            while width > 1:
+                width //= 2
+                vt = ir.VectorType(ir.FloatType(), width)
+                a = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                           ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                       list(range(width))))
+                b = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                           ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                       list(range(width, 2 * width))))
+                v = builder.select(builder.fcmp_ordered(pick, a, b), a, b)
+                assert v.type == vt
+            return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+        return types.float32(L, row), codegen
+
+    return reduce_row
+
+
+row_min = _row_reduce("<")  # smallest of the 16 entries of a table row
+row_max = _row_reduce(">")  # largest of the 16 entries of a table row
+
+
+@intrinsic
+def quantize_row(typingctx, L, row, low, scale, out):
+    """``out[32 row + j] = out[32 row + 16 + j] = min((L[row, j] - low) * scale, 255)``
+    truncated to uint8 (the caller makes the product >= 0)."""
+    _check_table_type(L)
+
+    def codegen(context, builder, signature, args):
+        L_v, row_v, low_v, scale_v, out_v = args
+        v = builder.load(_row_pointer(context, builder, signature.args[0], L_v, row_v), align=4)
+        undef = ir.Constant(_V16F32, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+
+        def splat(x):
+            one = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(one, undef, zeros)
+
+        q = builder.fmul(builder.fsub(v, splat(low_v)), splat(scale_v))
+        clamp = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16F32, [_V16F32, _V16F32]), "llvm.minnum.v16f32")
+        q = builder.call(clamp, [q, ir.Constant(_V16F32, [255.0] * 16)])
+        q8 = builder.fptoui(q, _V16I8)
+        data = context.make_array(signature.args[4])(context, builder, out_v).data
+        first = builder.gep(data, [builder.mul(row_v, ir.Constant(ir.IntType(64), BLOCK))])
+        second = builder.gep(first, [ir.Constant(ir.IntType(64), 16)])
+        builder.store(q8, builder.bitcast(first, _V16I8.as_pointer()), align=1)
+        builder.store(q8, builder.bitcast(second, _V16I8.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(L, row, low, scale, out), codegen
+
+
+@njit(inline="always")
+def quantize_tables(L, M, out):
+    """Quantize the float tables ``L`` (C-contiguous float32 (>= M, 16)) to uint8
+    in ``out`` (the ``qlut`` layout of :func:`block_mask`, rows past ``M`` zero).
+
+    Returns ``(offset, scale, magnitude)``: every row sums to at least
+    ``offset + (quantized sum) / scale``; ``magnitude`` bounds the absolute
+    value of the terms' running sums, to size rounding slack.
+    """
+    rows = out.shape[0] // BLOCK
+    offset = np.float32(0.0)
+    magnitude = np.float32(0.0)
+    widest = np.float32(0.0)
+    for m in range(M):
+        lo = row_min(L, m)
+        hi = row_max(L, m)
+        offset += lo
+        magnitude += max(abs(lo), abs(hi))
+        widest = max(widest, hi - lo)
+    scale = np.float32(255.0) / widest if widest > 0 else np.float32(0.0)
+    if not scale < np.inf:
+        scale = np.float32(0.0)
+    for m in range(M):
+        quantize_row(L, m, row_min(L, m), scale, out)
+    for i in range(M * BLOCK, rows * BLOCK):
+        out[i] = 0
+    return offset, scale, magnitude
+
+
+@njit(inline="always")
+def block_threshold(top, base, offset, scale, slack):
+    """Largest quantized sum that can still reach a key ``<= top``: -1 when no
+    row can (the list can be left), 65535 when every row can."""
+    if top == np.inf:
+        return 65535
+    lim = (top + slack - base - offset) * scale
+    if lim < 0:
+        return -1
+    if lim >= 65535.0:
+        return 65535
+    return int(lim)
