@@ -202,6 +202,27 @@ def quantize_row(typingctx, L, row, low, scale, out):
     return types.none(L, row, low, scale, out), codegen
 
 
+@intrinsic
+def add_rows(typingctx, L, A, B):
+    """``L[m] = A[m] + B[m]`` for every row of ``A`` (C-contiguous float32
+    (rows, 16) arrays; ``L`` has at least as many rows)."""
+    for arr in (L, A, B):
+        _check_table_type(arr)
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(t)(context, builder, a)
+                  for t, a in zip(signature.args, args, strict=True)]
+        rows = builder.extract_value(arrays[1].shape, 0)
+        with cgutils.for_range(builder, rows) as loop:
+            ptr = [_row_pointer(context, builder, t, a, loop.index)
+                   for t, a in zip(signature.args, args, strict=True)]
+            total = builder.fadd(builder.load(ptr[1], align=4), builder.load(ptr[2], align=4))
+            builder.store(total, ptr[0], align=4)
+        return context.get_dummy_value()
+
+    return types.none(L, A, B), codegen
+
+
 @njit(inline="always")
 def quantize_tables(L, M, out):
     """Quantize the float tables ``L`` (C-contiguous float32 (>= M, 16)) to uint8

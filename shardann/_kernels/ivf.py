@@ -203,8 +203,13 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
-            if _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
-                           centroids, codebooks, L):
+            if mode == MODE_L2_PRECOMPUTED:  # the common case, in SIMD
+                fastscan.add_rows(L, list_terms[lst], qlut[q])
+                fresh = True
+            else:
+                fresh = _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+                                    centroids, codebooks, L)
+            if fresh:
                 offset, scale, magnitude = fastscan.quantize_tables(L, M, Q)
                 # float sums of <= 2 * code_size + 1 terms round by far less
                 slack = np.float32(2.0 ** -14) * magnitude

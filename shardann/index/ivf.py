@@ -396,8 +396,10 @@ class IVFPQIndex(IVFIndex):
         blocks = self._fastscan_blocks()
         if blocks is not None:
             fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
-            fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, *blocks,
-               k, mode, q, self.centroids, cb, out_d, out_p)
+            # its SIMD table code reads whole rows: C-contiguous tables (no copy here)
+            fn(np.ascontiguousarray(qlut), np.ascontiguousarray(terms), dis0, probes,
+               L.data["codes"], L.ids, L.start, L.size, *blocks, k, mode, q, self.centroids,
+               cb, out_d, out_p)
         else:
             fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
