@@ -224,11 +224,12 @@ def test_argmin_from_dots(ip):
     assert not (labels == 5).any()
 
 
+@pytest.mark.parametrize("dsub", [1, 4, 5, 8, 11])  # 4- and 8-wide register kernels, wider
 @pytest.mark.parametrize("n", [1, 60, 128, 300])
-def test_argmin_l2_lowdim_exact_on_integers(n):
+def test_argmin_l2_lowdim_exact_on_integers(n, dsub):
     rng = np.random.default_rng(8)
-    x = rng.integers(-3, 4, (n, 11)).astype(np.float32)
-    col0, dsub = 4, 5  # the kernel reads columns [col0, col0 + dsub) of x
+    col0 = 4  # the kernel reads columns [col0, col0 + dsub) of x
+    x = rng.integers(-3, 4, (n, col0 + dsub + 2)).astype(np.float32)
     c = rng.integers(-3, 4, (9, dsub)).astype(np.float32)
     c[7] = c[1]  # duplicate centroid: the smaller index must win
     cn = (c * c).sum(1).astype(np.float32)
@@ -282,10 +283,11 @@ def _int_codebooks(rng, M, ksub, dsub, lo=-3, hi=4):
     return rng.integers(lo, hi, (M, ksub, dsub)).astype(np.float32)
 
 
+@pytest.mark.parametrize("dsub", [3, 8, 10])
 @pytest.mark.parametrize("nbits", [1, 2, 4, 6, 8])
-def test_pq_assign_exact_on_integers(nbits):
+def test_pq_assign_exact_on_integers(nbits, dsub):
     rng = np.random.default_rng(11 + nbits)
-    M, dsub, ksub = 5, 3, 1 << nbits
+    M, ksub = 5, 1 << nbits
     cb = _int_codebooks(rng, M, ksub, dsub)
     x = rng.integers(-4, 5, (80, M * dsub)).astype(np.float32)
     cn = np.einsum("mkd,mkd->mk", cb, cb).astype(np.float32)
@@ -767,7 +769,8 @@ def test_scatter_rows():
 
 # kernels exercised only through another kernel
 _INDIRECT = {"heap_replace_top": "heap_push", "unpack_one": "unpack_codes",
-             "exact_key": "pairwise_keys"}
+             "exact_key": "pairwise_keys", "pad_centroids": "argmin_l2_lowdim",
+             "nearest_rows": "pq_assign"}
 
 
 def test_every_kernel_has_a_twin():

@@ -26,6 +26,8 @@ from numba import config, njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from . import _simd
+
 BLOCK = 32
 MAX_SUBQ = 256  # uint16 lanes hold sums of up to 257 terms of at most 255
 
@@ -43,8 +45,8 @@ def _host_has_avx2():
 
 AVAILABLE = _host_has_avx2()
 
-_V32I8 = ir.VectorType(ir.IntType(8), BLOCK)
-_V32I16 = ir.VectorType(ir.IntType(16), BLOCK)
+_V32I8 = _simd.vec(ir.IntType(8), BLOCK)
+_V32I16 = _simd.vec(ir.IntType(16), BLOCK)
 
 
 @intrinsic
@@ -60,38 +62,30 @@ def block_mask(typingctx, bcodes, offset, qlut, code_size, thr):
     sig = types.uint32(bcodes, offset, qlut, code_size, thr)
 
     def codegen(context, builder, signature, args):
-        codes_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        lut_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        codes_p = _simd.data_pointer(context, builder, signature.args[0], args[0])
+        lut_p = _simd.data_pointer(context, builder, signature.args[2], args[2])
         offset_v, nbytes_v, thr_v = args[1], args[3], args[4]
-        shuffle = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V32I8, [_V32I8, _V32I8]), "llvm.x86.avx2.pshuf.b")
-        i64 = ir.IntType(64)
-        vptr = _V32I8.as_pointer()
+        shuffle = _simd.declare(builder, "llvm.x86.avx2.pshuf.b", _V32I8, [_V32I8, _V32I8])
         low4 = ir.Constant(_V32I8, [15] * BLOCK)
         four = ir.Constant(_V32I8, [4] * BLOCK)
         acc = cgutils.alloca_once_value(builder, ir.Constant(_V32I16, [0] * BLOCK))
-        block = builder.gep(codes_arr.data, [offset_v])
+        block = builder.gep(codes_p, [offset_v])
         with cgutils.for_range(builder, nbytes_v) as loop:
             j = loop.index
-            v = builder.load(builder.bitcast(
-                builder.gep(block, [builder.mul(j, ir.Constant(i64, BLOCK))]), vptr), align=1)
+            at = builder.mul(j, ir.Constant(_simd.I64, BLOCK))
+            v = builder.load(_simd.vector_at(builder, block, at, _V32I8), align=1)
             lo = builder.and_(v, low4)
             hi = builder.and_(builder.lshr(v, four), low4)
-            lut0 = builder.gep(lut_arr.data, [builder.mul(j, ir.Constant(i64, 2 * BLOCK))])
-            lut1 = builder.gep(lut0, [ir.Constant(i64, BLOCK)])
-            t0 = builder.load(builder.bitcast(lut0, vptr), align=1)
-            t1 = builder.load(builder.bitcast(lut1, vptr), align=1)
+            at = builder.mul(j, ir.Constant(_simd.I64, 2 * BLOCK))
+            t0 = builder.load(_simd.vector_at(builder, lut_p, at, _V32I8), align=1)
+            at = builder.add(at, ir.Constant(_simd.I64, BLOCK))
+            t1 = builder.load(_simd.vector_at(builder, lut_p, at, _V32I8), align=1)
             r0 = builder.zext(builder.call(shuffle, [t0, lo]), _V32I16)
             r1 = builder.zext(builder.call(shuffle, [t1, hi]), _V32I16)
             builder.store(builder.add(builder.load(acc), builder.add(r0, r1)), acc)
-        limit = builder.trunc(thr_v, ir.IntType(16))
-        splat = builder.insert_element(ir.Constant(_V32I16, ir.Undefined), limit,
-                                       ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, ir.Constant(_V32I16, ir.Undefined),
-                                       ir.Constant(ir.VectorType(ir.IntType(32), BLOCK),
-                                                   [0] * BLOCK))
-        keep = builder.icmp_unsigned("<=", builder.load(acc), splat)
-        return builder.bitcast(keep, ir.IntType(32))
+        limit = _simd.splat(builder, builder.trunc(thr_v, ir.IntType(16)), BLOCK)
+        keep = builder.icmp_unsigned("<=", builder.load(acc), limit)
+        return builder.bitcast(keep, _simd.I32)
 
     return sig, codegen
 
@@ -122,21 +116,18 @@ def pack_blocks(codes, list_start, list_size, bstart, out):
                 out[pos + j * BLOCK] = codes[start + i, j]
 
 
-_V16F32 = ir.VectorType(ir.FloatType(), 16)
-_V16I8 = ir.VectorType(ir.IntType(8), 16)
+_V16F32 = _simd.vec(_simd.F32, 16)
+_V16I8 = _simd.vec(ir.IntType(8), 16)
 
 
 def _row_pointer(context, builder, arr_type, arr, row):
-    # first of the 16 floats of row ``row`` of a C-contiguous (rows, 16) array
-    data = context.make_array(arr_type)(context, builder, arr).data
-    return builder.bitcast(builder.gep(data, [builder.mul(row, ir.Constant(ir.IntType(64), 16))]),
-                           _V16F32.as_pointer())
+    # the 16 floats of row ``row`` of a C-contiguous (rows, 16) array
+    data = _simd.data_pointer(context, builder, arr_type, arr)
+    return _simd.vector_at(builder, data, builder.mul(row, ir.Constant(_simd.I64, 16)), _V16F32)
 
 
 def _check_table_type(L):
-    if not (isinstance(L, types.Array) and L.ndim == 2 and L.layout == "C"
-            and L.dtype == types.float32):
-        raise TypeError("fast-scan tables must be C-contiguous float32 (rows, 16)")
+    _simd.check_c_array("a fast-scan table", L, types.float32, 2)
 
 
 def _row_reduce(pick):
@@ -151,16 +142,14 @@ def _row_reduce(pick):
             width = 16
             while width > 1:
                 width //= 2
-                vt = ir.VectorType(ir.FloatType(), width)
-                a = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                           ir.Constant(ir.VectorType(ir.IntType(32), width),
-                                                       list(range(width))))
-                b = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                           ir.Constant(ir.VectorType(ir.IntType(32), width),
-                                                       list(range(width, 2 * width))))
+                undef = ir.Constant(v.type, ir.Undefined)
+                a = builder.shuffle_vector(
+                    v, undef, ir.Constant(_simd.vec(_simd.I32, width), list(range(width))))
+                b = builder.shuffle_vector(
+                    v, undef, ir.Constant(_simd.vec(_simd.I32, width),
+                                          list(range(width, 2 * width))))
                 v = builder.select(builder.fcmp_ordered(pick, a, b), a, b)
-                assert v.type == vt
-            return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+            return builder.extract_element(v, ir.Constant(_simd.I32, 0))
 
         return types.float32(L, row), codegen
 
@@ -180,23 +169,16 @@ def quantize_row(typingctx, L, row, low, scale, out):
     def codegen(context, builder, signature, args):
         L_v, row_v, low_v, scale_v, out_v = args
         v = builder.load(_row_pointer(context, builder, signature.args[0], L_v, row_v), align=4)
-        undef = ir.Constant(_V16F32, ir.Undefined)
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
-
-        def splat(x):
-            one = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(one, undef, zeros)
-
-        q = builder.fmul(builder.fsub(v, splat(low_v)), splat(scale_v))
-        clamp = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V16F32, [_V16F32, _V16F32]), "llvm.minnum.v16f32")
-        q = builder.call(clamp, [q, ir.Constant(_V16F32, [255.0] * 16)])
-        q8 = builder.fptoui(q, _V16I8)
-        data = context.make_array(signature.args[4])(context, builder, out_v).data
-        first = builder.gep(data, [builder.mul(row_v, ir.Constant(ir.IntType(64), BLOCK))])
-        second = builder.gep(first, [ir.Constant(ir.IntType(64), 16)])
-        builder.store(q8, builder.bitcast(first, _V16I8.as_pointer()), align=1)
-        builder.store(q8, builder.bitcast(second, _V16I8.as_pointer()), align=1)
+        q = builder.fmul(builder.fsub(v, _simd.splat(builder, low_v, 16)),
+                         _simd.splat(builder, scale_v, 16))
+        clamp = _simd.declare(builder, "llvm.minnum.v16f32", _V16F32, [_V16F32, _V16F32])
+        q8 = builder.fptoui(builder.call(clamp, [q, ir.Constant(_V16F32, [255.0] * 16)]),
+                            _V16I8)
+        data = _simd.data_pointer(context, builder, signature.args[4], out_v)
+        first = builder.mul(row_v, ir.Constant(_simd.I64, BLOCK))
+        second = builder.add(first, ir.Constant(_simd.I64, 16))
+        builder.store(q8, _simd.vector_at(builder, data, first, _V16I8), align=1)
+        builder.store(q8, _simd.vector_at(builder, data, second, _V16I8), align=1)
         return context.get_dummy_value()
 
     return types.none(L, row, low, scale, out), codegen
@@ -210,9 +192,8 @@ def add_rows(typingctx, L, A, B):
         _check_table_type(arr)
 
     def codegen(context, builder, signature, args):
-        arrays = [context.make_array(t)(context, builder, a)
-                  for t, a in zip(signature.args, args, strict=True)]
-        rows = builder.extract_value(arrays[1].shape, 0)
+        shape = context.make_array(signature.args[1])(context, builder, args[1]).shape
+        rows = builder.extract_value(shape, 0)
         with cgutils.for_range(builder, rows) as loop:
             ptr = [_row_pointer(context, builder, t, a, loop.index)
                    for t, a in zip(signature.args, args, strict=True)]

@@ -1,7 +1,12 @@
 """k-means steps: nearest-centroid assignment and centroid accumulation."""
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from . import _simd
 
 
 @njit(cache=True, fastmath=True)
@@ -39,6 +44,86 @@ def argmin_from_dots(dots_t, cnorms, ip, labels, keys):
 
 
 _LOWDIM_BLOCK = 128
+SIMD_ROWS = 32  # rows per register block of the 4- and 8-wide kernels
+
+
+def _make_argmin_block(width):
+    """Intrinsic: nearest of ``k`` centroids (``width`` dims, zero padded) for
+    32 rows held in vector registers, with the running best value and index
+    kept in registers across the centroid loop (a Numba loop keeps them in
+    memory and runs about 3x slower)."""
+
+    @intrinsic
+    def argmin_block(typingctx, xt, C, cnorms, best, arg):
+        # xt float32 (width, 32): -2 * the rows, transposed; C float32 (k, width);
+        # cnorms float32 (k,); out: best float32 (32,), arg int32 (32,)
+        _simd.check_c_array("xt", xt, types.float32, 2)
+        _simd.check_c_array("C", C, types.float32, 2)
+        _simd.check_c_array("cnorms", cnorms, types.float32, 1)
+        _simd.check_c_array("best", best, types.float32, 1)
+        _simd.check_c_array("arg", arg, types.int32, 1)
+
+        def codegen(context, builder, signature, args):
+            xt_p, C_p, cn_p, best_p, arg_p = (
+                _simd.data_pointer(context, builder, t, a)
+                for t, a in zip(signature.args, args, strict=True))
+            shape = context.make_array(signature.args[1])(context, builder, args[1]).shape
+            k = builder.extract_value(shape, 0)
+            R = SIMD_ROWS
+            vf, vi = _simd.vec(_simd.F32, R), _simd.vec(_simd.I32, R)
+            xs = [builder.load(_simd.vector_at(builder, xt_p, ir.Constant(_simd.I64, t * R), vf),
+                               align=4) for t in range(width)]
+            best_slot = cgutils.alloca_once_value(builder, ir.Constant(vf, [float("inf")] * R))
+            arg_slot = cgutils.alloca_once_value(builder, ir.Constant(vi, [0] * R))
+            fmuladd = _simd.declare(builder, f"llvm.fmuladd.v{R}f32", vf, [vf, vf, vf])
+            with cgutils.for_range(builder, k) as loop:
+                j = loop.index
+                v = _simd.splat(builder, builder.load(builder.gep(cn_p, [j])), R)
+                row = builder.mul(j, ir.Constant(_simd.I64, width))
+                for t in range(width):
+                    at = builder.add(row, ir.Constant(_simd.I64, t))
+                    c = builder.load(builder.gep(C_p, [at]))
+                    v = builder.call(fmuladd, [xs[t], _simd.splat(builder, c, R), v])
+                cur = builder.load(best_slot)
+                better = builder.fcmp_ordered("<", v, cur)  # strict: first centroid wins ties
+                builder.store(builder.select(better, v, cur), best_slot)
+                jv = _simd.splat(builder, builder.trunc(j, _simd.I32), R)
+                builder.store(builder.select(better, jv, builder.load(arg_slot)), arg_slot)
+            zero = ir.Constant(_simd.I64, 0)
+            builder.store(builder.load(best_slot), _simd.vector_at(builder, best_p, zero, vf),
+                          align=4)
+            builder.store(builder.load(arg_slot), _simd.vector_at(builder, arg_p, zero, vi),
+                          align=4)
+            return context.get_dummy_value()
+
+        return types.none(xt, C, cnorms, best, arg), codegen
+
+    return argmin_block
+
+
+_argmin_block4 = _make_argmin_block(4)
+_argmin_block8 = _make_argmin_block(8)
+
+
+@njit(cache=True)
+def pad_centroids(centroids, width):
+    """float32 (k, width) copy of (k, dsub <= width) centroids, zero padded."""
+    out = np.zeros((centroids.shape[0], width), np.float32)
+    out[:, :centroids.shape[1]] = centroids
+    return out
+
+
+@njit(inline="always")
+def nearest_rows(x, s, nb, col0, dsub, padded, cnorms, xt, best, arg):
+    """Nearest of the zero-padded centroids ``padded`` (k, 4 or 8) for rows
+    ``[s, s + nb)`` (nb <= 32) of columns ``[col0, col0 + dsub)`` of ``x``;
+    results in ``best`` float32 (32,) and ``arg`` int32 (32,). ``xt`` float32
+    (width, 32) is scratch."""
+    _load_block(x, s, nb, col0, dsub, xt)
+    if padded.shape[1] == 4:
+        _argmin_block4(xt, padded, cnorms, best, arg)
+    else:
+        _argmin_block8(xt, padded, cnorms, best, arg)
 
 
 @njit(cache=True, fastmath=True)
@@ -53,21 +138,26 @@ def argmin_l2_lowdim(x, col0, centroids, cnorms, labels, keys):
     labels : int64 (n,) out, the first nearest centroid.
     keys : float32 (n,) out, ``|c|^2 - 2 x.c`` of that centroid.
 
-    Rows are processed in blocks laid out column-major so the inner loop
-    runs across rows and vectorises (compare-and-select, no branch). Up to 4
-    and up to 8 dimensions use a zero-padded, fully fused expression kept in
-    registers (about 3x faster than accumulating per dimension).
+    Up to 8 dimensions: 32 rows at a time in vector registers (zero-padded
+    to 4 or 8 dimensions). More: rows in column-major blocks so the inner
+    loop runs across rows and vectorises (compare-and-select, no branch).
     """
-    dsub = centroids.shape[1]
-    width = 4 if dsub <= 4 else (8 if dsub <= 8 else dsub)
-    padded = np.zeros((centroids.shape[0], width), np.float32)
-    padded[:, :dsub] = centroids
-    if width == 4:
-        _argmin_w4(x, col0, dsub, padded, cnorms, labels, keys)
-    elif width == 8:
-        _argmin_w8(x, col0, dsub, padded, cnorms, labels, keys)
-    else:
-        _argmin_any(x, col0, padded, cnorms, labels, keys)
+    k, dsub = centroids.shape
+    if dsub > 8:
+        _argmin_any(x, col0, pad_centroids(centroids, dsub), cnorms, labels, keys)
+        return
+    padded = pad_centroids(centroids, 4 if dsub <= 4 else 8)
+    cn = np.ascontiguousarray(cnorms)
+    R = SIMD_ROWS
+    xt = np.zeros((padded.shape[1], R), np.float32)
+    best = np.empty(R, np.float32)
+    arg = np.empty(R, np.int32)
+    for s in range(0, x.shape[0], R):
+        nb = min(R, x.shape[0] - s)
+        nearest_rows(x, s, nb, col0, dsub, padded, cn, xt, best, arg)
+        for i in range(nb):
+            labels[s + i] = arg[i]
+            keys[s + i] = best[i]
 
 
 @njit(cache=True)
@@ -76,57 +166,6 @@ def _load_block(x, s, nb, col0, dsub, xt):
     for i in range(nb):
         for t in range(dsub):
             xt[t, i] = m2 * x[s + i, col0 + t]
-
-
-@njit(cache=True, fastmath=True)
-def _argmin_w4(x, col0, dsub, C, cnorms, labels, keys):
-    n = x.shape[0]
-    B = _LOWDIM_BLOCK
-    xt = np.zeros((4, B), np.float32)
-    x0, x1, x2, x3 = xt[0], xt[1], xt[2], xt[3]
-    best = np.empty(B, np.float32)
-    arg = np.empty(B, np.int32)  # int32 keeps the select as wide as the floats
-    for s in range(0, n, B):
-        nb = min(B, n - s)
-        _load_block(x, s, nb, col0, dsub, xt)
-        best[:] = np.inf
-        arg[:] = 0
-        for j in range(C.shape[0]):
-            cn, c0, c1, c2, c3 = cnorms[j], C[j, 0], C[j, 1], C[j, 2], C[j, 3]
-            for i in range(B):
-                v = cn + x0[i] * c0 + x1[i] * c1 + x2[i] * c2 + x3[i] * c3
-                better = v < best[i]
-                best[i] = v if better else best[i]
-                arg[i] = j if better else arg[i]
-        labels[s:s + nb] = arg[:nb]
-        keys[s:s + nb] = best[:nb]
-
-
-@njit(cache=True, fastmath=True)
-def _argmin_w8(x, col0, dsub, C, cnorms, labels, keys):
-    n = x.shape[0]
-    B = _LOWDIM_BLOCK
-    xt = np.zeros((8, B), np.float32)
-    x0, x1, x2, x3 = xt[0], xt[1], xt[2], xt[3]
-    x4, x5, x6, x7 = xt[4], xt[5], xt[6], xt[7]
-    best = np.empty(B, np.float32)
-    arg = np.empty(B, np.int32)
-    for s in range(0, n, B):
-        nb = min(B, n - s)
-        _load_block(x, s, nb, col0, dsub, xt)
-        best[:] = np.inf
-        arg[:] = 0
-        for j in range(C.shape[0]):
-            cn, c0, c1, c2, c3 = cnorms[j], C[j, 0], C[j, 1], C[j, 2], C[j, 3]
-            c4, c5, c6, c7 = C[j, 4], C[j, 5], C[j, 6], C[j, 7]
-            for i in range(B):
-                v = (cn + x0[i] * c0 + x1[i] * c1 + x2[i] * c2 + x3[i] * c3
-                     + x4[i] * c4 + x5[i] * c5 + x6[i] * c6 + x7[i] * c7)
-                better = v < best[i]
-                best[i] = v if better else best[i]
-                arg[i] = j if better else arg[i]
-        labels[s:s + nb] = arg[:nb]
-        keys[s:s + nb] = best[:nb]
 
 
 @njit(cache=True, fastmath=True)

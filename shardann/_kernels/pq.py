@@ -9,7 +9,7 @@ holds sub-code ``m`` in its low (even ``m``) or high (odd ``m``) nibble.
 import numpy as np
 from numba import njit
 
-from .kmeans import argmin_l2_lowdim
+from .kmeans import SIMD_ROWS, argmin_l2_lowdim, nearest_rows
 
 
 @njit(cache=True)
@@ -25,12 +25,30 @@ def pq_assign(x, codebooks, cnorms, out_codes):
     """
     n = x.shape[0]
     M, ksub, dsub = codebooks.shape
-    labels = np.empty(n, np.int64)
-    keys = np.empty(n, np.float32)
-    for m in range(M):
-        argmin_l2_lowdim(x, m * dsub, codebooks[m], cnorms[m], labels, keys)
-        for i in range(n):
-            out_codes[i, m] = labels[i]
+    if dsub > 8:  # wide sub-vectors: one sub-quantizer at a time over all rows
+        labels = np.empty(n, np.int64)
+        keys = np.empty(n, np.float32)
+        for m in range(M):
+            argmin_l2_lowdim(x, m * dsub, codebooks[m], cnorms[m], labels, keys)
+            for i in range(n):
+                out_codes[i, m] = labels[i]
+        return
+    # 32 rows at a time through every sub-quantizer: the rows stay in cache
+    # (one sub-quantizer at a time over all rows would reread x M times)
+    width = 4 if dsub <= 4 else 8
+    padded = np.zeros((M, ksub, width), np.float32)
+    padded[:, :, :dsub] = codebooks
+    cn = np.ascontiguousarray(cnorms)
+    R = SIMD_ROWS
+    xt = np.zeros((width, R), np.float32)
+    best = np.empty(R, np.float32)
+    arg = np.empty(R, np.int32)
+    for s in range(0, n, R):
+        nb = min(R, n - s)
+        for m in range(M):
+            nearest_rows(x, s, nb, m * dsub, dsub, padded[m], cn[m], xt, best, arg)
+            for i in range(nb):
+                out_codes[s + i, m] = arg[i]
 
 
 @njit(cache=True)
