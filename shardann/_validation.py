@@ -25,6 +25,13 @@ def check_int(name, value, *, low=None, high=None):
     return value
 
 
+def check_bool(name, value):
+    """Return ``value`` as a Python bool; refuse anything but bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {type(value).__name__} ({value!r})")
+    return bool(value)
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")

@@ -73,3 +73,17 @@ def test_fast_scan_after_save_and_open(data, tmp_path, monkeypatch):
     for i in range(5):  # one query at a time takes the serial kernel
         _assert_same(_search(opened, q[i:i + 1], monkeypatch, True),
                      _search(opened, q[i:i + 1], monkeypatch, False))
+
+
+def test_fast_scan_can_be_turned_off(data, tmp_path):
+    x, q = data
+    on = shardann.IVFPQIndex(D, 24, 8, 4, seed=3)
+    off = shardann.IVFPQIndex(D, 24, 8, 4, seed=3, fast_scan=False)
+    for index in (on, off):
+        index.train(x[:4000]).add(x)
+    _assert_same(on.search(q, 10, nprobe=6), off.search(q, 10, nprobe=6))
+    assert on.derived_bytes() > 0 and off.derived_bytes() == 0  # no second copy of the codes
+    off.save(tmp_path / "off")
+    assert shardann.open_index(tmp_path / "off").fast_scan is False
+    with pytest.raises(TypeError, match="fast_scan"):
+        shardann.IVFPQIndex(D, 24, 8, 4, fast_scan="yes")

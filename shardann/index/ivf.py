@@ -20,7 +20,7 @@ from .._kernels.ivf import (
 )
 from .._kernels.pq import pq_dot_tables
 from .._kernels.topk import topk_from_dots
-from .._validation import as_vectors, check_choice, check_int, check_search_args
+from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids
 from ..metric import normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
@@ -287,6 +287,10 @@ class IVFPQIndex(IVFIndex):
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
         2**nbits floats) to keep; above it tables are built per (query, list).
+    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2: scan with the SIMD
+        pre-filter (same results, several times faster) at the cost of a second,
+        blocked copy of the codes (``code_size`` bytes per vector). False keeps
+        memory to one copy.
 
     Examples
     --------
@@ -301,9 +305,10 @@ class IVFPQIndex(IVFIndex):
     def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
                  max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
-                 verbose=False):
+                 fast_scan=True, verbose=False):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
                          max_points_per_centroid=max_points_per_centroid, verbose=verbose)
+        self.fast_scan = check_bool("fast_scan", fast_scan)
         self.pq = ProductQuantizer(self.d, M, nbits, niter=pq_niter, seed=self.seed,
                                    max_points_per_centroid=max_points_per_centroid,
                                    verbose=verbose)
@@ -409,9 +414,11 @@ class IVFPQIndex(IVFIndex):
     def _fastscan_blocks(self):
         """(bcodes, bstart) block layout of the 4-bit codes for the SIMD scan
         (``_kernels/fastscan.py``), built on first use after the lists change; None when the
-        scalar scan is used (other nbits, no AVX2, more than 256 sub-quantizers)."""
-        if not (self.nbits == 4 and fastscan.AVAILABLE
+        scalar scan is used (``fast_scan=False``, other nbits, no AVX2, more than 256
+        sub-quantizers)."""
+        if not (self.fast_scan and self.nbits == 4 and fastscan.AVAILABLE
                 and 2 * self.code_size <= fastscan.MAX_SUBQ):
+            self._blocks = None
             return None
         if self._blocks is None or self._blocks.wasteful(self._lists):
             self._blocks = CodeBlocks(self._lists, self.code_size)
@@ -433,7 +440,8 @@ class IVFPQIndex(IVFIndex):
     def get_config(self):
         return {**super().get_config(), "M": self.M, "nbits": self.nbits,
                 "opq": self.opq is not None, "keep_vectors": self.keep_vectors or False,
-                "pq_niter": self.pq.niter, "precompute_max_bytes": self.precompute_max_bytes}
+                "pq_niter": self.pq.niter, "precompute_max_bytes": self.precompute_max_bytes,
+                "fast_scan": self.fast_scan}
 
     def _trained_arrays(self):
         if not self.is_trained:
