@@ -87,3 +87,16 @@ def test_fast_scan_can_be_turned_off(data, tmp_path):
     assert shardann.open_index(tmp_path / "off").fast_scan is False
     with pytest.raises(TypeError, match="fast_scan"):
         shardann.IVFPQIndex(D, 24, 8, 4, fast_scan="yes")
+
+
+def test_pickle_drops_the_blocks_and_searches_the_same(data, monkeypatch):
+    import pickle
+
+    x, q = data
+    index = shardann.IVFPQIndex(D, 24, 8, 4, seed=3)
+    index.train(x[:4000]).add(x)
+    want = _search(index, q, monkeypatch, True)
+    assert index.derived_bytes() > 0
+    clone = pickle.loads(pickle.dumps(index))
+    assert clone.derived_bytes() == 0  # derived data is not shipped
+    _assert_same(_search(clone, q, monkeypatch, True), want)

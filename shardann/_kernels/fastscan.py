@@ -13,7 +13,8 @@ decides which rows are worth scoring.
 Block layout (built from the row-major code slab by :func:`pack_blocks`): list
 ``l`` owns ``ceil(size[l] / 32)`` blocks starting at byte ``bstart[l]``; block
 ``b`` holds ``code_size`` groups of 32 bytes, group ``j`` being byte ``j`` of
-rows ``32 b .. 32 b + 31`` of the list (rows past the end are zero).
+rows ``32 b .. 32 b + 31`` of the list (lanes past the list's end hold
+anything: they are never scored).
 
 The shuffle is an x86 AVX2 instruction reached through a Numba intrinsic, so
 :data:`AVAILABLE` is False elsewhere (other CPUs, or Numba told to compile for
@@ -105,7 +106,8 @@ def block_starts(list_size, code_size):
 @njit(cache=True)
 def pack_blocks(codes, list_start, list_size, bstart, out):
     """Write the row-major codes (n, code_size) uint8 of every list into ``out``
-    (uint8, zeroed, the total from :func:`block_starts`) in block layout."""
+    (uint8, at least the total from :func:`block_starts`) in block layout; the
+    bytes of lanes past a list's end are left as they were."""
     code_size = codes.shape[1]
     for lst in range(list_start.shape[0]):
         start = list_start[lst]

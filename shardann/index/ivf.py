@@ -1,6 +1,7 @@
 """Inverted-file indexes: IVF-Flat and IVF-PQ (with optional OPQ and refine)."""
 
 import logging
+import threading
 
 import numba
 import numpy as np
@@ -32,6 +33,8 @@ from .base import BaseIndex
 logger = logging.getLogger(__name__)
 
 _PRECOMPUTE_MAX_BYTES = 256 << 20
+# searches may run in several threads; one of them re-packs 4-bit blocks at a time
+_BLOCKS_LOCK = threading.Lock()
 
 
 def _parallel(nq):
@@ -420,11 +423,18 @@ class IVFPQIndex(IVFIndex):
                 and 2 * self.code_size <= fastscan.MAX_SUBQ):
             self._blocks = None
             return None
-        if self._blocks is None or self._blocks.wasteful(self._lists):
-            self._blocks = CodeBlocks(self._lists, self.code_size)
-        else:
-            self._blocks.refresh(self._lists)
-        return self._blocks.bcodes, self._blocks.bstart
+        with _BLOCKS_LOCK:
+            blocks = self._blocks
+            if blocks is None or blocks.wasteful(self._lists):
+                blocks = self._blocks = CodeBlocks(self._lists, self.code_size)
+            else:
+                blocks.refresh(self._lists)
+            return blocks.bcodes, blocks.bstart
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_blocks"] = None  # derived from the lists; rebuilt by the next search
+        return state
 
     def _on_mutation(self, list_nos=None):
         super()._on_mutation(list_nos)
