@@ -638,7 +638,9 @@ def quantize():
 
     @njit
     def run(L, M, out):
-        return kfs.quantize_tables(L, M, out)
+        offset, scale, magnitude = kfs.table_bounds(L, M)
+        kfs.quantize_tables(L, M, scale, out)
+        return offset, scale, magnitude
 
     return run
 

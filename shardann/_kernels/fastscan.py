@@ -207,15 +207,11 @@ def add_rows(typingctx, L, A, B):
 
 
 @njit(inline="always")
-def quantize_tables(L, M, out):
-    """Quantize the float tables ``L`` (C-contiguous float32 (>= M, 16)) to uint8
-    in ``out`` (the ``qlut`` layout of :func:`block_mask`, rows past ``M`` zero).
-
-    Returns ``(offset, scale, magnitude)``: every row sums to at least
-    ``offset + (quantized sum) / scale``; ``magnitude`` bounds the absolute
-    value of the terms' running sums, to size rounding slack.
-    """
-    rows = out.shape[0] // BLOCK
+def table_bounds(L, M):
+    """``(offset, scale, magnitude)`` of the float tables ``L`` (C-contiguous
+    float32 (>= M, 16)): every row sums to at least ``offset`` (the sum of
+    the table minima), ``scale`` maps the widest table onto 0..255, and
+    ``magnitude`` bounds the running sums' absolute value (to size slack)."""
     offset = np.float32(0.0)
     magnitude = np.float32(0.0)
     widest = np.float32(0.0)
@@ -228,11 +224,19 @@ def quantize_tables(L, M, out):
     scale = np.float32(255.0) / widest if widest > 0 else np.float32(0.0)
     if not scale < np.inf:
         scale = np.float32(0.0)
+    return offset, scale, magnitude
+
+
+@njit(inline="always")
+def quantize_tables(L, M, scale, out):
+    """Quantize the float tables ``L`` to uint8 in ``out`` (the ``qlut``
+    layout of :func:`block_mask`, rows past ``M`` zero) with ``scale`` from
+    :func:`table_bounds`: every row then sums to at least
+    ``offset + (quantized sum) / scale``."""
     for m in range(M):
         quantize_row(L, m, row_min(L, m), scale, out)
-    for i in range(M * BLOCK, rows * BLOCK):
+    for i in range(M * BLOCK, out.shape[0]):
         out[i] = 0
-    return offset, scale, magnitude
 
 
 @njit(inline="always")

@@ -199,6 +199,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
         scale = np.float32(0.0)
         slack = np.float32(0.0)
         have_table = False
+        quantized = False
         for p in range(nprobe):
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
@@ -210,12 +211,18 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
                 fresh = _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
                                     centroids, codebooks, L)
             if fresh:
-                offset, scale, magnitude = fastscan.quantize_tables(L, M, Q)
+                offset, scale, magnitude = fastscan.table_bounds(L, M)
                 # float sums of <= 2 * code_size + 1 terms round by far less
                 slack = np.float32(2.0 ** -14) * magnitude
+                quantized = False
             have_table = True
             base = dis0[q, p]
             bound_slack = slack + np.float32(2.0 ** -14) * abs(base)
+            if fastscan.block_threshold(hd[0], base, offset, scale, bound_slack) < 0:
+                continue  # not even the smallest sum of this list can enter
+            if not quantized:
+                fastscan.quantize_tables(L, M, scale, Q)
+                quantized = True
             start = list_start[lst]
             n = list_size[lst]
             for b in range(0, n, fastscan.BLOCK):

@@ -43,6 +43,18 @@ def test_one_and_three_shards_equal_local(ray_local, data, tmp_path, metric):
                 assert_same(sharded.search(xq, 10, nprobe=6, refine_factor=rf), want)
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_four_bit_shards_equal_local(ray_local, data, tmp_path, metric):
+    # shards scan 4-bit codes with the SIMD fast scan where the CPU has it
+    xb, xq, xt = data
+    local = build_local(tmp_path / "idx", xt, xb, metric, nbits=4,
+                        delete=np.arange(0, 6000, 11))
+    want = local.search(xq, 10, nprobe=6)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2) as sharded:
+        assert_same(sharded.search(xq, 10, nprobe=6), want)
+        assert_same(sharded.search(xq[:1], 10, nprobe=6), local.search(xq[:1], 10, nprobe=6))
+
+
 def test_routing_calls_only_owning_shard(ray_local, data, tmp_path):
     xb, xq, xt = data
     build_local(tmp_path / "idx", xt, xb)

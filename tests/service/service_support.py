@@ -1,6 +1,7 @@
 """Helpers of the service tests (imported as ``service_support``, a unique name)."""
 
 import contextlib
+import random
 import socket
 import warnings
 
@@ -32,9 +33,20 @@ def local_client(index, **settings):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that binds now, outside both the kernel's ephemeral
+    range (32768+) and Ray's worker ports (10002-19999): a port handed out by
+    ``bind(0)`` and released was once taken by a Ray process started next,
+    and the test then talked to that process instead of the service."""
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def bearer(token=TOKEN):
