@@ -100,3 +100,19 @@ def test_pickle_drops_the_blocks_and_searches_the_same(data, monkeypatch):
     clone = pickle.loads(pickle.dumps(index))
     assert clone.derived_bytes() == 0  # derived data is not shipped
     _assert_same(_search(clone, q, monkeypatch, True), want)
+
+
+def test_blocks_follow_a_retrain_and_a_reload(data, tmp_path, monkeypatch):
+    x, q = data
+    index = shardann.IVFPQIndex(D, 24, 8, 4, seed=3)
+    index.train(x[:4000]).add(x[:3000])
+    index.search(q, 10, nprobe=6)  # blocks built
+    index.remove_ids(np.arange(3000))
+    index.train(x[4000:8000]).add(x[5000:])  # new lists, other sizes
+    _assert_same(_search(index, q, monkeypatch, True), _search(index, q, monkeypatch, False))
+    other = shardann.IVFPQIndex(D, 24, 8, 4, seed=4)
+    other.train(x[:4000]).add(x[:500])
+    other.save(tmp_path / "small")
+    index._set_trained_arrays(shardann.open_index(tmp_path / "small")._trained_arrays())
+    index.add(x[:100])
+    _assert_same(_search(index, q, monkeypatch, True), _search(index, q, monkeypatch, False))

@@ -57,6 +57,14 @@ class CodeBlocks:
         fastscan.pack_blocks(lists.data["codes"], lists.start[changed], lists.size[changed],
                              self.bstart[changed], self.bcodes)
 
+    def covers(self, lists):
+        """True when this layout fits ``lists``: as many lists, and each one not
+        marked changed still within its run (marked ones :meth:`refresh` re-packs)."""
+        if lists.size.shape != self.cap.shape:
+            return False
+        need = -(-lists.size // BLOCK)
+        return bool(((need <= self.cap) | self._dirty).all())
+
     def wasteful(self, lists):
         """True when moved lists left more than half the slab unused."""
         live = int((-(-lists.size // BLOCK)).sum()) * BLOCK * self.code_size

@@ -126,6 +126,7 @@ class IVFIndex(BaseIndex):
         self._train_payload(x)
         self._lists = InvertedLists(self.nlist, self._columns())
         self._sorted_ids = None
+        self._on_mutation()
         self._posmap = None
         self._next_id = 0
         return self
@@ -230,6 +231,7 @@ class IVFIndex(BaseIndex):
     def _set_trained_arrays(self, arrays):
         self._set_centroids(arrays["centroids"])
         self._lists = InvertedLists(self.nlist, self._columns())
+        self._on_mutation()
 
     def __repr__(self):
         return (f"{type(self).__name__}(d={self.d}, nlist={self.nlist}, metric={self.metric!r}, "
@@ -425,7 +427,8 @@ class IVFPQIndex(IVFIndex):
             return None
         with _BLOCKS_LOCK:
             blocks = self._blocks
-            if blocks is None or blocks.wasteful(self._lists):
+            # the kernel reads blocks without bounds checks: never trust a stale layout
+            if blocks is None or blocks.wasteful(self._lists) or not blocks.covers(self._lists):
                 blocks = self._blocks = CodeBlocks(self._lists, self.code_size)
             else:
                 blocks.refresh(self._lists)
