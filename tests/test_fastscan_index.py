@@ -116,3 +116,36 @@ def test_blocks_follow_a_retrain_and_a_reload(data, tmp_path, monkeypatch):
     index._set_trained_arrays(shardann.open_index(tmp_path / "small")._trained_arrays())
     index.add(x[:100])
     _assert_same(_search(index, q, monkeypatch, True), _search(index, q, monkeypatch, False))
+
+
+def test_code_blocks_match_a_fresh_layout_after_many_changes():
+    from shardann.index._blocks import CodeBlocks
+    from shardann.index._lists import InvertedLists
+
+    rng = np.random.default_rng(9)
+    cs, nlist = 5, 7
+    lists = InvertedLists(nlist, {"codes": (cs, np.uint8)})
+    blocks = CodeBlocks(lists, cs)
+    next_id = 0
+    for step in range(60):
+        n = int(rng.integers(1, 90))
+        owner = rng.integers(0, nlist, n)
+        lists.add(owner, np.arange(next_id, next_id + n),
+                  codes=rng.integers(0, 256, (n, cs), dtype=np.uint8))
+        blocks.mark(owner)
+        next_id += n
+        if step % 4 == 3:
+            rows = lists.live_rows()
+            dead = rng.choice(rows, min(rows.size, 40), replace=False)
+            blocks.mark(lists.owners(dead))
+            lists.remove(dead)
+        assert blocks.covers(lists)
+        blocks.refresh(lists)
+        for lst in range(nlist):
+            s, size = lists.start[lst], lists.size[lst]
+            got = blocks.bcodes[blocks.bstart[lst]:]
+            for i in range(size):  # byte j of row i: block i // 32, group j, lane i % 32
+                base = (i // 32) * 32 * cs + i % 32
+                np.testing.assert_array_equal(got[base:base + 32 * cs:32],
+                                              lists.data["codes"][s + i])
+    assert blocks.used >= int((-(-lists.size // 32)).sum()) * 32 * cs
