@@ -218,7 +218,8 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
             have_table = True
             base = dis0[q, p]
             bound_slack = slack + np.float32(2.0 ** -14) * abs(base)
-            if fastscan.block_threshold(hd[0], base, offset, scale, bound_slack) < 0:
+            thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
+            if thr < 0:
                 continue  # not even the smallest sum of this list can enter
             if not quantized:
                 fastscan.quantize_tables(L, M, scale, Q)
@@ -226,9 +227,6 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
             start = list_start[lst]
             n = list_size[lst]
             for b in range(0, n, fastscan.BLOCK):
-                thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
-                if thr < 0:
-                    break  # the heap top only falls: no later row can enter either
                 mask = fastscan.block_mask(bcodes, bstart[lst] + b * code_size, Q,
                                            code_size, thr)
                 if mask == 0:
@@ -241,6 +239,10 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
                             c = codes[r, j]
                             s += L[2 * j, c & 15] + L[2 * j + 1, c >> 4]
                         _offer(hd, hi, hid, k, s, r, ids[r])
+                # only scoring moves the heap top, so only then can the threshold fall
+                thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
+                if thr < 0:
+                    break  # the heap top only falls: no later row can enter either
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
 
 

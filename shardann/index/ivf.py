@@ -423,7 +423,6 @@ class IVFPQIndex(IVFIndex):
         sub-quantizers)."""
         if not (self.fast_scan and self.nbits == 4 and fastscan.AVAILABLE
                 and 2 * self.code_size <= fastscan.MAX_SUBQ):
-            self._blocks = None
             return None
         with _BLOCKS_LOCK:
             blocks = self._blocks
