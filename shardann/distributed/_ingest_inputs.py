@@ -12,6 +12,7 @@ rows, with the bad rows (wrong length, null, NaN, bad id) flagged.
 import glob
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -20,6 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._validation import MAX_ID
+from ._parquet_vectors import FixedListColumn, Unsupported, embedding_leaf
+
+logger = logging.getLogger(__name__)
 
 PARQUET_EXTS = (".parquet", ".pq", ".parq")
 VECS_EXTS = {".fvecs": (np.float32, 4), ".ivecs": (np.int32, 4), ".bvecs": (np.uint8, 1)}
@@ -411,8 +415,6 @@ def _check_ids(ids_arr, bad, reasons):
 def _arrow_part(start, emb, ids_arr, f, d):
     if isinstance(emb, pa.ChunkedArray):
         emb = emb.combine_chunks()
-    if ids_arr is not None and isinstance(ids_arr, pa.ChunkedArray):
-        ids_arr = ids_arr.combine_chunks()
     n = len(emb)
     lengths = None
     if f.encoding == "fsl":
@@ -423,40 +425,104 @@ def _arrow_part(start, emb, ids_arr, f, d):
         x, _ = _fsb_vectors(emb, d)
     else:
         x, lengths = _list_vectors(emb, d, item_bytes=4)
-    bad = np.zeros(n, bool)
-    reasons = {}
     nulls = np.asarray(emb.is_null().to_numpy(zero_copy_only=False), bool) \
         if emb.null_count else None
+    return _checked_part(start, x, ids_arr, np.zeros(n, bool), lengths, nulls)
+
+
+def _checked_part(start, x, ids_arr, bad, lengths=None, nulls=None):
+    """A :class:`Part` of float32 (n, d) vectors ``x`` with its bad rows flagged."""
+    if ids_arr is not None and isinstance(ids_arr, pa.ChunkedArray):
+        ids_arr = ids_arr.combine_chunks()
+    reasons = {}
     _check_rows(x, bad, reasons, lengths, nulls)
     ids = _check_ids(ids_arr, bad, reasons) if ids_arr is not None else None
     return Part(start, x, ids, bad, reasons)
 
 
+def _wanted(rows, pos, n):
+    """Positions within rows ``[pos, pos + n)`` of the wanted file rows, and those rows."""
+    lo, hi = np.searchsorted(rows, [pos, pos + n])
+    return rows[lo:hi] - pos, rows[lo:hi]
+
+
+def _fast_reader(f, pf, plan):
+    """A :class:`FixedListColumn` for this file's embedding column, or None."""
+    if f.encoding not in ("fsl", "list"):
+        return None
+    leaf = embedding_leaf(pf.metadata, plan.column)
+    return None if leaf is None else FixedListColumn(f.path, pf.metadata, leaf, plan.d)
+
+
 def _parquet_parts(f, block, plan, rows=None):
     columns = [plan.column] + ([plan.id_column] if plan.id_column else [])
     pf = pq.ParquetFile(f.path, pre_buffer=False, buffer_size=_READ_BUFFER)
+    fast = _fast_reader(f, pf, plan)
     pos = block.start
-    for batch in pf.iter_batches(batch_size=plan.block_rows, row_groups=list(block.row_groups),
-                                 columns=columns, use_threads=False):
-        n = batch.num_rows
-        if rows is not None:
-            # only some rows are wanted (sampling): take them before converting
-            lo, hi = np.searchsorted(rows, [pos, pos + n])
-            if lo == hi:
-                pos += n
+    for g in block.row_groups:
+        group_rows = pf.metadata.row_group(g).num_rows
+        done = 0
+        if fast is not None:
+            ids_all = None
+            try:
+                for x in fast.read(g, plan.block_rows):
+                    n = x.shape[0]
+                    sel = None
+                    if rows is not None:
+                        sel, wanted = _wanted(rows, pos + done, n)
+                        if sel.size == 0:
+                            done += n
+                            continue
+                        x = x[sel]
+                    ids = None
+                    if plan.id_column:
+                        if ids_all is None:
+                            ids_all = pf.read_row_group(g, columns=[plan.id_column],
+                                                        use_threads=False).column(0)
+                        ids = ids_all.slice(done, n)
+                        if sel is not None:
+                            ids = ids.take(pa.array(sel))
+                    part = _checked_part(pos + done, x, ids, np.zeros(x.shape[0], bool))
+                    if sel is not None:
+                        part.rows = wanted
+                    yield part
+                    done += n
+            except Unsupported as exc:
+                # Arrow reads the rest of this row group (and reports what is wrong)
+                logger.debug("%s row group %d: Arrow reads from row %d (%s)", f.path, g,
+                             done, exc)
+        skip = done
+        batches = () if done == group_rows else pf.iter_batches(
+            batch_size=plan.block_rows, row_groups=[g], columns=columns, use_threads=False)
+        for batch in batches:
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
                 continue
-            take = pa.array(rows[lo:hi] - pos)
-            batch = batch.take(take)
-            start_rows = rows[lo:hi]
-        else:
-            start_rows = None
-        emb = batch.column(0)
-        ids = batch.column(1) if plan.id_column else None
-        part = _arrow_part(pos, emb, ids, f, plan.d)
-        if start_rows is not None:
-            part.rows = start_rows
-        yield part
-        pos += n
+            if skip:
+                batch = batch.slice(skip)
+            start = pos + done
+            n = batch.num_rows
+            wanted = None
+            if rows is not None:
+                # only some rows are wanted (sampling): take them before converting
+                sel, wanted = _wanted(rows, start, n)
+                if sel.size == 0:
+                    done += n
+                    skip = 0
+                    continue
+                batch = batch.take(pa.array(sel))
+            emb = batch.column(0)
+            ids = batch.column(1) if plan.id_column else None
+            part = _arrow_part(start, emb, ids, f, plan.d)
+            if wanted is not None:
+                part.rows = wanted
+            yield part
+            done += n
+            skip = 0
+        if done != group_rows:
+            raise InputError(f"{f.path}: read {done} rows of row group {g}; the footer "
+                             f"says {group_rows}")
+        pos += group_rows
     if pos != block.stop:
         raise InputError(f"{f.path}: read {pos - block.start} rows of row groups "
                          f"{list(block.row_groups)}; the footer says {block.stop - block.start}")

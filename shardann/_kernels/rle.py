@@ -1,0 +1,156 @@
+"""Parquet's RLE / bit-packed hybrid encoding, decoded (levels and dictionary indices).
+
+The stream is a sequence of runs, each introduced by a ULEB128 header: an
+even header ``2 * count`` is an RLE run of ``count`` copies of one value
+stored in ``ceil(width / 8)`` little-endian bytes; an odd header
+``2 * groups + 1`` is ``8 * groups`` values bit-packed ``width`` bits each,
+least significant bit first. The last bit-packed run may be padded past the
+values the page holds.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def rle_hybrid_decode(buf, pos, end, width, n, out):
+    """Decode ``n`` values of ``width`` bits from ``buf[pos:end]`` into ``out[:n]``.
+
+    Parameters
+    ----------
+    buf : uint8 (m,). pos, end : int, the stream's bytes. width : int in 0..32.
+    n : int, values wanted. out : uint32 (>= n,).
+
+    Returns
+    -------
+    int, the position after the last run read, or -1 when the stream ends
+    before ``n`` values (a truncated or corrupt page).
+    """
+    vbytes = (width + 7) // 8
+    i = 0
+    while i < n:
+        header, pos = _uleb128(buf, pos, end)
+        if pos < 0:
+            return -1
+        count = header >> 1
+        if header & 1 == 0:
+            if pos + vbytes > end:
+                return -1
+            v = _rle_value(buf, pos, vbytes)
+            pos += vbytes
+            stop = min(n, i + count)
+            for j in range(i, stop):
+                out[j] = v
+            i = stop
+        else:
+            nbytes = count * width
+            if pos + nbytes > end:
+                return -1
+            stop = min(n, i + count * 8)
+            bit = np.int64(pos) * 8
+            for j in range(i, stop):
+                out[j] = _unpack(buf, bit, width, pos + nbytes)
+                bit += width
+            i = stop
+            pos += nbytes
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
+    """Check that ``n`` levels from ``buf[pos:end]`` say "every row holds exactly
+    ``d`` present values", without decoding them into an array.
+
+    The levels belong to values ``first .. first + n - 1`` of a column chunk.
+    Definition levels (``repetition`` False) must all equal ``want`` (the
+    maximum: no null or empty list, no null value). Repetition levels must be
+    0 at every value whose index is a multiple of ``d`` (a row starts) and 1
+    elsewhere. RLE runs are checked whole; only bit-packed runs are unpacked.
+
+    Returns the position after the levels, -1 for a truncated stream, -2 when
+    a level breaks the rule.
+    """
+    vbytes = (width + 7) // 8
+    phase = first % d  # index of the next value within its row
+    i = 0
+    while i < n:
+        header, pos = _uleb128(buf, pos, end)
+        if pos < 0:
+            return -1
+        count = header >> 1
+        if header & 1 == 0:
+            if pos + vbytes > end:
+                return -1
+            v = _rle_value(buf, pos, vbytes)
+            pos += vbytes
+            c = min(n - i, count)
+            if not repetition:
+                if v != want:
+                    return -2
+            elif v == 1:
+                if phase == 0 or phase + c > d:  # would cover a row start
+                    return -2
+            elif v == 0:
+                if d != 1 and (c != 1 or phase != 0):
+                    return -2
+            else:
+                return -2
+            phase = (phase + c) % d
+            i += c
+        else:
+            nbytes = count * width
+            if pos + nbytes > end:
+                return -1
+            stop = min(n, i + count * 8)
+            bit = np.int64(pos) * 8
+            for _ in range(i, stop):
+                v = _unpack(buf, bit, width, pos + nbytes)
+                bit += width
+                if repetition:
+                    if v != (0 if phase == 0 else 1):
+                        return -2
+                    phase += 1
+                    if phase == d:
+                        phase = 0
+                elif v != want:
+                    return -2
+            i = stop
+            pos += nbytes
+    return pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uleb128(buf, pos, end):
+    """(value, position after it), or (0, -1) past ``end`` or when too long."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= end or shift > 56:
+            return 0, -1
+        b = np.int64(buf[pos])
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rle_value(buf, pos, vbytes):
+    v = np.uint32(0)
+    for j in range(vbytes):
+        v |= np.uint32(buf[pos + j]) << np.uint32(8 * j)
+    return v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unpack(buf, bit, width, limit):
+    """The ``width``-bit value starting at bit ``bit`` of ``buf`` (bytes before ``limit``)."""
+    byte = bit >> 3
+    word = np.uint64(0)
+    last = min(byte + 5, limit)  # up to 5 bytes hold <= 32 bits starting at any bit
+    for t in range(byte, last):
+        word |= np.uint64(buf[t]) << np.uint64(8 * (t - byte))
+    return np.uint32((word >> np.uint64(bit & 7)) & np.uint64((1 << width) - 1))
+
+
