@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from ._kernels.checks import finite_rows
+
 MAX_ID = np.iinfo(np.int64).max - 1  # int64 max marks empty heap slots
 _MAX_SQ_NORM = 1e36  # x.y and |x - y|^2 of two such vectors still fit in float32
 _HUGE = 1e15  # below this per-value magnitude no row can reach the norm limit cheaply
@@ -69,13 +71,14 @@ def as_vectors(x, d, name="x", *, allow_empty=True):
         raise ValueError(f"{name} is empty; need at least one vector of dimension {d}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype.kind == "f" and x.size:
-        finite = np.isfinite(x)
-        if not finite.all():
-            bad = int(np.argmin(finite.all(axis=1)))
+        ok = np.empty(x.shape[0], bool)
+        top = finite_rows(x, ok)
+        if not ok.all():
+            bad = int(np.argmin(ok))
             raise ValueError(
                 f"{name} contains NaN or infinite values (first at row {bad}); "
                 "all values must be finite")
-        if np.abs(x).max() > _HUGE:
+        if top > _HUGE:
             # squared distances of such vectors overflow float32 to inf/NaN
             sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
             if sq.max() > _MAX_SQ_NORM:

@@ -15,6 +15,7 @@ import numpy as np
 from ._kernels.pq import (
     pack_codes,
     pq_assign,
+    pq_assign_residual,
     pq_decode,
     pq_dot_tables,
     pq_l2_tables,
@@ -134,16 +135,25 @@ class ProductQuantizer:
         x = as_vectors(x, self.d)
         return self._encode(x)
 
-    def _encode(self, x):
-        """Encode already validated float32 (n, d); no checks."""
+    def _encode(self, x, base=None, labels=None):
+        """Encode already validated float32 (n, d); no checks.
+
+        With ``base`` float32 (nlist, d) and ``labels`` int64 (n,), encode the
+        residuals ``x - base[labels]`` (same codes) without forming them.
+        """
         norms = self._codeword_norms()
         out = np.empty((x.shape[0], self.code_size), np.uint8)
-        raw = np.empty((min(_ENCODE_BLOCK, x.shape[0]), self.M), np.uint8)
+        raw = None if self.nbits == 8 else np.empty((min(_ENCODE_BLOCK, x.shape[0]), self.M),
+                                                    np.uint8)
         for s in range(0, x.shape[0], _ENCODE_BLOCK):
             e = min(x.shape[0], s + _ENCODE_BLOCK)
-            r = raw[: e - s]
-            pq_assign(x[s:e], self.codebooks, norms, r)
-            out[s:e] = r if self.nbits == 8 else pack_codes(r, self.nbits, self.code_size)
+            r = out[s:e] if raw is None else raw[: e - s]
+            if base is None:
+                pq_assign(x[s:e], self.codebooks, norms, r)
+            else:
+                pq_assign_residual(x[s:e], base, labels[s:e], self.codebooks, norms, r)
+            if raw is not None:
+                out[s:e] = pack_codes(r, self.nbits, self.code_size)
         return out
 
     def unpack(self, codes):

@@ -297,6 +297,24 @@ def test_pq_assign_exact_on_integers(nbits, dsub):
     np.testing.assert_array_equal(out, pq_encode_numpy(x, cb))
 
 
+@pytest.mark.parametrize("dsub", [2, 5, 8, 12])
+def test_pq_assign_residual_equals_assign_of_residuals(dsub):
+    # real-valued data: the residual must be the same float32 subtraction as
+    # NumPy's, or near-ties would flip codes; 1100 rows cross the 1024-row tile
+    rng = np.random.default_rng(13 + dsub)
+    M, ksub, nlist, n = 3, 64, 17, 1100
+    cb = rng.standard_normal((M, ksub, dsub)).astype(np.float32)
+    cn = np.einsum("mkd,mkd->mk", cb, cb).astype(np.float32)
+    base = rng.standard_normal((nlist, M * dsub)).astype(np.float32) * 3
+    labels = rng.integers(0, nlist, n).astype(np.int64)
+    x = (base[labels] + rng.standard_normal((n, M * dsub)).astype(np.float32))
+    want = np.empty((n, M), np.uint8)
+    kpq.pq_assign(x - base[labels], cb, cn, want)
+    got = np.empty((n, M), np.uint8)
+    kpq.pq_assign_residual(*readonly(x, base, labels, cb, cn), got)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_pq_assign_real_data():
     rng = np.random.default_rng(12)
     M, dsub, ksub = 4, 4, 256
@@ -793,3 +811,19 @@ def test_every_kernel_has_a_twin():
             if f"{alias}.{name}" not in source and name not in _INDIRECT:
                 missing.append(f"{mod.__name__}.{name}")
     assert not missing, f"kernels without a NumPy twin in {__file__}: {missing}"
+
+
+def test_finite_rows_flags_every_non_finite_row_and_returns_the_largest_finite_value():
+    from shardann._kernels.checks import finite_rows
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((300, 37)).astype(np.float32)
+    x[5, 0], x[17, 36], x[200, 11] = np.nan, np.inf, -np.inf
+    x[250, :] = np.nan
+    x[100, 3] = -7e20  # the largest magnitude among finite rows
+    x[17, 0] = 9e30    # in a non-finite row: not counted
+    ok = np.empty(300, bool)
+    top = finite_rows(x, ok)
+    np.testing.assert_array_equal(ok, np.isfinite(x).all(axis=1))
+    assert top == np.float32(7e20)
+    assert finite_rows(np.zeros((0, 4), np.float32), np.empty(0, bool)) == 0

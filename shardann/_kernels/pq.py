@@ -23,32 +23,66 @@ def pq_assign(x, codebooks, cnorms, out_codes):
     cnorms : float32 (M, ksub), squared norms of the sub-centroids.
     out_codes : uint8 (n, M), unpacked codes.
     """
-    n = x.shape[0]
+    _assign(x, np.empty((0, x.shape[1]), np.float32), np.empty(0, np.int64), codebooks,
+            cnorms, out_codes)
+
+
+@njit(cache=True)
+def pq_assign_residual(x, base, labels, codebooks, cnorms, out_codes):
+    """:func:`pq_assign` of the residuals ``x[i] - base[labels[i]]``, formed a
+    few rows at a time (the same float32 subtractions as NumPy's
+    ``x - base[labels]``, so the same codes, without the (n, d) temporary).
+
+    x : float32 (n, d). base : float32 (nlist, d). labels : int64 (n,).
+    """
+    _assign(x, base, labels, codebooks, cnorms, out_codes)
+
+
+@njit(cache=True)
+def _assign(x, base, labels, codebooks, cnorms, out_codes):
+    n, d = x.shape
     M, ksub, dsub = codebooks.shape
-    if dsub > 8:  # wide sub-vectors: one sub-quantizer at a time over all rows
-        labels = np.empty(n, np.int64)
-        keys = np.empty(n, np.float32)
-        for m in range(M):
-            argmin_l2_lowdim(x, m * dsub, codebooks[m], cnorms[m], labels, keys)
-            for i in range(n):
-                out_codes[i, m] = labels[i]
-        return
-    # 32 rows at a time through every sub-quantizer: the rows stay in cache
-    # (one sub-quantizer at a time over all rows would reread x M times)
+    residual = labels.size > 0
+    # rows per step: 32 through every sub-quantizer while in cache (one
+    # sub-quantizer at a time over all rows would reread x M times); wide
+    # sub-vectors go one sub-quantizer at a time over a larger tile
+    T = SIMD_ROWS if dsub <= 8 else (1024 if residual else max(n, 1))
+    tile = np.empty((T if residual else 0, d), np.float32)
     width = 4 if dsub <= 4 else 8
-    padded = np.zeros((M, ksub, width), np.float32)
-    padded[:, :, :dsub] = codebooks
+    padded = np.zeros((M, ksub, width if dsub <= 8 else 0), np.float32)
+    if dsub <= 8:
+        padded[:, :, :dsub] = codebooks
     cn = np.ascontiguousarray(cnorms)
-    R = SIMD_ROWS
-    xt = np.zeros((width, R), np.float32)
-    best = np.empty(R, np.float32)
-    arg = np.empty(R, np.int32)
-    for s in range(0, n, R):
-        nb = min(R, n - s)
-        for m in range(M):
-            nearest_rows(x, s, nb, m * dsub, dsub, padded[m], cn[m], xt, best, arg)
+    scratch = (np.zeros((width, SIMD_ROWS), np.float32), np.empty(SIMD_ROWS, np.float32),
+               np.empty(SIMD_ROWS, np.int32), np.empty(T, np.int64), np.empty(T, np.float32))
+    for s in range(0, n, T):
+        nb = min(T, n - s)
+        if residual:
             for i in range(nb):
-                out_codes[s + i, m] = arg[i]
+                c = labels[s + i]
+                for j in range(d):
+                    tile[i, j] = x[s + i, j] - base[c, j]
+            _assign_rows(tile, 0, nb, s, codebooks, padded, cn, out_codes, scratch)
+        else:
+            _assign_rows(x, s, nb, s, codebooks, padded, cn, out_codes, scratch)
+
+
+@njit(cache=True)
+def _assign_rows(src, s0, nb, s, codebooks, padded, cn, out_codes, scratch):
+    """Codes of rows ``[s0, s0 + nb)`` of ``src`` into rows ``[s, s + nb)`` of ``out_codes``."""
+    M, _, dsub = codebooks.shape
+    xt, best, arg, labs, keys = scratch
+    if dsub > 8:
+        rows = src[s0:s0 + nb]
+        for m in range(M):
+            argmin_l2_lowdim(rows, m * dsub, codebooks[m], cn[m], labs[:nb], keys[:nb])
+            for i in range(nb):
+                out_codes[s + i, m] = labs[i]
+        return
+    for m in range(M):
+        nearest_rows(src, s0, nb, m * dsub, dsub, padded[m], cn[m], xt, best, arg)
+        for i in range(nb):
+            out_codes[s + i, m] = arg[i]
 
 
 @njit(cache=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._kernels.checks import finite_rows
 from .._validation import MAX_ID
 from ._parquet_vectors import FixedListColumn, Unsupported, embedding_leaf
 
@@ -386,7 +387,9 @@ def _check_rows(x, bad, reasons, lengths=None, nulls=None):
         for r in np.flatnonzero(wrong):
             reasons[int(r)] = f"embedding has {int(lens[r])} {unit}; expected {want}"
         bad |= wrong
-    finite = np.isfinite(x).all(axis=1)
+    finite = np.empty(x.shape[0], bool)
+    if x.shape[0]:
+        finite_rows(np.ascontiguousarray(x, np.float32), finite)
     nonfinite = ~finite & ~bad
     for r in np.flatnonzero(nonfinite):
         reasons[int(r)] = "embedding contains NaN or infinite values"
@@ -454,39 +457,54 @@ def _fast_reader(f, pf, plan):
     return None if leaf is None else FixedListColumn(f.path, pf.metadata, leaf, plan.d)
 
 
+def _id_reader(pf, column):
+    """``ids_of(g)``: the id column of row group ``g`` (the last one read is kept)."""
+    last = {}
+
+    def ids_of(g):
+        if g not in last:
+            last.clear()
+            last[g] = pf.read_row_group(g, columns=[column], use_threads=False).column(0)
+        return last[g]
+    return ids_of
+
+
+def _fast_part(ids_of, g, start, x, rows_in_group):
+    """A part of vectors ``x`` read by the fast reader: rows ``rows_in_group``
+    (int64, or a ``(first, n)`` range) of row group ``g``, starting at file row
+    ``start``, with their ids through ``ids_of`` (None: no id column)."""
+    ids = None
+    if ids_of is not None:
+        ids = ids_of(g)
+        ids = ids.slice(*rows_in_group) if isinstance(rows_in_group, tuple) \
+            else ids.take(pa.array(rows_in_group))
+    return _checked_part(start, x, ids, np.zeros(x.shape[0], bool))
+
+
 def _parquet_parts(f, block, plan, rows=None):
     columns = [plan.column] + ([plan.id_column] if plan.id_column else [])
     pf = pq.ParquetFile(f.path, pre_buffer=False, buffer_size=_READ_BUFFER)
     fast = _fast_reader(f, pf, plan)
+    ids_of = _id_reader(pf, plan.id_column) if plan.id_column else None
     pos = block.start
     for g in block.row_groups:
         group_rows = pf.metadata.row_group(g).num_rows
         done = 0
+        if rows is not None and not _wanted(rows, pos, group_rows)[0].size:
+            pos += group_rows  # sampling: no row of this group drawn
+            continue
         if fast is not None:
-            ids_all = None
             try:
-                for x in fast.read(g, plan.block_rows):
-                    n = x.shape[0]
-                    sel = None
-                    if rows is not None:
-                        sel, wanted = _wanted(rows, pos + done, n)
-                        if sel.size == 0:
-                            done += n
-                            continue
-                        x = x[sel]
-                    ids = None
-                    if plan.id_column:
-                        if ids_all is None:
-                            ids_all = pf.read_row_group(g, columns=[plan.id_column],
-                                                        use_threads=False).column(0)
-                        ids = ids_all.slice(done, n)
-                        if sel is not None:
-                            ids = ids.take(pa.array(sel))
-                    part = _checked_part(pos + done, x, ids, np.zeros(x.shape[0], bool))
-                    if sel is not None:
-                        part.rows = wanted
+                if rows is None:
+                    for x in fast.read(g, plan.block_rows):
+                        yield _fast_part(ids_of, g, pos + done, x, (done, x.shape[0]))
+                        done += x.shape[0]
+                else:
+                    sel, wanted = _wanted(rows, pos, group_rows)
+                    part = _fast_part(ids_of, g, pos, fast.read_rows(g, sel), sel)
+                    part.rows = wanted
                     yield part
-                    done += n
+                    done = group_rows
             except Unsupported as exc:
                 # Arrow reads the rest of this row group (and reports what is wrong)
                 logger.debug("%s row group %d: Arrow reads from row %d (%s)", f.path, g,

@@ -33,6 +33,8 @@ _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd
            "LZ4_RAW": "lz4_raw"}
 #: bytes read for a page header before parsing; re-read larger if it does not fit
 _HEADER_WINDOW = 1024
+#: bytes read for the levels of a page whose values are read row by row
+_LEVELS_WINDOW = 8192
 
 
 class Unsupported(Exception):
@@ -184,6 +186,125 @@ class FixedListColumn:
         ``group`` in order. Raises :class:`Unsupported` (possibly after some
         parts) at the first page this reader does not handle.
         """
+        rows, d = self.metadata.row_group(group).num_rows, self.d
+        part_rows = max(1, int(part_rows))
+        out = None             # the part being filled, flat float32
+        filled = 0
+        with self._chunk(group) as pages:
+            for first, n, values, _ in pages:
+                k = 0
+                while k < n:
+                    if out is None:
+                        out = np.empty(min(part_rows * d, rows * d - first - k), np.float32)
+                    take = min(n - k, out.size - filled)
+                    out[filled:filled + take] = values[k:k + take]
+                    filled += take
+                    k += take
+                    if filled == out.size:
+                        yield out.reshape(-1, d)
+                        out, filled = None, 0
+
+    def read_rows(self, group, rows):
+        """float32 (len(rows), d): the given rows (sorted, unique, int64) of row
+        group ``group``. Of uncompressed PLAIN pages only the headers, the
+        levels and the wanted rows are read. Raises :class:`Unsupported`.
+        """
+        d = self.d
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((rows.size, d), np.float32)
+        if rows.size == 0:
+            return out
+        last = int(rows[-1])
+        with self._chunk(group, lazy=True) as pages:
+            fd = pages.fd
+            for first, n, values, offset in pages:
+                a, b = np.searchsorted(rows, [first // d, (first + n - 1) // d + 1])
+                for k in range(a, b):
+                    r0 = int(rows[k]) * d
+                    lo, hi = max(r0, first), min(r0 + d, first + n)
+                    if values is not None:
+                        out[k, lo - r0:hi - r0] = values[lo - first:hi - first]
+                    else:
+                        out[k, lo - r0:hi - r0] = _pread(fd, 4 * (hi - lo),
+                                                         offset + 4 * (lo - first)).view("<f4")
+                if first + n >= (last + 1) * d:
+                    break  # the pages after the last wanted row are not needed
+        return out
+
+    def _levels_ok(self, rep_bytes, def_bytes, n, first):
+        for buf, level, repetition in ((rep_bytes, self.max_rep, True),
+                                       (def_bytes, self.max_def, False)):
+            r = fixed_list_levels(buf, 0, buf.size, _bit_width(level), n, first, self.d,
+                                  level, repetition)
+            if r == -1:
+                raise Unsupported("truncated levels")
+            if r < 0:
+                raise Unsupported("a row is null or does not hold d values")
+
+    def _levels_v1(self, raw, n, first, complete):
+        """Check a v1 page's length-prefixed levels at the start of ``raw``; return
+        where its values start. When ``raw`` (not ``complete``) ends first, return
+        minus the number of bytes known to be needed."""
+        p = 0
+        parts = []
+        for _ in range(2):  # repetition then definition levels
+            if p + 4 > raw.size:
+                if complete:
+                    raise Unsupported("levels run past the page")
+                return -(p + 4)
+            length = int(raw[p:p + 4].view("<u4")[0])
+            if p + 4 + length > raw.size:
+                if complete:
+                    raise Unsupported("levels run past the page")
+                return -(p + 4 + length + (4 if not parts else 0))
+            parts.append(raw[p + 4:p + 4 + length])
+            p += 4 + length
+        self._levels_ok(parts[0], parts[1], n, first)
+        return p
+
+    def _page_v1(self, h, fd, at, csize, usize, codec, first, dictionary, lazy):
+        if h is None:
+            raise Unsupported("data page without its header")
+        n, encoding = h.get(1, 0), h.get(2)
+        if h.get(3, _RLE) != _RLE or h.get(4, _RLE) != _RLE:
+            raise Unsupported("levels not RLE-encoded")
+        if lazy and codec is None and encoding == _PLAIN:
+            p = self._levels_v1(_pread(fd, min(csize, _LEVELS_WINDOW), at), n, first, False)
+            while p < 0:  # longer levels: read as much as they are known to need
+                need = min(csize, max(-p, 2 * _LEVELS_WINDOW))
+                p = self._levels_v1(_pread(fd, need, at), n, first, need == csize)
+            if p + 4 * n > csize:
+                raise Unsupported("short PLAIN page")
+            return first, n, None, at + p
+        raw = _decompress(_pread(fd, csize, at), codec, usize)
+        p = self._levels_v1(raw, n, first, True)
+        return first, n, _values(raw[p:], encoding, n, dictionary), 0
+
+    def _page_v2(self, h, fd, at, csize, usize, codec, first, dictionary, lazy):
+        if h is None:
+            raise Unsupported("data page v2 without its header")
+        n, encoding = h.get(1, 0), h.get(4)
+        if h.get(2, 0):
+            raise Unsupported("page holds nulls")
+        dlen, rlen = h.get(5, 0), h.get(6, 0)
+        compressed = codec is not None and h.get(7, True)
+        if rlen + dlen > csize:
+            raise Unsupported("levels run past the page")
+        if lazy and not compressed and encoding == _PLAIN:
+            levels = _pread(fd, rlen + dlen, at)
+            self._levels_ok(levels[:rlen], levels[rlen:], n, first)
+            if rlen + dlen + 4 * n > csize:
+                raise Unsupported("short PLAIN page")
+            return first, n, None, at + rlen + dlen
+        body = _pread(fd, csize, at)
+        self._levels_ok(body[:rlen], body[rlen:rlen + dlen], n, first)
+        data = body[rlen + dlen:]
+        if compressed:
+            data = _decompress(data, codec, usize - rlen - dlen)
+        return first, n, _values(data, encoding, n, dictionary), 0
+
+    def _chunk(self, group, lazy=False):
+        """The pages of row group ``group``'s column chunk (see :class:`_Pages`)."""
         rg = self.metadata.row_group(group)
         cc = rg.column(self.leaf)
         rows, d = rg.num_rows, self.d
@@ -201,116 +322,88 @@ class FixedListColumn:
         start = cc.data_page_offset
         if cc.has_dictionary_page and cc.dictionary_page_offset:
             start = min(start, cc.dictionary_page_offset)
-        end = start + cc.total_compressed_size
-        part_rows = max(1, int(part_rows))
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            yield from self._pages(fd, start, end, rows, part_rows, codec)
-        except (IndexError, struct.error, OSError) as exc:
-            raise Unsupported(f"unreadable page ({type(exc).__name__}: {exc})") from None
-        finally:
-            os.close(fd)
+        return _Pages(self, start, start + cc.total_compressed_size, rows * d, codec, lazy)
 
-    def _pages(self, fd, pos, end, rows, part_rows, codec):
-        d = self.d
-        total = rows * d
-        done = 0               # values of the column chunk copied out
-        out = None             # the part being filled, flat float32
-        filled = 0
+
+class _Pages:
+    """Iterate over the data pages of one column chunk, with the file open.
+
+    Yields ``(first, n, values, offset)``: the page holds values ``first ..
+    first + n - 1`` of the chunk (its levels already checked), decoded in
+    ``values`` float32 (n,), or — lazily, for an uncompressed PLAIN page —
+    ``values`` None and the file ``offset`` where its n float32 values start.
+    Read errors become :class:`Unsupported`.
+    """
+
+    def __init__(self, column, start, end, total, codec, lazy):
+        self.column, self.pos, self.end, self.total = column, start, end, total
+        self.codec, self.lazy = codec, lazy
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.column.path, os.O_RDONLY)
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        os.close(self.fd)
+        if kind is not None and issubclass(kind, (IndexError, ValueError, struct.error,
+                                                  OSError)):
+            raise Unsupported(f"unreadable page ({kind.__name__}: {exc})") from None
+        return False
+
+    def __iter__(self):
+        col, fd, codec = self.column, self.fd, self.codec
+        done = 0               # values of the chunk in the pages so far
         dictionary = None
-        while done < total:
-            if pos >= end:
-                raise Unsupported(f"column chunk ends after {done} of {total} values")
-            window = os.pread(fd, min(_HEADER_WINDOW, end - pos), pos)
-            try:
-                header, hlen = _struct(window, 0)
-            except IndexError:
-                if len(window) >= end - pos:
-                    raise
-                window = os.pread(fd, end - pos, pos)
-                header, hlen = _struct(window, 0)
+        while done < self.total:
+            if self.pos >= self.end:
+                raise Unsupported(f"column chunk ends after {done} of {self.total} values")
+            header, hlen = self._header()
             ptype = header.get(1)
             usize, csize = header.get(2), header.get(3)
-            if usize is None or csize is None or csize < 0 or pos + hlen + csize > end:
+            if usize is None or csize is None or csize < 0 or \
+                    self.pos + hlen + csize > self.end:
                 raise Unsupported("page header without sizes or past the column chunk")
-            body = _pread(fd, csize, pos + hlen)
-            pos += hlen + csize
+            at = self.pos + hlen
+            self.pos = at + csize
             if ptype == _DICTIONARY_PAGE:
-                h = header.get(7, {})
-                if h.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY):
-                    raise Unsupported("dictionary page not PLAIN")
-                raw = _decompress(body, codec, usize)
-                n = h.get(1, 0)
-                if raw.size < 4 * n:
-                    raise Unsupported("short dictionary page")
-                dictionary = np.frombuffer(raw, "<f4", count=n).astype(np.float32)
+                dictionary = _dictionary(header.get(7, {}),
+                                         _decompress(_pread(fd, csize, at), codec, usize))
                 continue
             if ptype == _INDEX_PAGE:
                 continue
             if ptype == _DATA_PAGE:
-                values, n = self._page_v1(header.get(5), body, codec, usize, done, dictionary)
+                page = col._page_v1(header.get(5), fd, at, csize, usize, codec, done,
+                                    dictionary, self.lazy)
             elif ptype == _DATA_PAGE_V2:
-                values, n = self._page_v2(header.get(8), body, codec, usize, done, dictionary)
+                page = col._page_v2(header.get(8), fd, at, csize, usize, codec, done,
+                                    dictionary, self.lazy)
             else:
                 raise Unsupported(f"page type {ptype}")
-            if done + n > total:
+            n = page[1]
+            if done + n > self.total:
                 raise Unsupported("more values than the column chunk declares")
             done += n
-            k = 0
-            while k < n:
-                if out is None:
-                    left = total - (done - n + k)
-                    out = np.empty(min(part_rows * d, left + filled), np.float32)
-                take = min(n - k, out.size - filled)
-                out[filled:filled + take] = values[k:k + take]
-                filled += take
-                k += take
-                if filled == out.size:
-                    yield out.reshape(-1, d)
-                    out, filled = None, 0
+            yield page
 
-    def _levels_ok(self, rep_bytes, def_bytes, n, first):
-        for buf, level, repetition in ((rep_bytes, self.max_rep, True),
-                                       (def_bytes, self.max_def, False)):
-            r = fixed_list_levels(buf, 0, buf.size, _bit_width(level), n, first, self.d,
-                                  level, repetition)
-            if r == -1:
-                raise Unsupported("truncated levels")
-            if r < 0:
-                raise Unsupported("a row is null or does not hold d values")
+    def _header(self):
+        fd, pos, left = self.fd, self.pos, self.end - self.pos
+        window = os.pread(fd, min(_HEADER_WINDOW, left), pos)
+        try:
+            return _struct(window, 0)
+        except IndexError:
+            if len(window) >= left:
+                raise
+            return _struct(os.pread(fd, left, pos), 0)
 
-    def _page_v1(self, h, body, codec, usize, first, dictionary):
-        if h is None:
-            raise Unsupported("data page without its header")
-        n = h.get(1, 0)
-        if h.get(3, _RLE) != _RLE or h.get(4, _RLE) != _RLE:
-            raise Unsupported("levels not RLE-encoded")
-        raw = _decompress(body, codec, usize)
-        p = 0
-        parts = []
-        for _ in range(2):  # repetition then definition levels, each length-prefixed
-            length = int(np.frombuffer(raw, "<u4", count=1, offset=p)[0])
-            if p + 4 + length > raw.size:
-                raise Unsupported("levels run past the page")
-            parts.append(raw[p + 4:p + 4 + length])
-            p += 4 + length
-        self._levels_ok(parts[0], parts[1], n, first)
-        return _values(raw[p:], h.get(2), n, dictionary), n
 
-    def _page_v2(self, h, body, codec, usize, first, dictionary):
-        if h is None:
-            raise Unsupported("data page v2 without its header")
-        n = h.get(1, 0)
-        if h.get(2, 0):
-            raise Unsupported("page holds nulls")
-        dlen, rlen = h.get(5, 0), h.get(6, 0)
-        if rlen + dlen > body.size:
-            raise Unsupported("levels run past the page")
-        self._levels_ok(body[:rlen], body[rlen:rlen + dlen], n, first)
-        data = body[rlen + dlen:]
-        if h.get(7, True):
-            data = _decompress(data, codec, usize - rlen - dlen)
-        return _values(data, h.get(4), n, dictionary), n
+def _dictionary(h, raw):
+    if h.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY):
+        raise Unsupported("dictionary page not PLAIN")
+    n = h.get(1, 0)
+    if raw.size < 4 * n:
+        raise Unsupported("short dictionary page")
+    return np.frombuffer(raw, "<f4", count=n).astype(np.float32)
 
 
 def _values(data, encoding, n, dictionary):

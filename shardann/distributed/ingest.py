@@ -522,9 +522,10 @@ class _Job:
             n = max(1, int(ray.cluster_resources().get("CPU", 1)))
         return n
 
-    def _map(self, key, units, fn, ctx, on_row):
-        """Run ``fn`` over ``units`` (ints) with Ray Data, one unit per task and at
-        most one task per worker CPU; call ``on_row`` with each output row.
+    def _map(self, key, units, fn, ctx, on_row, per_task=1):
+        """Run ``fn`` over ``units`` (ints) with Ray Data, ``per_task`` units per
+        task and at most one task per worker CPU; call ``on_row`` with each
+        output row.
 
         Tasks (not actors) so that worker processes, with shardann imported and
         the kernels loaded, are reused from stage to stage; ``ctx`` is put in
@@ -545,11 +546,11 @@ class _Job:
         if not logger.isEnabledFor(logging.DEBUG):
             quiet.setLevel(logging.ERROR)  # "Starting execution of Dataset ..." and the like
         try:
-            ds = ray.data.from_items([{key: int(u)} for u in units],
-                                     override_num_blocks=len(units))
+            tasks = -(-len(units) // per_task)
+            ds = ray.data.from_items([{key: int(u)} for u in units], override_num_blocks=tasks)
             ds = ds.map_batches(
-                fn, batch_size=1, batch_format="numpy", num_cpus=1,
-                compute=ray.data.TaskPoolStrategy(size=min(self._workers(), len(units))),
+                fn, batch_size=per_task, batch_format="numpy", num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=min(self._workers(), tasks)),
                 fn_kwargs={"ctx": [ray.put(ctx)]})
             rows = ds.iter_rows()
             try:
@@ -662,7 +663,10 @@ class _Job:
                 b = self.plan.blocks[int(row["block"])]
                 bar.update(b.stop - b.start)
 
-            self._map("block", todo, sample_batch, ctx, on_row)
+            # a block's drawn rows take little reading: a few tasks per worker,
+            # not one per block, so Ray's per-task cost does not dominate
+            per_task = max(1, -(-todo.size // (4 * self._workers())))
+            self._map("block", todo, sample_batch, ctx, on_row, per_task=per_task)
         finally:
             bar.close()
         rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, np.int64)

@@ -378,7 +378,7 @@ class IVFPQIndex(IVFIndex):
         return cols
 
     def _payload(self, x, labels):
-        cols = {"codes": self.pq._encode(x - self.centroids[labels])}
+        cols = {"codes": self.pq._encode(x, self.centroids, labels)}
         if self.keep_vectors:
             cols["vectors"] = x.astype(self.keep_vectors, copy=False)
         return cols
