@@ -13,17 +13,27 @@ Stages, each with a progress bar (vectors/s, ETA):
    gets id ``o + r`` (plus the index's ``next_id`` when appending) unless an
    id column is given. The rows are cut into blocks of about ``block_rows``.
 2. **sample**: a uniform random sample of rows (training) and a disjoint
-   one (the recall check), read by Ray Data workers.
+   one (the recall check), read by Ray Data workers, a few tasks per worker.
+   Of uncompressed PLAIN Parquet pages only the page headers, the levels and
+   the drawn rows are read.
 3. **train** on the driver (or take the codebooks of the index being
    appended to, or of ``codebooks=``); the model is ``ray.put`` once.
-4. **encode**: Ray Data ``map_batches`` over the blocks with one actor per
-   CPU; each assigns lists and encodes with the core index's kernels, writes
+4. **encode**: Ray Data ``map_batches`` over the blocks, one task per block
+   and at most one per CPU; each assigns lists and encodes with the core
+   index's kernels, writes
    its rows sorted by list as a run in ``INDEX/_ingest/<job>/`` plus a
    done-marker, and finds the exact top-k of the check queries among its rows.
 5. **merge**: one worker per list range gathers that range from every run
    (memory-mapped) into one store segment, row groups cut at list boundaries.
 6. **commit**: one manifest naming all new segments — the only moment the
    index changes. Then the recall spot check and the summary.
+
+Parquet embedding columns of float32 (``list`` or ``fixed_size_list`` with d
+values in every row) are read by ``_parquet_vectors``, which checks the
+repetition and definition levels run by run and copies the values, about 3x
+faster than Arrow's nested-column reader; a row group it does not handle
+(nulls, rows of other lengths, other encodings or codecs) is read with Arrow,
+which also names the bad rows.
 
 Memory stays bounded: a worker holds one part of at most ``block_rows`` rows
 (encode) or one list range of at most ``merge_bytes`` (merge); the driver

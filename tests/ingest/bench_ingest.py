@@ -224,7 +224,12 @@ def main():
     report["all_runs"] = [{"ingest_wall_s": t[0]["wall"],
                            "encode_s": t[0]["stage_seconds"]["encode"],
                            "peak_rss_sum_gib": t[1].peak_rss / 2**20,
-                           **({"faiss_add_s": t[2]["faiss_add_s"]} if len(t) > 2 else {})}
+                           **({"faiss_add_s": t[2]["faiss_add_s"],
+                               # paired: this ingest run against the FAISS run right after it
+                               "ratio_ingest_vs_faiss_add": t[2]["faiss_add_s"] / t[0]["wall"],
+                               "ratio_encode_stage_vs_faiss_add":
+                                   t[2]["faiss_add_s"] / t[0]["stage_seconds"]["encode"]}
+                              if len(t) > 2 else {})}
                           for t in runs]
     st = res["stage_seconds"]
     report.update({
