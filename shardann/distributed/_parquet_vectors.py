@@ -144,13 +144,19 @@ def _bit_width(max_level):
 def _pread(fd, n, offset):
     """``n`` bytes of the file at ``offset`` as uint8 (n,), read straight into the array."""
     out = np.empty(n, np.uint8)
+    _pread_into(fd, out, offset)
+    return out
+
+
+def _pread_into(fd, out, offset):
+    """Fill the contiguous array ``out`` with the file's bytes from ``offset``."""
+    view = out.reshape(-1).view(np.uint8)
     got = 0
-    while got < n:
-        k = os.preadv(fd, [out[got:]], offset + got)
+    while got < view.size:
+        k = os.preadv(fd, [view[got:]], offset + got)
         if k <= 0:
             raise Unsupported("file ends inside a page")
         got += k
-    return out
 
 
 def _decompress(body, codec, size):
@@ -190,14 +196,18 @@ class FixedListColumn:
         part_rows = max(1, int(part_rows))
         out = None             # the part being filled, flat float32
         filled = 0
-        with self._chunk(group) as pages:
-            for first, n, values, _ in pages:
+        # lazily: an uncompressed PLAIN page's values are read straight into the part
+        with self._chunk(group, lazy=True) as pages:
+            for first, n, values, offset in pages:
                 k = 0
                 while k < n:
                     if out is None:
                         out = np.empty(min(part_rows * d, rows * d - first - k), np.float32)
                     take = min(n - k, out.size - filled)
-                    out[filled:filled + take] = values[k:k + take]
+                    if values is None:
+                        _pread_into(pages.fd, out[filled:filled + take], offset + 4 * k)
+                    else:
+                        out[filled:filled + take] = values[k:k + take]
                     filled += take
                     k += take
                     if filled == out.size:
