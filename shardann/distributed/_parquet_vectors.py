@@ -196,9 +196,15 @@ class FixedListColumn:
         part_rows = max(1, int(part_rows))
         out = None             # the part being filled, flat float32
         filled = 0
+        # A part that ends where a page ends waits for the next page: only that
+        # page's first repetition level says the part's last row has no more values.
+        held = None
         # lazily: an uncompressed PLAIN page's values are read straight into the part
         with self._chunk(group, lazy=True) as pages:
             for first, n, values, offset in pages:
+                if held is not None:
+                    yield held
+                    held = None
                 k = 0
                 while k < n:
                     if out is None:
@@ -211,8 +217,13 @@ class FixedListColumn:
                     filled += take
                     k += take
                     if filled == out.size:
-                        yield out.reshape(-1, d)
+                        if k < n:
+                            yield out.reshape(-1, d)
+                        else:
+                            held = out.reshape(-1, d)
                         out, filled = None, 0
+        if held is not None:  # the chunk ended: every level has been checked
+            yield held
 
     def read_rows(self, group, rows):
         """float32 (len(rows), d): the given rows (sorted, unique, int64) of row
@@ -237,8 +248,10 @@ class FixedListColumn:
                     else:
                         out[k, lo - r0:hi - r0] = _pread(fd, 4 * (hi - lo),
                                                          offset + 4 * (lo - first)).view("<f4")
-                if first + n >= (last + 1) * d:
-                    break  # the pages after the last wanted row are not needed
+                if first + n > (last + 1) * d:
+                    # the level after the last wanted row is checked (a row starts
+                    # there): the pages after this one are not needed
+                    break
         return out
 
     def _levels_ok(self, rep_bytes, def_bytes, n, first):

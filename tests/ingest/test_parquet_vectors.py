@@ -248,3 +248,46 @@ def test_read_block_uses_the_fast_path(tmp_path, monkeypatch):
                         lambda *a, **k: pytest.fail("Arrow read a clean row group"))
     n = sum(p.x.shape[0] for b in plan.blocks for p in read_block(plan, b))
     assert n == 500 and calls == [0, 1, 2]
+
+
+class _FakePages:
+    """Pages of 4-value rows; the page after the given ones fails its level check."""
+
+    fd = None
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        first = 0
+        for n in self.sizes:
+            yield first, n, np.arange(first, first + n, dtype=np.float32), 0
+            first += n
+        raise Unsupported("this page's first repetition level continues the last row")
+
+
+@pytest.mark.parametrize("sizes, yielded", [([8], 0), ([12], 1), ([8, 8], 1)])
+def test_a_part_ending_with_a_page_waits_for_the_next_pages_levels(monkeypatch, sizes,
+                                                                  yielded):
+    # a row that seems whole at the end of a page may go on in the next one: the
+    # part holding it must not be returned before that page's levels are checked
+    class Meta:
+        def row_group(self, g):
+            return type("RowGroup", (), {"num_rows": 8})()
+
+    col = FixedListColumn.__new__(FixedListColumn)
+    col.d, col.metadata = 4, Meta()
+    monkeypatch.setattr(col, "_chunk", lambda g, lazy=False: _FakePages(sizes))
+    got = []
+    with pytest.raises(Unsupported):
+        for part in col.read(0, 2):
+            got.append(part)
+    assert len(got) == yielded
+    for i, part in enumerate(got):
+        np.testing.assert_array_equal(part.reshape(-1), np.arange(8 * i, 8 * i + 8))
