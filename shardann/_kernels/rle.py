@@ -26,33 +26,22 @@ def rle_hybrid_decode(buf, pos, end, width, n, out):
     int, the position after the last run read, or -1 when the stream ends
     before ``n`` values (a truncated or corrupt page).
     """
-    vbytes = (width + 7) // 8
     i = 0
     while i < n:
-        header, pos = _uleb128(buf, pos, end)
+        pos, count, packed_end, v = _run(buf, pos, end, width)
         if pos < 0:
             return -1
-        count = header >> 1
-        if header & 1 == 0:
-            if pos + vbytes > end:
-                return -1
-            v = _rle_value(buf, pos, vbytes)
-            pos += vbytes
-            stop = min(n, i + count)
+        stop = min(n, i + count)
+        if packed_end < 0:
             for j in range(i, stop):
                 out[j] = v
-            i = stop
         else:
-            nbytes = count * width
-            if pos + nbytes > end:
-                return -1
-            stop = min(n, i + count * 8)
             bit = np.int64(pos) * 8
             for j in range(i, stop):
-                out[j] = _unpack(buf, bit, width, pos + nbytes)
+                out[j] = _unpack(buf, bit, width, packed_end)
                 bit += width
-            i = stop
-            pos += nbytes
+            pos = packed_end
+        i = stop
     return pos
 
 
@@ -70,19 +59,13 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
     Returns the position after the levels, -1 for a truncated stream, -2 when
     a level breaks the rule.
     """
-    vbytes = (width + 7) // 8
     phase = first % d  # index of the next value within its row
     i = 0
     while i < n:
-        header, pos = _uleb128(buf, pos, end)
+        pos, count, packed_end, v = _run(buf, pos, end, width)
         if pos < 0:
             return -1
-        count = header >> 1
-        if header & 1 == 0:
-            if pos + vbytes > end:
-                return -1
-            v = _rle_value(buf, pos, vbytes)
-            pos += vbytes
+        if packed_end < 0:
             c = min(n - i, count)
             if not repetition:
                 if v != want:
@@ -98,13 +81,10 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
             phase = (phase + c) % d
             i += c
         else:
-            nbytes = count * width
-            if pos + nbytes > end:
-                return -1
-            stop = min(n, i + count * 8)
+            stop = min(n, i + count)
             bit = np.int64(pos) * 8
             for _ in range(i, stop):
-                v = _unpack(buf, bit, width, pos + nbytes)
+                v = _unpack(buf, bit, width, packed_end)
                 bit += width
                 if repetition:
                     if v != (0 if phase == 0 else 1):
@@ -115,8 +95,31 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
                 elif v != want:
                     return -2
             i = stop
-            pos += nbytes
+            pos = packed_end
     return pos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run(buf, pos, end, width):
+    """The run whose header is at ``buf[pos]``: ``(start, count, packed_end, value)``.
+
+    ``start`` is where its data begins (-1 when the stream ends first) and
+    ``count`` its number of values. An RLE run has ``packed_end`` -1 and its
+    ``value``; a bit-packed run's values lie in ``buf[start:packed_end]``.
+    """
+    none = np.uint32(0)
+    header, pos = _uleb128(buf, pos, end)
+    if pos < 0:
+        return -1, 0, -1, none
+    if header & 1 == 0:
+        vbytes = (width + 7) // 8
+        if pos + vbytes > end:
+            return -1, 0, -1, none
+        return pos + vbytes, header >> 1, -1, _rle_value(buf, pos, vbytes)
+    groups = header >> 1
+    if pos + groups * width > end:
+        return -1, 0, -1, none
+    return pos, groups * 8, pos + groups * width, none
 
 
 @njit(cache=True, nogil=True, inline="always")

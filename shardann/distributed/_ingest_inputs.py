@@ -490,9 +490,11 @@ def _parquet_parts(f, block, plan, rows=None):
     for g in block.row_groups:
         group_rows = pf.metadata.row_group(g).num_rows
         done = 0
-        if rows is not None and not _wanted(rows, pos, group_rows)[0].size:
-            pos += group_rows  # sampling: no row of this group drawn
-            continue
+        if rows is not None:
+            sel, wanted = _wanted(rows, pos, group_rows)
+            if not sel.size:
+                pos += group_rows  # sampling: no row of this group drawn
+                continue
         if fast is not None:
             try:
                 if rows is None:
@@ -500,7 +502,6 @@ def _parquet_parts(f, block, plan, rows=None):
                         yield _fast_part(ids_of, g, pos + done, x, (done, x.shape[0]))
                         done += x.shape[0]
                 else:
-                    sel, wanted = _wanted(rows, pos, group_rows)
                     part = _fast_part(ids_of, g, pos, fast.read_rows(g, sel), sel)
                     part.rows = wanted
                     yield part

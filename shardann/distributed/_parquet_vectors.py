@@ -199,8 +199,8 @@ class FixedListColumn:
         # A part that ends where a page ends waits for the next page: only that
         # page's first repetition level says the part's last row has no more values.
         held = None
-        # lazily: an uncompressed PLAIN page's values are read straight into the part
-        with self._chunk(group, lazy=True) as pages:
+        # an uncompressed PLAIN page's values are read straight into the part
+        with self._chunk(group) as pages:
             for first, n, values, offset in pages:
                 if held is not None:
                     yield held
@@ -236,7 +236,7 @@ class FixedListColumn:
         if rows.size == 0:
             return out
         last = int(rows[-1])
-        with self._chunk(group, lazy=True) as pages:
+        with self._chunk(group) as pages:
             fd = pages.fd
             for first, n, values, offset in pages:
                 a, b = np.searchsorted(rows, [first // d, (first + n - 1) // d + 1])
@@ -285,13 +285,13 @@ class FixedListColumn:
         self._levels_ok(parts[0], parts[1], n, first)
         return p
 
-    def _page_v1(self, h, fd, at, csize, usize, codec, first, dictionary, lazy):
+    def _page_v1(self, h, fd, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page without its header")
         n, encoding = h.get(1, 0), h.get(2)
         if h.get(3, _RLE) != _RLE or h.get(4, _RLE) != _RLE:
             raise Unsupported("levels not RLE-encoded")
-        if lazy and codec is None and encoding == _PLAIN:
+        if codec is None and encoding == _PLAIN:
             p = self._levels_v1(_pread(fd, min(csize, _LEVELS_WINDOW), at), n, first, False)
             while p < 0:  # longer levels: read as much as they are known to need
                 need = min(csize, max(-p, 2 * _LEVELS_WINDOW))
@@ -303,7 +303,7 @@ class FixedListColumn:
         p = self._levels_v1(raw, n, first, True)
         return first, n, _values(raw[p:], encoding, n, dictionary), 0
 
-    def _page_v2(self, h, fd, at, csize, usize, codec, first, dictionary, lazy):
+    def _page_v2(self, h, fd, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page v2 without its header")
         n, encoding = h.get(1, 0), h.get(4)
@@ -313,7 +313,7 @@ class FixedListColumn:
         compressed = codec is not None and h.get(7, True)
         if rlen + dlen > csize:
             raise Unsupported("levels run past the page")
-        if lazy and not compressed and encoding == _PLAIN:
+        if not compressed and encoding == _PLAIN:
             levels = _pread(fd, rlen + dlen, at)
             self._levels_ok(levels[:rlen], levels[rlen:], n, first)
             if rlen + dlen + 4 * n > csize:
@@ -326,7 +326,7 @@ class FixedListColumn:
             data = _decompress(data, codec, usize - rlen - dlen)
         return first, n, _values(data, encoding, n, dictionary), 0
 
-    def _chunk(self, group, lazy=False):
+    def _chunk(self, group):
         """The pages of row group ``group``'s column chunk (see :class:`_Pages`)."""
         rg = self.metadata.row_group(group)
         cc = rg.column(self.leaf)
@@ -345,7 +345,7 @@ class FixedListColumn:
         start = cc.data_page_offset
         if cc.has_dictionary_page and cc.dictionary_page_offset:
             start = min(start, cc.dictionary_page_offset)
-        return _Pages(self, start, start + cc.total_compressed_size, rows * d, codec, lazy)
+        return _Pages(self, start, start + cc.total_compressed_size, rows * d, codec)
 
 
 class _Pages:
@@ -353,14 +353,14 @@ class _Pages:
 
     Yields ``(first, n, values, offset)``: the page holds values ``first ..
     first + n - 1`` of the chunk (its levels already checked), decoded in
-    ``values`` float32 (n,), or — lazily, for an uncompressed PLAIN page —
-    ``values`` None and the file ``offset`` where its n float32 values start.
+    ``values`` float32 (n,), or — for an uncompressed PLAIN page, left on disk
+    — ``values`` None and the file ``offset`` where its n float32 values start.
     Read errors become :class:`Unsupported`.
     """
 
-    def __init__(self, column, start, end, total, codec, lazy):
+    def __init__(self, column, start, end, total, codec):
         self.column, self.pos, self.end, self.total = column, start, end, total
-        self.codec, self.lazy = codec, lazy
+        self.codec = codec
         self.fd = None
 
     def __enter__(self):
@@ -397,10 +397,10 @@ class _Pages:
                 continue
             if ptype == _DATA_PAGE:
                 page = col._page_v1(header.get(5), fd, at, csize, usize, codec, done,
-                                    dictionary, self.lazy)
+                                    dictionary)
             elif ptype == _DATA_PAGE_V2:
                 page = col._page_v2(header.get(8), fd, at, csize, usize, codec, done,
-                                    dictionary, self.lazy)
+                                    dictionary)
             else:
                 raise Unsupported(f"page type {ptype}")
             n = page[1]
