@@ -25,9 +25,17 @@ import numpy as np
 import pyarrow as pa
 
 from .._kernels.rle import fixed_list_levels, rle_hybrid_decode
+from .._parquet_pages import (
+    DATA_PAGE,
+    DATA_PAGE_V2,
+    DICTIONARY_PAGE,
+    INDEX_PAGE,
+    body_size,
+    chunk_range,
+    read_struct,
+)
 
-# page types and encodings of parquet.thrift
-_DATA_PAGE, _INDEX_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 1, 2, 3
+# value encodings of parquet.thrift
 _PLAIN, _PLAIN_DICTIONARY, _RLE, _RLE_DICTIONARY, _BYTE_STREAM_SPLIT = 0, 2, 3, 8, 9
 _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd",
            "LZ4_RAW": "lz4_raw"}
@@ -39,87 +47,6 @@ _LEVELS_WINDOW = 8192
 
 class Unsupported(Exception):
     """This column chunk is not a plain run of d-value rows: read it with Arrow."""
-
-
-# -- Thrift compact protocol (just enough for page headers) ----------------------------------
-def _varint(buf, pos):
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise Unsupported("malformed varint in a page header")
-
-
-def _zigzag(v):
-    return (v >> 1) ^ -(v & 1)
-
-
-def _value(buf, pos, t):
-    if t in (1, 2):  # booleans carry their value in the type
-        return t == 1, pos
-    if t == 3:
-        return buf[pos], pos + 1
-    if t in (4, 5, 6):
-        v, pos = _varint(buf, pos)
-        return _zigzag(v), pos
-    if t == 7:
-        return struct.unpack_from("<d", buf, pos)[0], pos + 8
-    if t == 8:
-        n, pos = _varint(buf, pos)
-        if pos + n > len(buf):
-            raise IndexError("binary field runs past the buffer")
-        return bytes(buf[pos:pos + n]), pos + n
-    if t in (9, 10):
-        head = buf[pos]
-        pos += 1
-        size, et = head >> 4, head & 0x0F
-        if size == 15:
-            size, pos = _varint(buf, pos)
-        items = []
-        for _ in range(size):
-            if et in (1, 2):
-                items.append(buf[pos] == 1)
-                pos += 1
-            else:
-                v, pos = _value(buf, pos, et)
-                items.append(v)
-        return items, pos
-    if t == 11:
-        size, pos = _varint(buf, pos)
-        out = {}
-        if size:
-            kv = buf[pos]
-            pos += 1
-            for _ in range(size):
-                k, pos = _value(buf, pos, kv >> 4)
-                out[k], pos = _value(buf, pos, kv & 0x0F)
-        return out, pos
-    if t == 12:
-        return _struct(buf, pos)
-    raise Unsupported(f"unknown Thrift type {t} in a page header")
-
-
-def _struct(buf, pos):
-    """A compact-protocol struct at ``buf[pos]``: ``({field id: value}, end)``."""
-    fields, last = {}, 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        if b == 0:
-            return fields, pos
-        delta, t = b >> 4, b & 0x0F
-        if delta:
-            fid = last + delta
-        else:
-            v, pos = _varint(buf, pos)
-            fid = _zigzag(v)
-        fields[fid], pos = _value(buf, pos, t)
-        last = fid
 
 
 # -- the column --------------------------------------------------------------------------------
@@ -342,10 +269,7 @@ class FixedListColumn:
             codec = _CODECS.get(cc.compression)
             if codec is None or not pa.Codec.is_available(codec):
                 raise Unsupported(f"codec {cc.compression}")
-        start = cc.data_page_offset
-        if cc.has_dictionary_page and cc.dictionary_page_offset:
-            start = min(start, cc.dictionary_page_offset)
-        return _Pages(self, start, start + cc.total_compressed_size, rows * d, codec)
+        return _Pages(self, *chunk_range(cc), rows * d, codec)
 
 
 class _Pages:
@@ -382,23 +306,20 @@ class _Pages:
             if self.pos >= self.end:
                 raise Unsupported(f"column chunk ends after {done} of {self.total} values")
             header, hlen = self._header()
-            ptype = header.get(1)
-            usize, csize = header.get(2), header.get(3)
-            if usize is None or csize is None or csize < 0 or \
-                    self.pos + hlen + csize > self.end:
-                raise Unsupported("page header without sizes or past the column chunk")
+            ptype, usize = header.get(1), header.get(2)
             at = self.pos + hlen
+            csize = body_size(header, at, self.end)
             self.pos = at + csize
-            if ptype == _DICTIONARY_PAGE:
+            if ptype == DICTIONARY_PAGE:
                 dictionary = _dictionary(header.get(7, {}),
                                          _decompress(_pread(fd, csize, at), codec, usize))
                 continue
-            if ptype == _INDEX_PAGE:
+            if ptype == INDEX_PAGE:
                 continue
-            if ptype == _DATA_PAGE:
+            if ptype == DATA_PAGE:
                 page = col._page_v1(header.get(5), fd, at, csize, usize, codec, done,
                                     dictionary)
-            elif ptype == _DATA_PAGE_V2:
+            elif ptype == DATA_PAGE_V2:
                 page = col._page_v2(header.get(8), fd, at, csize, usize, codec, done,
                                     dictionary)
             else:
@@ -413,11 +334,11 @@ class _Pages:
         fd, pos, left = self.fd, self.pos, self.end - self.pos
         window = os.pread(fd, min(_HEADER_WINDOW, left), pos)
         try:
-            return _struct(window, 0)
+            return read_struct(window, 0)
         except IndexError:
             if len(window) >= left:
                 raise
-            return _struct(os.pread(fd, left, pos), 0)
+            return read_struct(os.pread(fd, left, pos), 0)
 
 
 def _dictionary(h, raw):

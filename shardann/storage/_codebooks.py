@@ -45,10 +45,15 @@ def encode(arrays, kind, config, format_version):
     return sink.getvalue().to_pybytes()
 
 
-def decode(data, path):
-    """``(arrays, meta)`` from codebooks bytes already checked against the manifest."""
+def decode(data, path, *, checked=False):
+    """``(arrays, meta)`` from a codebooks file's bytes.
+
+    ``checked``: the whole file's CRC-32 already matched the manifest, so the
+    page checksums are not checked again.
+    """
     try:
-        table = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True).read()
+        table = pq.ParquetFile(pa.BufferReader(data),
+                               page_checksum_verification=not checked).read(use_threads=False)
         meta = json.loads(table.schema.metadata[META_KEY])
     except Exception as exc:
         raise CorruptIndexError(f"{path}: unreadable codebooks file ({exc})") from exc

@@ -9,6 +9,11 @@ import zlib
 
 from ..errors import CorruptIndexError
 
+try:  # ISA-L's CRC-32 runs at ~10 GB/s here, zlib's at 1.5-3 GB/s; same values
+    from isal.isal_zlib import crc32 as fast_crc32
+except ImportError:  # pragma: no cover - isal is a declared dependency
+    fast_crc32 = zlib.crc32
+
 
 def fsync_dir(path):
     """Make the directory entries under ``path`` durable (no-op where unsupported)."""
@@ -45,7 +50,7 @@ class ChecksumWriter:
     def write(self, data):
         mv = memoryview(data).cast("B")
         self._f.write(mv)
-        self.crc = zlib.crc32(mv, self.crc)
+        self.crc = fast_crc32(mv, self.crc)
         self.size += len(mv)
         self._tail += mv[-self._TAIL:]
         if len(self._tail) > 2 * self._TAIL:
@@ -99,7 +104,7 @@ def write_bytes(path, data):
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    return len(data), zlib.crc32(data)
+    return len(data), fast_crc32(data)
 
 
 def read_checked(path, size, crc32, what="file"):
@@ -115,7 +120,7 @@ def read_checked(path, size, crc32, what="file"):
         raise CorruptIndexError(
             f"{path}: {what} has {len(data)} bytes but the manifest says {size} "
             "(truncated or replaced)")
-    got = zlib.crc32(data)
+    got = fast_crc32(data)
     if got != crc32:
         raise CorruptIndexError(
             f"{path}: {what} checksum mismatch (crc32 {got:08x}, manifest {crc32:08x})")
@@ -130,7 +135,7 @@ def file_crc32(path, chunk=1 << 22):
             block = f.read(chunk)
             if not block:
                 break
-            crc = zlib.crc32(block, crc)
+            crc = fast_crc32(block, crc)
             size += len(block)
     return size, crc
 

@@ -2,13 +2,15 @@
 
 Rows are sorted by (list_id, id); row groups are cut at list boundaries so a
 shard reads only the row groups of the lists it owns. Pages carry CRC-32
-checksums, verified on every read; the footer's CRC-32 is in the manifest and
-checked before a segment is first read.
+checksums, verified on every read (by :mod:`._page_crc`, before Arrow decodes
+them); the footer's CRC-32 is in the manifest and checked before a segment is
+first read.
 """
 
 import json
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,7 @@ from ..errors import CorruptIndexError
 from ._crash import crash_point
 from ._files import ChecksumWriter
 from ._manifest import check_format_version
+from ._page_crc import check_page_crcs
 
 META_KEY = b"shardann"
 FILE_FORMAT = "shardann-segment"
@@ -26,10 +29,10 @@ FILE_FORMAT = "shardann-segment"
 TO_FILE = {"codes": "code", "vectors": "vector"}
 TO_INDEX = {v: k for k, v in TO_FILE.items()}
 ROW_GROUP_ROWS = 65536
-#: memory-map segment files when reading (sizes are checked first)
-MEMORY_MAP = True
 #: a filtered read decodes at most about this many payload bytes at a time
 READ_BATCH_BYTES = 16 << 20
+#: reads of at least this many bytes check page CRCs while Arrow decodes
+PARALLEL_CHECK_BYTES = 4 << 20
 
 
 def column_spec(columns):
@@ -167,6 +170,7 @@ class SegmentFile:
         self.spec = spec
         self.check_pages = check_pages
         self._pf = None
+        self._map = None  # the whole file, memory-mapped
 
     def _open(self):
         if self._pf is not None:
@@ -194,8 +198,10 @@ class SegmentFile:
             raise CorruptIndexError(
                 f"{self.path}: Parquet footer does not match its checksum in the manifest")
         try:
-            pf = pq.ParquetFile(self.path, page_checksum_verification=self.check_pages,
-                                memory_map=MEMORY_MAP)
+            # one mapping serves Arrow and the page checks, so each page is faulted in once
+            with pa.memory_map(self.path) as f:
+                self._map = f.read_buffer()
+            pf = pq.ParquetFile(pa.BufferReader(self._map))
             meta = json.loads(pf.schema_arrow.metadata[META_KEY])
         except Exception as exc:
             raise CorruptIndexError(f"{self.path}: unreadable segment ({exc})") from exc
@@ -251,6 +257,38 @@ class SegmentFile:
             raise ValueError(f"keep has {keep.size} entries for {pos_in} rows")
         return out
 
+    def _decode(self, pf, row_groups, columns):
+        """Arrow table of the columns of the row groups, page checksums checked.
+
+        For reads of ``PARALLEL_CHECK_BYTES`` or more, Arrow decodes in a
+        thread (it releases the GIL) while this one checks the CRCs, so the
+        check costs little wall time; a mismatch is reported even when Arrow
+        also failed. Smaller reads check first, then decode. The columns are flat and required, so
+        damaged page bodies decode to wrong values or an error, never a crash.
+        """
+        def decode():
+            try:
+                return pf.read_row_groups(row_groups, columns=columns, use_threads=True)
+            except Exception as exc:
+                raise CorruptIndexError(
+                    f"{self.path}: corrupt segment data ({exc})") from exc
+
+        if not self.check_pages:
+            return decode()
+        # the schema is flat: a column's position is its Parquet leaf index
+        names = pf.schema_arrow.names
+        leaves = [names.index(c) for c in columns]
+        md = pf.metadata
+        nbytes = sum(md.row_group(g).column(c).total_compressed_size
+                     for g in row_groups for c in leaves)
+        if nbytes < PARALLEL_CHECK_BYTES:
+            check_page_crcs(self.path, self._map, md, row_groups, leaves)
+            return decode()
+        with ThreadPoolExecutor(1, thread_name_prefix="shardann-decode") as pool:
+            table = pool.submit(decode)
+            check_page_crcs(self.path, self._map, md, row_groups, leaves)
+            return table.result()
+
     def read(self, row_groups=None, columns=None):
         """{"list_id", "id", "codes", "vectors"}: NumPy arrays of the given row groups.
 
@@ -264,10 +302,7 @@ class SegmentFile:
         if columns is None:
             columns = ["list_id", "id"] + [c for c in ("code", "vector") if c in self.spec]
         want = sum(self.entry["row_groups"][i]["rows"] for i in row_groups)
-        try:
-            table = pf.read_row_groups(row_groups, columns=columns, use_threads=True)
-        except Exception as exc:
-            raise CorruptIndexError(f"{self.path}: corrupt segment data ({exc})") from exc
+        table = self._decode(pf, row_groups, columns)
         if table.num_rows != want:
             raise CorruptIndexError(
                 f"{self.path}: read {table.num_rows} rows; the manifest says {want}")

@@ -111,18 +111,25 @@ def main():
     print(f"on disk: segments {seg / n:.3f} B/vector, whole index {total / n:.3f} B/vector "
           f"(code {cs} + id 8 = {cs + 8}; budget {1.05 * (cs + 8):.2f})")
     env = dict(os.environ)
-    for mode in args.modes.split(","):
-        runs = []
-        for _ in range(args.runs):
+    modes = args.modes.split(",")
+    results = {mode: [] for mode in modes}
+    # modes take turns, so that the machine's load changes hit each of them alike
+    for _ in range(args.runs):
+        for mode in modes:
             extra = [os.path.join(args.dir, "queries.npy")] if mode == "index" else []
             p = subprocess.run([sys.executable, "-c", CHILD, path, mode, *extra],
                                capture_output=True, text=True, env=env, timeout=600)
             if p.returncode:
                 raise SystemExit(p.stderr)
-            runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+            results[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
+    for mode in modes:
+        runs = results[mode]
         if mode.startswith("store"):
             best = min(runs, key=lambda r: r["total_s"])
             med = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]
+            print(f"  {mode} GB/s of codes, all runs: " + " ".join(
+                f"{r['code_bytes'] / r['total_s'] / 1e9:.2f}"
+                for r in sorted(runs, key=lambda r: r["total_s"])))
             for label, r in (("best", best), ("median", med)):
                 what = "check_pages=False" if mode == "store-fast" else "page CRCs on"
                 print(f"IndexStore.open + read_lists() ({what}) [{label} of {len(runs)}]: open "

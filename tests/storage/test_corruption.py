@@ -242,8 +242,10 @@ FUZZ = textwrap.dedent("""
     import os, shutil, sys
     import numpy as np
     import shardann
-    from shardann.storage import IndexStore
+    from shardann.storage import IndexStore, _segments
     src, work, rel = sys.argv[1], sys.argv[2], sys.argv[3]
+    if sys.argv[4] == "parallel":  # decode while the page CRCs are checked, as large reads do
+        _segments.PARALLEL_CHECK_BYTES = 0
     store = IndexStore.open(src)
     want = store.read_lists()
     size = os.path.getsize(os.path.join(src, rel))
@@ -286,11 +288,12 @@ FUZZ = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("which", ["S2", "T2", "CB"])
-def test_fuzzed_bytes_never_crash_or_hang(tmp_path, pristine, which):
+@pytest.mark.parametrize("which,mode", [("S2", "serial"), ("S2", "parallel"),
+                                        ("T2", "serial"), ("CB", "serial")])
+def test_fuzzed_bytes_never_crash_or_hang(tmp_path, pristine, which, mode):
     """Flip bytes all over a file, in a child process (a segfault would show as a signal)."""
     proc = subprocess.run([sys.executable, "-c", FUZZ, str(pristine["path"]),
-                           str(tmp_path / "w"), pristine[which]],
+                           str(tmp_path / "w"), pristine[which], mode],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-300:], proc.stderr[-3000:])
     last = proc.stdout.strip().splitlines()[-1].split()
