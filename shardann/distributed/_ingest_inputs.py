@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._kernels.checks import finite_rows
+from .._parquet_pages import chunk_range
 from .._validation import MAX_ID
 from ._parquet_vectors import FixedListColumn, Unsupported, embedding_leaf
 
@@ -584,6 +585,45 @@ def _array_parts(f, block, plan, rows=None):
         if rows is not None:
             part.rows = sel
         yield part
+
+
+def _byte_ranges(plan, block):
+    """``[(start, end), ...]``: the bytes of its file that a block's rows are read
+    from (for Parquet, the column chunks of the embedding and id columns only)."""
+    f = plan.files[block.file]
+    if f.kind == "parquet":
+        md = pq.ParquetFile(f.path).metadata
+        wanted = {plan.column, plan.id_column}
+        leaves = [i for i in range(md.num_columns)
+                  if md.schema.column(i).path.split(".")[0] in wanted]
+        return [chunk_range(md.row_group(g).column(c))
+                for g in block.row_groups for c in leaves]
+    if f.kind == "npy":
+        mm = np.load(f.path, mmap_mode="r")
+        base, row_bytes = mm.offset, mm.strides[0]
+    else:  # a .*vecs row is its length then its values
+        base, row_bytes = 0, 4 + plan.d * VECS_EXTS[f.kind][1]
+    return [(base + block.start * row_bytes, base + block.stop * row_bytes)]
+
+
+def prefetch_block(plan, block):
+    """Ask the kernel to start reading a block's bytes into the page cache, so
+    that the disk works while the CPU encodes (the read itself still checks
+    everything). Never raises: a file that cannot be read is reported by the
+    read."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        ranges = _byte_ranges(plan, block)
+        fd = os.open(plan.files[block.file].path, os.O_RDONLY)
+        try:
+            for start, end in ranges:
+                if end > start:
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except Exception as exc:  # only a hint: the read reports what is wrong
+        logger.debug("prefetch of block %s skipped: %s", block, exc)
 
 
 def read_block(plan, block, rows=None):

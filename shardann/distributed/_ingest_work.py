@@ -36,7 +36,7 @@ from ..results import merge_results
 from ..storage._files import fsync_dir
 from ..storage._manifest import FORMAT_VERSION
 from ..storage._segments import write_segment
-from ._ingest_inputs import InputError, read_block
+from ._ingest_inputs import InputError, prefetch_block, read_block
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ RANGES_DIR = "ranges"
 SEGMENT_PREFIX = "ingest-"
 #: bad rows named in a block's report (the count is always exact)
 MAX_EXAMPLES = 10
+#: blocks after the one being encoded whose bytes are asked from disk ahead of time
+PREFETCH_BLOCKS = 2
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -271,6 +273,10 @@ def encode_block(ctx, model, b):
             "seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}, "pid": os.getpid()}
     secs = meta["seconds"]
     skip = ctx["skip_bad_rows"]
+    # this block's bytes and the next ones' (likely this worker's next tasks)
+    # start coming from disk while this one is encoded
+    for ahead in plan.blocks[b:b + 1 + PREFETCH_BLOCKS]:
+        prefetch_block(plan, ahead)
     reader = read_block(plan, block)
     j = 0
     while True:

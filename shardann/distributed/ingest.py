@@ -15,7 +15,8 @@ Stages, each with a progress bar (vectors/s, ETA):
 2. **sample**: a uniform random sample of rows (training) and a disjoint
    one (the recall check), read by Ray Data workers, a few tasks per worker.
    Of uncompressed PLAIN Parquet pages only the page headers, the levels and
-   the drawn rows are read.
+   the drawn rows are read, with the kernel's readahead off for those reads
+   (else each one pulls megabytes in and the whole input comes off disk).
 3. **train** on the driver (or take the codebooks of the index being
    appended to, or of ``codebooks=``); the model is ``ray.put`` once.
 4. **encode**: Ray Data ``map_batches`` over the blocks, one task per block
@@ -23,6 +24,8 @@ Stages, each with a progress bar (vectors/s, ETA):
    index's kernels, writes
    its rows sorted by list as a run in ``INDEX/_ingest/<job>/`` plus a
    done-marker, and finds the exact top-k of the check queries among its rows.
+   It first asks the kernel for the bytes of its block and of the next two
+   (``posix_fadvise(WILLNEED)``), so that the disk reads while the CPU encodes.
 5. **merge**: one worker per list range gathers that range from every run
    (memory-mapped) into one store segment, row groups cut at list boundaries.
 6. **commit**: one manifest naming all new segments — the only moment the

@@ -94,6 +94,23 @@ def write_data(directory, n, d, files, chunk=250_000):
                 w.write_table(pa.table({"embedding": col}), row_group_size=rg)
 
 
+def set_cache(directory, how):
+    """Evict the files of ``directory`` from the page cache ("cold") or read them
+    into it ("warm")."""
+    if how == "as-is":
+        return
+    for name in sorted(os.listdir(directory)):
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        try:
+            if how == "cold":
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.read(fd, 16 << 20):
+                    pass
+        finally:
+            os.close(fd)
+
+
 # -- memory of a process tree --------------------------------------------------------------
 def _children():
     kids = {}
@@ -188,6 +205,10 @@ def main():
     p.add_argument("--work", default="/tmp/shardann-ingest-bench")
     p.add_argument("--skip-faiss", action="store_true")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--cache", choices=("cold", "warm", "as-is"), default="cold",
+                   help="input files before each ingest run: evicted from the page cache "
+                        "(cold: read from disk, as inputs larger than memory are), read once "
+                        "(warm), or left as they are")
     p.add_argument("--repeat", type=int, default=1,
                    help="ingest and FAISS runs, alternated; the median is reported")
     a = p.parse_args()
@@ -200,12 +221,13 @@ def main():
     index = os.path.join(a.work, f"index-{a.n}x{a.d}-{int(time.time())}")
     args = {"data": data, "index": index, "nlist": a.nlist, "M": a.M, "niter": a.niter,
             "sample": sample, "cpus": a.cpus, "progress": a.progress}
-    report = {"n": a.n, "d": a.d, "nlist": a.nlist, "M": a.M, "cpus": a.cpus,
+    report = {"n": a.n, "d": a.d, "nlist": a.nlist, "M": a.M, "cpus": a.cpus, "cache": a.cache,
               "parquet_bytes": sum(os.path.getsize(os.path.join(data, f))
                                    for f in os.listdir(data))}
     runs = []
     for r in range(a.repeat):
         args["index"] = f"{index}-{r}"
+        set_cache(data, a.cache)
         res, mem = run_child(INGEST_CHILD, args, sample=True)
         runs.append((res, mem))
         shutil.rmtree(args["index"], ignore_errors=True)

@@ -26,3 +26,53 @@ def test_a_row_group_larger_than_a_block_is_its_own_block(tmp_path):
     plan = plan_inputs(str(tmp_path), block_rows=1_000)
     assert [(b.start, b.stop) for b in plan.blocks] == [(0, 2_500), (2_500, 3_000)]
     assert np.all([len(b.row_groups) == 1 for b in plan.blocks])
+
+
+def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch):
+    """prefetch_block hints the kernel with each block's bytes (Parquet: the column
+    chunks of its row groups' embedding and id columns, not the others; .npy/.fvecs:
+    its rows) and never raises."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shardann._parquet_pages import chunk_range
+    from shardann.bench.datasets import write_fvecs
+    from shardann.distributed import _ingest_inputs
+
+    x = data(3_000, 8, seed=1)
+    table = pa.table({"note": pa.array(["x" * 50] * 2_000),
+                      "embedding": pa.FixedSizeListArray.from_arrays(
+                          pa.array(x[:2_000].reshape(-1)), 8),
+                      "key": pa.array(np.arange(2_000, dtype=np.int64))})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=300)
+    np.save(tmp_path / "b.npy", x[2_000:2_500])
+    write_fvecs(tmp_path / "c.fvecs", x[2_500:])
+    plan = plan_inputs([str(tmp_path / n) for n in ("a.parquet", "b.npy", "c.fvecs")],
+                       id_column=None, block_rows=400)
+    hints = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: hints.append(
+        (plan_path(fd), off, n, advice)))
+
+    def plan_path(fd):
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    want = []
+    for block in plan.blocks:
+        f = plan.files[block.file]
+        if f.kind == "parquet":
+            md = pq.ParquetFile(f.path).metadata
+            want += [(f.path, a, b - a) for g in block.row_groups
+                     for a, b in [chunk_range(md.row_group(g).column(1))]]
+        elif f.kind == "npy":
+            header = os.path.getsize(f.path) - 500 * 8 * 4
+            want.append((f.path, header + block.start * 32, (block.stop - block.start) * 32))
+        else:
+            want.append((f.path, block.start * 36, (block.stop - block.start) * 36))
+        _ingest_inputs.prefetch_block(plan, block)
+    assert [h[:3] for h in hints] == want
+    assert {h[3] for h in hints} == {os.POSIX_FADV_WILLNEED}
+    gone = plan.blocks[0]
+    os.remove(plan.files[gone.file].path)
+    _ingest_inputs.prefetch_block(plan, gone)  # the read reports a missing file, not this
