@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._parquet_pages import DATA_PAGE, DATA_PAGE_V2, chunk_range, iter_pages
 from ..errors import CorruptIndexError
 from ._manifest import check_format_version
 
@@ -49,27 +50,43 @@ def decode(data, path, *, checked=False):
     """``(arrays, meta)`` from a codebooks file's bytes.
 
     ``checked``: the whole file's CRC-32 already matched the manifest, so the
-    page checksums are not checked again.
+    page checksums are not checked again, and the values are taken straight
+    from their pages when the file has the layout this module writes (Arrow's
+    nested-list decoder took 2.5-5 ms of every open for a 650 KB file).
     """
     try:
-        table = pq.ParquetFile(pa.BufferReader(data),
-                               page_checksum_verification=not checked).read(use_threads=False)
-        meta = json.loads(table.schema.metadata[META_KEY])
+        pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=not checked)
+        meta = json.loads(pf.schema_arrow.metadata[META_KEY])
+        flat = None
+        if (checked and isinstance(meta.get("arrays"), dict)
+                and pf.metadata.num_rows == len(meta["arrays"])):
+            # the rows are the arrays of meta["arrays"], in name order (see encode)
+            flat = _plain_values(data, pf.metadata)
+        table = None if flat is not None else pf.read(use_threads=False)
     except Exception as exc:
         raise CorruptIndexError(f"{path}: unreadable codebooks file ({exc})") from exc
     if meta.get("format") != FILE_FORMAT:
         raise CorruptIndexError(f"{path}: not a shardann codebooks file")
     check_format_version(meta.get("format_version"), path)
     try:
-        names = table.column("name").to_pylist()
-        shapes = table.column("shape").to_pylist()
-        col = table.column("values").combine_chunks()
-        # buffer views: Array.to_numpy() would import pandas (a second at startup)
-        offsets = np.frombuffer(col.buffers()[1], np.int64, count=len(col) + 1,
-                                offset=col.offset * 8)
-        values = col.values
-        flat = np.frombuffer(values.buffers()[1], np.float32, count=len(values),
-                             offset=values.offset * 4)
+        if table is None:
+            names = sorted(meta["arrays"])
+            shapes = [list(meta["arrays"][name]) for name in names]
+        else:
+            names = table.column("name").to_pylist()
+            shapes = table.column("shape").to_pylist()
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        if table is None and flat.size != offsets[-1]:
+            raise ValueError(f"{flat.size} values for arrays of {int(offsets[-1])}")
+        if table is not None:
+            col = table.column("values").combine_chunks()
+            # buffer views: Array.to_numpy() would import pandas (a second at startup)
+            offsets = np.frombuffer(col.buffers()[1], np.int64, count=len(col) + 1,
+                                    offset=col.offset * 8)
+            values = col.values
+            flat = np.frombuffer(values.buffers()[1], np.float32, count=len(values),
+                                 offset=values.offset * 4)
         arrays = {}
         for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
             arr = flat[offsets[i]:offsets[i + 1]].reshape(shape)
@@ -77,3 +94,45 @@ def decode(data, path, *, checked=False):
     except Exception as exc:
         raise CorruptIndexError(f"{path}: malformed codebooks file ({exc})") from exc
     return arrays, meta
+
+
+def _plain_values(data, metadata):
+    """float32 (n,): every value of the ``values`` column, taken from its pages;
+    None unless they are uncompressed PLAIN data pages (v1 or v2).
+
+    Only for bytes whose CRC matched the manifest: those are the bytes this
+    module wrote, so the list levels (rows never empty, nothing null) are not
+    decoded; the caller checks the count against the shapes.
+    """
+    leaf = [i for i in range(metadata.num_columns)
+            if metadata.schema.column(i).path.split(".")[0] == "values"]
+    if len(leaf) != 1 or metadata.schema.column(leaf[0]).physical_type != "FLOAT":
+        return None
+    buf = memoryview(data).cast("B")
+    parts = []
+    for g in range(metadata.num_row_groups):
+        cc = metadata.row_group(g).column(leaf[0])
+        if cc.compression != "UNCOMPRESSED":
+            return None
+        start, end = chunk_range(cc)
+        for header, at, size in iter_pages(buf, start, end):
+            kind = header.get(1)
+            if kind == DATA_PAGE:
+                h = header.get(5, {})
+                if h.get(2) != 0:  # encoding: PLAIN
+                    return None
+                p = at
+                for _ in range(2):  # length-prefixed repetition, then definition levels
+                    p += 4 + int.from_bytes(buf[p:p + 4], "little")
+            elif kind == DATA_PAGE_V2:
+                h = header.get(8, {})
+                if h.get(4) != 0 or h.get(2, 0):  # PLAIN, no nulls
+                    return None
+                p = at + h.get(5, 0) + h.get(6, 0)
+            else:
+                return None
+            n = h.get(1, 0)
+            if p + 4 * n > at + size:
+                return None
+            parts.append(np.frombuffer(data, "<f4", count=n, offset=p))
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -107,3 +107,30 @@ def test_checks_while_arrow_decodes(tmp_path, make_index, monkeypatch, column):
     flip_byte(seg, offset)
     with pytest.raises(shardann.CorruptIndexError, match=f"column {column}: .*fails"):
         IndexStore.open(path).read_lists()
+
+
+@pytest.mark.parametrize("kind,opq", [("ivfpq", True), ("ivfpq", False), ("ivfflat", False)])
+@pytest.mark.parametrize("layout", [
+    {}, {"data_page_version": "2.0"}, {"data_page_size": 4096},
+    {"compression": "zstd"}, {"use_dictionary": True}])
+def test_codebooks_read_from_their_pages_equal_arrows_decode(make_index, kind, opq, layout):
+    """A CRC-checked codebooks file has its values taken from the PLAIN pages; other
+    layouts (compressed, dictionary) go through Arrow; both give the same arrays."""
+    from shardann.storage import _codebooks
+
+    index = make_index(kind, opq=opq) if kind == "ivfpq" else make_index(kind)
+    data = _codebooks.encode(index._trained_arrays(), index.kind, index.get_config(), 1)
+    table = pq.read_table(pa.BufferReader(data))
+    sink = pa.BufferOutputStream()
+    kw = {"compression": "none", "use_dictionary": False, **layout}
+    pq.write_table(table, sink, write_page_checksum=True, **kw)
+    data = sink.getvalue().to_pybytes()
+    plain = _codebooks._plain_values(data, pq.ParquetFile(pa.BufferReader(data)).metadata)
+    assert (plain is None) == ("compression" in layout or "use_dictionary" in layout)
+    fast, meta = _codebooks.decode(data, "cb", checked=True)
+    slow, meta2 = _codebooks.decode(data, "cb", checked=False)
+    assert meta == meta2 and sorted(fast) == sorted(index._trained_arrays())
+    for name, arr in slow.items():
+        assert fast[name].dtype == np.float32 and fast[name].flags.writeable
+        np.testing.assert_array_equal(fast[name], arr)
+        np.testing.assert_array_equal(fast[name], index._trained_arrays()[name])
