@@ -4,9 +4,8 @@ Arrow can verify page checksums as it decodes, but its CRC runs at about
 2 GB/s here and doubled the time to load lists. This walks the page headers of
 the wanted column chunks in the file's memory map and checks each page
 body with ISA-L's CRC-32 (about 10 GB/s); ``SegmentFile`` runs it before or
-while Arrow decodes the same bytes.
-Segments are always written with page checksums, so a data or dictionary page
-without one is damage too.
+while Arrow decodes the same bytes. Segments are always written with page
+checksums, so a data or dictionary page without one is damage too.
 """
 
 from .._parquet_pages import (

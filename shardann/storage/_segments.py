@@ -2,9 +2,9 @@
 
 Rows are sorted by (list_id, id); row groups are cut at list boundaries so a
 shard reads only the row groups of the lists it owns. Pages carry CRC-32
-checksums, verified on every read (by :mod:`._page_crc`, before Arrow decodes
-them); the footer's CRC-32 is in the manifest and checked before a segment is
-first read.
+checksums, verified on every read (by :mod:`._page_crc`, before or while Arrow
+decodes them); the footer's CRC-32 is in the manifest and checked before a
+segment is first read.
 """
 
 import json
@@ -263,8 +263,9 @@ class SegmentFile:
         For reads of ``PARALLEL_CHECK_BYTES`` or more, Arrow decodes in a
         thread (it releases the GIL) while this one checks the CRCs, so the
         check costs little wall time; a mismatch is reported even when Arrow
-        also failed. Smaller reads check first, then decode. The columns are flat and required, so
-        damaged page bodies decode to wrong values or an error, never a crash.
+        also failed. Smaller reads check first, then decode. The columns are
+        flat and required, so damaged page bodies decode to wrong values or an
+        error, never a crash.
         """
         def decode():
             try:
