@@ -62,6 +62,9 @@ def decode(data, path, *, checked=False):
                 and pf.metadata.num_rows == len(meta["arrays"])):
             # the rows are the arrays of meta["arrays"], in name order (see encode)
             flat = _plain_values(data, pf.metadata)
+            total = sum(int(np.prod(shape, dtype=np.int64)) for shape in meta["arrays"].values())
+            if flat is not None and flat.size != total:
+                flat = None  # not the layout encode() writes: let Arrow decode it
         table = None if flat is not None else pf.read(use_threads=False)
     except Exception as exc:
         raise CorruptIndexError(f"{path}: unreadable codebooks file ({exc})") from exc
@@ -77,8 +80,6 @@ def decode(data, path, *, checked=False):
             shapes = table.column("shape").to_pylist()
         sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        if table is None and flat.size != offsets[-1]:
-            raise ValueError(f"{flat.size} values for arrays of {int(offsets[-1])}")
         if table is not None:
             col = table.column("values").combine_chunks()
             # buffer views: Array.to_numpy() would import pandas (a second at startup)
@@ -106,8 +107,13 @@ def _plain_values(data, metadata):
     """
     leaf = [i for i in range(metadata.num_columns)
             if metadata.schema.column(i).path.split(".")[0] == "values"]
-    if len(leaf) != 1 or metadata.schema.column(leaf[0]).physical_type != "FLOAT":
+    if len(leaf) != 1:
         return None
+    column = metadata.schema.column(leaf[0])
+    if column.physical_type != "FLOAT":
+        return None
+    # v1 pages hold one length-prefixed run per level kind that can be above 0
+    v1_level_runs = (column.max_repetition_level > 0) + (column.max_definition_level > 0)
     buf = memoryview(data).cast("B")
     parts = []
     for g in range(metadata.num_row_groups):
@@ -122,7 +128,7 @@ def _plain_values(data, metadata):
                 if h.get(2) != 0:  # encoding: PLAIN
                     return None
                 p = at
-                for _ in range(2):  # length-prefixed repetition, then definition levels
+                for _ in range(v1_level_runs):  # repetition, then definition levels
                     p += 4 + int.from_bytes(buf[p:p + 4], "little")
             elif kind == DATA_PAGE_V2:
                 h = header.get(8, {})
