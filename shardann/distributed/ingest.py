@@ -71,6 +71,7 @@ from ..errors import CommitConflictError
 from ..results import merge_results
 from ..storage import IndexStore, _codebooks
 from ..storage._crash import crash_point
+from ..storage._files import fast_crc32
 from ..storage._manifest import FORMAT_VERSION, list_versions
 from ..storage._manifest import read as read_manifest
 from ..storage._segments import column_spec
@@ -365,8 +366,7 @@ class _Job:
         with open(src, "rb") as f:
             data = f.read()
         arrays, meta = _codebooks.decode(data, src)
-        import zlib
-        return meta["kind"], meta["config"], arrays, [src, zlib.crc32(data)]
+        return meta["kind"], meta["config"], arrays, [src, fast_crc32(data)]
 
     def _job_hash(self):
         o = self.opts

@@ -12,11 +12,10 @@ import logging
 import os
 import re
 import uuid
-import zlib
 
 from ..errors import CommitConflictError, CorruptIndexError
 from ._crash import crash_point
-from ._files import fsync_dir
+from ._files import fast_crc32, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def encode(body):
     """Manifest bytes: the body plus ``checksum`` = crc32 of its canonical JSON."""
     body = dict(body)
     body.pop("checksum", None)
-    body["checksum"] = f"{zlib.crc32(_canonical(body)):08x}"
+    body["checksum"] = f"{fast_crc32(_canonical(body)):08x}"
     return (json.dumps(body, sort_keys=True, indent=1) + "\n").encode()
 
 
@@ -84,7 +83,7 @@ def decode(data, path, version=None):
             raise FutureFormatError(str(exc)) from None
         raise
     stored = body.pop("checksum", None)
-    want = f"{zlib.crc32(_canonical(body)):08x}"
+    want = f"{fast_crc32(_canonical(body)):08x}"
     if stored != want:
         raise CorruptIndexError(
             f"{path}: manifest checksum mismatch (stored {stored!r}, computed {want})")

@@ -9,7 +9,6 @@ segment is first read.
 
 import json
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 from .._rows import take_rows
 from ..errors import CorruptIndexError
 from ._crash import crash_point
-from ._files import ChecksumWriter
+from ._files import ChecksumWriter, fast_crc32
 from ._manifest import check_format_version
 from ._page_crc import check_page_crcs
 
@@ -127,7 +126,7 @@ def write_segment(path, list_ids, ids, data, spec, *, format_version,
         sink.abort()
         raise
     footer_size = int.from_bytes(sink.tail(8)[:4], "little") + 8
-    footer_crc = zlib.crc32(sink.tail(footer_size))
+    footer_crc = fast_crc32(sink.tail(footer_size))
     md = pq.read_metadata(path)
     rg_rows = np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)], np.int64)
     bounds = np.concatenate([[0], np.cumsum(rg_rows)])
@@ -194,7 +193,7 @@ class SegmentFile:
             raise CorruptIndexError(f"{self.path}: cannot read segment ({exc})") from exc
         if (len(footer) != e["footer_size"] or footer[-4:] != b"PAR1"
                 or int.from_bytes(footer[-8:-4], "little") + 8 != e["footer_size"]
-                or zlib.crc32(footer) != e["footer_crc32"]):
+                or fast_crc32(footer) != e["footer_crc32"]):
             raise CorruptIndexError(
                 f"{self.path}: Parquet footer does not match its checksum in the manifest")
         try:

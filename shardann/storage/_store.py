@@ -13,7 +13,6 @@ import logging
 import os
 import time
 import uuid
-import zlib
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from .._rows import scatter_rows
 from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
 from . import _codebooks, _manifest, _segments, _tombstones
 from ._crash import crash_point
-from ._files import check_size, file_crc32, fsync_dir, read_checked, write_bytes
+from ._files import check_size, fast_crc32, file_crc32, fsync_dir, read_checked, write_bytes
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST_DIR, FutureFormatError
 from ._segments import ROW_GROUP_ROWS, SegmentFile, column_spec
 
@@ -1062,7 +1061,7 @@ def _write_index(root, index, base, operation, row_group_rows=None, segments=())
     arrays = index._trained_arrays() if trained else {}
     if arrays:
         data = _codebooks.encode(arrays, index.kind, config, FORMAT_VERSION)
-        crc = zlib.crc32(data)
+        crc = fast_crc32(data)
         old = (base or {}).get("files", {}).get("codebooks")
         if old and old["size"] == len(data) and old["crc32"] == crc and os.path.exists(
                 os.path.join(root, old["path"])):
