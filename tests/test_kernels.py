@@ -629,25 +629,39 @@ def test_ivfpq_modes_agree_for_l2():
 needs_avx2 = pytest.mark.skipif(not kfs.AVAILABLE, reason="fast scan needs x86 AVX2")
 
 
-def _blocks(codes, start, size):
-    bstart, total = kfs.block_starts(size, codes.shape[1])
-    out = np.zeros(total, np.uint8)
-    kfs.pack_blocks(*readonly(codes, start, size, bstart), out)
-    return out, bstart
+def _tiled(codes, start, size):
+    """The lists of a row-major slab re-laid in 32-row tiles, each list on a
+    tile boundary: (tiles (ntiles, code_size, 32), tile starts, and the plain
+    slab row of each tiled row, -1 for padding)."""
+    cap = -(-size // 32) * 32
+    tstart = np.concatenate([[0], np.cumsum(cap)[:-1]]).astype(np.int64)
+    plain_row = np.full(max(int(cap.sum()), 32), -1, np.int64)
+    for lst in range(size.size):
+        plain_row[tstart[lst]:tstart[lst] + size[lst]] = np.arange(start[lst],
+                                                                   start[lst] + size[lst])
+    tiles = np.zeros((plain_row.size // 32, codes.shape[1], 32), np.uint8)
+    live = np.flatnonzero(plain_row >= 0)
+    kfs.put_rows(tiles, *readonly(live, codes[plain_row[live]]))
+    return tiles, tstart, plain_row
 
 
-def test_pack_blocks_layout():
+def test_tiled_rows_layout():
     rng = np.random.default_rng(30)
     start, size = np.array([5, 0, 50], np.int64), np.array([40, 0, 3], np.int64)
     codes = rng.integers(0, 256, (60, 4), dtype=np.uint8)
-    out, bstart = _blocks(codes, start, size)
-    np.testing.assert_array_equal(bstart, [0, 2 * 32 * 4, 2 * 32 * 4])
-    assert out.size == 3 * 32 * 4
+    tiles, tstart, plain_row = _tiled(codes, start, size)
+    np.testing.assert_array_equal(tstart, [0, 64, 64])
+    assert tiles.shape == (3, 4, 32)
     for lst in range(3):
         rows = np.zeros((-(-size[lst] // 32) * 32, 4), np.uint8)  # zero padded
         rows[: size[lst]] = codes[start[lst]:start[lst] + size[lst]]
         ref = rows.reshape(-1, 32, 4).transpose(0, 2, 1).ravel()  # (block, byte, row)
-        np.testing.assert_array_equal(out[bstart[lst]:bstart[lst] + ref.size], ref)
+        flat = tiles.ravel()[tstart[lst] * 4:]
+        np.testing.assert_array_equal(flat[:ref.size], ref)
+    live = np.flatnonzero(plain_row >= 0)
+    back = np.empty((live.size, 4), np.uint8)
+    kfs.take_rows(readonly(tiles), live, back)
+    np.testing.assert_array_equal(back, codes[plain_row[live]])
 
 
 @pytest.fixture
@@ -675,7 +689,8 @@ def test_block_mask(code_size, quantize):
     rng = np.random.default_rng(31)
     n = 75  # three blocks, the last one partial
     codes = rng.integers(0, 256, (n, code_size), dtype=np.uint8)
-    out, bstart = _blocks(codes, np.zeros(1, np.int64), np.array([n], np.int64))
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([n], np.int64))
+    out = tiles.ravel()
     L = rng.standard_normal((2 * code_size, 16)).astype(np.float32)
     Q = np.empty(2 * code_size * 32, np.uint8)
     quantize(L, 2 * code_size, Q)
@@ -714,15 +729,16 @@ def test_quantized_tables_bound_every_sum(M, quantize):
 
 
 def _run_fastscan(fn, s, mode, k):
+    # scans the slab re-laid in tiles; returns positions in the row-major slab
     qlut, terms, dis0 = _pq_inputs(s, mode)
-    bcodes, bstart = _blocks(s["codes"], s["start"], s["size"])
+    tiles, tstart, plain_row = _tiled(s["codes"], s["start"], s["size"])
+    ids = np.where(plain_row >= 0, s["ids"][np.maximum(plain_row, 0)], -1)
     nq = s["probes"].shape[0]
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
-    fn(*readonly(qlut, terms, dis0, s["probes"], s["codes"], s["ids"], s["start"], s["size"],
-                 bcodes, bstart), k, mode, *readonly(s["queries"], s["centroids"], s["cb"]),
-       out_d, out_p)
-    return out_d, out_p
+    fn(*readonly(qlut, terms, dis0, s["probes"], tiles, ids, tstart, s["size"]), k, mode,
+       *readonly(s["queries"], s["centroids"], s["cb"]), out_d, out_p)
+    return out_d, np.where(out_p >= 0, plain_row[np.maximum(out_p, 0)], -1)
 
 
 @needs_avx2

@@ -10,11 +10,12 @@ scored exactly, with the same float tables and summation order as the scalar
 scan. So results are bit-identical to the scalar scan, and the SIMD pass only
 decides which rows are worth scoring.
 
-Block layout (built from the row-major code slab by :func:`pack_blocks`): list
-``l`` owns ``ceil(size[l] / 32)`` blocks starting at byte ``bstart[l]``; block
-``b`` holds ``code_size`` groups of 32 bytes, group ``j`` being byte ``j`` of
-rows ``32 b .. 32 b + 31`` of the list (lanes past the list's end hold
-anything: they are never scored).
+Block layout (:class:`~shardann.index._tiles.TiledRows` keeps a list slab's
+codes in it, so it is the only copy): rows are grouped in tiles of 32, and
+tile ``t`` holds ``code_size`` groups of 32 bytes, group ``j`` being byte
+``j`` of rows ``32 t .. 32 t + 31``. Every list starts on a tile, so block
+``b`` of list ``l`` is the tile at byte ``(start[l] + 32 b) * code_size``
+(lanes past a list's end hold anything: they are never scored).
 
 The shuffle is an x86 AVX2 instruction reached through a Numba intrinsic, so
 :data:`AVAILABLE` is False elsewhere (other CPUs, or Numba told to compile for
@@ -92,30 +93,26 @@ def block_mask(typingctx, bcodes, offset, qlut, code_size, thr):
 
 
 @njit(cache=True)
-def block_starts(list_size, code_size):
-    """Byte offset of each list's first block: int64 (nlist,), and the total bytes."""
-    nlist = list_size.shape[0]
-    out = np.empty(nlist, np.int64)
-    pos = 0
-    for lst in range(nlist):
-        out[lst] = pos
-        pos += (list_size[lst] + BLOCK - 1) // BLOCK * BLOCK * code_size
-    return out, pos
+def put_rows(tiles, rows, values):
+    """``tiles[rows[i] // 32, :, rows[i] % 32] = values[i]``: write rows into
+    the block layout. tiles uint8 (ntiles, width, 32); rows int64 (n,), each
+    in ``[0, 32 * ntiles)`` (the caller checks); values uint8 (n, width)."""
+    for i in range(rows.shape[0]):
+        t = rows[i] // BLOCK
+        lane = rows[i] % BLOCK
+        for j in range(tiles.shape[1]):
+            tiles[t, j, lane] = values[i, j]
 
 
 @njit(cache=True)
-def pack_blocks(codes, list_start, list_size, bstart, out):
-    """Write the row-major codes (n, code_size) uint8 of every list into ``out``
-    (uint8, at least the total from :func:`block_starts`) in block layout; the
-    bytes of lanes past a list's end are left as they were."""
-    code_size = codes.shape[1]
-    for lst in range(list_start.shape[0]):
-        start = list_start[lst]
-        base = bstart[lst]
-        for i in range(list_size[lst]):
-            pos = base + (i // BLOCK) * BLOCK * code_size + i % BLOCK
-            for j in range(code_size):
-                out[pos + j * BLOCK] = codes[start + i, j]
+def take_rows(tiles, rows, out):
+    """``out[i] = tiles[rows[i] // 32, :, rows[i] % 32]``: read rows out of the
+    block layout (shapes as :func:`put_rows`)."""
+    for i in range(rows.shape[0]):
+        t = rows[i] // BLOCK
+        lane = rows[i] % BLOCK
+        for j in range(tiles.shape[1]):
+            out[i, j] = tiles[t, j, lane]
 
 
 _V16F32 = _simd.vec(_simd.F32, 16)

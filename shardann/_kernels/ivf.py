@@ -2,7 +2,8 @@
 
 Lists live in one row-major slab: list ``l`` occupies rows
 ``[list_start[l], list_start[l] + list_size[l])`` of ``ids`` / ``codes`` /
-``vectors``. Each query visits its probed lists (``probes``, -1 = skip) and
+``vectors`` (the 4-bit fast scan reads its codes from 32-row tiles instead,
+see ``fastscan.py``). Each query visits its probed lists (``probes``, -1 = skip) and
 keeps the ``k`` smallest keys with their slab row positions.
 
 Serial and parallel (``prange`` over queries) variants are compiled from one
@@ -179,15 +180,17 @@ ivfpq_scan_serial = njit(cache=True)(_ivfpq_body)
 ivfpq_scan_parallel = njit(cache=True, parallel=True)(_ivfpq_body)
 
 
-def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                          bcodes, bstart, k, mode, queries, centroids, codebooks,
-                          out_d, out_pos):
+def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
+                          k, mode, queries, centroids, codebooks, out_d, out_pos):
     # The 4-bit scan of _ivfpq_body with the SIMD pre-filter of fastscan.py:
     # a row is scored (exactly as there: base + byte terms in byte order) only
-    # when its quantized lower bound can still enter the heap.
+    # when its quantized lower bound can still enter the heap. The codes are
+    # tiles (ntiles, code_size, 32) in block layout and every list starts on a
+    # tile, so block b of a list is the tile holding its row b.
     nq, nprobe = probes.shape
     M = qlut.shape[1]
-    code_size = codes.shape[1]
+    code_size = tiles.shape[1]
+    bcodes = tiles.reshape(tiles.size)
     for q in prange(nq):
         hd = np.empty(k, np.float32)
         hi = np.empty(k, np.int64)
@@ -227,8 +230,8 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
             start = list_start[lst]
             n = list_size[lst]
             for b in range(0, n, fastscan.BLOCK):
-                mask = fastscan.block_mask(bcodes, bstart[lst] + b * code_size, Q,
-                                           code_size, thr)
+                at = (start + b) * code_size
+                mask = fastscan.block_mask(bcodes, at, Q, code_size, thr)
                 if mask == 0:
                     continue
                 for i in range(min(fastscan.BLOCK, n - b)):
@@ -236,7 +239,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, codes, ids, list_start
                         r = start + b + i
                         s = base
                         for j in range(code_size):
-                            c = codes[r, j]
+                            c = bcodes[at + j * fastscan.BLOCK + i]
                             s += L[2 * j, c & 15] + L[2 * j + 1, c >> 4]
                         _offer(hd, hi, hid, k, s, r, ids[r])
                 # only scoring moves the heap top, so only then can the threshold fall

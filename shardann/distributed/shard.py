@@ -100,7 +100,7 @@ class ShardWorker:
             "node_id": _node_id(), "version": self.version, "ntotal": self.index.ntotal,
             "lists": int(len(self.lists)), "calls": dict(self.calls),
             "scanned_lists": self.scanned_lists, "list_bytes": int(lists.nbytes()),
-            "allocated_bytes": int(lists.allocated_bytes() + self.index.derived_bytes()),
+            "allocated_bytes": int(lists.allocated_bytes()),
             "rss_bytes": _rss_bytes(),
             "load_rss_bytes": self.load_rss_bytes,
             "threads": numba.get_num_threads(), "load_seconds": self.load_seconds,

@@ -5,11 +5,25 @@ each payload column (``codes``, ``vectors``), with room up to ``cap[l]``
 rows. A list that outgrows its room moves to the end of the slab with twice
 the room, so appends are amortised O(1) per row and the kernels never need a
 per-list Python object. Rows that hold no live vector carry id ``-1``.
+
+A column named in ``tiled`` is held as :class:`~shardann.index._tiles.TiledRows`
+(the 4-bit fast scan's block layout); then every list starts, and has room,
+on a whole number of 32-row tiles, padding included.
 """
 
 import numpy as np
 
+from ._tiles import TILE, TiledRows
+
 _MIN_SLAB = 1024
+
+
+def _round_up(n, align):
+    return -(-n // align) * align
+
+
+def _starts(cap):
+    return np.concatenate([[0], np.cumsum(cap)[:-1]]).astype(np.int64)
 
 
 class InvertedLists:
@@ -19,31 +33,59 @@ class InvertedLists:
     ----------
     nlist : int.
     columns : dict name -> (width, dtype), e.g. ``{"codes": (16, np.uint8)}``.
+    tiled : names of uint8 columns to hold in the fast scan's block layout.
     """
 
-    def __init__(self, nlist, columns):
+    def __init__(self, nlist, columns, tiled=()):
         self.nlist = int(nlist)
         self.columns = {k: (int(w), np.dtype(t)) for k, (w, t) in columns.items()}
+        self.tiled = frozenset(tiled)
+        if not self.tiled <= set(self.columns):
+            raise ValueError(f"tiled columns {sorted(self.tiled)} are not all in "
+                             f"{sorted(self.columns)}")
+        if any(self.columns[k][1] != np.uint8 for k in self.tiled):
+            raise ValueError("only uint8 columns can be tiled")
+        self.align = TILE if self.tiled else 1
         self.start = np.zeros(self.nlist, np.int64)
         self.size = np.zeros(self.nlist, np.int64)
         self.cap = np.zeros(self.nlist, np.int64)
         self.used = 0
         self.ids = np.full(0, -1, np.int64)
-        self.data = {k: np.empty((0, w), t) for k, (w, t) in self.columns.items()}
+        self.data = {k: self._column(k, 0) for k in self.columns}
+
+    def _column(self, name, nrows):
+        width, dtype = self.columns[name]
+        if name in self.tiled:
+            return TiledRows.zeros(nrows, width)
+        return np.zeros((nrows, width), dtype)
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def from_sorted(cls, nlist, columns, list_sizes, ids, data):
-        """Wrap rows already grouped by list (list 0 first) without copying."""
-        lists = cls(nlist, columns)
-        sizes = np.asarray(list_sizes, np.int64)
-        lists.size = sizes.copy()
-        lists.cap = sizes.copy()
-        lists.start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        lists.used = int(sizes.sum())
-        lists.ids = ids
-        lists.data = dict(data)
+    def from_sorted(cls, nlist, columns, list_sizes, ids, data, tiled=()):
+        """Rows already grouped by list (list 0 first); wrapped without copying
+        unless a column is ``tiled``."""
+        lists = cls(nlist, columns, tiled)
+        lists._install(np.asarray(list_sizes, np.int64), ids, data)
         return lists
+
+    def _install(self, sizes, ids, data):
+        # lay out rows grouped by list, each list's room its size (rounded to tiles)
+        self.size = sizes.copy()
+        self.cap = _round_up(sizes, self.align)
+        self.start = _starts(self.cap)
+        self.used = int(self.cap.sum())
+        if self.align == 1:
+            self.ids = ids
+            self.data = dict(data)
+            return
+        at = self.live_rows()
+        self.ids = np.full(self.used, -1, np.int64)
+        self.ids[at] = ids
+        self.data = {}
+        for k in self.columns:
+            col = self._column(k, self.used)
+            col[at] = data[k]
+            self.data[k] = col
 
     @property
     def ntotal(self):
@@ -53,14 +95,17 @@ class InvertedLists:
         need = self.used + extra
         if need <= self.ids.shape[0]:
             return
-        new = max(need, 2 * self.ids.shape[0], _MIN_SLAB)
+        new = _round_up(max(need, 2 * self.ids.shape[0], _MIN_SLAB), self.align)
         ids = np.full(new, -1, np.int64)
         ids[: self.used] = self.ids[: self.used]
         self.ids = ids
         for k, arr in self.data.items():
-            grown = np.zeros((new, arr.shape[1]), arr.dtype)
-            grown[: self.used] = arr[: self.used]
-            self.data[k] = grown
+            if isinstance(arr, TiledRows):
+                self.data[k] = arr.resized(new, self.used)
+            else:
+                grown = self._column(k, new)
+                grown[: self.used] = arr[: self.used]
+                self.data[k] = grown
 
     def _move(self, lst, new_cap):
         s, n = self.start[lst], self.size[lst]
@@ -89,7 +134,8 @@ class InvertedLists:
         need = self.size[touched] + counts[touched]
         grow = touched[need > self.cap[touched]]
         if grow.size:
-            new_caps = np.maximum(self.size[grow] + counts[grow], 2 * self.cap[grow])
+            new_caps = _round_up(np.maximum(self.size[grow] + counts[grow],
+                                            2 * self.cap[grow]), self.align)
             self._reserve(int(new_caps.sum()))
             for lst, c in zip(grow.tolist(), new_caps.tolist(), strict=True):
                 self._move(lst, c)
@@ -100,7 +146,7 @@ class InvertedLists:
         for k, arr in cols.items():
             self.data[k][dest] = arr[order]
         self.size[touched] += counts[touched]
-        if self.used > 2 * max(self.ntotal, _MIN_SLAB):
+        if self.used > 2 * max(int(_round_up(self.size, self.align).sum()), _MIN_SLAB):
             self.compact()
 
     def remove(self, positions):
@@ -122,14 +168,9 @@ class InvertedLists:
             self.size[lst] = nk
 
     def compact(self):
-        """Rewrite the slab so lists are contiguous, in list order, with no slack."""
-        rows = self.live_rows()
-        self.ids = self.ids[rows]
-        for k in self.data:
-            self.data[k] = self.data[k][rows]
-        self.cap = self.size.copy()
-        self.start = np.concatenate([[0], np.cumsum(self.size)[:-1]]).astype(np.int64)
-        self.used = int(self.size.sum())
+        """Rewrite the slab so lists are contiguous, in list order, with no slack
+        (beyond rounding to whole tiles)."""
+        self._install(*self.packed())
 
     # -- reading -------------------------------------------------------------
     def live_rows(self):
@@ -145,13 +186,14 @@ class InvertedLists:
         return np.repeat(np.arange(self.nlist, dtype=np.int64), self.size)
 
     def get_list(self, lst):
-        """(ids, {column: rows}) views of one list."""
+        """(ids, {column: rows}) of one list: views, but copies of tiled columns."""
         s, n = self.start[lst], self.size[lst]
         return self.ids[s:s + n], {k: v[s:s + n] for k, v in self.data.items()}
 
     def nbytes(self):
         """Bytes of the rows in use (ids and payload columns)."""
-        return self.ids[: self.used].nbytes + sum(a[: self.used].nbytes for a in self.data.values())
+        row = self.ids.itemsize + sum(w * t.itemsize for w, t in self.columns.values())
+        return self.used * row
 
     def allocated_bytes(self):
         """Bytes held: the whole slab including room to grow, and the per-list tables."""

@@ -147,10 +147,6 @@ class BaseIndex:
     def _on_mutation(self, list_nos=None):
         """Hook: the rows of these lists (int64 array; None = all) changed."""
 
-    def derived_bytes(self):
-        """Bytes held besides the lists (layouts derived from them for faster scans)."""
-        return 0
-
     def _lookup(self, ids):
         """(found bool (n,), slab position int64 (n,)) of each id."""
         if self._posmap is None:
@@ -225,7 +221,8 @@ class BaseIndex:
         """Install lists already grouped by list (zero-copy where possible)."""
         from ._lists import InvertedLists
         self._lists = InvertedLists.from_sorted(
-            self._lists.nlist, self._lists.columns, list_sizes, ids, data)
+            self._lists.nlist, self._lists.columns, list_sizes, ids, data,
+            tiled=self._lists.tiled)
         self._sorted_ids = None
         self._posmap = None
         self._next_id = int(ids.max()) + 1 if len(ids) else 0

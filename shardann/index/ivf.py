@@ -1,7 +1,6 @@
 """Inverted-file indexes: IVF-Flat and IVF-PQ (with optional OPQ and refine)."""
 
 import logging
-import threading
 
 import numba
 import numpy as np
@@ -26,15 +25,12 @@ from ..kmeans import KMeans, nearest_centroids
 from ..metric import normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
 from ..results import merge_results
-from ._blocks import CodeBlocks
 from ._lists import InvertedLists
 from .base import BaseIndex
 
 logger = logging.getLogger(__name__)
 
 _PRECOMPUTE_MAX_BYTES = 256 << 20
-# searches may run in several threads; one of them re-packs 4-bit blocks at a time
-_BLOCKS_LOCK = threading.Lock()
 
 
 def _parallel(nq):
@@ -124,7 +120,7 @@ class IVFIndex(BaseIndex):
                     verbose=self.verbose)
         self._set_centroids(km.train(x).centroids)
         self._train_payload(x)
-        self._lists = InvertedLists(self.nlist, self._columns())
+        self._lists = self._new_lists()
         self._sorted_ids = None
         self._on_mutation()
         self._posmap = None
@@ -140,6 +136,13 @@ class IVFIndex(BaseIndex):
 
     def _train_payload(self, x):
         pass
+
+    def _new_lists(self):
+        return InvertedLists(self.nlist, self._columns(), tiled=self._tiled_columns())
+
+    def _tiled_columns(self):
+        """Payload columns to hold in the fast scan's block layout."""
+        return ()
 
     # -- add ---------------------------------------------------------------------
     def assign(self, x):
@@ -230,7 +233,7 @@ class IVFIndex(BaseIndex):
 
     def _set_trained_arrays(self, arrays):
         self._set_centroids(arrays["centroids"])
-        self._lists = InvertedLists(self.nlist, self._columns())
+        self._lists = self._new_lists()
         self._on_mutation()
 
     def __repr__(self):
@@ -292,10 +295,10 @@ class IVFPQIndex(IVFIndex):
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
         2**nbits floats) to keep; above it tables are built per (query, list).
-    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2: scan with the SIMD
-        pre-filter (same results, several times faster) at the cost of a second,
-        blocked copy of the codes (``code_size`` bytes per vector). False keeps
-        memory to one copy.
+    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2: hold the codes in
+        32-row blocks and scan them with the SIMD pre-filter (same results,
+        several times faster; lists are padded to whole blocks). False keeps
+        them row-major for the scalar scan.
 
     Examples
     --------
@@ -313,7 +316,7 @@ class IVFPQIndex(IVFIndex):
                  fast_scan=True, verbose=False):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
                          max_points_per_centroid=max_points_per_centroid, verbose=verbose)
-        self.fast_scan = check_bool("fast_scan", fast_scan)
+        self._fast_scan = check_bool("fast_scan", fast_scan)
         self.pq = ProductQuantizer(self.d, M, nbits, niter=pq_niter, seed=self.seed,
                                    max_points_per_centroid=max_points_per_centroid,
                                    verbose=verbose)
@@ -326,7 +329,11 @@ class IVFPQIndex(IVFIndex):
         self.precompute_max_bytes = check_int("precompute_max_bytes", precompute_max_bytes,
                                               low=0)
         self._list_terms = None
-        self._blocks = None  # CodeBlocks of the 4-bit codes, built on first search
+
+    @property
+    def fast_scan(self):
+        """Whether 4-bit codes are held for the SIMD fast scan (set at construction)."""
+        return self._fast_scan
 
     @property
     def is_trained(self):
@@ -371,6 +378,13 @@ class IVFPQIndex(IVFIndex):
         self._list_terms = terms
 
     # -- add -------------------------------------------------------------------------
+    def _tiled_columns(self):
+        # decided when lists are made, so a machine without AVX2 that opens an
+        # index gets the row-major layout its scalar scan reads
+        usable = (self._fast_scan and self.nbits == 4 and fastscan.AVAILABLE
+                  and 2 * self.code_size <= fastscan.MAX_SUBQ)
+        return ("codes",) if usable else ()
+
     def _columns(self):
         cols = {"codes": (self.code_size, np.uint8)}
         if self.keep_vectors:
@@ -403,12 +417,11 @@ class IVFPQIndex(IVFIndex):
             dis0 = np.zeros_like(dis0)
         out_d = np.empty((nq, k), np.float32)
         out_p = np.empty((nq, k), np.int64)
-        blocks = self._fastscan_blocks()
-        if blocks is not None:
+        if "codes" in L.tiled:
             fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
             # its SIMD table code reads whole rows: C-contiguous tables (no copy here)
             fn(np.ascontiguousarray(qlut), np.ascontiguousarray(terms), dis0, probes,
-               L.data["codes"], L.ids, L.start, L.size, *blocks, k, mode, q, self.centroids,
+               L.data["codes"].tiles, L.ids, L.start, L.size, k, mode, q, self.centroids,
                cb, out_d, out_p)
         else:
             fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
@@ -416,38 +429,13 @@ class IVFPQIndex(IVFIndex):
                self.nbits, mode, q, self.centroids, cb, out_d, out_p)
         return out_d, out_p
 
-    def _fastscan_blocks(self):
-        """(bcodes, bstart) block layout of the 4-bit codes for the SIMD scan
-        (``_kernels/fastscan.py``), built on first use after the lists change; None when the
-        scalar scan is used (``fast_scan=False``, other nbits, no AVX2, more than 256
-        sub-quantizers)."""
-        if not (self.fast_scan and self.nbits == 4 and fastscan.AVAILABLE
-                and 2 * self.code_size <= fastscan.MAX_SUBQ):
-            return None
-        with _BLOCKS_LOCK:
-            blocks = self._blocks
-            # the kernel reads blocks without bounds checks: never trust a stale layout
-            if blocks is None or blocks.wasteful(self._lists) or not blocks.covers(self._lists):
-                blocks = self._blocks = CodeBlocks(self._lists, self.code_size)
-            else:
-                blocks.refresh(self._lists)
-            return blocks.bcodes, blocks.bstart
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_blocks"] = None  # derived from the lists; rebuilt by the next search
-        return state
-
-    def _on_mutation(self, list_nos=None):
-        super()._on_mutation(list_nos)
-        if list_nos is None:
-            self._blocks = None
-        elif self._blocks is not None:
-            self._blocks.mark(list_nos)
-
-    def derived_bytes(self):
-        """Bytes held besides the lists: the 4-bit block layout when built."""
-        return 0 if self._blocks is None else self._blocks.nbytes
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        lists = self.__dict__.get("_lists")
+        if lists is not None and lists.tiled != frozenset(self._tiled_columns()):
+            # unpickled on a CPU that scans another layout
+            self._lists = InvertedLists.from_sorted(
+                self.nlist, lists.columns, *lists.packed(), tiled=self._tiled_columns())
 
     def get_config(self):
         return {**super().get_config(), "M": self.M, "nbits": self.nbits,

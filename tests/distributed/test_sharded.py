@@ -187,9 +187,11 @@ def test_timeout_and_partial(ray_local, data, tmp_path):
     with ShardedIndex.open(tmp_path / "idx", num_shards=2, replicas=1, max_restarts=0) as s:
         full = s.search(xq, 10, nprobe=32)
         ray.kill(s._actors[1][0], no_restart=True)
+        # shard 0 must answer within the deadline even while the raylet reaps
+        # the killed worker on this small machine: 1 s was seen to fall short
         with pytest.raises(shardann.ShardUnavailableError, match=r"shard\(s\) \[1\]"):
-            s.search(xq, 10, nprobe=32, timeout_s=1)
-        res = s.search(xq, 10, nprobe=32, timeout_s=1, allow_partial=True)
+            s.search(xq, 10, nprobe=32, timeout_s=3)
+        res = s.search(xq, 10, nprobe=32, timeout_s=3, allow_partial=True)
         assert isinstance(res, SearchResult) and res.missing_shards == [1]
         assert not res.complete
         assert (res[1] >= 0).all()
