@@ -257,6 +257,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: thousands of lines a stage, whose
+    # formatting and writing take CPU from the server on a small machine
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.root.level))
     if args.cmd == "build":
         build_index(args.path, n=args.n, d=args.d, nlist=args.nlist, M=args.M,
                     nbits=args.nbits, seed=args.seed)
