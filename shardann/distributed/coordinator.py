@@ -245,9 +245,9 @@ class ShardedIndex:
             mine = owner == s
             rows = np.flatnonzero(mine.any(axis=1))
             rows_of[s] = rows
-            calls[s] = ("search_packed", (pack((q[rows], dis0[rows],
-                                                np.where(mine[rows], probes[rows], -1),
-                                                kk, exact)),))
+            calls[s] = ("search_packed", pack((q[rows], dis0[rows],
+                                               np.where(mine[rows], probes[rows], -1),
+                                               kk, exact)))
         results, missing = self._call(calls, self.timeout_s if timeout_s is None else timeout_s)
         if missing and not allow_partial:
             raise ShardUnavailableError(

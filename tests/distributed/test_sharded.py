@@ -26,6 +26,22 @@ def test_placement_balances_rows():
     np.testing.assert_array_equal(place_lists(sizes, 3), place_lists(sizes, 3))
 
 
+def test_shard_payload_chunks_stay_under_the_inline_size():
+    from shardann.distributed.shard import INLINE_CHUNK_BYTES, pack, unpack
+
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((256, 128)).astype(np.float32)  # 128 KB: over Ray's 100 KB
+    probes = rng.integers(-1, 1024, (256, 16))
+    chunks = pack((q, probes, 10, False))
+    assert len(chunks) > 1 and all(0 < len(c) <= INLINE_CHUNK_BYTES for c in chunks)
+    got = unpack(chunks)
+    np.testing.assert_array_equal(got[0], q)
+    np.testing.assert_array_equal(got[1], probes)
+    assert got[2:] == (10, False)
+    assert unpack(b"".join(chunks))[2] == 10
+    assert unpack(pack(None)) is None
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_one_and_three_shards_equal_local(ray_local, data, tmp_path, metric):
     xb, xq, xt = data
