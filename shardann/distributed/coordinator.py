@@ -22,7 +22,7 @@ from ..errors import ShardUnavailableError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
 from .placement import place_lists, shard_loads
-from .shard import ShardWorker, pack, unpack
+from .shard import ShardWorker, pack, unpack, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,10 @@ class ShardedIndex:
         self.version = store.version
         self._store_path = self.path
         self.model = store.load_index(lists=np.zeros(0, np.int64))
+        # compile (or load) the scan kernels here, once: shard actors starting
+        # together on a cold Numba cache would each compile them, on the same
+        # cores; after this they load what this process wrote to the cache
+        warm_up(self.model)
         self.metric = self.model.metric
         self.d = self.model.d
         self.nlist = self.model.nlist

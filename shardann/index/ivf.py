@@ -213,13 +213,16 @@ class IVFIndex(BaseIndex):
         (nq, kk); ``exact_keys`` (None unless ``exact``) are the exact keys of
         the same rows, for a coordinator that refines across shards."""
         keys, pos = self._scan(q, dis0, probes, kk)
+        vectors = self._lists.data.get("vectors")
+        if exact and vectors is None:
+            raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
+        if len(self._lists.ids) == 0:  # a shard whose lists are all empty: no row to gather
+            none = np.full(pos.shape, -1, np.int64)
+            return keys, none, np.full(pos.shape, np.inf, np.float32) if exact else None
         safe = np.maximum(pos, 0)
         ids = np.where(pos >= 0, self._lists.ids[safe], -1)
         if not exact:
             return keys, ids, None
-        vectors = self._lists.data.get("vectors")
-        if vectors is None:
-            raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
         gathered = np.ascontiguousarray(vectors[safe], dtype=np.float32)
         return keys, ids, gathered_keys(q, gathered, pos >= 0, self._ip)
 

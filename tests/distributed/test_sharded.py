@@ -26,6 +26,24 @@ def test_placement_balances_rows():
     np.testing.assert_array_equal(place_lists(sizes, 3), place_lists(sizes, 3))
 
 
+@pytest.mark.parametrize("nbits,keep", [(8, False), (4, True)])
+def test_shard_of_empty_lists_answers_nothing(tmp_path, nbits, keep):
+    # a shard may own only empty lists; it must start (warm-up) and answer -1 rows
+    from shardann.bench.datasets import synthetic_split
+    from shardann.distributed.shard import ShardWorker
+
+    xb, xq, xt = synthetic_split(2000, 4, 16, nt=2000, seed=2)
+    index = shardann.IVFPQIndex(16, 32, 4, nbits, keep_vectors=keep, seed=0).train(xt)
+    index.add(xb[index.assign(xb) != 0])  # list 0 stays empty
+    index.save(tmp_path / "idx")
+    worker = ShardWorker(tmp_path / "idx", np.array([0]))
+    q = np.ascontiguousarray(xq, dtype=np.float32)
+    probes = np.zeros((4, 1), np.int64)
+    keys, ids, exact = worker.search(q, np.zeros((4, 1), np.float32), probes, 3, keep)
+    assert (ids == -1).all() and np.isinf(keys).all()
+    assert exact is None if not keep else np.isinf(exact).all()
+
+
 def test_shard_payload_chunks_stay_under_the_inline_size():
     from shardann.distributed.shard import INLINE_CHUNK_BYTES, pack, unpack
 
