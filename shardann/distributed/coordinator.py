@@ -117,10 +117,6 @@ class ShardedIndex:
         self.version = store.version
         self._store_path = self.path
         self.model = store.load_index(lists=np.zeros(0, np.int64))
-        # compile (or load) the scan kernels here, once: shard actors starting
-        # together on a cold Numba cache would each compile them, on the same
-        # cores; after this they load what this process wrote to the cache
-        warm_up(self.model)
         self.metric = self.model.metric
         self.d = self.model.d
         self.nlist = self.model.nlist
@@ -144,6 +140,11 @@ class ShardedIndex:
                 try:
                     actor = ray.get_actor(actor_name, namespace=NAMESPACE)
                 except ValueError:
+                    if not self._owned:
+                        # compile (or load) the scan kernels here, once: shard actors
+                        # starting together on a cold Numba cache would each compile
+                        # them on the same cores; they then load this process's cache
+                        warm_up(self.model)
                     actor = worker.options(
                         name=actor_name, namespace=NAMESPACE, max_restarts=max_restarts,
                         max_task_retries=0, num_cpus=shard_num_cpus,
