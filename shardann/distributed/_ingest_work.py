@@ -1,9 +1,10 @@
 """The work of an ingest job, as run by Ray Data workers (and by tests, directly).
 
-Three kinds of work, each on a unit named by a number so a rerun can skip it:
+Three kinds of work, each on a unit named by a number so a rerun can skip it
+(a Ray Data task takes a group of units):
 
-- **sample** a block: read only the rows drawn for training and the recall
-  check, return them to the driver.
+- **sample** a block (on the driver): read only the rows drawn for training
+  and the recall check.
 - **encode** a block: read it in parts of at most ``block_rows`` rows, assign
   lists and encode with the broadcast model (the core index's own
   ``_prepare`` / ``_encode_rows``, so codes are exactly the local index's),
@@ -47,6 +48,8 @@ SEGMENT_PREFIX = "ingest-"
 MAX_EXAMPLES = 10
 #: blocks after the one being encoded whose bytes are asked from disk ahead of time
 PREFETCH_BLOCKS = 2
+#: seconds a warm-up task keeps its worker (see :func:`warm_batch`)
+WARM_HOLD_S = 1.0
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -154,6 +157,11 @@ def job_context(ctx):
     return hit
 
 
+def batch_units(batch, c):
+    """The units (block or range numbers) of the task groups in a Ray Data batch."""
+    return [int(u) for g in batch["group"] for u in c["groups"][int(g)]]
+
+
 def _rows_out(results):
     out = {}
     for key in results[0]:
@@ -174,68 +182,71 @@ def _ids_for(ctx, f, part, file_rows):
 
 
 # -- sample ------------------------------------------------------------------------------------
-def sample_batch(batch, ctx):
-    """Ray Data task: read the drawn rows of the blocks in ``batch["block"]``.
-
-    Returns rows ``{"block", "error", "payload"}``; payload is ``npz`` bytes of
-    ``rows`` (global row numbers) and ``x`` (raw float32 vectors).
-    """
-    c, _ = job_context(ctx)
-    return _rows_out([sample_block(c, int(b)) for b in batch["block"]])
-
-
 def sample_block(c, b):
-    """The drawn rows of block ``b`` (see :func:`sample_batch`)."""
-    import io
+    """The drawn rows of block ``b``: ``{"block", "error", "rows", "x"}``.
 
+    ``c`` holds the ``plan``, the sorted global rows ``drawn`` and
+    ``skip_bad_rows``; ``rows`` are global row numbers (int64) and ``x`` the
+    raw float32 vectors. Bad input is reported in ``error``, not raised.
+    """
     plan = c["plan"]
     block = plan.blocks[b]
     f = plan.files[block.file]
     drawn = c["drawn"]  # sorted global rows
     lo, hi = np.searchsorted(drawn, [f.offset + block.start, f.offset + block.stop])
     want = drawn[lo:hi] - f.offset
-    rows, xs, skipped = [], [], 0
+    rows, xs = [], []
+    out = {"block": b, "error": "", "rows": np.zeros(0, np.int64),
+           "x": np.zeros((0, plan.d), np.float32)}
     try:
         for part in read_block(plan, block, rows=want):
             file_rows = part.file_rows()
-            if part.bad.any():
-                if not c["skip_bad_rows"]:
-                    i = int(np.flatnonzero(part.bad)[0])
-                    gids = _ids_for(c, f, part, file_rows)
-                    return {"block": b, "error": _bad_message(f, file_rows, part, gids, i),
-                            "payload": b""}
-                skipped += int(part.bad.sum())
+            if part.bad.any() and not c["skip_bad_rows"]:
+                i = int(np.flatnonzero(part.bad)[0])
+                gids = _ids_for(c, f, part, file_rows)
+                return {**out, "error": _bad_message(f, file_rows, part, gids, i)}
             keep = ~part.bad
             rows.append(f.offset + file_rows[keep])
             xs.append(np.asarray(part.x[keep], np.float32))
     except InputError as exc:
-        return {"block": b, "error": str(exc), "payload": b""}
+        return {**out, "error": str(exc)}
     except Exception as exc:
         if not c["skip_bad_rows"]:
-            return {"block": b, "error": f"{f.path}: cannot read rows {block.start}.."
-                    f"{block.stop - 1} ({type(exc).__name__}: {exc})", "payload": b""}
-        rows, xs = [], []
-    buf = io.BytesIO()
-    np.savez(buf, rows=np.concatenate(rows) if rows else np.zeros(0, np.int64),
-             x=np.concatenate(xs) if xs else np.zeros((0, plan.d), np.float32))
-    return {"block": b, "error": "", "payload": buf.getvalue()}
+            return {**out, "error": f"{f.path}: cannot read rows {block.start}.."
+                    f"{block.stop - 1} ({type(exc).__name__}: {exc})"}
+        return out
+    if rows:
+        out.update(rows=np.concatenate(rows), x=np.concatenate(xs))
+    return out
+
+
+def warm_batch(batch, ctx):
+    """Ray Data task that starts a worker process with this module loaded.
+
+    It holds the worker a moment, so that each warm-up task of a stage lands in
+    a process of its own instead of one process running them all in turn.
+    """
+    job_context(ctx)
+    time.sleep(WARM_HOLD_S)
+    return {"group": np.asarray(batch["group"])}
 
 
 # -- encode ------------------------------------------------------------------------------------
 def encode_batch(batch, ctx):
-    """Ray Data task: encode the blocks in ``batch["block"]`` into runs.
+    """Ray Data task: encode the blocks of the groups in ``batch`` into runs.
 
     Returns rows ``{"block", "rows", "error"}`` (the details are in the
     block's marker); bad input is reported in ``error``, not raised.
     """
     c, model = job_context(ctx)
     results = []
-    for b in batch["block"]:
+    for b in batch_units(batch, c):
         try:
             rows = encode_block(c, model, int(b))
             results.append({"block": int(b), "rows": rows, "error": ""})
         except InputError as exc:
             results.append({"block": int(b), "rows": 0, "error": str(exc)})
+            break  # the job stops at this error: the group's other blocks would be wasted
     return _rows_out(results)
 
 
@@ -378,12 +389,12 @@ def _write_run(job_dir, b, j, labels, gids, cols, nlist, counts, meta):
 
 # -- merge -------------------------------------------------------------------------------------
 def merge_batch(batch, ctx):
-    """Ray Data task: write one store segment per list range in ``batch["range"]``.
+    """Ray Data task: write one store segment per list range of the groups in ``batch``.
 
     Returns rows ``{"range", "rows", "bytes"}``.
     """
     c, _ = job_context(ctx)
-    return _rows_out([merge_range(c, int(r)) for r in batch["range"]])
+    return _rows_out([merge_range(c, r) for r in batch_units(batch, c)])
 
 
 def merge_range(ctx, r):

@@ -13,17 +13,19 @@ Stages, each with a progress bar (vectors/s, ETA):
    gets id ``o + r`` (plus the index's ``next_id`` when appending) unless an
    id column is given. The rows are cut into blocks of about ``block_rows``.
 2. **sample**: a uniform random sample of rows (training) and a disjoint
-   one (the recall check), read by Ray Data workers, a few tasks per worker.
+   one (the recall check), read on the driver by a few threads while Ray Data
+   starts its workers for the encode stage in the background.
    Of uncompressed PLAIN Parquet pages only the page headers, the levels and
    the drawn rows are read, with the kernel's readahead off for those reads
    (else each one pulls megabytes in and the whole input comes off disk).
 3. **train** on the driver (or take the codebooks of the index being
    appended to, or of ``codebooks=``); the model is ``ray.put`` once.
-4. **encode**: Ray Data ``map_batches`` over the blocks, one task per block
-   and at most one per CPU; each assigns lists and encodes with the core
-   index's kernels, writes
-   its rows sorted by list as a run in ``INDEX/_ingest/<job>/`` plus a
-   done-marker, and finds the exact top-k of the check queries among its rows.
+4. **encode**: Ray Data ``map_batches`` over the blocks, at most one task
+   per CPU, each of up to four blocks (one at the end, so the workers finish
+   together); for each block it assigns lists and encodes with the core
+   index's kernels, writes its rows sorted by list as a run in
+   ``INDEX/_ingest/<job>/`` plus a done-marker, and finds the exact top-k of
+   the check queries among its rows.
    It first asks the kernel for the bytes of its block and of the next two
    (``posix_fadvise(WILLNEED)``), so that the disk reads while the CPU encodes.
 5. **merge**: one worker per list range gathers that range from every run
@@ -56,14 +58,15 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -89,7 +92,8 @@ from ._ingest_work import (
     read_block_marker,
     read_json,
     replace_into,
-    sample_batch,
+    sample_block,
+    warm_batch,
     write_json,
 )
 
@@ -101,6 +105,10 @@ __all__ = ["IngestSummary", "InputError", "add_ingest_arguments", "clean_ingest_
 JOBS_DIR = "_ingest"
 #: largest default training sample, in bytes of float32 vectors
 SAMPLE_MAX_BYTES = 1 << 30
+#: threads that read the drawn rows on the driver (mostly waiting on the disk)
+SAMPLE_THREADS = 4
+#: most blocks one encode task takes (see :func:`task_groups`)
+ENCODE_TASK_BLOCKS = 4
 #: a merge range holds about this many bytes (codes, ids, vectors)
 MERGE_BYTES = 128 << 20
 #: a recall-check chunk of lists loaded at once holds about this many bytes
@@ -395,7 +403,8 @@ class _Job:
             if state.get("committed_version"):
                 return self._after_commit(state, IndexStore.open(self.root,
                                                                  state["committed_version"]))
-            model = self._model(state)
+            with self._warm_up():
+                model = self._model(state)
             agg = self._encode(state, model)
             self._check_ids(state, agg)
             entries = self._merge(state, model, agg)
@@ -535,21 +544,23 @@ class _Job:
             n = max(1, int(ray.cluster_resources().get("CPU", 1)))
         return n
 
-    def _map(self, key, units, fn, ctx, on_row, per_task=1):
-        """Run ``fn`` over ``units`` (ints) with Ray Data, ``per_task`` units per
-        task and at most one task per worker CPU; call ``on_row`` with each
+    def _map(self, groups, fn, ctx, on_row):
+        """Run ``fn`` with Ray Data, one task per group of units (block or range
+        numbers) and at most one task per worker CPU; call ``on_row`` with each
         output row.
 
         Tasks (not actors) so that worker processes, with shardann imported and
-        the kernels loaded, are reused from stage to stage; ``ctx`` is put in
-        the object store once and cached per process (``job_context``). An
-        exception from ``on_row`` stops the dataset and propagates.
+        the kernels loaded, are reused from stage to stage; ``ctx`` (with the
+        groups) is put in the object store once and cached per process
+        (``job_context``). An exception from ``on_row`` stops the dataset and
+        propagates.
         """
         import ray
         import ray.data
 
-        if len(units) == 0:
+        if len(groups) == 0:
             return
+        ctx = {**ctx, "groups": [np.asarray(g, np.int64) for g in groups]}
         dctx = ray.data.DataContext.get_current()
         saved = (dctx.enable_progress_bars, dctx.enable_operator_progress_bars)
         dctx.enable_progress_bars = False
@@ -559,11 +570,11 @@ class _Job:
         if not logger.isEnabledFor(logging.DEBUG):
             quiet.setLevel(logging.ERROR)  # "Starting execution of Dataset ..." and the like
         try:
-            tasks = -(-len(units) // per_task)
-            ds = ray.data.from_items([{key: int(u)} for u in units], override_num_blocks=tasks)
+            ds = ray.data.from_items([{"group": i} for i in range(len(groups))],
+                                     override_num_blocks=len(groups))
             ds = ds.map_batches(
-                fn, batch_size=per_task, batch_format="numpy", num_cpus=1,
-                compute=ray.data.TaskPoolStrategy(size=min(self._workers(), tasks)),
+                fn, batch_size=1, batch_format="numpy", num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=min(self._workers(), len(groups))),
                 fn_kwargs={"ctx": [ray.put(ctx)]})
             rows = ds.iter_rows()
             try:
@@ -576,6 +587,32 @@ class _Job:
         finally:
             dctx.enable_progress_bars, dctx.enable_operator_progress_bars = saved
             quiet.setLevel(level)
+
+    @contextlib.contextmanager
+    def _warm_up(self):
+        """Start Ray Data's workers in the background for the body of the block.
+
+        Ray Data's first dataset costs seconds here: imports on the driver, and
+        new worker processes and its own actors that each import it. The
+        sampling and training that come first leave the workers idle, so that
+        start is paid meanwhile instead of by the encode stage.
+        """
+        def run():
+            t = time.perf_counter()
+            try:
+                n = self._workers()
+                self._map([[i] for i in range(n)], warm_batch, {"kind": None, "threads": 1},
+                          lambda row: None)
+                logger.debug("Ray Data warm-up: %.1f s", time.perf_counter() - t)
+            except Exception:  # the encode stage starts them itself and reports errors
+                logger.debug("Ray Data warm-up failed", exc_info=True)
+
+        thread = threading.Thread(target=run, name="shardann-ray-data-warm-up", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
 
     def _timed(self, name, t):
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - t
@@ -670,16 +707,20 @@ class _Job:
             def on_row(row):
                 if row["error"]:
                     raise InputError(row["error"])
-                with np.load(io.BytesIO(row["payload"])) as z:
-                    rows_parts.append(z["rows"])
-                    x_parts.append(z["x"])
+                rows_parts.append(row["rows"])
+                x_parts.append(row["x"])
                 b = self.plan.blocks[int(row["block"])]
                 bar.update(b.stop - b.start)
 
-            # a block's drawn rows take little reading: a few tasks per worker,
-            # not one per block, so Ray's per-task cost does not dominate
-            per_task = max(1, -(-todo.size // (4 * self._workers())))
-            self._map("block", todo, sample_batch, ctx, on_row, per_task=per_task)
+            # the drawn rows are a small part of each block and their reads mostly wait
+            # on the disk: the driver reads them with a few threads, while Ray Data
+            # starts its workers for the encode stage (``_warm_up``)
+            pool = ThreadPoolExecutor(SAMPLE_THREADS, thread_name_prefix="shardann-sample")
+            try:
+                for row in pool.map(lambda b: sample_block(ctx, int(b)), todo):
+                    on_row(row)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         finally:
             bar.close()
         rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, np.int64)
@@ -727,7 +768,8 @@ class _Job:
                 bar.update(int(sizes[int(row["block"])]))
                 crash_point("ingest.block_done")
 
-            self._map("block", todo, encode_batch, ctx, on_row)
+            self._map(task_groups(todo, self._workers(), ENCODE_TASK_BLOCKS), encode_batch,
+                      ctx, on_row)
         finally:
             bar.close()
         agg = self._aggregate(model)
@@ -851,7 +893,7 @@ class _Job:
                 bar.update(int(row["rows"]))
                 crash_point("ingest.range_done")
 
-            self._map("range", todo, merge_batch, ctx, on_row)
+            self._map([[r] for r in todo], merge_batch, ctx, on_row)
         finally:
             bar.close()
         entries = [read_json(range_marker(self.job_dir, r)) for r in range(len(ranges))]
@@ -952,6 +994,24 @@ class _Job:
         self._cleanup(keep_record=True)
         logger.info("%s", summary)
         return summary
+
+
+def task_groups(units, workers, most):
+    """Cut ``units`` into the groups that make Ray Data tasks, in order.
+
+    Ray Data takes 0.1-0.2 s from one task's end to the next one's start on a
+    worker (its scheduling loop polls): a task of several units pays that once.
+    Groups shrink to one unit as the work runs out (guided self-scheduling), so
+    the workers still finish together, and hold at most ``most`` units so that
+    progress is reported often.
+    """
+    units = list(units)
+    groups, i = [], 0
+    while i < len(units):
+        size = max(1, min(most, (len(units) - i) // (2 * max(1, workers))))
+        groups.append(units[i:i + size])
+        i += size
+    return groups
 
 
 def _spot_check(store, ours, model, queries, gt_ids, k, nprobe):

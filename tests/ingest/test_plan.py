@@ -76,3 +76,21 @@ def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch
     gone = plan.blocks[0]
     os.remove(plan.files[gone.file].path)
     _ingest_inputs.prefetch_block(plan, gone)  # the read reports a missing file, not this
+
+
+@pytest.mark.parametrize("n,workers,most", [(0, 2, 4), (1, 2, 4), (7, 2, 4), (79, 2, 4),
+                                            (500, 3, 4), (40, 1, 1), (1000, 8, 6)])
+def test_task_groups_cover_the_units_in_order_and_shrink_to_one(n, workers, most):
+    from shardann.distributed.ingest import task_groups
+
+    units = list(range(100, 100 + n))
+    groups = task_groups(units, workers, most)
+    assert [u for g in groups for u in g] == units
+    sizes = [len(g) for g in groups]
+    assert all(1 <= s <= most for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # large tasks first, small ones last
+    # the last 2 x workers units each get a task of their own, so no worker is
+    # left with a long task while the others have finished
+    assert sizes[-min(n, 2 * workers):] == [1] * min(n, 2 * workers)
+    if most > 1 and n >= 8 * workers * most:
+        assert len(groups) < n / 2  # far fewer Ray Data tasks than units
