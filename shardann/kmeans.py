@@ -19,6 +19,12 @@ _BLOCK_ROWS = 2048  # a (2048, nlist) distance block stays in cache for the argm
 _SPLIT_EPS = 1.0 / 1024.0
 
 
+def assigns_without_blas(d, ip=False):
+    """Whether :func:`nearest_centroids` takes the direct (single-threaded, GIL-free)
+    kernel for dimension ``d``, rather than BLAS products."""
+    return not ip and d <= _DIRECT_MAX_DIM
+
+
 def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     """Nearest centroid of each row.
 
@@ -38,7 +44,7 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     keys = np.empty(n, np.float32)
     if cnorms is None:
         cnorms = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
-    if not ip and x.shape[1] <= _DIRECT_MAX_DIM:
+    if assigns_without_blas(x.shape[1], ip):
         argmin_l2_lowdim(x, 0, centroids, cnorms, labels, keys)
         return labels, keys
     for s in range(0, n, _BLOCK_ROWS):

@@ -9,7 +9,9 @@ bytes. Codes are packed least-significant-bit first (see
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 
 from ._kernels.pq import (
@@ -24,7 +26,7 @@ from ._kernels.pq import (
 from ._matrix_io import read_matrix, write_matrix
 from ._validation import as_vectors, check_int
 from .errors import NotTrainedError
-from .kmeans import KMeans
+from .kmeans import KMeans, assigns_without_blas
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +119,27 @@ class ProductQuantizer:
             x = x[np.sort(rng.choice(n, cap, replace=False))]
         niter = self.niter if niter is None else niter
         books = np.empty((self.M, self.ksub, self.dsub), np.float32)
-        for m in range(self.M):
+
+        def train_one(m):
             sub = np.ascontiguousarray(x[:, m * self.dsub:(m + 1) * self.dsub])
             km = KMeans(self.dsub, self.ksub, niter=niter, seed=self.seed + m,
                         max_points_per_centroid=0, min_points_per_centroid=0,
                         verbose=self.verbose)
             init = None if init_codebooks is None else init_codebooks[m]
             books[m] = km.train(sub, init_centroids=init).centroids
+
+        # the sub-quantizers are independent (each has its own seed), so they train
+        # side by side on Numba's thread budget when their kernels release the GIL
+        # (BLAS, used for wider sub-vectors, has threads of its own)
+        threads = max(1, min(self.M, numba.get_num_threads()))
+        if not assigns_without_blas(self.dsub):
+            threads = 1
+        if threads == 1:
+            for m in range(self.M):
+                train_one(m)
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="shardann-pq-train") as pool:
+                list(pool.map(train_one, range(self.M)))
         self.codebooks = books
         self._derived = None
         return self

@@ -683,6 +683,21 @@ def test_pq_round_trip_and_save_load(tmp_path, data, pq8):
     np.testing.assert_array_equal(p.compute_codes(xb[:100]), codes[:100])
 
 
+@pytest.mark.parametrize("M", [8, 2])  # sub-vectors of 4 and 16 floats (both direct kernels)
+def test_pq_trains_the_same_on_one_thread_or_several(data, M):
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = shardann.ProductQuantizer(D, M, 8, seed=3).train(data[2])
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        several = shardann.ProductQuantizer(D, M, 8, seed=3).train(data[2])
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one.codebooks, several.codebooks)
+
+
 def test_pq_codes_match_numpy(data, pq8):
     from core_support import pq_encode_numpy
     xb = data[0]

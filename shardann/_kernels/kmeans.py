@@ -105,7 +105,7 @@ _argmin_block4 = _make_argmin_block(4)
 _argmin_block8 = _make_argmin_block(8)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pad_centroids(centroids, width):
     """float32 (k, width) copy of (k, dsub <= width) centroids, zero padded."""
     out = np.zeros((centroids.shape[0], width), np.float32)
@@ -126,7 +126,7 @@ def nearest_rows(x, s, nb, col0, dsub, padded, cnorms, xt, best, arg):
         _argmin_block8(xt, padded, cnorms, best, arg)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def argmin_l2_lowdim(x, col0, centroids, cnorms, labels, keys):
     """Nearest centroid by L2 of the columns ``[col0, col0 + dsub)`` of ``x``,
     without BLAS — for low-dimensional data such as PQ sub-vectors.
@@ -160,7 +160,7 @@ def argmin_l2_lowdim(x, col0, centroids, cnorms, labels, keys):
             keys[s + i] = best[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _load_block(x, s, nb, col0, dsub, xt):
     m2 = np.float32(-2.0)
     for i in range(nb):
@@ -168,7 +168,7 @@ def _load_block(x, s, nb, col0, dsub, xt):
             xt[t, i] = m2 * x[s + i, col0 + t]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _argmin_any(x, col0, C, cnorms, labels, keys):
     n = x.shape[0]
     k, dsub = C.shape
@@ -196,7 +196,7 @@ def _argmin_any(x, col0, C, cnorms, labels, keys):
         keys[s:s + nb] = best[:nb]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def centroid_sums(x, labels, k):
     """Per-cluster float64 sums (k, d) and int64 counts (k,) of the rows of x."""
     n, d = x.shape

@@ -109,6 +109,8 @@ SAMPLE_MAX_BYTES = 1 << 30
 SAMPLE_THREADS = 4
 #: most blocks one encode task takes (see :func:`task_groups`)
 ENCODE_TASK_BLOCKS = 4
+#: smallest training sample for which Ray Data is started during the model stage
+WARM_UP_MIN_SAMPLE = 50_000
 #: a merge range holds about this many bytes (codes, ids, vectors)
 MERGE_BYTES = 128 << 20
 #: a recall-check chunk of lists loaded at once holds about this many bytes
@@ -403,7 +405,7 @@ class _Job:
             if state.get("committed_version"):
                 return self._after_commit(state, IndexStore.open(self.root,
                                                                  state["committed_version"]))
-            with self._warm_up():
+            with self._warm_up(self._trains(state)):
                 model = self._model(state)
             agg = self._encode(state, model)
             self._check_ids(state, agg)
@@ -588,15 +590,26 @@ class _Job:
             dctx.enable_progress_bars, dctx.enable_operator_progress_bars = saved
             quiet.setLevel(level)
 
+    def _trains(self, state):
+        """Whether the model stage will sample and train (not reuse a model)."""
+        return not (os.path.exists(self._p("model.parquet")) or state["mode"] == "append"
+                    or self.opts["codebooks"] is not None)
+
     @contextlib.contextmanager
-    def _warm_up(self):
+    def _warm_up(self, trains):
         """Start Ray Data's workers in the background for the body of the block.
 
         Ray Data's first dataset costs seconds here: imports on the driver, and
         new worker processes and its own actors that each import it. The
         sampling and training that come first leave the workers idle, so that
-        start is paid meanwhile instead of by the encode stage.
+        start is paid meanwhile instead of by the encode stage. Only when the
+        model stage trains on a large sample: otherwise it is too short to hide
+        the start, and waiting for the warm-up would only delay the encode stage.
         """
+        if not trains or self._sample_size(self.opts["nlist"]) < WARM_UP_MIN_SAMPLE:
+            yield
+            return
+
         def run():
             t = time.perf_counter()
             try:
