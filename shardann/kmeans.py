@@ -15,8 +15,22 @@ logger = logging.getLogger(__name__)
 
 # Below this dimension a direct loop beats a BLAS matrix product.
 _DIRECT_MAX_DIM = 16
-_BLOCK_ROWS = 2048  # a (2048, nlist) distance block stays in cache for the argmin pass
+#: bytes of the (k, rows) block of dot products that the argmin pass reads back: about
+#: one core's L2 cache
+_DOTS_BLOCK_BYTES = 1 << 20
 _SPLIT_EPS = 1.0 / 1024.0
+
+
+def _block_rows(k, d):
+    """Rows of x per BLAS product in :func:`nearest_centroids`.
+
+    Small enough that the (k, rows) dot products stay in L2 cache for the argmin
+    pass (k=1024, d=128: 256 rows assign 10-25% faster than 2048 here), but at
+    least 2d rows, since for wide vectors the product dominates and BLAS needs
+    the width (d=768: 2048 rows beat 256 by 20%). A power of two in 64..4096.
+    """
+    rows = max(_DOTS_BLOCK_BYTES // (4 * max(k, 1)), 2 * d, 64)
+    return min(4096, 1 << (int(rows) - 1).bit_length())
 
 
 def assigns_without_blas(d, ip=False):
@@ -47,8 +61,9 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     if assigns_without_blas(x.shape[1], ip):
         argmin_l2_lowdim(x, 0, centroids, cnorms, labels, keys)
         return labels, keys
-    for s in range(0, n, _BLOCK_ROWS):
-        e = min(n, s + _BLOCK_ROWS)
+    step = _block_rows(centroids.shape[0], x.shape[1])
+    for s in range(0, n, step):
+        e = min(n, s + step)
         argmin_from_dots(centroids @ x[s:e].T, cnorms, ip, labels[s:e], keys[s:e])
     return labels, keys
 
