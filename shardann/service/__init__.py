@@ -12,7 +12,7 @@ use, so ``shardann.service.Client`` needs only ``httpx`` while
     :mod:`shardann.service.app` — the Serve application / FastAPI app.
 ``SearchService``
     the service logic (testable without Serve).
-``run``, ``stop``, ``stop_index``
+``run``, ``stop``, ``stop_index``, ``direct_ingress_env``
     :mod:`shardann.service.server` — start and stop a served index.
 """
 
@@ -27,6 +27,7 @@ _EXPORTS = {
     "SearchService": "_service", "ApiError": "_service",
     "LocalBackend": "backends", "ShardedBackend": "backends",
     "run": "server", "stop": "server", "stop_index": "server",
+    "direct_ingress_env": "server",
 }
 
 __all__ = sorted(_EXPORTS)

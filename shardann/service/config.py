@@ -55,8 +55,9 @@ class ServiceConfig:
     search_threads : threads running blocking index calls in the replica.
     max_ongoing_requests, max_queued_requests, retry_after_s : Serve
         backpressure: beyond ``max_ongoing_requests`` at the replica and
-        ``max_queued_requests`` waiting at the proxy, requests answer 503
-        with ``Retry-After`` at once.
+        ``max_queued_requests`` waiting for it (at the proxy, or in the
+        replica with direct ingress), requests answer 503 with
+        ``Retry-After`` at once.
     num_replicas, replica_num_cpus : Serve replicas of the ingress
         deployment (keep 1: it holds the coordinator; scale ``replicas``).
     retire_grace_s : after a reload, the old version's shard actors are

@@ -85,9 +85,11 @@ def build_store(path, xt, xb, *, nlist=16, keep_vectors=True):
 
 
 @contextlib.contextmanager
-def serving(path, **settings):
-    """Run the Serve app for the index at ``path`` on a free loopback port; yield its
-    URL; afterwards shut Serve down and stop every shard actor of the index."""
+def serving(path, port=None, ingress="proxy", **settings):
+    """Run the Serve app for the index at ``path`` on loopback (``port``, or a free
+    one); yield its URL; afterwards shut Serve down and stop every shard actor of
+    the index. ``ingress="direct"`` needs a Ray started with
+    ``direct_ingress_env(port)``."""
     import os
 
     from shardann.service import run, stop
@@ -96,7 +98,7 @@ def serving(path, **settings):
     config = {"path": os.fspath(path), **settings}
     name = settings.get("name") or os.path.basename(os.fspath(path))
     try:
-        yield run(config, host="127.0.0.1", port=free_port())
+        yield run(config, host="127.0.0.1", port=port or free_port(), ingress=ingress)
     finally:
         stop(name, shutdown_serve=True)
         assert list_index_actors(name) == []

@@ -1,9 +1,12 @@
 """End to end over real HTTP on loopback: the Serve app in local Ray (2 CPUs)
 over a ShardedIndex on 2 shards. Each test starts its own app and shuts Serve
-down and stops the shard actors afterwards."""
+down and stops the shard actors afterwards. The local Ray has Serve's direct
+ingress on (as ``shardann serve`` starts it), so the ingress replica answers
+HTTP itself on ``direct_port``; one test goes through Serve's proxy instead."""
 
 import asyncio
 import json
+import os
 import re
 import threading
 import time
@@ -12,7 +15,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_support import JSON_AUTH, TOKEN, assert_error, bearer, build_store, serving
+from service_support import (
+    JSON_AUTH,
+    TOKEN,
+    assert_error,
+    bearer,
+    build_store,
+    free_port,
+    serving,
+)
 
 ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
@@ -29,12 +40,27 @@ AUTH = {"token_sha256": token_digest(TOKEN)}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_local():
+def direct_port():
+    """Start the module's local Ray with direct ingress on a free port; yield the port."""
+    from shardann.service import direct_ingress_env
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    port = free_port()
+    env = direct_ingress_env(port)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # Ray's processes inherit it
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        yield port
+        ray.shutdown()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture()
@@ -50,11 +76,11 @@ def _reference(path, xq, **kw):
         return ref.search(xq, 10, nprobe=8, **kw)
 
 
-def test_add_search_delete_equals_sharded_index(store, svc_data):
+def test_add_search_delete_equals_sharded_index(store, svc_data, direct_port):
     xb, xq, _ = svc_data
     # room for the burst of 16 below (the defaults answer 503 beyond 4 + 4)
-    with serving(store, num_shards=2, batch_wait_timeout_s=0.02, max_ongoing_requests=16,
-                 max_queued_requests=16, **AUTH) as url, \
+    with serving(store, direct_port, "direct", num_shards=2, batch_wait_timeout_s=0.02,
+                 max_ongoing_requests=16, max_queued_requests=16, **AUTH) as url, \
             Client(url, TOKEN) as client:
         assert client.health()["status"] == "ok"
         # concurrent single-vector searches are answered right, and batched (@serve.batch)
@@ -97,6 +123,7 @@ def test_add_search_delete_equals_sharded_index(store, svc_data):
 
 
 def test_auth_and_bad_input_over_http(store, svc_data):
+    # through Serve's HTTP proxy (ingress="proxy"), the other way in
     xb, xq, _ = svc_data
     d = xb.shape[1]
     with serving(store, num_shards=2, max_body_bytes=64 * 1024, **AUTH) as url:
@@ -181,9 +208,10 @@ def _request_loop(url, xq, baseline, seconds, outcomes, stop):
 
 
 @pytest.mark.parametrize("seconds", [10, pytest.param(30, marks=pytest.mark.slow)])
-def test_kill_shard_under_load_recovers(store, svc_data, seconds):
+def test_kill_shard_under_load_recovers(store, svc_data, seconds, direct_port):
     xb, xq, _ = svc_data
-    with serving(store, num_shards=2, replicas=1, request_timeout_s=4, **AUTH) as url, \
+    with serving(store, direct_port, "direct", num_shards=2, replicas=1, request_timeout_s=4,
+                 **AUTH) as url, \
             Client(url, TOKEN) as client:
         added = client.add(xq[:10] + np.float32(0.02), ids=np.arange(70_000, 70_010))
         _, baseline = client.search(xq, 10, nprobe=8)
@@ -220,9 +248,9 @@ def test_kill_shard_under_load_recovers(store, svc_data, seconds):
         assert client.health()["status"] == "ok"
 
 
-def test_version_rollover_without_failed_requests(store, svc_data):
+def test_version_rollover_without_failed_requests(store, svc_data, direct_port):
     xb, xq, _ = svc_data
-    with serving(store, num_shards=2, retire_grace_s=0.5, **AUTH) as url, \
+    with serving(store, direct_port, "direct", num_shards=2, retire_grace_s=0.5, **AUTH) as url, \
             Client(url, TOKEN) as client:
         v1 = client.stats()["version"]
         outcomes = []
@@ -271,10 +299,10 @@ def test_version_rollover_without_failed_requests(store, svc_data):
         assert all(f"/v{v2}/" in n for n in list_index_actors("idx"))
 
 
-def test_overload_answers_503_fast(store, svc_data):
+def test_overload_answers_503_fast(store, svc_data, direct_port):
     _, xq, _ = svc_data
-    with serving(store, num_shards=2, max_ongoing_requests=2, max_queued_requests=2,
-                 batch_max_size=1, **AUTH) as url:
+    with serving(store, direct_port, "direct", num_shards=2, max_ongoing_requests=2,
+                 max_queued_requests=2, batch_max_size=1, **AUTH) as url:
         body = json.dumps({"vectors": np.tile(xq, (6, 1)).tolist(), "k": 100, "nprobe": 16})
 
         async def burst(n):
