@@ -99,6 +99,21 @@ def config_from_args(args):
         batch_wait_timeout_s=args.batch_wait_ms / 1e3)
 
 
+def _check_port_free(host, port):
+    import socket
+
+    from ..cli import CommandError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
+                               "program may be using the port; pick another with --port)") from None
+
+
 def serve_main(args):
     """Handler of ``shardann serve``: deploy, print the URL, wait for a signal, stop."""
     from ..cli import CommandError, UsageError
@@ -111,6 +126,10 @@ def serve_main(args):
         raise UsageError(str(exc)) from None
     if not os.path.exists(config.path) and "://" not in config.path:
         raise CommandError(f"no index at {config.path}")
+    if not args.address:
+        # a fresh local Ray: nothing of ours holds the port yet, so a busy port is another
+        # program's (Serve would only report that the deployment failed)
+        _check_port_free(args.host, args.port)
 
     import ray
     from ray import serve

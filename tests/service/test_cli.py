@@ -58,6 +58,27 @@ def test_refuses_public_host_without_token(tmp_path, monkeypatch):
         serve_main(_args(str(tmp_path), "--token-file", str(tmp_path / "empty")))
 
 
+def test_busy_port_is_a_clear_error_before_ray_starts(tmp_path):
+    import socket
+
+    from shardann.cli import CommandError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+            serve_main(_args(str(tmp_path), "--port", str(port)))
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_ingress_defaults_to_direct_on_a_local_ray():
+    assert _args("idx").ingress is None  # resolved in serve_main: direct, or proxy with --address
+    assert _args("idx", "--ingress", "proxy").ingress == "proxy"
+    with pytest.raises(SystemExit):
+        _args("idx", "--ingress", "haproxy")
+
+
 def test_token_sources(tmp_path):
     f = tmp_path / "tok"
     f.write_text(f"  {TOKEN}\n")
