@@ -12,6 +12,7 @@ On a real deployment step 2 is ``shardann serve PATH --shards N --replicas R`` (
 files in cluster/), and only steps 3-4 run in your application.
 """
 
+import os
 import secrets
 import socket
 import tempfile
@@ -22,7 +23,7 @@ import ray
 
 import shardann
 from shardann.bench.datasets import synthetic_split
-from shardann.service import Client, InvalidRequestError, run, stop
+from shardann.service import Client, InvalidRequestError, direct_ingress_env, run, stop
 from shardann.service.config import token_digest
 
 
@@ -46,13 +47,17 @@ with tempfile.TemporaryDirectory() as tmp:
     index.save(path)
     print(f"saved {index.ntotal:,} vectors to {path}")
 
-    # 2. Serve it: local Ray, 2 shard actors, HTTP on loopback with a bearer token.
+    # 2. Serve it: local Ray, 2 shard actors, HTTP on loopback with a bearer token. The
+    #    Serve replica answers HTTP itself (direct ingress, as `shardann serve` does), which
+    #    Ray reads from the environment of its processes: set it before ray.init.
+    port = free_port()
+    os.environ.update(direct_ingress_env(port))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     token = secrets.token_hex(16)
     t0 = time.perf_counter()
     url = run({"path": path, "num_shards": 2, "replicas": 1,
                "token_sha256": token_digest(token)},
-              host="127.0.0.1", port=free_port())
+              host="127.0.0.1", port=port, ingress="direct")
     print(f"serving at {url} after {time.perf_counter() - t0:.1f} s")
 
     try:
