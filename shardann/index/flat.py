@@ -22,7 +22,6 @@ def _db_block(nq):
     return int(min(65536, max(4096, 1 << (rows - 1).bit_length())))
 
 
-
 def exact_search_keys(q, xb, ids, k, ip, xb_norms=None):
     """Exact top-k keys of ``q`` float32 (nq, d) against ``xb`` float32 (n, d).
 
