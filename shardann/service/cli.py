@@ -100,18 +100,14 @@ def config_from_args(args):
 
 
 def _check_port_free(host, port):
-    import socket
-
     from ..cli import CommandError
+    from .server import bindable_port
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
-                               "program may be using the port; pick another with --port)") from None
+    try:
+        bindable_port(host, port)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
+                           "program may be using the port; pick another with --port)") from None
 
 
 def serve_main(args):

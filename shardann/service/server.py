@@ -53,10 +53,14 @@ def direct_ingress_env(port):
     }
 
 
-def _unused_port(host):
+def bindable_port(host, port=0):
+    """Bind ``host``:``port`` as an HTTP server would (``SO_REUSEADDR``), let it go,
+    and return the port (with ``port=0``, one the OS found free). ``OSError`` when
+    another program holds it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
-        s.bind((host, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, int(port)))
         return s.getsockname()[1]
 
 
@@ -103,7 +107,7 @@ def run(config, *, host="127.0.0.1", port=8000, app_name=None, route_prefix="/",
         ray.init()
     if start_serve:
         # with direct ingress the replica takes ``port``; the proxy still starts
-        proxy_port = _unused_port(host) if ingress == "direct" else int(port)
+        proxy_port = bindable_port(host) if ingress == "direct" else int(port)
         serve.start(http_options={"host": host, "port": proxy_port,
                                   "request_timeout_s": config.request_timeout_s + 5})
     serve.run(app, name=app_name or APP_NAME, route_prefix=route_prefix)

@@ -6,7 +6,6 @@ HTTP itself on ``direct_port``; one test goes through Serve's proxy instead."""
 
 import asyncio
 import json
-import os
 import re
 import threading
 import time
@@ -47,20 +46,13 @@ def direct_port():
     if ray.is_initialized():
         ray.shutdown()
     port = free_port()
-    env = direct_ingress_env(port)
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # Ray's processes inherit it
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in direct_ingress_env(port).items():
+            mp.setenv(name, value)  # Ray's processes inherit it
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         yield port
         ray.shutdown()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture()
