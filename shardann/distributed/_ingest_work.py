@@ -182,6 +182,29 @@ def _ids_for(ctx, f, part, file_rows):
 
 
 # -- sample ------------------------------------------------------------------------------------
+def draw_rows(total, count, run, rng):
+    """``count`` distinct rows of ``range(total)``, int64, in random order.
+
+    They come in runs ``[k * run, (k + 1) * run)`` drawn uniformly without
+    replacement, the last run needed giving a random part of its rows: every
+    row is as likely to be drawn as any other (but the input's last run, which
+    may be short), while the disk reads about ``count / run`` places. The
+    order is random, so any prefix is a random subset too.
+    """
+    count = min(int(count), int(total))
+    if count <= 0:
+        return np.zeros(0, np.int64)
+    runs = -(-int(total) // run)
+    # one run more than needed: the input's last run may be short
+    picked = rng.choice(runs, size=min(runs, -(-count // run) + 1), replace=False)
+    sizes = np.minimum(run, total - picked * run)
+    j = int(np.searchsorted(np.cumsum(sizes), count))  # the run that completes the count
+    whole = (picked[:j, None] * run + np.arange(run)).reshape(-1)
+    whole = whole[whole < total]
+    part = picked[j] * run + rng.choice(int(sizes[j]), count - whole.size, replace=False)
+    return rng.permutation(np.concatenate((whole, part))).astype(np.int64)
+
+
 def sample_block(c, b):
     """The drawn rows of block ``b``: ``{"block", "error", "rows", "x"}``.
 

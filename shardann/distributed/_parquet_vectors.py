@@ -20,6 +20,7 @@ Results are the same array Arrow gives (tests compare them byte for byte).
 
 import os
 import struct
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -41,8 +42,11 @@ _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd
            "LZ4_RAW": "lz4_raw"}
 #: bytes read for a page header before parsing; re-read larger if it does not fit
 _HEADER_WINDOW = 1024
-#: bytes read for the levels of a page whose values are read row by row
+#: bytes first read for the levels of a page whose values are read from disk
 _LEVELS_WINDOW = 8192
+#: most bytes read ahead for levels (a page of 1 MB of floats has ~10 KB of levels)
+_MAX_LEVELS_WINDOW = 1 << 20
+_EMPTY = np.zeros(0, np.uint8)
 
 
 class Unsupported(Exception):
@@ -132,6 +136,8 @@ class FixedListColumn:
                 if held is not None:
                     yield held
                     held = None
+                if values is not None:
+                    values = values()
                 k = 0
                 while k < n:
                     if out is None:
@@ -163,6 +169,11 @@ class FixedListColumn:
         if rows.size == 0:
             return out
         last = int(rows[-1])
+        # runs of consecutive wanted rows (indices into rows), each read in one go
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        run_lo = np.concatenate(([0], cut))
+        run_hi = np.concatenate((cut, [rows.size]))
+        flat = out.reshape(-1)
         with self._chunk(group) as pages:
             fd = pages.fd
             if hasattr(os, "posix_fadvise"):
@@ -171,14 +182,20 @@ class FixedListColumn:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for first, n, values, offset in pages:
                 a, b = np.searchsorted(rows, [first // d, (first + n - 1) // d + 1])
-                for k in range(a, b):
-                    r0 = int(rows[k]) * d
-                    lo, hi = max(r0, first), min(r0 + d, first + n)
+                if a < b:
                     if values is not None:
-                        out[k, lo - r0:hi - r0] = values[lo - first:hi - first]
-                    else:
-                        out[k, lo - r0:hi - r0] = _pread(fd, 4 * (hi - lo),
-                                                         offset + 4 * (lo - first)).view("<f4")
+                        values = values()
+                    j0, j1 = np.searchsorted(run_hi, a, "right"), np.searchsorted(run_lo, b)
+                    for j in range(j0, j1):
+                        k, e = max(int(run_lo[j]), a), min(int(run_hi[j]), b)
+                        # values [v0, v1) of the chunk land at out[k:e] (flat)
+                        v0, v1 = max(int(rows[k]) * d, first), min(int(rows[e - 1] + 1) * d,
+                                                                   first + n)
+                        dst = flat[k * d + v0 - int(rows[k]) * d:][:v1 - v0]
+                        if values is not None:
+                            dst[:] = values[v0 - first:v1 - first]
+                        else:
+                            _pread_into(fd, dst, offset + 4 * (v0 - first))
                 if first + n > (last + 1) * d:
                     # the level after the last wanted row is checked (a row starts
                     # there): the pages after this one are not needed
@@ -216,25 +233,27 @@ class FixedListColumn:
         self._levels_ok(parts[0], parts[1], n, first)
         return p
 
-    def _page_v1(self, h, fd, at, csize, usize, codec, first, dictionary):
+    def _page_v1(self, h, pages, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page without its header")
         n, encoding = h.get(1, 0), h.get(2)
         if h.get(3, _RLE) != _RLE or h.get(4, _RLE) != _RLE:
             raise Unsupported("levels not RLE-encoded")
         if codec is None and encoding == _PLAIN:
-            p = self._levels_v1(_pread(fd, min(csize, _LEVELS_WINDOW), at), n, first, False)
+            p = self._levels_v1(pages.bytes_at(at, min(csize, pages.levels_window)), n, first,
+                                False)
             while p < 0:  # longer levels: read as much as they are known to need
-                need = min(csize, max(-p, 2 * _LEVELS_WINDOW))
-                p = self._levels_v1(_pread(fd, need, at), n, first, need == csize)
+                need = min(csize, max(-p, 2 * pages.levels_window))
+                p = self._levels_v1(pages.bytes_at(at, need), n, first, need == csize)
             if p + 4 * n > csize:
                 raise Unsupported("short PLAIN page")
+            pages.levels_seen(p)
             return first, n, None, at + p
-        raw = _decompress(_pread(fd, csize, at), codec, usize)
+        raw = _decompress(pages.bytes_at(at, csize), codec, usize)
         p = self._levels_v1(raw, n, first, True)
-        return first, n, _values(raw[p:], encoding, n, dictionary), 0
+        return first, n, partial(_values, raw[p:], encoding, n, dictionary), 0
 
-    def _page_v2(self, h, fd, at, csize, usize, codec, first, dictionary):
+    def _page_v2(self, h, pages, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page v2 without its header")
         n, encoding = h.get(1, 0), h.get(4)
@@ -245,17 +264,17 @@ class FixedListColumn:
         if rlen + dlen > csize:
             raise Unsupported("levels run past the page")
         if not compressed and encoding == _PLAIN:
-            levels = _pread(fd, rlen + dlen, at)
+            levels = pages.bytes_at(at, rlen + dlen)
             self._levels_ok(levels[:rlen], levels[rlen:], n, first)
             if rlen + dlen + 4 * n > csize:
                 raise Unsupported("short PLAIN page")
             return first, n, None, at + rlen + dlen
-        body = _pread(fd, csize, at)
+        body = pages.bytes_at(at, csize)
         self._levels_ok(body[:rlen], body[rlen:rlen + dlen], n, first)
         data = body[rlen + dlen:]
         if compressed:
             data = _decompress(data, codec, usize - rlen - dlen)
-        return first, n, _values(data, encoding, n, dictionary), 0
+        return first, n, partial(_values, data, encoding, n, dictionary), 0
 
     def _chunk(self, group):
         """The pages of row group ``group``'s column chunk (see :class:`_Pages`)."""
@@ -280,8 +299,9 @@ class _Pages:
     """Iterate over the data pages of one column chunk, with the file open.
 
     Yields ``(first, n, values, offset)``: the page holds values ``first ..
-    first + n - 1`` of the chunk (its levels already checked), decoded in
-    ``values`` float32 (n,), or — for an uncompressed PLAIN page, left on disk
+    first + n - 1`` of the chunk (its levels already checked), decoded by
+    ``values()`` into float32 (n,) (a sampling read skips pages it needs no
+    row of), or — for an uncompressed PLAIN page, left on disk
     — ``values`` None and the file ``offset`` where its n float32 values start.
     Read errors become :class:`Unsupported`.
     """
@@ -290,6 +310,9 @@ class _Pages:
         self.column, self.pos, self.end, self.total = column, start, end, total
         self.codec = codec
         self.fd = None
+        #: bytes read ahead of a data page's values: levels of the pages so far
+        self.levels_window = _LEVELS_WINDOW
+        self._win, self._win_at = _EMPTY, 0  # the bytes read with the last header
 
     def __enter__(self):
         self.fd = os.open(self.column.path, os.O_RDONLY)
@@ -321,10 +344,10 @@ class _Pages:
             if ptype == INDEX_PAGE:
                 continue
             if ptype == DATA_PAGE:
-                page = col._page_v1(header.get(5), fd, at, csize, usize, codec, done,
+                page = col._page_v1(header.get(5), self, at, csize, usize, codec, done,
                                     dictionary)
             elif ptype == DATA_PAGE_V2:
-                page = col._page_v2(header.get(8), fd, at, csize, usize, codec, done,
+                page = col._page_v2(header.get(8), self, at, csize, usize, codec, done,
                                     dictionary)
             else:
                 raise Unsupported(f"page type {ptype}")
@@ -334,9 +357,25 @@ class _Pages:
             done += n
             yield page
 
+    def bytes_at(self, at, n):
+        """uint8 (n,): the file's bytes from ``at``, taken from the last header's
+        window when it holds them (a page's header and levels are then one read)."""
+        lo = at - self._win_at
+        if 0 <= lo and lo + n <= self._win.size:
+            return self._win[lo:lo + n]
+        return _pread(self.fd, n, at)
+
+    def levels_seen(self, size):
+        """Widen the read-ahead to a page's levels (``size`` bytes), as the next
+        pages of the chunk are likely to hold as many."""
+        if size > self.levels_window:
+            self.levels_window = min(size + size // 8, _MAX_LEVELS_WINDOW)
+
     def _header(self):
         fd, pos, left = self.fd, self.pos, self.end - self.pos
-        window = os.pread(fd, min(_HEADER_WINDOW, left), pos)
+        # the header, and the levels after it: one read where the disk is slow to seek
+        window = os.pread(fd, min(_HEADER_WINDOW + self.levels_window, left), pos)
+        self._win, self._win_at = np.frombuffer(window, np.uint8), pos
         try:
             return read_struct(window, 0)
         except IndexError:

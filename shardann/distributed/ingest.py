@@ -12,9 +12,15 @@ Stages, each with a progress bar (vectors/s, ETA):
    from metadata; row ``r`` of a file whose rows start at global row ``o``
    gets id ``o + r`` (plus the index's ``next_id`` when appending) unless an
    id column is given. The rows are cut into blocks of about ``block_rows``.
-2. **sample**: a uniform random sample of rows (training) and a disjoint
-   one (the recall check), read on the driver by a few threads while Ray Data
-   starts its workers for the encode stage in the background.
+2. **sample**: a random sample of rows (training) and a disjoint one (the
+   recall check), read on the driver by a few threads while Ray Data starts
+   its workers for the encode stage in the background. Rows are drawn in
+   runs of consecutive rows filling 4 KiB (8 rows of 128 floats; single rows
+   when rows are larger), the runs uniformly without replacement
+   (:func:`draw_rows`): every row is as likely to be drawn, and a run costs
+   the disk one read where as many scattered rows cost one each. The stage is
+   bound by the disk's reads per second (~20k here): 262k single rows of
+   10M x 128 took 8.8 s, in runs of 8 rows 3.2 s.
    Of uncompressed PLAIN Parquet pages only the page headers, the levels and
    the drawn rows are read, with the kernel's readahead off for those reads
    (else each one pulls megabytes in and the whole input comes off disk).
@@ -85,6 +91,7 @@ from ._ingest_work import (
     SEGMENT_PREFIX,
     block_marker,
     build_model,
+    draw_rows,
     encode_batch,
     merge_batch,
     plan_ranges,
@@ -107,6 +114,8 @@ JOBS_DIR = "_ingest"
 SAMPLE_MAX_BYTES = 1 << 30
 #: threads that read the drawn rows on the driver (mostly waiting on the disk)
 SAMPLE_THREADS = 4
+#: the sample is drawn in runs of consecutive rows of about this many bytes
+SAMPLE_RUN_BYTES = 4096
 #: most blocks one encode task takes (see :func:`task_groups`)
 ENCODE_TASK_BLOCKS = 4
 #: smallest training sample for which Ray Data is started during the model stage
@@ -702,11 +711,10 @@ class _Job:
         if size and size < nlist:
             raise ValueError(f"training needs at least nlist={nlist} vectors; the inputs hold "
                              f"{total} rows (sample_size={size})")
-        rng = np.random.default_rng(self.opts["seed"])
-        drawn = rng.choice(total, size=size + nq, replace=False) if size + nq else \
-            np.zeros(0, np.int64)
-        qrows = np.sort(drawn[:nq]).astype(np.int64)
-        drawn = np.sort(drawn).astype(np.int64)
+        drawn = draw_rows(total, size + nq, max(1, SAMPLE_RUN_BYTES // (4 * self.plan.d)),
+                          np.random.default_rng(self.opts["seed"]))
+        qrows = np.sort(drawn[:nq])
+        drawn = np.sort(drawn)
         starts = self.plan.block_offsets()
         ends = starts + np.array([b.stop - b.start for b in self.plan.blocks], np.int64)
         lo = np.searchsorted(drawn, starts)

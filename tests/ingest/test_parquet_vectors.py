@@ -7,6 +7,9 @@ reasons — with the fast path on as with it off, including on files where it
 has to hand a row group back to Arrow part way through.
 """
 
+import os
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -223,6 +226,34 @@ def test_read_block_sampling_is_the_same_with_the_fast_path(tmp_path, monkeypatc
     assert _joined(fast)[5].tolist() == rows.tolist()
 
 
+def test_read_block_sampling_reads_runs_of_rows_across_pages(tmp_path, monkeypatch):
+    # runs of consecutive rows are read in one go: they cross pages (2 KB pages of
+    # d=7 rows do not end on a row), dictionary pages and row groups
+    paths = [_mixed_file(tmp_path, "a.parquet", 1000, 7, row_group_size=300,
+                         data_page_size=2048, use_dictionary=False),
+             _mixed_file(tmp_path, "b.parquet", 500, 7, row_group_size=200,
+                         data_page_size=1024, use_dictionary=True)]
+    starts = np.sort(np.random.default_rng(2).choice(180, 40, replace=False)) * 8
+    rows = np.concatenate([np.arange(s, min(s + 8, 1500)) for s in starts]).astype(np.int64)
+    opts = dict(column="embedding", id_column="key", block_rows=128)
+    read_rows, fast_groups = FixedListColumn.read_rows, []
+
+    def spy(self, group, rows):
+        out = read_rows(self, group, rows)
+        fast_groups.append(group)
+        return out
+    monkeypatch.setattr(FixedListColumn, "read_rows", spy)
+    for path, lo, hi, group_rows in ((paths[0], 0, 1000, 300), (paths[1], 1000, 1500, 200)):
+        want = rows[(rows >= lo) & (rows < hi)] - lo
+        groups = np.unique(want // group_rows).size
+        fast_groups.clear()
+        fast = _joined(_parts([path], monkeypatch, True, rows=want, **opts))
+        assert len(fast_groups) == groups  # every row group on the fast path
+        slow = _joined(_parts([path], monkeypatch, False, rows=want, **opts))
+        _same_parts([fast], [slow])
+        assert fast[5].tolist() == want.tolist()
+
+
 def _joined(parts):
     reasons = {}
     off = 0
@@ -267,9 +298,50 @@ class _FakePages:
     def __iter__(self):
         first = 0
         for n in self.sizes:
-            yield first, n, np.arange(first, first + n, dtype=np.float32), 0
+            yield first, n, partial(np.arange, first, first + n, dtype=np.float32), 0
             first += n
         raise Unsupported("this page's first repetition level continues the last row")
+
+
+class _SplitPages:
+    """Pages of ``sizes`` values that cut rows anywhere, over a file holding the
+    float32 values 0, 1, 2, ...; ``on_disk``: values left in the file (an
+    uncompressed PLAIN page), else decoded."""
+
+    def __init__(self, path, sizes, on_disk):
+        self.path, self.sizes, self.on_disk = path, sizes, on_disk
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDONLY)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+        return False
+
+    def __iter__(self):
+        first = 0
+        for n in self.sizes:
+            if self.on_disk:
+                yield first, n, None, 4 * first
+            else:
+                yield first, n, partial(np.arange, first, first + n, dtype=np.float32), 0
+            first += n
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_read_rows_takes_runs_of_rows_cut_by_pages(tmp_path, on_disk):
+    # runs of consecutive rows are read in one go, also when pages cut them
+    d, sizes = 4, [6, 10, 3, 13, 9, 7]
+    path = tmp_path / "values.bin"
+    np.arange(sum(sizes), dtype=np.float32).tofile(path)
+    col = FixedListColumn.__new__(FixedListColumn)
+    col.d = d
+    col._chunk = lambda g: _SplitPages(str(path), sizes, on_disk)
+    for rows in ([1, 2, 3, 5, 6], [0], [11], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 9, 10]):
+        got = col.read_rows(0, np.array(rows, np.int64))
+        want = np.arange(sum(sizes), dtype=np.float32).reshape(-1, d)[rows]
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("sizes, yielded", [([8], 0), ([12], 1), ([8, 8], 1)])

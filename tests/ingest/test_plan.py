@@ -94,3 +94,37 @@ def test_task_groups_cover_the_units_in_order_and_shrink_to_one(n, workers, most
     assert sizes[-min(n, 2 * workers):] == [1] * min(n, 2 * workers)
     if most > 1 and n >= 8 * workers * most:
         assert len(groups) < n / 2  # far fewer Ray Data tasks than units
+
+
+@pytest.mark.parametrize("total,count,run", [(1000, 100, 8), (1001, 1001, 8), (1001, 1000, 8),
+                                             (50, 7, 1), (10, 0, 8), (5, 9, 8), (64, 64, 64)])
+def test_draw_rows_gives_distinct_rows_in_runs(total, count, run):
+    from shardann.distributed._ingest_work import draw_rows
+
+    rows = draw_rows(total, count, run, np.random.default_rng(0))
+    assert rows.dtype == np.int64 and rows.size == min(count, total)
+    assert np.unique(rows).size == rows.size and rows.min(initial=0) >= 0
+    assert rows.max(initial=0) < max(total, 1)
+    # whole runs, but for one cut short
+    runs, sizes = np.unique(rows // run, return_counts=True)
+    full = np.minimum(run, total - runs * run)
+    assert (sizes < full).sum() <= 1
+
+
+def test_draw_rows_draws_every_row_as_often():
+    from shardann.distributed._ingest_work import draw_rows
+
+    # 43 rows: five whole runs of 8 and three rows of a sixth
+    total, count, trials = 200, 43, 4000
+    seen, first = np.zeros(total), np.zeros(total)
+    rng = np.random.default_rng(1)
+    for _ in range(trials):
+        rows = draw_rows(total, count, 8, rng)
+        seen[rows] += 1
+        first[rows[:10]] += 1  # a prefix is a random subset as well
+    # each count is binomial: sd sqrt(4000 * p * (1 - p)) / 4000 = 0.0065 and 0.0034
+    assert np.abs(seen / trials - count / total).max() < 0.03
+    assert np.abs(first / trials - 10 / total).max() < 0.017
+    # a row's place in its run does not matter (the run cut short takes any rows)
+    by_place = seen.reshape(-1, 8).mean(axis=0) / trials
+    assert np.abs(by_place - count / total).max() < 0.01
