@@ -843,3 +843,13 @@ def test_finite_rows_flags_every_non_finite_row_and_returns_the_largest_finite_v
     np.testing.assert_array_equal(ok, np.isfinite(x).all(axis=1))
     assert top == np.float32(7e20)
     assert finite_rows(np.zeros((0, 4), np.float32), np.empty(0, bool)) == 0
+    # the edges of the bit patterns: the largest finite value, a NaN with its
+    # sign bit set, the smallest subnormal, negative zero
+    edge = np.zeros((4, 3), np.float32)
+    edge[0, 1] = -np.finfo(np.float32).max
+    edge[1, 2] = np.array([0xFFC00001], np.uint32).view(np.float32)[0]
+    edge[2, 0] = np.float32(1e-45)
+    edge[3, 2] = np.float32(-0.0)
+    ok = np.empty(4, bool)
+    assert finite_rows(edge, ok) == np.finfo(np.float32).max
+    np.testing.assert_array_equal(ok, [True, False, True, True])
