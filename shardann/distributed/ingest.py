@@ -218,7 +218,9 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
         ``keep_vectors`` True/"float32" or "float16" keeps raw vectors for refine.
     codebooks : path of an index (or of its ``codebooks-*.parquet`` file)
         whose trained model to reuse instead of training.
-    sample_size : training sample (default ``256 * nlist``, at most 1 GiB).
+    sample_size : training sample (default ``256 * nlist``, at most 1 GiB),
+        drawn in runs of consecutive rows filling 4 KiB (every row equally
+        likely; see the module docstring).
     skip_bad_rows : skip (and count) rows with the wrong length, NaN/inf,
         null or bad ids, and unreadable files, instead of failing.
     block_rows : rows per block (default: 64 MiB of float32 vectors).
@@ -1095,7 +1097,8 @@ def add_ingest_arguments(parser):
     m.add_argument("--codebooks", default=None, metavar="PATH",
                    help="reuse the trained model of this index (or codebooks file)")
     m.add_argument("--sample-size", type=int, default=None,
-                   help="training sample (default 256 x nlist, at most 1 GiB)")
+                   help="training sample (default 256 x nlist, at most 1 GiB), drawn in "
+                        "runs of consecutive rows filling 4 KiB")
     m.add_argument("--seed", type=int, default=0, help="sampling and training seed (default 0)")
     m.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
     r = parser.add_argument_group("run")
