@@ -83,6 +83,19 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
         else:
             stop = min(n, i + count)
             bit = np.int64(pos) * 8
+            if repetition and width == 1 and d % 8 == 0 and phase % 8 == 0:
+                # a byte holds 8 levels of one row (lowest bit first): 0b11111110
+                # where the row starts, else all ones; one compare per byte
+                # instead of eight unpacked levels (most of a sampling read's CPU)
+                whole = (stop - i) // 8
+                for t in range(whole):
+                    if buf[pos + t] != (0xFE if phase == 0 else 0xFF):
+                        return -2
+                    phase += 8
+                    if phase == d:
+                        phase = 0
+                i += whole * 8
+                bit += whole * 8
             for _ in range(i, stop):
                 v = _unpack(buf, bit, width, packed_end)
                 bit += width
