@@ -48,8 +48,6 @@ SEGMENT_PREFIX = "ingest-"
 MAX_EXAMPLES = 10
 #: blocks after the one being encoded whose bytes are asked from disk ahead of time
 PREFETCH_BLOCKS = 2
-#: seconds a warm-up task keeps its worker (see :func:`warm_batch`)
-WARM_HOLD_S = 1.0
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -241,17 +239,6 @@ def sample_block(c, b):
     if rows:
         out.update(rows=np.concatenate(rows), x=np.concatenate(xs))
     return out
-
-
-def warm_batch(batch, ctx):
-    """Ray Data task that starts a worker process with this module loaded.
-
-    It holds the worker a moment, so that each warm-up task of a stage lands in
-    a process of its own instead of one process running them all in turn.
-    """
-    job_context(ctx)
-    time.sleep(WARM_HOLD_S)
-    return {"group": np.asarray(batch["group"])}
 
 
 # -- encode ------------------------------------------------------------------------------------

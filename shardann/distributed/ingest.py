@@ -13,8 +13,7 @@ Stages, each with a progress bar (vectors/s, ETA):
    gets id ``o + r`` (plus the index's ``next_id`` when appending) unless an
    id column is given. The rows are cut into blocks of about ``block_rows``.
 2. **sample**: a random sample of rows (training) and a disjoint one (the
-   recall check), read on the driver by a few threads while Ray Data starts
-   its workers for the encode stage in the background. Rows are drawn in
+   recall check), read on the driver by a few threads. Rows are drawn in
    runs of consecutive rows filling 4 KiB (8 rows of 128 floats; single rows
    when rows are larger), the runs uniformly without replacement
    (:func:`draw_rows`): every row is as likely to be drawn, and a run costs
@@ -69,7 +68,6 @@ import logging
 import os
 import shutil
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +98,6 @@ from ._ingest_work import (
     read_json,
     replace_into,
     sample_block,
-    warm_batch,
     write_json,
 )
 
@@ -118,8 +115,6 @@ SAMPLE_THREADS = 4
 SAMPLE_RUN_BYTES = 4096
 #: most blocks one encode task takes (see :func:`task_groups`)
 ENCODE_TASK_BLOCKS = 4
-#: smallest training sample for which Ray Data is started during the model stage
-WARM_UP_MIN_SAMPLE = 50_000
 #: a merge range holds about this many bytes (codes, ids, vectors)
 MERGE_BYTES = 128 << 20
 #: a recall-check chunk of lists loaded at once holds about this many bytes
@@ -416,8 +411,7 @@ class _Job:
             if state.get("committed_version"):
                 return self._after_commit(state, IndexStore.open(self.root,
                                                                  state["committed_version"]))
-            with self._warm_up(self._trains(state)):
-                model = self._model(state)
+            model = self._model(state)
             agg = self._encode(state, model)
             self._check_ids(state, agg)
             entries = self._merge(state, model, agg)
@@ -601,43 +595,6 @@ class _Job:
             dctx.enable_progress_bars, dctx.enable_operator_progress_bars = saved
             quiet.setLevel(level)
 
-    def _trains(self, state):
-        """Whether the model stage will sample and train (not reuse a model)."""
-        return not (os.path.exists(self._p("model.parquet")) or state["mode"] == "append"
-                    or self.opts["codebooks"] is not None)
-
-    @contextlib.contextmanager
-    def _warm_up(self, trains):
-        """Start Ray Data's workers in the background for the body of the block.
-
-        Ray Data's first dataset costs seconds here: imports on the driver, and
-        new worker processes and its own actors that each import it. The
-        sampling and training that come first leave the workers idle, so that
-        start is paid meanwhile instead of by the encode stage. Only when the
-        model stage trains on a large sample: otherwise it is too short to hide
-        the start, and waiting for the warm-up would only delay the encode stage.
-        """
-        if not trains or self._sample_size(self.opts["nlist"]) < WARM_UP_MIN_SAMPLE:
-            yield
-            return
-
-        def run():
-            t = time.perf_counter()
-            try:
-                n = self._workers()
-                self._map([[i] for i in range(n)], warm_batch, {"kind": None, "threads": 1},
-                          lambda row: None)
-                logger.debug("Ray Data warm-up: %.1f s", time.perf_counter() - t)
-            except Exception:  # the encode stage starts them itself and reports errors
-                logger.debug("Ray Data warm-up failed", exc_info=True)
-
-        thread = threading.Thread(target=run, name="shardann-ray-data-warm-up", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            thread.join()
-
     def _timed(self, name, t):
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - t
 
@@ -736,8 +693,7 @@ class _Job:
                 bar.update(b.stop - b.start)
 
             # the drawn rows are a small part of each block and their reads mostly wait
-            # on the disk: the driver reads them with a few threads, while Ray Data
-            # starts its workers for the encode stage (``_warm_up``)
+            # on the disk: the driver reads them with a few threads
             pool = ThreadPoolExecutor(SAMPLE_THREADS, thread_name_prefix="shardann-sample")
             try:
                 for row in pool.map(lambda b: sample_block(ctx, int(b)), todo):

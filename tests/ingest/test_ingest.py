@@ -118,28 +118,6 @@ def test_options_equal_core_index(tmp_path, xb, parquet_dir, opts):
         assert store.columns["vector"]["dtype"] == "float16"
 
 
-def test_ray_data_warm_up_during_training(tmp_path, xb, parquet_dir, monkeypatch):
-    """Big jobs start Ray Data while the driver samples and trains; same index."""
-    from shardann.distributed import ingest as ingest_module
-
-    maps = []
-    real_map = ingest_module._Job._map
-
-    def spy(self, groups, fn, ctx, on_row):
-        maps.append(fn.__name__)
-        return real_map(self, groups, fn, ctx, on_row)
-
-    monkeypatch.setattr(ingest_module, "WARM_UP_MIN_SAMPLE", 1)
-    monkeypatch.setattr(ingest_module._Job, "_map", spy)
-    path = str(tmp_path / "idx")
-    ingest(path, parquet_dir, block_rows=2000, **TRAIN)
-    assert maps == ["warm_batch", "encode_batch", "merge_batch"]
-    assert_same_index(path, xb)
-    maps.clear()  # an append trains nothing: no warm-up
-    s = ingest(path, parquet_dir)
-    assert s.mode == "append" and "warm_batch" not in maps
-
-
 def test_ivf_flat(tmp_path, xb, parquet_dir):
     path = str(tmp_path / "idx")
     ingest(path, parquet_dir, **{**TRAIN, "M": None})
