@@ -86,7 +86,7 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
             if repetition and width == 1 and d % 8 == 0 and phase % 8 == 0:
                 # a byte holds 8 levels of one row (lowest bit first): 0b11111110
                 # where the row starts, else all ones; one compare per byte
-                # instead of eight unpacked levels (most of a sampling read's CPU)
+                # instead of eight unpacked levels (a sampling read's largest CPU item)
                 whole = (stop - i) // 8
                 for t in range(whole):
                     if buf[pos + t] != (0xFE if phase == 0 else 0xFF):
