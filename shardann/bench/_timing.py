@@ -1,10 +1,13 @@
 """Timing helpers for the benchmarks: single-thread limits, repeated timings,
-latency percentiles and the recall metric.
+latency percentiles and the recall metric, and the optional packages of the
+``bench`` extra (faiss-cpu, matplotlib, threadpoolctl), which are imported
+only here and only when asked for.
 
 Nothing here prints; callers log or print.
 """
 
 import contextlib
+import importlib
 import os
 import statistics
 import time
@@ -12,6 +15,12 @@ import time
 import numpy as np
 
 _clock = time.perf_counter
+
+#: how to get the optional packages the benchmarks use (the ``bench`` extra)
+BENCH_EXTRA = 'pip install -e ".[bench]"'
+#: module name -> the name pip installs it by
+_DISTRIBUTION = {"faiss": "faiss-cpu", "matplotlib": "matplotlib",
+                 "threadpoolctl": "threadpoolctl"}
 
 
 _cpu = time.process_time
@@ -87,15 +96,36 @@ def recall_at_k(found, truth, k):
     return hits / float(truth.shape[0] * k) if truth.size else float("nan")
 
 
+def optional_import(name):
+    """``(module, None)`` for an optional package, or ``(None, why)`` where
+    ``why`` says it is not installed or why its import failed."""
+    try:
+        return importlib.import_module(name), None
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name in (name, None):
+            return None, f"{_DISTRIBUTION.get(name, name)} is not installed"
+        return None, f"{name} cannot be imported ({exc})"
+
+
+def skip_note(prog, skipped):
+    """One line naming what ``prog`` skipped and how to get it, or None.
+
+    ``skipped`` is a list of ``(what is skipped, why)`` pairs.
+    """
+    if not skipped:
+        return None
+    parts = "; ".join(f"{what} ({why})" for what, why in skipped)
+    return f"{prog}: skipped {parts}. The bench extra has them: {BENCH_EXTRA}"
+
+
 def threadpool_summary():
     """The native thread pools loaded in this process (BLAS, OpenMP), short form."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return [{"error": "threadpoolctl not installed"}]
+    threadpoolctl, why = optional_import("threadpoolctl")
+    if threadpoolctl is None:
+        return [{"error": why}]
     keep = ("user_api", "internal_api", "num_threads", "prefix", "version",
             "threading_layer", "architecture")
-    return [{k: p.get(k) for k in keep if k in p} for p in threadpool_info()]
+    return [{k: p.get(k) for k in keep if k in p} for p in threadpoolctl.threadpool_info()]
 
 
 @contextlib.contextmanager
@@ -103,19 +133,22 @@ def single_thread(faiss=None):
     """Run the body on one thread: BLAS and OpenMP pools (threadpoolctl),
     FAISS's OpenMP (``faiss.omp_set_num_threads``) and Numba.
 
-    The previous FAISS and Numba thread counts are restored on exit;
-    environment variables are not touched.
+    Without threadpoolctl (an optional package) the BLAS and OpenMP pools
+    keep their sizes; FAISS and Numba are still limited. The previous FAISS
+    and Numba thread counts are restored on exit; environment variables are
+    not touched.
     """
     import numba
-    from threadpoolctl import threadpool_limits
 
+    threadpoolctl, _ = optional_import("threadpoolctl")
     old_numba = numba.get_num_threads()
     old_faiss = faiss.omp_get_max_threads() if faiss is not None else None
     numba.set_num_threads(1)
     if faiss is not None:
         faiss.omp_set_num_threads(1)
     try:
-        with threadpool_limits(limits=1):
+        with (threadpoolctl.threadpool_limits(limits=1) if threadpoolctl is not None
+              else contextlib.nullcontext()):
             yield
     finally:
         numba.set_num_threads(old_numba)

@@ -12,6 +12,12 @@ to a PNG) and an equal-recall comparison. Everything lands in a JSON file.
 ``--fresh-process-latency`` instead saves indexes and times the first search
 in brand-new Python processes (Numba's on-disk cache vs a cold cache).
 
+FAISS, matplotlib and threadpoolctl are optional (``pip install -e ".[bench]"``).
+Without them shardann is still measured; the run says in one line what it
+skipped: the FAISS columns, ratios and ground truth (exact search uses
+``shardann.FlatIndex``; training iterations fall back to FAISS's usual
+defaults), the PNG, or the one-thread limit of the BLAS pools.
+
 Usage::
 
     python -m shardann.bench.core --quick
@@ -28,6 +34,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -47,6 +54,12 @@ QUICK = {"n": 50_000, "nlist": 256, "nq": 200, "train_size": 65_536}
 JSON_NAME = "core.json"
 PNG_NAME = "core-recall-qps.png"
 FRESH_JSON_NAME = "core-fresh-latency.json"
+
+# training settings mirrored from FAISS when it is not installed to read them
+# from: IndexIVF's cp.niter, ProductQuantizer's cp.niter, max_points_per_centroid
+# (the values of FAISS 1.15)
+FAISS_TRAIN_FALLBACK = {"version": None, "ivf.cp.niter": 10, "pq.cp.niter": 25,
+                        "ivf.cp.max_points_per_centroid": 256}
 
 # untimed warm-up index: small enough to build in about a second
 _WARM_NLIST = 32
@@ -78,6 +91,10 @@ def _kind_list(text):
 
 def add_arguments(parser):
     """Add the ``bench core`` options to an ``argparse`` parser."""
+    parser.epilog = (
+        "FAISS, matplotlib and threadpoolctl are optional (the bench extra: "
+        f"{_timing.BENCH_EXTRA}); without them shardann is measured alone, with no PNG and "
+        "no 1-thread limit on the BLAS pools, and the run says in one line what it skipped.")
     data = parser.add_argument_group("data")
     data.add_argument("--base", metavar="PATH",
                       help="database vectors (.npy / .fvecs / .bvecs); default: generate "
@@ -101,7 +118,8 @@ def add_arguments(parser):
     idx.add_argument("--nlist", type=int, default=None,
                      help=f"IVF lists (default {DEFAULTS['nlist']})")
     idx.add_argument("--M", type=int, default=32, help="PQ sub-quantizers (default 32)")
-    idx.add_argument("--metric", choices=("l2", "ip"), default="l2")
+    idx.add_argument("--metric", choices=("l2", "ip"), default="l2",
+                     help="distance: l2 (squared Euclidean) or ip (inner product); default l2")
     idx.add_argument("--refine-factor", type=int, default=4,
                      help="ivfpq8-refine: shortlist k*refine_factor (FAISS k_factor); default 4")
     idx.add_argument("--faiss-fs-residual", action="store_true",
@@ -127,7 +145,9 @@ def add_arguments(parser):
     run.add_argument("--out", default="bench-results",
                      help=f"output directory for {JSON_NAME} and {PNG_NAME} "
                           "(default bench-results/)")
-    run.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    run.add_argument("--no-plot", action="store_true",
+                     help=f"skip the PNG (written only when matplotlib is installed: "
+                          f"{_timing.BENCH_EXTRA})")
     run.add_argument("--fresh-process-latency", action="store_true",
                      help="instead of the benchmark: save indexes, then time import, open and "
                           "the first searches in new Python processes (Numba on-disk cache "
@@ -584,7 +604,7 @@ _COLUMNS = (  # header, result key (tuple = nested), ratio key, format, width
     ("train s", "train_s", "train_s", "s", 9),
     ("train cpu", "train_cpu_s", "train_cpu_s", "s", 10),
     ("add vec/s", "add_vps", "add_vps", "int", 11),
-    ("1st ms", "first_call_ms", "first_call_ms", "ms", 9),
+    ("1st ms", "first_call_ms", "first_call_ms", "ms", 10),
 )
 
 
@@ -605,24 +625,39 @@ def format_report(report):
     ds = report["dataset"]
     fd = report["faiss_defaults"]
     sh = report["shardann_settings"]
+    libs = report.get("libs", LIBS)
+    with_faiss = "faiss" in libs
+    blas_limited = report.get("blas_limited", True)
+    threads = ", ".join(["FAISS OpenMP"] * with_faiss + ["Numba"]
+                        + ["BLAS via threadpoolctl"] * blas_limited)
     lines = [
         f"shardann bench core: n={ds['n']:,} d={ds['d']} nq={ds['nq']} ntrain={ds['ntrain']:,} "
         f"nlist={c['nlist']} M={c['M']} nprobe={c['nprobe']} k={c['k']} metric={c['metric']}; "
-        "1 thread each (FAISS OpenMP, Numba, BLAS via threadpoolctl)",
-        f"data: {ds['source']}; train: {ds['train']} (the same sample for both)",
+        f"1 thread{' each' if with_faiss else ''} ({threads})"
+        + ("" if blas_limited else "; BLAS pools not limited (no threadpoolctl)"),
+        f"data: {ds['source']}; train: {ds['train']}"
+        + (" (the same sample for both)" if with_faiss else ""),
         f"ground truth: {report['ground_truth']['method']}",
-        f"training iterations (FAISS {fd['version']} defaults, mirrored in shardann): coarse "
-        f"k-means niter={sh['niter']}, PQ niter={sh['pq_niter']}, max_points_per_centroid="
-        f"{sh['max_points_per_centroid']}; FAISS SIMD level {fd.get('simd_level', '?')}",
     ]
-    for kind, entry in report["results"].items():
+    if with_faiss:
+        lines.append(
+            f"training iterations (FAISS {fd['version']} defaults, mirrored in shardann): "
+            f"coarse k-means niter={sh['niter']}, PQ niter={sh['pq_niter']}, "
+            f"max_points_per_centroid={sh['max_points_per_centroid']}; FAISS SIMD level "
+            f"{fd.get('simd_level', '?')}")
+    else:
+        lines.append(
+            f"training iterations (FAISS's defaults, built in): coarse k-means "
+            f"niter={sh['niter']}, PQ niter={sh['pq_niter']}, max_points_per_centroid="
+            f"{sh['max_points_per_centroid']}; FAISS not installed: shardann alone, no ratios")
+    for kind, entry in report["results"].items() if with_faiss else ():
         fp = entry["faiss"]["params"]
         extra = ", ".join(f"{k}={v}" for k, v in fp.items()
                           if k in ("by_residual", "use_precomputed_table (after train)",
                                    "do_polysemous_training", "k_factor"))
         lines.append(f"  {kind:<14} FAISS {fp['index_factory']} ({fp['ivf_class']}; {extra})")
     env = report["environment"]
-    la = [r[key] for e in report["results"].values() for r in (e["faiss"], e["shardann"])
+    la = [r[key] for e in report["results"].values() for r in (e[lib] for lib in libs)
           for key in ("load_avg_start", "load_avg_end") if r.get(key) is not None]
     if la:
         lines.append(f"machine: {env['cpu']}, {env['os_cpu_count']} CPUs; 1-min load average "
@@ -638,24 +673,37 @@ def format_report(report):
                                              for h, _, _, _, w in _COLUMNS)
     lines += [head, "-" * len(head)]
     for kind, entry in report["results"].items():
-        for lib in LIBS:
+        for i, lib in enumerate(libs):
             r = entry[lib]
-            lines.append(f"{kind if lib == 'faiss' else '':<15}"
+            lines.append(f"{kind if i == 0 else '':<15}"
                          f"{'FAISS' if lib == 'faiss' else 'shardann':<16}"
                          + "".join(f"{_fmt(_get(r, key), fmt):>{w}}"
                                    for _, key, _, fmt, w in _COLUMNS))
-        ra = entry["ratio"]
-        lines.append(f"{'':<15}{'shardann/FAISS':<16}"
-                     + "".join(f"{_fmt(ra[rk], 'ratio'):>{w}}" for _, _, rk, _, w in _COLUMNS))
+        if with_faiss:
+            ra = entry["ratio"]
+            lines.append(f"{'':<15}{'shardann/FAISS':<16}"
+                         + "".join(f"{_fmt(ra[rk], 'ratio'):>{w}}"
+                                   for _, _, rk, _, w in _COLUMNS))
         lines.append("")
+    if with_faiss:
+        lines.append("ratio rows = shardann / FAISS per column: above 1x is better for recall, "
+                     "QPS and add vec/s; below 1x is better for ms and train seconds.")
     lines += [
-        "ratio rows = shardann / FAISS per column: above 1x is better for recall, QPS and "
-        "add vec/s; below 1x is better for ms and train seconds.",
         f"QPS = nq / best-of-{c['reps']} wall seconds of one batch search call; QPS cpu = the "
         "same with process CPU seconds; p50/p99 = one query per call "
         f"({c['latency_queries']} queries); train/add = one call each; 1st ms = the first "
         "single-query search in this process, on a tiny warm-up index (shardann: Numba loads "
         "its on-disk cache, or compiles; kernels shared by kinds load only once).",
+    ]
+    if with_faiss:
+        lines += _format_equal_recall(report)
+    lines += _format_split(report)
+    return "\n".join(lines)
+
+
+def _format_equal_recall(report):
+    c = report["config"]
+    lines = [
         "",
         f"equal-recall comparison (nprobe sweep {c['nprobe_sweep']}, best of {c['sweep_reps']} "
         "per point; the other library's QPS is interpolated in log-QPS between sweep points):",
@@ -684,15 +732,23 @@ def format_report(report):
         "sweep. 'within 1 SE': the other library at its smallest sweep nprobe whose recall "
         "is within one binomial standard error (sqrt(r(1-r)/(nq*k))) of the target - use "
         "it where a curve is flat and the strict ratio hinges on a few hits.",
+    ]
+    return lines
+
+
+def _format_split(report):
+    c, ds = report["config"], report["dataset"]
+    libs = report.get("libs", LIBS)
+    lines = [
         "",
         f"where the batch search time goes at nprobe={c['nprobe']} (CPU ms for all "
         f"{ds['nq']} queries, best of {c['reps']}): coarse = quantizer.search / index.probe; "
         "scan = search_preassigned / index.scan; refine = exact re-ranking on top of the scan",
     ]
     for kind, entry in report["results"].items():
-        for lib in LIBS:
+        for i, lib in enumerate(libs):
             ts = entry[lib].get("time_split_cpu_s")
-            name = kind if lib == "faiss" else ""
+            name = kind if i == 0 else ""
             libn = "FAISS" if lib == "faiss" else "shardann"
             if ts is None:
                 lines.append(f"{name:<15}{libn:<10} (not split: IndexRefineFlat)")
@@ -701,24 +757,24 @@ def format_report(report):
             parts = "   ".join(f"{part} {v * 1e3:8.1f} ms ({v / total * 100:4.1f}%)"
                                for part, v in ts.items())
             lines.append(f"{name:<15}{libn:<10} {parts}")
-    return "\n".join(lines)
+    return lines
 
 
-def plot(report, path):
-    """Recall-QPS curves, one panel per kind, both libraries."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def recall_qps_figure(report):
+    """The matplotlib figure of :func:`plot` (needs matplotlib)."""
+    from matplotlib.figure import Figure
 
     kinds = list(report["results"])
+    libs = report.get("libs", LIBS)
     ncols = min(2, len(kinds))
     nrows = math.ceil(len(kinds) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.6 * nrows), squeeze=False)
+    fig = Figure(figsize=(6.2 * ncols, 4.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     c, ds = report["config"], report["dataset"]
     style = {"faiss": ("tab:blue", "s", "FAISS"), "shardann": ("tab:orange", "o", "shardann")}
     for ax, kind in zip(axes.flat, kinds, strict=False):
         entry = report["results"][kind]
-        for lib in LIBS:
+        for lib in libs:
             color, marker, label = style[lib]
             sw = entry[lib]["sweep"]
             rec = [s["recall"] for s in sw]
@@ -733,18 +789,25 @@ def plot(report, path):
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{c['k']}")
         ax.set_ylabel("QPS (1 thread, batch)")
-        key = entry["faiss"]["params"].get("index_factory", "")
-        ax.set_title(f"{KIND_LABELS[kind]}  [{key}]", fontsize=9)
+        key = entry["faiss"]["params"].get("index_factory", "") if "faiss" in entry else ""
+        ax.set_title(KIND_LABELS[kind] + (f"  [{key}]" if key else ""), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(kinds):]:
         ax.axis("off")
-    fig.suptitle(f"shardann vs FAISS: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
-                 f"metric={c['metric']}, nprobe sweep {c['nprobe_sweep']} (labels)",
-                 fontsize=10)
+    title = (f"{'shardann vs FAISS' if 'faiss' in libs else 'shardann (FAISS not installed)'}"
+             f", 1 thread: n={ds['n']:,} d={ds['d']} nq={ds['nq']} metric={c['metric']}, "
+             f"nprobe sweep {c['nprobe_sweep']} (point labels)")
+    # wrapped to the figure's width (about 11 characters per inch at 10 pt),
+    # then laid out with the panels so that no line is cut off
+    fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(report, path):
+    """Recall-QPS curves, one panel per kind, each library present; a PNG at ``path``."""
+    recall_qps_figure(report).savefig(path, dpi=120)
 
 
 def environment(faiss):
@@ -773,29 +836,39 @@ def environment(faiss):
 # --------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
+def optional_packages(cfg):
+    """Import the optional packages this run uses. Returns ``(faiss or None,
+    skipped)``, ``skipped`` a list of ``(what is skipped, why)`` pairs."""
+    skipped = []
+    faiss, why = _timing.optional_import("faiss")
+    if faiss is None:
+        skipped.append(("the FAISS comparison", why))
+    tpc, why = _timing.optional_import("threadpoolctl")
+    if tpc is None:
+        skipped.append(("the 1-thread limit of the BLAS pools", why))
+    if not cfg["fresh_process_latency"] and not cfg["no_plot"]:
+        mpl, why = _timing.optional_import("matplotlib")
+        if mpl is None:
+            skipped.append((f"the plot {PNG_NAME}", why))
+    return faiss, skipped
 
 
 def _runners(faiss, kind, cfg, fd):
+    """The runners of one kind: (FaissRunner, ShardannRunner), or just the
+    ShardannRunner without FAISS."""
     d = cfg["d_actual"]
-    return (FaissRunner(faiss, kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
-                        cfg["refine_factor"], cfg["faiss_fs_residual"]),
-            ShardannRunner(kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
-                           cfg["refine_factor"], cfg["seed"], fd["ivf.cp.niter"],
-                           fd["pq.cp.niter"], fd["ivf.cp.max_points_per_centroid"]))
-
-
-def _prepare(cfg):
-    """Shared set-up of both modes: FAISS, data, checks. Returns a dict or an
-    error string."""
-    faiss = _import_faiss()
+    srun = ShardannRunner(kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
+                          cfg["refine_factor"], cfg["seed"], fd["ivf.cp.niter"],
+                          fd["pq.cp.niter"], fd["ivf.cp.max_points_per_centroid"])
     if faiss is None:
-        return "FAISS is not installed; pip install 'shardann[bench]' (faiss-cpu)"
+        return (srun,)
+    return (FaissRunner(faiss, kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
+                        cfg["refine_factor"], cfg["faiss_fs_residual"]), srun)
+
+
+def _prepare(cfg, faiss):
+    """Shared set-up of both modes: data, checks, training settings. Returns a
+    dict or an error string. ``faiss`` may be None (shardann alone)."""
     xb, xq, xt, desc = load_data(cfg)
     d = xb.shape[1]
     cfg["d_actual"] = d
@@ -808,13 +881,15 @@ def _prepare(cfg):
         sweep = sorted(sweep + [cfg["nprobe"]])
     cfg["nprobe_sweep"] = sweep
     cfg["latency_queries"] = min(cfg["latency_queries"], xq.shape[0])
-    fd = faiss_defaults(faiss, d, cfg["nlist"], cfg["M"], cfg["metric"])
+    fd = (faiss_defaults(faiss, d, cfg["nlist"], cfg["M"], cfg["metric"]) if faiss is not None
+          else dict(FAISS_TRAIN_FALLBACK))
     return {"faiss": faiss, "xb": xb, "xq": xq, "xt": xt, "dataset": desc, "fd": fd}
 
 
-def run_benchmark(cfg):
-    """Run the comparison; return the report dict (also written as JSON)."""
-    prep = _prepare(cfg)
+def run_benchmark(cfg, faiss=None, skipped=()):
+    """Run the comparison (shardann alone when ``faiss`` is None); return the
+    report dict (also written as JSON). ``skipped`` lands in the report."""
+    prep = _prepare(cfg, faiss)
     if isinstance(prep, str):
         raise ValueError(prep)
     faiss, xb, xq, xt, fd = prep["faiss"], prep["xb"], prep["xq"], prep["xt"], prep["fd"]
@@ -826,6 +901,9 @@ def run_benchmark(cfg):
         "benchmark": "shardann bench core",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in cfg.items() if k != "d_actual"},
+        "libs": [lib for lib in LIBS if faiss is not None or lib != "faiss"],
+        "skipped": [{"what": what, "why": why} for what, why in skipped],
+        "blas_limited": _timing.optional_import("threadpoolctl")[0] is not None,
         "dataset": prep["dataset"], "ground_truth": gt_info,
         "environment": environment(faiss), "faiss_defaults": fd,
         "shardann_settings": {"niter": fd["ivf.cp.niter"], "pq_niter": fd["pq.cp.niter"],
@@ -838,27 +916,30 @@ def run_benchmark(cfg):
         report["threadpools"]["during_timing"] = _timing.threadpool_summary()
         import numba
         report["threadpools"]["numba_threads_during_timing"] = numba.get_num_threads()
-        report["threadpools"]["faiss_omp_threads_during_timing"] = faiss.omp_get_max_threads()
+        if faiss is not None:
+            report["threadpools"]["faiss_omp_threads_during_timing"] = \
+                faiss.omp_get_max_threads()
         for kind in cfg["kinds"]:
             logger.info("=== %s ===", kind)
-            frun, srun = _runners(faiss, kind, cfg, fd)
-            fres = measure(frun, xb, xq, xt, gt, cfg)
-            gc.collect()
-            sres = measure(srun, xb, xq, xt, gt, cfg)
-            gc.collect()
-            report["results"][kind] = {
-                "faiss": fres, "shardann": sres, "ratio": ratios(fres, sres),
-                "equal_recall": equal_recall(fres, sres, cfg["nprobe"], xq.shape[0],
-                                             cfg["k"]),
-            }
+            entry = {}
+            for runner in _runners(faiss, kind, cfg, fd):
+                entry[runner.lib] = measure(runner, xb, xq, xt, gt, cfg)
+                gc.collect()
+            if faiss is not None:
+                fres, sres = entry["faiss"], entry["shardann"]
+                entry["ratio"] = ratios(fres, sres)
+                entry["equal_recall"] = equal_recall(fres, sres, cfg["nprobe"], xq.shape[0],
+                                                     cfg["k"])
+            report["results"][kind] = entry
     return report
 
 
 def write_outputs(report, out_dir, make_plot=True):
-    """Write the JSON (and PNG); return their paths."""
+    """Write the JSON (and the PNG when ``make_plot`` and matplotlib is
+    installed); return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, JSON_NAME)}
-    if make_plot:
+    if make_plot and _timing.optional_import("matplotlib")[0] is not None:
         paths["png"] = os.path.join(out_dir, PNG_NAME)
         plot(report, paths["png"])
     report["outputs"] = paths
@@ -934,10 +1015,11 @@ def _spawn(script, args, env):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_fresh_latency(cfg):
-    """Build and save each kind (both libraries), then time import, open and
-    the first three single-query searches in new processes."""
-    prep = _prepare(cfg)
+def run_fresh_latency(cfg, faiss=None, skipped=()):
+    """Build and save each kind (both libraries; shardann alone when ``faiss``
+    is None), then time import, open and the first three single-query
+    searches in new processes."""
+    prep = _prepare(cfg, faiss)
     if isinstance(prep, str):
         raise ValueError(prep)
     faiss, xb, xq, xt, fd = prep["faiss"], prep["xb"], prep["xq"], prep["xt"], prep["fd"]
@@ -948,13 +1030,13 @@ def run_fresh_latency(cfg):
     report = {"benchmark": "shardann bench core --fresh-process-latency",
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "config": {k: v for k, v in cfg.items() if k != "d_actual"},
+              "skipped": [{"what": what, "why": why} for what, why in skipped],
               "dataset": prep["dataset"], "environment": environment(faiss), "results": {}}
     with _timing.single_thread(faiss):
         for kind in cfg["kinds"]:
-            frun, srun = _runners(faiss, kind, cfg, fd)
             rf = cfg["refine_factor"] if kind == "ivfpq8-refine" else 0
             paths = {}
-            for runner in (frun, srun):
+            for runner in _runners(faiss, kind, cfg, fd):
                 logger.info("%s/%s: building the index to save", kind, runner.lib)
                 index = runner.make()
                 runner.train(index, xt)
@@ -983,7 +1065,7 @@ def run_fresh_latency(cfg):
                 runs.append({"lib": "shardann", "numba_cache": "just filled by previous run",
                              **_spawn(_CHILD_SHARDANN, [paths["shardann"], *args],
                                       _child_env(tmp))})
-            for _ in range(cfg["fresh_runs"]):
+            for _ in range(cfg["fresh_runs"] if faiss is not None else 0):
                 runs.append({"lib": "faiss", "numba_cache": "n/a",
                              **_spawn(_CHILD_FAISS, [paths["faiss"], *args], _child_env())})
             report["results"][kind] = {"paths": paths, "runs": runs}
@@ -1019,9 +1101,13 @@ def run(args):
     if err:
         print(f"shardann bench core: error: {err}", file=sys.stderr)
         return 2
+    faiss, skipped = optional_packages(cfg)
+    note = _timing.skip_note("shardann bench core", skipped)
+    if note:
+        print(note, flush=True)
     try:
         if cfg["fresh_process_latency"]:
-            report = run_fresh_latency(cfg)
+            report = run_fresh_latency(cfg, faiss, skipped)
             os.makedirs(cfg["out"], exist_ok=True)
             path = os.path.join(cfg["out"], FRESH_JSON_NAME)
             with open(path, "w") as f:
@@ -1029,7 +1115,7 @@ def run(args):
             print(format_fresh(report))
             print(f"\nwrote {path}")
             return 0
-        report = run_benchmark(cfg)
+        report = run_benchmark(cfg, faiss, skipped)
     except (ValueError, OSError) as exc:
         print(f"shardann bench core: error: {exc}", file=sys.stderr)
         return 2
