@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 
+from ._kernels.distances import nearest_exact
 from ._kernels.kmeans import argmin_from_dots, argmin_l2_lowdim, centroid_sums
 from ._matrix_io import read_matrix, write_matrix
 from ._validation import as_vectors, check_choice, check_int
@@ -39,8 +40,32 @@ def assigns_without_blas(d, ip=False):
     return not ip and d <= _DIRECT_MAX_DIM
 
 
+def rounding_margin(x, centroids, ip):
+    """float32 (n,): how far BLAS's rounding can move the key of row ``x[i]`` to
+    any centroid, plus how far :func:`~shardann._kernels.distances.exact_key`'s
+    can, doubled; two centroids whose BLAS keys are more than this apart rank
+    the same by exact keys.
+
+    A dot product of ``d`` terms in float32, summed in any order, is off by at
+    most ``(d + 4) * 2**-24 * |x| |c|`` (plus the norms and the final sum for
+    L2); the bound uses the largest centroid norm and a factor 2 to spare.
+    """
+    d = x.shape[1]
+    xn = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    cmax = float(np.sqrt(np.einsum("ij,ij->i", centroids, centroids, dtype=np.float64).max(
+        initial=0.0)))
+    gamma = 8.0 * (d + 4) * 2.0 ** -24
+    size = xn * cmax if ip else (xn + cmax) ** 2
+    return (gamma * size).astype(np.float32)
+
+
 def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     """Nearest centroid of each row.
+
+    The same row gets the same label in any batch: BLAS rounds a row's dot
+    products differently by the shape of the product and the row's place in
+    it, so rows whose two best centroids are closer than that rounding are
+    decided by exact keys (ties by the smaller centroid number).
 
     Parameters
     ----------
@@ -51,7 +76,8 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     Returns
     -------
     labels : int64 (n,), keys : float32 (n,) — ``|c|^2 - 2 x.c`` for L2 (add
-    ``|x|^2`` for the squared distance) or ``-x.c`` for ip.
+    ``|x|^2`` for the squared distance) or ``-x.c`` for ip, as BLAS computed
+    them (for objectives; the labels are what must not vary).
     """
     n = x.shape[0]
     labels = np.empty(n, np.int64)
@@ -59,12 +85,17 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     if cnorms is None:
         cnorms = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
     if assigns_without_blas(x.shape[1], ip):
+        # a fixed sequence of operations per row: the same label in any batch
         argmin_l2_lowdim(x, 0, centroids, cnorms, labels, keys)
         return labels, keys
+    second = np.empty(n, np.float32)
     step = _block_rows(centroids.shape[0], x.shape[1])
     for s in range(0, n, step):
         e = min(n, s + step)
-        argmin_from_dots(centroids @ x[s:e].T, cnorms, ip, labels[s:e], keys[s:e])
+        argmin_from_dots(centroids @ x[s:e].T, cnorms, ip, labels[s:e], keys[s:e], second[s:e])
+    near = np.flatnonzero(second - keys <= rounding_margin(x, centroids, ip))
+    if near.size:
+        nearest_exact(x, near, centroids, ip, labels)
     return labels, keys
 
 

@@ -7,6 +7,8 @@ otherwise. :func:`keys_to_distances` converts at the public boundary.
 
 import numpy as np
 
+from ._kernels.transform import normalize_rows as _normalize
+
 METRICS = ("l2", "ip", "cosine")
 
 
@@ -50,8 +52,8 @@ def distances_to_keys(distances, metric):
 
 
 def normalize_rows(x):
-    """L2-normalise the rows of float32 (n, d) ``x`` in place; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
-    norms[norms == 0] = 1.0
-    x /= norms[:, None]
+    """L2-normalise the rows of C-contiguous float32 (n, d) ``x`` in place and
+    return it; zero rows stay zero. Each row's result is the same in any batch
+    (see :mod:`shardann._kernels.transform`)."""
+    _normalize(x)
     return x

@@ -23,6 +23,7 @@ from ._kernels.pq import (
     pq_l2_tables,
     unpack_codes,
 )
+from ._kernels.transform import rotate_rows
 from ._matrix_io import read_matrix, write_matrix
 from ._validation import as_vectors, check_int
 from .errors import NotTrainedError
@@ -307,16 +308,23 @@ class OPQ:
         return self
 
     def apply(self, x):
-        """Rotate float32 (n, d) vectors: ``x @ R``."""
+        """Rotate float32 (n, d) vectors: ``x @ R``, each row the same in any batch
+        (stored vectors and codes are made from it; see :mod:`shardann._kernels.transform`)."""
         if not self.is_trained:
             raise NotTrainedError("OPQ.apply called before train")
-        return np.ascontiguousarray(as_vectors(x, self.d) @ self.rotation)
+        x = as_vectors(x, self.d)
+        out = np.empty_like(x)
+        rotate_rows(x, self.rotation, out)
+        return out
 
     def reverse(self, y):
         """Undo :meth:`apply`: ``y @ R.T``."""
         if not self.is_trained:
             raise NotTrainedError("OPQ.reverse called before train")
-        return np.ascontiguousarray(as_vectors(y, self.d, "y") @ self.rotation.T)
+        y = as_vectors(y, self.d, "y")
+        out = np.empty_like(y)
+        rotate_rows(y, np.ascontiguousarray(self.rotation.T), out)
+        return out
 
     def save(self, path):
         if not self.is_trained:

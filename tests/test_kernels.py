@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from core_support import (
     exact_keys,
+    normalized,
     pack_numpy,
     pq_decode_numpy,
     pq_encode_numpy,
@@ -24,6 +25,7 @@ from shardann._kernels import ivf as kivf
 from shardann._kernels import kmeans as kkm
 from shardann._kernels import pq as kpq
 from shardann._kernels import topk as ktopk
+from shardann._kernels import transform as ktr
 
 # ---------------------------------------------------------------------------
 # top-k and heaps
@@ -201,6 +203,74 @@ def test_pairwise_keys(ip):
     assert kd.neg_dot(x[0], y[0]) == pytest.approx(-float(x[0] @ y[0]), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("ip", [False, True])
+def test_nearest_exact(ip):
+    rng = np.random.default_rng(17)
+    x = rng.integers(-3, 4, (40, 5)).astype(np.float32)
+    c = rng.integers(-3, 4, (9, 5)).astype(np.float32)
+    c[6] = c[1]  # duplicate centroid: the smaller index must win
+    rows = np.array([0, 3, 4, 39, 20], np.int64)
+    labels = np.full(40, -7, np.int64)
+    kd.nearest_exact(*readonly(x, rows, c), ip, labels)
+    ref = np.argmin(exact_keys(x, c, "ip" if ip else "l2"), axis=1)  # first minimum
+    np.testing.assert_array_equal(labels[rows], ref[rows])
+    untouched = np.setdiff1d(np.arange(40), rows)
+    assert (labels[untouched] == -7).all()
+
+
+@pytest.mark.parametrize("ip", [False, True])
+def test_rerank_exact(ip):
+    rng = np.random.default_rng(18)
+    q = rng.integers(-3, 4, (6, 5)).astype(np.float32)
+    c = rng.integers(-3, 4, (12, 5)).astype(np.float32)
+    c[9] = c[2]  # duplicate centroid: ties by the smaller number
+    cand = np.array([[0, 2, 9, 5, -1], [11, 10, 1, 3, 4], [-2, 0, 0, 0, 0],
+                     [7, -1, -1, -1, -1], [9, 2, 3, 1, 0], [-1, -1, -1, -1, -1]], np.int64)
+    nkeep = 3
+    keys = np.empty((6, nkeep), np.float32)
+    lists = np.empty((6, nkeep), np.int64)
+    kd.rerank_exact(*readonly(q, c, cand), ip, keys, lists)
+    full = exact_keys(q, c, "ip" if ip else "l2")
+    for i in range(6):
+        ids = np.arange(12) if cand[i, 0] == -2 else np.unique(cand[i][cand[i] >= 0])
+        want_k, want_i = topk_smallest(full[i:i + 1, ids], ids, nkeep)
+        np.testing.assert_array_equal(lists[i], want_i[0])
+        np.testing.assert_array_equal(keys[i], want_k[0].astype(np.float32))
+
+
+def test_normalize_rows_same_in_any_batch():
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((500, 37)).astype(np.float32) * 3
+    x[7] = 0  # a zero row stays zero
+    whole = x.copy()
+    ktr.normalize_rows(whole)
+    np.testing.assert_allclose(whole, normalized(x), rtol=1e-6, atol=1e-7)
+    assert (whole[7] == 0).all()
+    parts = x.copy()
+    for s in range(0, 500, 33):
+        ktr.normalize_rows(parts[s:s + 33])
+    np.testing.assert_array_equal(parts, whole)
+
+
+def test_rotate_rows_same_in_any_batch():
+    rng = np.random.default_rng(20)
+    x, R = readonly(rng.standard_normal((300, 24)).astype(np.float32),
+                    rng.standard_normal((24, 24)).astype(np.float32))
+    whole = np.empty_like(x)
+    ktr.rotate_rows(x, R, whole)
+    np.testing.assert_allclose(whole, x.astype(np.float64) @ R, rtol=1e-5, atol=1e-5)
+    # integer data: every sum is exact, so the result is NumPy's bit for bit
+    xi, Ri = readonly(np.round(x * 3), np.round(R * 3))
+    out = np.empty_like(xi)
+    ktr.rotate_rows(xi, Ri, out)
+    np.testing.assert_array_equal(out, (xi.astype(np.float64) @ Ri).astype(np.float32))
+    for step in (1, 7, 100):
+        parts = np.empty_like(x)
+        for s in range(0, 300, step):
+            ktr.rotate_rows(x[s:s + step], R, parts[s:s + step])
+        np.testing.assert_array_equal(parts, whole)
+
+
 # ---------------------------------------------------------------------------
 # k-means steps
 # ---------------------------------------------------------------------------
@@ -217,10 +287,13 @@ def test_argmin_from_dots(ip):
     dots_t, cn = readonly(np.ascontiguousarray(dots.T), cn)
     labels = np.empty(50, np.int64)
     keys = np.empty(50, np.float32)
-    kkm.argmin_from_dots(dots_t, cn, ip, labels, keys)
+    second = np.empty(50, np.float32)
+    kkm.argmin_from_dots(dots_t, cn, ip, labels, keys, second)
     ref = -dots.astype(np.float64) if ip else cn[None] - 2.0 * dots.astype(np.float64)
     np.testing.assert_array_equal(labels, np.argmin(ref, axis=1))  # first minimum on ties
     np.testing.assert_array_equal(keys, ref.min(axis=1).astype(np.float32))
+    # the second smallest key (of another centroid; equal to the best on a tie)
+    np.testing.assert_array_equal(second, np.sort(ref, axis=1)[:, 1].astype(np.float32))
     assert not (labels == 5).any()
 
 
@@ -816,7 +889,8 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
 
     source = pathlib.Path(__file__).read_text()
-    aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk"}
+    aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk",
+               ktr: "ktr"}
     missing = []
     for mod, alias in aliases.items():
         for name, obj in inspect.getmembers(mod):

@@ -10,7 +10,7 @@ from . import _simd
 
 
 @njit(cache=True, fastmath=True)
-def argmin_from_dots(dots_t, cnorms, ip, labels, keys):
+def argmin_from_dots(dots_t, cnorms, ip, labels, keys, second):
     """Nearest centroid of each row given its dot products with the centroids.
 
     Parameters
@@ -24,6 +24,8 @@ def argmin_from_dots(dots_t, cnorms, ip, labels, keys):
     labels : int64 (n,) out, the first best centroid.
     keys : float32 (n,) out, the minimised key (``|c|^2 - 2 x.c`` for L2,
         ``-x.c`` for ip).
+    second : float32 (n,) out, the second smallest key (+inf when k == 1), so
+        the caller can tell which rows' best centroid rounding could change.
     """
     k, n = dots_t.shape
     # key = base[j] - scale * dot: |c|^2 - 2 x.c for L2, 0 - 1 x.c = -x.c for ip
@@ -31,14 +33,18 @@ def argmin_from_dots(dots_t, cnorms, ip, labels, keys):
     scale = np.float32(1.0) if ip else np.float32(2.0)  # float64 would promote the loop
     best = np.zeros(n, np.int32)  # int32 lanes: twice as many per vector as int64
     keys[:] = np.inf
+    second[:] = np.inf
     for j in range(k):
         b = base[j]
         col = dots_t[j]
         jj = np.int32(j)
         for i in range(n):
             v = b - scale * col[i]
-            better = v < keys[i]  # strict: the first centroid wins ties
-            keys[i] = v if better else keys[i]
+            cur = keys[i]
+            better = v < cur  # strict: the first centroid wins ties
+            s = second[i]
+            second[i] = cur if better else (v if v < s else s)
+            keys[i] = v if better else cur
             best[i] = jj if better else best[i]
     labels[:] = best
 

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from .._kernels import fastscan
+from .._kernels.distances import rerank_exact
 from .._kernels.ivf import (
     MODE_IP,
     MODE_L2_PRECOMPUTED,
@@ -21,7 +22,7 @@ from .._kernels.ivf import (
 from .._kernels.pq import pq_dot_tables
 from .._kernels.topk import topk_from_dots
 from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
-from ..kmeans import KMeans, nearest_centroids
+from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
 from ..results import merge_results
@@ -37,28 +38,50 @@ def _parallel(nq):
     return nq > 1 and numba.get_num_threads() > 1
 
 
+#: candidates beyond ``nprobe`` that the coarse quantizer re-ranks with exact keys
+_PROBE_SPARE = 8
+
+
 def coarse_probe(q, centroids, cnorms, nprobe, ip):
     """The ``nprobe`` closest lists of each query.
 
+    BLAS picks ``nprobe`` + a few candidates; their exact keys (the kernels'
+    :func:`~shardann._kernels.distances.exact_key`) decide the order, and a
+    query whose candidates were too close to tell apart through BLAS's
+    rounding is ranked against every list. So a query gets the same lists and
+    distances in any batch (BLAS rounds a row differently by the product's
+    shape and the row's place in it).
+
     Returns ``dis0`` float32 (nq, nprobe) — squared L2 to the centroid, or its
-    negated inner product — and ``probes`` int64 (nq, nprobe), closest first.
+    negated inner product — and ``probes`` int64 (nq, nprobe), closest first
+    (ties by the smaller list number).
     """
     nq = q.shape[0]
-    dis0 = np.empty((nq, nprobe), np.float32)
-    probes = np.empty((nq, nprobe), np.int64)
-    lists = np.arange(centroids.shape[0], dtype=np.int64)
-    step = max(1, (1 << 24) // max(centroids.shape[0], 1))  # bound the (nq, nlist) block
+    nlist = centroids.shape[0]
+    kk = min(nlist, nprobe + _PROBE_SPARE)
+    approx = np.empty((nq, kk), np.float32)
+    cand = np.empty((nq, kk), np.int64)
+    lists = np.arange(nlist, dtype=np.int64)
+    step = max(1, (1 << 24) // max(nlist, 1))  # bound the (nq, nlist) block
     for s in range(0, nq, step):
         e = min(nq, s + step)
         dots = q[s:e] @ centroids.T
         if ip:  # 0 - 1 * dot + 0 = -dot
-            topk_from_dots(dots, np.zeros(len(lists), np.float32), np.float32(1),
-                           np.zeros(e - s, np.float32), False, lists, nprobe,
-                           dis0[s:e], probes[s:e])
+            topk_from_dots(dots, np.zeros(nlist, np.float32), np.float32(1),
+                           np.zeros(e - s, np.float32), False, lists, kk,
+                           approx[s:e], cand[s:e])
         else:
             topk_from_dots(dots, cnorms, np.float32(2),
                            np.einsum("ij,ij->i", q[s:e], q[s:e]).astype(np.float32, copy=False),
-                           False, lists, nprobe, dis0[s:e], probes[s:e])
+                           False, lists, kk, approx[s:e], cand[s:e])
+    if kk > nprobe:
+        # the lists past the candidates rank after the nprobe-th for sure only when
+        # the last candidate's key is more than the rounding margin above it
+        unsure = approx[:, kk - 1] - approx[:, nprobe - 1] <= rounding_margin(q, centroids, ip)
+        cand[unsure, 0] = -2  # rank every list
+    dis0 = np.empty((nq, nprobe), np.float32)
+    probes = np.empty((nq, nprobe), np.int64)
+    rerank_exact(q, centroids, cand, ip, dis0, probes)
     return dis0, probes
 
 
