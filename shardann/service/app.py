@@ -13,6 +13,8 @@ Routes (JSON; every route but ``/v1/health`` needs ``Authorization: Bearer
 ``POST /v1/admin/reload``   switch to the newest (or a given) committed version
 ``GET /metrics``            Prometheus text format
 ``GET /openapi.json``       the OpenAPI schema
+``GET /docs``, ``/redoc``   the schema as Swagger UI / ReDoc pages (their scripts
+                            and styles load from a CDN, so the browser needs it)
 ==========================  ====================================================
 
 Errors are ``{"error": {"code": ..., "message": ..., "details": [...]}}`` with a
@@ -33,9 +35,10 @@ import json
 import logging
 import time
 
-from fastapi import FastAPI, Security
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -57,7 +60,7 @@ logger = logging.getLogger(__name__)
 API_VERSION = "v1"
 PUBLIC_PATHS = frozenset({"/v1/health"})
 ENDPOINTS = frozenset({"/v1/search", "/v1/vectors", "/v1/health", "/v1/stats",
-                       "/v1/admin/reload", "/metrics", "/openapi.json"})
+                       "/v1/admin/reload", "/metrics", "/openapi.json", "/docs", "/redoc"})
 _MAX_ERROR_DETAILS = 10
 
 
@@ -286,6 +289,21 @@ def create_app(service):
              summary="Prometheus metrics")
     async def metrics():
         return Response(await service.metrics_text(), media_type=CONTENT_TYPE)
+
+    # The schema's pages. Like /openapi.json they need the token (the _Gate checks it),
+    # so a browser reaches them through something that adds the header; the Swagger
+    # page's "Authorize" button then sends it with the requests it tries.
+    def openapi_url(request):
+        return request.scope.get("root_path", "").rstrip("/") + app.openapi_url
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    async def swagger_ui(request: Request):
+        return get_swagger_ui_html(openapi_url=openapi_url(request),
+                                   title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, response_class=HTMLResponse)
+    async def redoc(request: Request):
+        return get_redoc_html(openapi_url=openapi_url(request), title=f"{app.title} - ReDoc")
 
     return app
 

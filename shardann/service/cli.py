@@ -14,13 +14,18 @@ ingress replica answers HTTP on ``--port`` itself (Serve's direct ingress; see
 :mod:`shardann.service.server`), ``--ingress proxy`` puts Serve's proxy
 there instead. The token comes from
 ``--token-file`` or ``$SHARDANN_TOKEN`` / ``$SHARDANN_TOKEN_FILE``; without
-one the service binds only to loopback addresses. On Ctrl-C / SIGTERM the
-app and the index's shard actors are stopped (unless ``--detach``).
+one the service binds only to loopback addresses. PATH is opened before Ray
+starts, so a path without an index fails at once. On Ctrl-C / SIGTERM the
+app and the index's shard actors are stopped (unless ``--detach``). Ray's own
+INFO lines are hidden unless ``--log-level DEBUG``.
 """
 
+import argparse
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 
 from .config import ServiceConfig, check_auth_settings, resolve_token_digest
@@ -28,9 +33,34 @@ from .config import ServiceConfig, check_auth_settings, resolve_token_digest
 logger = logging.getLogger(__name__)
 
 
+LOG_LEVEL_HELP = ("log level of shardann's messages (default WARNING); Ray's own INFO lines "
+                  "show only with DEBUG")
+
+
+class _RenamedOption(argparse.Action):
+    """A hidden old spelling of an option: stores into the new one's dest and says so."""
+
+    def __init__(self, option_strings, dest, new=None, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _override_log_level_help(parser):
+    # --log-level comes from shardann.cli._common_options, whose help is about k-means;
+    # argparse has no public way to look an action up by its option string
+    for action in parser._actions:
+        if "--log-level" in action.option_strings:
+            action.help = LOG_LEVEL_HELP
+
+
 def add_serve_arguments(parser):
     """Add the ``serve`` options to an argparse (sub)parser."""
     d = ServiceConfig()
+    _override_log_level_help(parser)
     parser.add_argument("path", metavar="PATH", help="index store (directory)")
     parser.add_argument("--shards", type=int, default=1, metavar="N",
                         help="shard actors (default 1)")
@@ -58,8 +88,13 @@ def add_serve_arguments(parser):
                              "$SHARDANN_TOKEN_FILE)")
     parser.add_argument("--backend", choices=("sharded", "local"), default="sharded",
                         help="sharded (Ray actors, default) or local (one in-process index)")
-    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                        help=f"vectors per search request (default {d.max_batch_size})")
+    parser.add_argument("--max-vectors-per-request", type=int, default=d.max_batch_size,
+                        metavar="N", dest="max_vectors_per_request",
+                        help="largest number of query vectors in one search request (422 "
+                             f"above it; default {d.max_batch_size})")
+    parser.add_argument("--max-batch-size", type=int, dest="max_vectors_per_request",
+                        action=_RenamedOption, new="--max-vectors-per-request",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--max-k", type=int, default=d.max_k,
                         help=f"largest k (default {d.max_k})")
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
@@ -73,11 +108,11 @@ def add_serve_arguments(parser):
     parser.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests,
                         help="requests waiting for the replica before 503 "
                              f"(default {d.max_queued_requests})")
-    parser.add_argument("--batch-max-size", type=int, default=d.batch_max_size,
-                        help="single-vector searches merged into one fan-out "
-                             f"(default {d.batch_max_size})")
+    parser.add_argument("--batch-max-size", type=int, default=d.batch_max_size, metavar="N",
+                        help="micro-batching: at most N concurrent single-vector searches "
+                             f"are merged into one index call (default {d.batch_max_size})")
     parser.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_timeout_s * 1e3,
-                        help="longest wait to fill a batch "
+                        help="micro-batching: longest wait to fill such a batch "
                              f"(default {d.batch_wait_timeout_s * 1e3:g} ms)")
     parser.add_argument("--detach", action="store_true",
                         help="deploy and exit, leaving the app running on the cluster "
@@ -92,7 +127,7 @@ def config_from_args(args):
         else args.path,
         backend=args.backend, num_shards=args.shards, replicas=args.replicas, name=args.name,
         token_file=os.path.abspath(args.token_file) if args.token_file else None,
-        host=args.host, max_batch_size=args.max_batch_size, max_k=args.max_k,
+        host=args.host, max_batch_size=args.max_vectors_per_request, max_k=args.max_k,
         max_body_bytes=args.max_body_bytes, request_timeout_s=args.timeout_s,
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests, batch_max_size=args.batch_max_size,
@@ -110,6 +145,49 @@ def _check_port_free(host, port):
                            "program may be using the port; pick another with --port)") from None
 
 
+def _check_store(path):
+    """Open the store as the replica will, before Ray starts: a path that holds no
+    index fails here in milliseconds instead of as a failed Serve deployment."""
+    from ..cli import CommandError
+    from ..storage import IndexStore
+
+    try:
+        IndexStore.open(path)
+    except (OSError, ValueError) as exc:  # FileNotFoundError, CorruptIndexError, ...
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise CommandError(f"cannot serve {path}: {cause}") from None
+
+
+def _quiet_ray(debug):
+    """Ray's INFO lines (Serve's "Application ... is ready at <the proxy's URL>",
+    which is not where a direct-ingress service listens, "Connecting to existing
+    Serve app", ...) show only with --log-level DEBUG; its warnings always do.
+    Returns the level for ``ray.init(logging_level=...)``."""
+    import ray.serve  # noqa: F401  (its import gives the ray.serve logger an INFO handler)
+
+    level = logging.INFO if debug else logging.WARNING
+    logging.getLogger("ray.serve").setLevel(level)
+    return level
+
+
+# A new local Ray turns its cluster token auth on by default and says so with a WARNING
+# ("Token authentication is enabled for this Ray cluster ..."): news about Ray's
+# internals, easily mistaken for the service's bearer token. The logger says nothing
+# else when a local cluster starts.
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _logger_level(name, level):
+    log = logging.getLogger(name)
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
 def serve_main(args):
     """Handler of ``shardann serve``: deploy, print the URL, wait for a signal, stop."""
     from ..cli import CommandError, UsageError
@@ -117,20 +195,22 @@ def serve_main(args):
     try:
         config = config_from_args(args)
         digest = resolve_token_digest(config)
-        check_auth_settings(config, digest)
+        # refuse before Ray starts; the no-token warning is left to build_app
+        check_auth_settings(config, digest, warn=False)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    if not os.path.exists(config.path) and "://" not in config.path:
-        raise CommandError(f"no index at {config.path}")
+    _check_store(config.path)
     if not args.address:
         # a fresh local Ray: nothing of ours holds the port yet, so a busy port is another
         # program's (Serve would only report that the deployment failed)
         _check_port_free(args.host, args.port)
 
     import ray
-    from ray import serve
 
-    from .server import direct_ingress_env, run, stop
+    from .server import DeploymentError, direct_ingress_env, run, stop
+
+    debug = getattr(args, "log_level", "WARNING") == "DEBUG"
+    ray_log_level = _quiet_ray(debug)
 
     # Ctrl-C / SIGTERM: the first asks for an orderly stop (also during startup, which
     # then finishes and stops at once); a second one interrupts.
@@ -147,16 +227,22 @@ def serve_main(args):
     stop_on_exit = True
     try:
         if args.address:
-            ray.init(address=args.address, log_to_driver=False)
+            ray.init(address=args.address, log_to_driver=False, logging_level=ray_log_level)
         else:
             if ingress == "direct":
                 # read by every process of the local Ray, which inherit this environment
                 os.environ.update(direct_ingress_env(args.port))
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-        url = run(config, host=args.host, port=args.port, ingress=ingress)
-        auth = "bearer token required" if digest else "no token (loopback only)"
-        print(f"shardann: serving {config.path} ({config.num_shards} shard(s) x "
-              f"{config.replicas} replica(s)) at {url}  [{auth}]", flush=True)
+            with _logger_level(_RAY_AUTH_LOGGER, ray_log_level if debug else logging.ERROR):
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False,
+                         log_to_driver=False, logging_level=ray_log_level)
+        try:
+            url = run(config, host=args.host, port=args.port, ingress=ingress)
+        except DeploymentError as exc:
+            raise CommandError(f"the service for {config.path} did not start: {exc.cause} "
+                               "(--log-level DEBUG shows Serve's whole report)") from None
+        auth = "bearer token required" if digest else "no token: loopback only"
+        print(f"shardann: serving on {url}  ({config.path}, {config.num_shards} shard(s) x "
+              f"{config.replicas} replica(s); {auth})", flush=True)
         if args.detach:
             print("shardann: detached; the app keeps running on the Ray cluster", flush=True)
             stop_on_exit = False
@@ -169,10 +255,13 @@ def serve_main(args):
             signal.signal(sig, handler)
         if stop_on_exit and ray.is_initialized():
             print("shardann: stopping", flush=True)
-            stop(config.index_name, shutdown_serve=not args.address)
-        if not args.address and ray.is_initialized() and stop_on_exit:
-            serve.shutdown()
-            ray.shutdown()
+            # delete the app (its replica finishes what it is answering) and the shard
+            # actors; a local Ray then ends with Serve's controller and proxy in it. (Not
+            # serve.shutdown(): it kills the controller under its own graceful_shutdown
+            # call, which Ray reports on stdout as a failed task.)
+            stop(config.index_name)
+            if not args.address:
+                ray.shutdown()
     return 0
 
 
@@ -185,8 +274,8 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(prog="shardann serve", allow_abbrev=False,
                                      description="Serve an index over HTTP (Ray Serve).")
-    parser.add_argument("--log-level", type=str.upper, default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", type=str.upper, default="WARNING",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help=LOG_LEVEL_HELP)
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)

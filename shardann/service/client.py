@@ -11,8 +11,9 @@ Needs only ``httpx`` and NumPy (no Ray, no FastAPI)::
 Results come back as the local index gives them: float32 ``D`` and int64
 ``I`` of shape (nq, k), padded with ``+inf``/``-inf`` and ``-1``. Errors
 raise :class:`ServiceError` subclasses carrying the HTTP status and the
-service's error code; 503 answers are retried (``retries`` times, honouring
-``Retry-After``) for the idempotent calls only.
+service's error code (:class:`ServiceConnectionError` when no answer came at
+all); 503 answers are retried (``retries`` times, honouring ``Retry-After``)
+for the idempotent calls only.
 """
 
 import logging
@@ -52,6 +53,21 @@ class ConflictError(ServiceError):
 
 class ServiceUnavailableError(ServiceError):
     """503/504/429: overloaded, a shard did not answer, or the deadline passed."""
+
+
+class ServiceConnectionError(ServiceError, ConnectionError):
+    """No HTTP answer at all: the connection was refused or broke (nothing listens
+    at the URL, the service is down or restarting), or timed out. ``status`` is
+    None; ``url`` is the URL that was tried."""
+
+    def __init__(self, url, message):
+        ShardannError.__init__(self, message)
+        self.status = None
+        self.code = "connection_error"
+        self.message = message
+        self.details = None
+        self.retry_after = None
+        self.url = url
 
 
 def _error_class(status):
@@ -99,6 +115,7 @@ class Client:
         self.max_backoff_s = float(max_backoff_s)
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
                                   transport=transport)
+        self._httpx = httpx
         self._metric = None
 
     def close(self):
@@ -118,7 +135,10 @@ class Client:
         attempt = 0
         while True:
             kwargs = {"json": body} if body is not None else {}
-            r = self._http.request(method, path, **kwargs)
+            try:
+                r = self._http.request(method, path, **kwargs)
+            except self._httpx.TransportError as exc:
+                raise self._connection_error(method, path, exc) from exc
             if r.status_code < 400 or (path == "/v1/health" and r.status_code == 503):
                 return r
             err = self._error(r)
@@ -130,6 +150,17 @@ class Client:
                 time.sleep(pause)
                 continue
             raise err
+
+    def _connection_error(self, method, path, exc):
+        url = self.url + path
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, (self._httpx.ConnectError, self._httpx.ConnectTimeout)):
+            what = f"cannot connect to the shardann service at {self.url}"
+        elif isinstance(exc, self._httpx.TimeoutException):
+            what = f"no answer from the shardann service within the timeout: {method} {url}"
+        else:
+            what = f"the connection to the shardann service broke: {method} {url}"
+        return ServiceConnectionError(url, f"{what} ({type(exc).__name__}: {reason})")
 
     @staticmethod
     def _error(r):

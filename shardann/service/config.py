@@ -215,8 +215,10 @@ def is_loopback(host):
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def check_auth_settings(config, digest):
-    """Refuse to serve without a token on a non-loopback address (or when asked to)."""
+def check_auth_settings(config, digest, *, warn=True):
+    """Refuse to serve without a token on a non-loopback address (or when asked to);
+    log a warning when serving without one (unless ``warn`` is false, for a caller
+    that checks early and leaves the one warning to the code that deploys)."""
     if digest is not None:
         return
     if config.require_token:
@@ -227,4 +229,5 @@ def check_auth_settings(config, digest):
         raise ValueError(
             f"refusing to serve on {config.host!r} (not a loopback address) without a bearer "
             "token: set $SHARDANN_TOKEN or $SHARDANN_TOKEN_FILE, or pass --token-file")
-    logger.warning("serving on %s without a bearer token (loopback only)", config.host)
+    if warn:
+        logger.warning("serving on %s without a bearer token (loopback only)", config.host)

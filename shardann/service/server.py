@@ -34,6 +34,43 @@ logger = logging.getLogger(__name__)
 
 INGRESS = ("direct", "proxy")
 _DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+_FAILED = ("UNHEALTHY", "DEPLOY_FAILED")  # Serve deployment statuses of a failed start
+
+
+class DeploymentError(RuntimeError):
+    """The Serve application did not start; ``cause`` is the reason Serve recorded
+    (e.g. the exception the replica's constructor raised), ``details`` the full
+    status messages (with the replica's traceback)."""
+
+    def __init__(self, app_name, cause, details=""):
+        super().__init__(f"the Serve application {app_name!r} failed to start: {cause}")
+        self.app_name = app_name
+        self.cause = cause
+        self.details = details
+
+
+def _last_line(text):
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def deployment_failure(app_name):
+    """Why the Serve application ``app_name`` failed, from ``serve.status()``:
+    ``(cause, details)`` where ``cause`` is one line (the last line of the first
+    failed deployment's message, normally the replica constructor's exception)
+    and ``details`` every message; ``(None, "")`` when Serve recorded nothing."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return None, ""
+    failed = [(name, d.message) for name, d in app.deployments.items()
+              if d.message and str(getattr(d.status, "value", d.status)) in _FAILED]
+    messages = [f"{name}: {message}" for name, message in failed]
+    if app.message:
+        messages.append(app.message)
+    cause = _last_line(failed[0][1]) if failed else _last_line(app.message)
+    return cause or None, "\n".join(messages)
 
 
 def direct_ingress_env(port):
@@ -88,7 +125,9 @@ def run(config, *, host="127.0.0.1", port=8000, app_name=None, route_prefix="/",
     (``ingress="proxy"``; when this call starts Serve, an already running
     Serve keeps its own) or the ingress replica itself (``ingress="direct"``;
     see the module docstring; one ingress replica). Without a token, a
-    non-loopback ``host`` is refused. Blocks until the app is ready.
+    non-loopback ``host`` is refused. Blocks until the app is ready; raises
+    :class:`DeploymentError` with the replica's own error when it cannot start
+    (e.g. no index at ``config.path``).
     """
     import ray
     from ray import serve
@@ -110,12 +149,24 @@ def run(config, *, host="127.0.0.1", port=8000, app_name=None, route_prefix="/",
         proxy_port = bindable_port(host) if ingress == "direct" else int(port)
         serve.start(http_options={"host": host, "port": proxy_port,
                                   "request_timeout_s": config.request_timeout_s + 5})
-    serve.run(app, name=app_name or APP_NAME, route_prefix=route_prefix)
+    name = app_name or APP_NAME
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix)
+    except RuntimeError as exc:  # "Deploying application ... failed: <a summary>"
+        try:
+            cause, details = deployment_failure(name)
+        except Exception as status_exc:  # keep Serve's own error, say why there is no more
+            logger.warning("serve.status() failed after a failed deployment: %s", status_exc)
+            raise exc from None
+        if cause is None:
+            raise
+        logger.debug("Serve status of the failed application %r:\n%s", name, details)
+        raise DeploymentError(name, cause, details) from exc
     if ingress == "direct":
         _wait_listening(host, int(port), timeout_s=30.0)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{int(port)}{route_prefix.rstrip('/')}"
-    logger.info("serving %s at %s (%s ingress)", config.path, url, ingress)
+    logger.debug("serving %s at %s (%s ingress)", config.path, url, ingress)
     return url
 
 

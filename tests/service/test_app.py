@@ -88,6 +88,7 @@ def test_auth_refused_and_nothing_changes(client, svc_data, headers):
                                ("GET", "/v1/stats", None), ("GET", "/metrics", None),
                                ("POST", "/v1/admin/reload", {}),
                                ("GET", "/openapi.json", None),
+                               ("GET", "/docs", None), ("GET", "/redoc", None),
                                ("POST", "/v1/search", None)]:
         r = client.request(method, path, headers={**headers, **JSON},
                            content=None if body is None else json.dumps(body))
@@ -344,3 +345,18 @@ def test_openapi_schema_is_accurate(client):
     assert paths["/v1/search"]["post"]["security"] == [{"HTTPBearer": []}]
     for status in ("401", "413", "422", "503", "504"):
         assert status in paths["/v1/search"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("path,marker", [("/docs", "swagger-ui"), ("/redoc", "redoc")])
+def test_docs_pages_behind_the_token(client, small_index, path, marker):
+    r = client.get(path)
+    assert_error(r, 401, "unauthorized")
+    r = client.get(path, headers=bearer())
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert marker in r.text.lower() and "/openapi.json" in r.text
+    # and without a token the service shows them to everyone (it is on loopback)
+    with local_client(small_index) as open_client:
+        r = open_client.get(path)
+        assert r.status_code == 200 and marker in r.text.lower()
+    assert path not in client.get("/openapi.json", headers=bearer()).json()["paths"]

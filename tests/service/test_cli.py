@@ -4,6 +4,7 @@ import hygiene: ``import shardann`` and the client stay free of Ray and FastAPI.
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,11 +59,12 @@ def test_refuses_public_host_without_token(tmp_path, monkeypatch):
         serve_main(_args(str(tmp_path), "--token-file", str(tmp_path / "empty")))
 
 
-def test_busy_port_is_a_clear_error_before_ray_starts(tmp_path):
+def test_busy_port_is_a_clear_error_before_ray_starts(tmp_path, small_index):
     import socket
 
     from shardann.cli import CommandError
 
+    small_index.save(tmp_path)  # the store is checked first
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -70,6 +72,100 @@ def test_busy_port_is_a_clear_error_before_ray_starts(tmp_path):
         with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
             serve_main(_args(str(tmp_path), "--port", str(port)))
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def _not_an_index(tmp_path, kind):
+    path = tmp_path / kind
+    path.mkdir()
+    if kind == "junk":  # a manifest directory with garbage in it
+        (path / "notes.txt").write_text("hello")
+        (path / "_manifests").mkdir()
+        (path / "_manifests" / "v00000001.json").write_text("{not json")
+    return path
+
+
+@pytest.mark.parametrize("kind,cause", [("empty", "no shardann index"),
+                                        ("junk", "manifest is not valid JSON")])
+def test_no_index_fails_fast_before_ray_starts(tmp_path, kind, cause):
+    from shardann.cli import CommandError
+
+    path = _not_an_index(tmp_path, kind)
+    t0 = time.monotonic()
+    with pytest.raises(CommandError, match=f"cannot serve {path}: .*{cause}"):
+        serve_main(_args(str(path), "--port", str(free_port())))
+    assert time.monotonic() - t0 < 2.0  # it took 17-27 s, after starting Ray
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_no_index_is_one_line_and_status_1_from_the_command(tmp_path):
+    path = _not_an_index(tmp_path, "empty")
+    t0 = time.monotonic()
+    shardann = "import sys; from shardann.cli import main; sys.exit(main())"  # `shardann`
+    out = subprocess.run([sys.executable, "-c", shardann, "serve", str(path), "--debug",
+                          "--port", str(free_port())], capture_output=True, text=True,
+                         timeout=120)
+    seconds = time.monotonic() - t0
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"shardann serve: error: cannot serve {path}: no shardann index at '{path}' "
+        "(no _manifests/v*.json manifest)"], out.stderr
+    assert out.stdout == ""
+    assert seconds < 15  # the interpreter and imports; no Ray (it took 17-27 s)
+
+
+def test_serve_help_tells_the_limits_apart(capsys):
+    from shardann.cli import main
+
+    assert main(["serve", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max-vectors-per-request N largest number of query vectors in one search" in text
+    assert "--batch-max-size N micro-batching" in text
+    assert "--max-batch-size" not in text  # the old spelling is a hidden alias
+    assert "k-means" not in text and "--log-level" in text
+    # the old spelling still works, and says what it is now
+    assert _args("idx").max_vectors_per_request == ServiceConfig().max_batch_size
+    args = _args("idx", "--max-batch-size", "7", "--batch-max-size", "3")
+    assert config_from_args(args).max_batch_size == 7
+    assert config_from_args(args).batch_max_size == 3
+    assert "--max-batch-size is now --max-vectors-per-request" in capsys.readouterr().err
+    cfg = config_from_args(_args("idx", "--max-vectors-per-request", "9"))
+    assert cfg.max_batch_size == 9
+
+
+def test_one_serving_line_and_one_token_warning(tmp_path, small_index, monkeypatch, capsys,
+                                                caplog):
+    """``serve_main`` around a stand-in for ``run`` that builds the app as ``run`` does:
+    the no-token warning comes once (from build_app), the URL line once."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    from shardann.service import server
+    from shardann.service.app import build_app
+
+    path = tmp_path / "idx"
+    small_index.save(path)
+    port = free_port()
+    for name in ("SHARDANN_TOKEN", "SHARDANN_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+
+    def run(config, *, host, port, ingress):
+        build_app(dict(config.to_dict(), host=host))
+        return f"http://{host}:{port}"
+
+    monkeypatch.setattr(server, "run", run)
+    serve_logger = logging.getLogger("ray.serve")
+    monkeypatch.setattr(serve_logger, "level", serve_logger.level)  # serve_main quiets it
+    caplog.set_level(logging.WARNING)
+    assert serve_main(_args(str(path), "--port", str(port), "--ingress", "proxy",
+                            "--detach")) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "serving on" in line] == [
+        f"shardann: serving on http://127.0.0.1:{port}  ({path}, 1 shard(s) x 1 replica(s); "
+        "no token: loopback only)"]
+    warnings = [r for r in caplog.records if "without a bearer token" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert serve_logger.level == logging.WARNING  # Serve's INFO lines stay out
 
 
 def test_ingress_defaults_to_direct_on_a_local_ray():
@@ -160,5 +256,15 @@ def test_serve_command_runs_and_stops(tmp_path, svc_data):
             proc.kill()
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
-    assert "serving" in out and "bearer token required" in out and "stopping" in out
+    assert "bearer token required" in out and "stopping" in out
+    # exactly one URL line, and it is the true one
+    assert [line for line in out.splitlines() if "serving" in line] == [
+        f"shardann: serving on http://127.0.0.1:{port}  ({path}, 2 shard(s) x 1 replica(s); "
+        "bearer token required)"], out
+    urls = set(re.findall(r"https?://[\w.\[\]:-]+", out))
+    assert urls == {f"http://127.0.0.1:{port}"}, out  # Serve's "ready at <proxy port>" is gone
+    for noise in ("is ready at", "Connecting to existing Serve app", "graceful_shutdown",
+                  "Nothing to shut down", "Started a local Ray", "Token authentication",
+                  "\x1b[", "Traceback", "without a bearer token"):
+        assert noise not in out, (noise, out)
     json.dumps(out)  # printable

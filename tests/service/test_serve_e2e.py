@@ -114,6 +114,19 @@ def test_add_search_delete_equals_sharded_index(store, svc_data, direct_port):
     assert shardann.open_index(store).ntotal == len(xb) + 5 - 202
 
 
+def test_failed_deployment_names_its_cause(tmp_path):
+    """A replica that cannot open its index: the error says why (Serve's own said only
+    "Deploying application shardann failed: Failed to update the deployments")."""
+    from shardann.service.server import DeploymentError
+
+    path = tmp_path / "not-an-index"
+    path.mkdir()
+    with pytest.raises(DeploymentError, match=r"failed to start: FileNotFoundError: no "
+                                              rf"shardann index at '{re.escape(str(path))}'"):
+        with serving(path, num_shards=1):
+            pass
+
+
 def test_auth_and_bad_input_over_http(store, svc_data):
     # through Serve's HTTP proxy (ingress="proxy"), the other way in
     xb, xq, _ = svc_data
@@ -131,6 +144,10 @@ def test_auth_and_bad_input_over_http(store, svc_data):
                                           json={"ids": [1, 2]}), 401)
             assert http.get("/v1/stats", headers=bearer()).json()["ntotal"] == before
             assert http.get("/v1/health").status_code == 200
+            for page in ("/docs", "/redoc"):
+                assert_error(http.get(page), 401)
+                r = http.get(page, headers=bearer())
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
             row = [0.5] * d
             bad = [
                 {"vectors": [row[:-1]]}, {"vectors": [row], "k": 0},
