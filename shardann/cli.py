@@ -50,7 +50,8 @@ def _common_options(parser, *, in_subcommand):
     """
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                         default=argparse.SUPPRESS if in_subcommand else "WARNING",
-                        help="library log level (default WARNING; INFO shows k-means progress)")
+                        help="log level of shardann's messages (default WARNING; INFO "
+                             "also shows each stage's progress)")
     parser.add_argument("--debug", action="store_true",
                         default=argparse.SUPPRESS if in_subcommand else False,
                         help="show the full traceback when a command fails")
@@ -228,8 +229,9 @@ def cmd_demo(args):
                    f"nbits={args.nbits}), k-means + PQ", t.seconds)
     with _Timer() as t:
         index.add(xb)
-    _step("add", f"{index.ntotal:,} vectors: {index.code_size} B code + 8 B id each "
-                 f"(raw float32: {4 * args.d} B)", t.seconds)
+    kept = 4 * args.d  # the demo keeps float32 vectors for refine
+    _step("add", f"{index.ntotal:,} vectors: {index.code_size} B code + 8 B id + {kept} B "
+                 f"vector = {index.code_size + 8 + kept} B each", t.seconds)
     with _Timer() as t:  # compile (or load from cache) the Numba scan kernels once
         index.search(xq[:2], k, nprobe=1)
         index.search(xq[:2], k, nprobe=1, refine_factor=2)
@@ -385,9 +387,10 @@ def _human_bytes(n):
 def _parse_bench(args, extra):
     """Parse the options after `bench SUITE` with shardann.bench.SUITE's own parser."""
     module = _load_bench(args.suite)
+    text = BENCH_SUITES[args.suite]
     parser = argparse.ArgumentParser(prog=f"shardann bench {args.suite}", allow_abbrev=False,
                                      conflict_handler="resolve",
-                                     description=BENCH_SUITES[args.suite].capitalize() + ".")
+                                     description=text[:1].upper() + text[1:] + ".")
     _common_options(parser, in_subcommand=True)
     module.add_arguments(parser)
     ns = parser.parse_args(extra, namespace=args)

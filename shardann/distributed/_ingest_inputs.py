@@ -57,6 +57,7 @@ class InputFile:
     row_groups: list = field(default_factory=list)  # Parquet rows per row group
     encoding: str | None = None  # Parquet embedding column: "fsl", "list", "fsb", "binary"
     skipped: str | None = None   # reason, when --skip-bad-rows skips the whole file
+    values: str = "float32"      # the type the values are stored in (read as float32)
 
 
 @dataclass
@@ -207,18 +208,23 @@ def _parquet_info(path, column, id_column):
 
 def _array_info(path, kind):
     if kind == "npy":
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            raise InputError(f"{path}: not a valid .npy file (it does not start with the .npy "
+                             "magic bytes; write it with numpy.save)")
         try:
-            arr = np.load(path, mmap_mode="r")
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"{path}: cannot read .npy file ({exc})") from None
+            raise InputError(f"{path}: not a valid .npy file ({exc})") from None
         if arr.ndim != 2 or arr.dtype.kind not in "fiu":
             raise InputError(f"{path}: expected a 2-D array of numbers; got shape {arr.shape} "
                              f"dtype {arr.dtype}")
-        return arr.shape[0], arr.shape[1]
-    _, item = VECS_EXTS[kind]
+        return arr.shape[0], arr.shape[1], str(arr.dtype)
+    dtype, item = VECS_EXTS[kind]
     size = os.path.getsize(path)
     if size == 0:
-        return 0, None
+        return 0, None, str(np.dtype(dtype))
     with open(path, "rb") as f:
         head = f.read(4)
     if len(head) < 4:
@@ -228,7 +234,7 @@ def _array_info(path, kind):
     if d <= 0 or size % row:
         raise InputError(f"{path}: size {size} is not a multiple of the row size {row} implied "
                          f"by d={d}; truncated or not a {kind} file")
-    return size // row, d
+    return size // row, d, str(np.dtype(dtype))
 
 
 def default_block_rows(d):
@@ -258,11 +264,14 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
         try:
             if kind == "parquet":
                 pf, f.encoding, f.dim, f.row_groups = _parquet_info(p, column, id_column)
+                t = pf.schema_arrow.field(column).type
+                f.values = (np.dtype(t.value_type.to_pandas_dtype()).name
+                            if f.encoding in ("fsl", "list") else "float32")
                 f.rows = int(sum(f.row_groups))
                 if f.dim is None and d is None and f.rows:
                     f.dim = _sniff_dim(p, pf, column, f.encoding)
             else:
-                f.rows, f.dim = _array_info(p, kind)
+                f.rows, f.dim, f.values = _array_info(p, kind)
             if f.dim is not None:
                 if d is None:
                     d, d_from = f.dim, p
@@ -278,6 +287,7 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
         offset += f.rows
     if d is None:
         raise InputError("cannot tell the vector dimension: the inputs hold no vectors")
+    _note_conversions(files)
     block_rows = int(block_rows or default_block_rows(d))
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1; got {block_rows}")
@@ -300,6 +310,17 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
                 blocks.append(Block(len(blocks), fi, s, min(f.rows, s + block_rows)))
     return InputPlan(files=files, blocks=blocks, d=int(d), total_rows=offset, column=column,
                      id_column=id_column, block_rows=block_rows)
+
+
+def _note_conversions(files):
+    """Say once (INFO) which inputs are not float32 and are converted when read."""
+    other = {}
+    for f in files:
+        if not f.skipped and f.rows and f.values != "float32":
+            other.setdefault(f.values, []).append(f.path)
+    for t, paths in other.items():
+        logger.info("%d input file(s) hold %s values (e.g. %s); they are converted to float32",
+                    len(paths), t, paths[0])
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -241,20 +241,27 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
     >>> s = ingest("idx", "emb/*.parquet", nlist=4096, M=32)               # doctest: +SKIP
     >>> print(s)                                                           # doctest: +SKIP
     """
+    job = _Job(path, inputs, column=column, id_column=id_column, d=d, nlist=nlist, M=M,
+               nbits=nbits, metric=metric, opq=opq, keep_vectors=keep_vectors,
+               codebooks=codebooks, sample_size=sample_size, seed=seed, niter=niter,
+               pq_niter=pq_niter, skip_bad_rows=skip_bad_rows, block_rows=block_rows,
+               num_workers=num_workers, merge_bytes=merge_bytes, spot_check=spot_check,
+               spot_check_k=spot_check_k, spot_check_nprobe=spot_check_nprobe,
+               progress=progress, job_id=job_id)
+    return _run_on_ray(job.run)
+
+
+def _run_on_ray(fn, **init_options):
+    """``fn()`` on the connected Ray, or on a local Ray started (and stopped) for it."""
     import ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        if not init_options.get("address"):
+            init_options = {"include_dashboard": False, **init_options}
+        ray.init(configure_logging=False, log_to_driver=False, **init_options)
     try:
-        job = _Job(path, inputs, column=column, id_column=id_column, d=d, nlist=nlist, M=M,
-                   nbits=nbits, metric=metric, opq=opq, keep_vectors=keep_vectors,
-                   codebooks=codebooks, sample_size=sample_size, seed=seed, niter=niter,
-                   pq_niter=pq_niter, skip_bad_rows=skip_bad_rows, block_rows=block_rows,
-                   num_workers=num_workers, merge_bytes=merge_bytes, spot_check=spot_check,
-                   spot_check_k=spot_check_k, spot_check_nprobe=spot_check_nprobe,
-                   progress=progress, job_id=job_id)
-        return job.run()
+        return fn()
     finally:
         if started:
             ray.shutdown()
@@ -355,6 +362,11 @@ class _Job:
             d = self._codebooks_source()[1]["d"]
         self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
                                 block_rows=o["block_rows"], skip_bad_files=o["skip_bad_rows"])
+        # the parameters are checked before anything runs
+        if existing is not None:
+            self._check_append_options(existing)
+        elif o["codebooks"] is None and o["nlist"] is not None:
+            self._new_model()
         inside = [f.path for f in self.plan.files
                   if os.path.commonpath([f.path, self.root]) == self.root]
         if inside:
@@ -483,17 +495,7 @@ class _Job:
                 raise ValueError(f"{self.root}: can append only to a trained IVF index; "
                                  f"it holds a {'trained' if store.is_trained else 'untrained'}"
                                  f" {store.kind} index")
-            cfg = store.config
-            given = {"nlist": o["nlist"], "M": o["M"], "codebooks": o["codebooks"]}
-            clash = [f"{k}={v!r}" for k, v in given.items()
-                     if v is not None and (k == "codebooks" or cfg.get(k) != v)]
-            if o["metric"] != "l2" and o["metric"] != cfg["metric"]:
-                clash.append(f"metric={o['metric']!r}")
-            if o["keep_vectors"] and o["keep_vectors"] != cfg.get("keep_vectors"):
-                clash.append(f"keep_vectors={o['keep_vectors']!r}")
-            if clash:
-                raise ValueError(f"{self.root} holds an index; appending uses its own model "
-                                 f"(config {cfg}), so do not pass {', '.join(clash)}")
+            self._check_append_options(store.config)
             state = {"mode": "append", "base_version": store.version,
                      "id_base": store.next_id if self.plan.id_column is None else 0,
                      "codebooks_crc": store.manifest["files"]["codebooks"]["crc32"]}
@@ -510,6 +512,20 @@ class _Job:
             os.makedirs(self._p(sub), exist_ok=True)
         write_json(path, state)
         return state
+
+    def _check_append_options(self, cfg):
+        """Appending uses the index's own model: refuse options that contradict it."""
+        o = self.opts
+        given = {"nlist": o["nlist"], "M": o["M"], "codebooks": o["codebooks"]}
+        clash = [f"{k}={v!r}" for k, v in given.items()
+                 if v is not None and (k == "codebooks" or cfg.get(k) != v)]
+        if o["metric"] != "l2" and o["metric"] != cfg["metric"]:
+            clash.append(f"metric={o['metric']!r}")
+        if o["keep_vectors"] and o["keep_vectors"] != cfg.get("keep_vectors"):
+            clash.append(f"keep_vectors={o['keep_vectors']!r}")
+        if clash:
+            raise ValueError(f"{self.root} holds an index; appending uses its own model "
+                             f"(config {cfg}), so do not pass {', '.join(clash)}")
 
     def _check_empty_dir(self):
         if not os.path.isdir(self.root):
@@ -971,7 +987,9 @@ class _Job:
             already_committed=bool(state.get("committed_version")))
         write_json(self._p("committed.json"), summary.to_dict())
         self._cleanup(keep_record=True)
-        logger.info("%s", summary)
+        # one line: the caller has the summary (the command prints all of it)
+        logger.info("ingest job %s: %d vectors into %s, version %d, in %.1f s", self.job_id,
+                    summary.vectors, self.root, summary.version, summary.seconds)
         return summary
 
 
@@ -1091,31 +1109,30 @@ def ingest_main(args):
     if (not args.flat and args.M is None and args.codebooks is None
             and not IndexStore.exists(args.path)):
         raise UsageError("a new IVF-PQ index needs --M (or --flat, or --codebooks)")
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        if args.address is not None and args.num_cpus is not None:
-            raise UsageError("--num-cpus sets up a local Ray; it cannot be used with --address")
-        kw = {"address": args.address} if args.address else {"num_cpus": args.num_cpus,
-                                                              "include_dashboard": False}
-        ray.init(configure_logging=False, log_to_driver=False, **kw)
-        started = True
-    try:
-        summary = ingest(
-            args.path, args.inputs, column=args.column, id_column=args.id_column,
+    if args.address is not None and args.num_cpus is not None:
+        raise UsageError("--num-cpus sets up a local Ray; it cannot be used with --address")
+    try:  # every argument and input file is checked before Ray starts
+        job = _Job(
+            args.path, args.inputs, column=args.column, id_column=args.id_column, d=None,
             nlist=args.nlist, M=args.M, nbits=args.nbits, metric=args.metric, opq=args.opq,
             keep_vectors=args.keep_vectors or False, codebooks=args.codebooks,
             sample_size=args.sample_size, seed=args.seed, niter=args.niter,
             pq_niter=args.niter, skip_bad_rows=args.skip_bad_rows, block_rows=args.block_rows,
-            num_workers=args.workers, spot_check=args.spot_check,
-            spot_check_nprobe=args.nprobe, progress=not args.no_progress, job_id=args.job_id)
+            num_workers=args.workers, merge_bytes=MERGE_BYTES, spot_check=args.spot_check,
+            spot_check_k=10, spot_check_nprobe=args.nprobe, progress=not args.no_progress,
+            job_id=args.job_id)
+    except InputError as exc:
+        raise CommandError(f"{exc} (nothing was committed)") from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except FileExistsError as exc:
+        raise CommandError(str(exc)) from None
+    init = {"address": args.address} if args.address else {"num_cpus": args.num_cpus}
+    try:
+        summary = _run_on_ray(job.run, **init)
     except InputError as exc:
         raise CommandError(f"{exc} (nothing was committed)") from None
     except (_JobBusy, FileExistsError) as exc:
         raise CommandError(str(exc)) from None
-    finally:
-        if started:
-            ray.shutdown()
     print(json.dumps(summary.to_dict(), indent=1) if args.json else summary)
     return 0

@@ -21,7 +21,7 @@ import importlib
 _EXPORTS = {
     "Client": "client", "ServiceError": "client", "InvalidRequestError": "client",
     "AuthenticationError": "client", "ConflictError": "client",
-    "ServiceUnavailableError": "client",
+    "ServiceUnavailableError": "client", "ServiceConnectionError": "client",
     "ServiceConfig": "config",
     "build_app": "app", "app_builder": "app", "create_app": "app",
     "SearchService": "_service", "ApiError": "_service",
