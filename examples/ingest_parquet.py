@@ -28,8 +28,7 @@ import ray
 
 import shardann
 from shardann.bench.datasets import synthetic_chunk
-from shardann.distributed import ShardedIndex
-from shardann.distributed.ingest import ingest
+from shardann.distributed import ShardedIndex, ingest
 
 
 def write_parquet(directory, n, d, files, chunk=200_000):

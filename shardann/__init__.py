@@ -7,6 +7,9 @@ The core (this package's top level) runs in one Python process with no Ray;
 from .errors import (
     CommitConflictError,
     CorruptIndexError,
+    DuplicateIdError,
+    IngestJobBusyError,
+    InputError,
     NotTrainedError,
     ShardannError,
     ShardUnavailableError,
@@ -28,7 +31,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'shardann' has no attribute {name!r}")
 
 __all__ = [
-    "Client", "CommitConflictError", "CorruptIndexError", "FlatIndex", "IVFFlatIndex", "IVFPQIndex",
-    "KMeans", "NotTrainedError", "OPQ", "ProductQuantizer", "ShardUnavailableError",
-    "ShardannError", "brute_force_knn", "merge_results", "open_index",
+    "Client", "CommitConflictError", "CorruptIndexError", "DuplicateIdError", "FlatIndex",
+    "IVFFlatIndex", "IVFPQIndex", "IngestJobBusyError", "InputError", "KMeans", "NotTrainedError",
+    "OPQ", "ProductQuantizer", "ShardUnavailableError", "ShardannError", "brute_force_knn",
+    "merge_results", "open_index",
 ]

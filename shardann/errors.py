@@ -1,4 +1,11 @@
-"""Exceptions raised by shardann."""
+"""Exceptions raised by shardann: every typed error lives here.
+
+Each one also derives from the built-in exception a caller would catch without
+knowing shardann (``ValueError``, ``RuntimeError``, ``OSError``), so code that
+catches those keeps working. Callers that need to tell errors apart (the
+service's HTTP statuses, the command's exit codes) do so by type, never by
+message text.
+"""
 
 
 class ShardannError(Exception):
@@ -19,3 +26,18 @@ class CommitConflictError(ShardannError, RuntimeError):
 
 class ShardUnavailableError(ShardannError, RuntimeError):
     """A shard did not answer within the request timeout."""
+
+
+class DuplicateIdError(ShardannError, ValueError):
+    """``add`` was given ids that are already in the index (remove them first to
+    replace them). The service answers it with 409 Conflict."""
+
+
+class InputError(ShardannError, ValueError):
+    """Bad ingest input: the message names the file (and row, for a bad row).
+    Nothing was committed."""
+
+
+class IngestJobBusyError(ShardannError, RuntimeError):
+    """The same ingest job (same index, inputs and options) is running in another
+    process."""

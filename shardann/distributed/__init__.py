@@ -1,33 +1,32 @@
 """Ray-distributed shardann: coordinator, shard actors, list placement, ingest.
 
-Names are loaded on first use, so ``shardann ingest --help`` and the CLI
-parser can import the argument definitions without starting Ray's import.
+Names are loaded on first use: ``import shardann.distributed`` is cheap, and
+Ray is imported by the modules that need it (the coordinator and shard actors
+at import, ingest only when a job runs).
+
+``ShardedIndex``, ``SearchResult``, ``NAMESPACE``
+    :mod:`shardann.distributed.coordinator` — the sharded index.
+``ShardWorker``
+    :mod:`shardann.distributed.shard` — what a shard actor runs.
+``place_lists``
+    :mod:`shardann.distributed.placement` — lists onto shards by size.
+``ingest``, ``IngestJob``, ``IngestSummary``, ``clean_ingest_jobs``
+    large offline ingest on Ray Data (``shardann ingest``).
+``InputError``, ``IngestJobBusyError``
+    its errors (from :mod:`shardann.errors`).
 """
 
 import importlib
-import types
-
-# ``shardann.distributed.ingest(...)`` is the documented call, and
-# ``shardann.distributed.ingest`` is also the module that defines it. Binding
-# the function over the module name would break ``import ...ingest as mod``,
-# so the module itself is made callable (it imports Ray only when a job runs).
-from . import ingest
-from .ingest import IngestSummary as IngestSummary
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return self.ingest(*args, **kwargs)
-
-
-ingest.__class__ = _CallableModule
 
 _EXPORTS = {
     "NAMESPACE": ".coordinator", "SearchResult": ".coordinator", "ShardedIndex": ".coordinator",
     "ShardWorker": ".shard", "place_lists": ".placement",
+    "ingest": "._ingest_job", "IngestJob": "._ingest_job", "IngestSummary": "._ingest_job",
+    "clean_ingest_jobs": "._ingest_job",
+    "InputError": "..errors", "IngestJobBusyError": "..errors",
 }
 
-__all__ = sorted([*_EXPORTS, "IngestSummary", "ingest"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
@@ -36,3 +35,7 @@ def __getattr__(name):
     value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from .._kernels.checks import finite_rows
 from .._parquet_pages import chunk_range
 from .._validation import MAX_ID
+from ..errors import InputError  # defined there; imported from here by older code
 from ._parquet_vectors import FixedListColumn, Unsupported, embedding_leaf
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ BLOCK_BYTES = 64 << 20
 _READ_BUFFER = 4 << 20
 #: bytes asked of the kernel per ``posix_fadvise(WILLNEED)`` (see :func:`prefetch_block`)
 _WILLNEED_PIECE = 1 << 20
-
-
-class InputError(ValueError):
-    """Bad ingest input: the message names the file (and row, for a bad row)."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from .._validation import as_id_array, as_ids, check_int
-from ..errors import ShardUnavailableError
+from ..errors import DuplicateIdError, ShardUnavailableError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
 from .placement import place_lists, shard_loads
@@ -324,8 +324,8 @@ class ShardedIndex:
             ids = as_ids(ids, n)
             present = self.contains(ids)
             if present.any():
-                raise ValueError(f"ids already in the index, e.g. {int(ids[present][0])} "
-                                 f"({int(present.sum())} of {n})")
+                raise DuplicateIdError(f"ids already in the index, e.g. "
+                                       f"{int(ids[present][0])} ({int(present.sum())} of {n})")
         if n == 0:
             return ids
         list_no, cols = model._encode_rows(x)

@@ -13,7 +13,7 @@ from .._validation import (
     check_int,
     check_search_args,
 )
-from ..errors import NotTrainedError
+from ..errors import DuplicateIdError, NotTrainedError
 from ..metric import check_metric, keys_to_distances, normalize_rows
 from ..results import empty_results
 
@@ -92,7 +92,7 @@ class BaseIndex:
         ids = as_ids(ids, n)
         present = self.contains(ids)
         if present.any():
-            raise ValueError(
+            raise DuplicateIdError(
                 f"ids already in the index, e.g. {int(ids[present][0])} "
                 f"({int(present.sum())} of {n}); remove them first to replace them")
         return ids

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import ShardUnavailableError
+from ..errors import DuplicateIdError, ShardUnavailableError
 from .backends import open_backend
 from .config import ServiceConfig, check_auth_settings, resolve_token_digest
 from .metrics import ServiceMetrics
@@ -218,7 +218,7 @@ class SearchService:
         if isinstance(exc, PermissionError):
             self.metrics.error("read_only")
             return ApiError(409, "read_only", str(exc))
-        if isinstance(exc, ValueError) and "already in the index" in str(exc):
+        if isinstance(exc, DuplicateIdError):
             self.metrics.error("conflict")
             return ApiError(409, "conflict", str(exc))
         if isinstance(exc, (ValueError, TypeError)):

@@ -21,6 +21,8 @@ import threading
 
 import numpy as np
 
+from ..errors import DuplicateIdError
+
 logger = logging.getLogger(__name__)
 
 
@@ -241,8 +243,8 @@ class LocalBackend:
             if ids is not None:
                 present = self.index.contains(np.asarray(ids, np.int64))
                 if present.any():
-                    raise ValueError(f"ids already in the index, e.g. "
-                                     f"{int(np.asarray(ids)[present][0])}")
+                    raise DuplicateIdError(f"ids already in the index, e.g. "
+                                           f"{int(np.asarray(ids)[present][0])}")
             out = self.index.add(x, ids)
             self.calls["add"] += 1
             self._commit()

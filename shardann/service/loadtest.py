@@ -5,7 +5,7 @@
     # a synthetic index to serve (1M vectors, d=64, IVF-PQ nlist=1024, M=16)
     python -m shardann.service.loadtest build /tmp/idx-1m --n 1000000
     # serve it (2 shards) in another terminal
-    python -m shardann.service.cli /tmp/idx-1m --shards 2
+    python -m shardann.cli serve /tmp/idx-1m --shards 2
     # closed loop: 64 clients, each sending its next request when the last answered
     python -m shardann.service.loadtest run --url http://127.0.0.1:8000 --d 64 \\
         --concurrency 64 --requests 20000 --duration 30

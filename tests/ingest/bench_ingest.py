@@ -28,7 +28,7 @@ import time
 INGEST_CHILD = r"""
 import json, sys, time
 import ray
-from shardann.distributed.ingest import ingest
+from shardann.distributed import ingest
 a = json.loads(sys.argv[1])
 ray.init(num_cpus=a["cpus"], include_dashboard=False, log_to_driver=False,
          configure_logging=False)

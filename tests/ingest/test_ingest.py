@@ -20,13 +20,8 @@ from ingest_support import (
 )
 
 from shardann.bench.datasets import write_fvecs
-from shardann.distributed.ingest import (
-    InputError,
-    add_ingest_arguments,
-    clean_ingest_jobs,
-    ingest,
-    ingest_main,
-)
+from shardann.cli import ingest as ingest_command
+from shardann.distributed import InputError, clean_ingest_jobs, ingest
 from shardann.storage import IndexStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
@@ -266,7 +261,7 @@ def test_failed_append_leaves_the_old_version(tmp_path, xb):
 # -- command line ------------------------------------------------------------------------
 def _parse(argv):
     parser = argparse.ArgumentParser()
-    add_ingest_arguments(parser)
+    ingest_command.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -274,7 +269,7 @@ def test_cli_handler(tmp_path, xb, parquet_dir, capsys):
     path = str(tmp_path / "idx")
     args = _parse([path, parquet_dir, "--nlist", "16", "--M", "8", "--niter", "6",
                    "--keep-vectors", "--no-progress", "--spot-check", "20"])
-    assert ingest_main(args) == 0
+    assert ingest_command.run(args) == 0
     out = capsys.readouterr().out
     assert f"ingested {N:,} vectors" in out and "recall@10" in out
     store = IndexStore.open(path)
@@ -287,8 +282,8 @@ def test_cli_bad_input_is_one_line(tmp_path, xb):
     y = xb[:3000].copy()
     y[10] = np.nan
     np.save(tmp_path / "a.npy", y)
+    argv = [str(tmp_path / "idx"), str(tmp_path / "a.npy"), "--nlist", "16"]
     with pytest.raises(CommandError, match=r"a\.npy: row 10 .*nothing was committed"):
-        ingest_main(_parse([str(tmp_path / "idx"), str(tmp_path / "a.npy"), "--nlist", "16",
-                            "--M", "8", "--no-progress"]))
+        ingest_command.run(_parse([*argv, "--M", "8", "--no-progress"]))
     with pytest.raises(UsageError, match="--M"):
-        ingest_main(_parse([str(tmp_path / "idx"), str(tmp_path / "a.npy"), "--nlist", "16"]))
+        ingest_command.run(_parse(argv))

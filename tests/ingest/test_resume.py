@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ingest_support import TRAIN, assert_same_index, data, write_mixed
 
-from shardann.distributed.ingest import ingest
+from shardann.distributed import ingest
 from shardann.storage import IndexStore
 from shardann.storage._crash import ENV_VAR
 
@@ -28,7 +28,7 @@ OPTS = {**TRAIN, "block_rows": 1000, "merge_bytes": 32 << 10}
 CHILD = textwrap.dedent("""
     import json, sys
     import ray
-    from shardann.distributed.ingest import ingest
+    from shardann.distributed import ingest
     path, inputs, tmp, opts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, _temp_dir=tmp)
@@ -153,9 +153,7 @@ class _Stop(Exception):
 
 def _stop_at(monkeypatch, point):
     """Make the driver raise at ``point`` ("name@n"): an interruption without SIGKILL."""
-    import shardann.distributed.ingest  # noqa: F401  (the package may bind the function)
-
-    mod = sys.modules["shardann.distributed.ingest"]
+    from shardann.distributed import _ingest_job as mod
 
     name, _, nth = point.partition("@")
     hits = {"n": 0}
@@ -219,16 +217,16 @@ def test_changed_index_restarts_the_job(tmp_path, inputs, monkeypatch):
 
 
 def test_concurrent_run_of_the_same_job_is_refused(tmp_path, inputs):
-    from shardann.distributed.ingest import _JobBusy, _JobLock
+    from shardann.distributed._ingest_job import _Job, _JobLock
+    from shardann.errors import IngestJobBusyError
 
     x, dir_a, _ = inputs
     path = str(tmp_path / "idx")
     # hold the job's lock as a running job would, then start the same job
-    from shardann.distributed.ingest import _Job
     job = _Job(path, dir_a, progress=False, **_job_opts(OPTS))
     os.makedirs(job.job_dir)
     with _JobLock(job.job_dir, job.job_id):
-        with pytest.raises(_JobBusy, match="running in another process"):
+        with pytest.raises(IngestJobBusyError, match="running in another process"):
             ingest(path, dir_a, **OPTS)
     assert not IndexStore.exists(path)
 

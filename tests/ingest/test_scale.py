@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ingest_support import assert_same_index, data, write_mixed
 
-from shardann.distributed.ingest import ingest
+from shardann.distributed import ingest
 from shardann.storage import IndexStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]

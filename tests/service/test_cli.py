@@ -1,4 +1,4 @@
-"""``shardann serve`` (``shardann.service.cli``), the config and token rules, and
+"""``shardann serve`` (``shardann.cli.serve``), the config and token rules, and
 import hygiene: ``import shardann`` and the client stay free of Ray and FastAPI."""
 
 import argparse
@@ -13,7 +13,8 @@ import time
 import pytest
 from service_support import TOKEN, build_store, free_port
 
-from shardann.service.cli import add_serve_arguments, config_from_args, serve_main
+from shardann.cli import serve
+from shardann.cli.serve import config_from_args
 from shardann.service.config import (
     ServiceConfig,
     check_auth_settings,
@@ -24,7 +25,7 @@ from shardann.service.config import (
 
 
 def _args(*argv):
-    return add_serve_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    return serve.add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
 
 
 def test_arguments_make_a_config(tmp_path):
@@ -50,13 +51,13 @@ def test_refuses_public_host_without_token(tmp_path, monkeypatch):
     monkeypatch.delenv("SHARDANN_TOKEN", raising=False)
     monkeypatch.delenv("SHARDANN_TOKEN_FILE", raising=False)
     with pytest.raises(UsageError, match="refusing to serve on '0.0.0.0'"):
-        serve_main(_args(str(tmp_path), "--host", "0.0.0.0"))
+        serve.run(_args(str(tmp_path), "--host", "0.0.0.0"))
     with pytest.raises(UsageError, match="token file"):
-        serve_main(_args(str(tmp_path), "--host", "0.0.0.0", "--token-file",
+        serve.run(_args(str(tmp_path), "--host", "0.0.0.0", "--token-file",
                          str(tmp_path / "missing")))
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(UsageError, match="empty"):
-        serve_main(_args(str(tmp_path), "--token-file", str(tmp_path / "empty")))
+        serve.run(_args(str(tmp_path), "--token-file", str(tmp_path / "empty")))
 
 
 def test_busy_port_is_a_clear_error_before_ray_starts(tmp_path, small_index):
@@ -70,7 +71,7 @@ def test_busy_port_is_a_clear_error_before_ray_starts(tmp_path, small_index):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
-            serve_main(_args(str(tmp_path), "--port", str(port)))
+            serve.run(_args(str(tmp_path), "--port", str(port)))
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
@@ -92,16 +93,20 @@ def test_no_index_fails_fast_before_ray_starts(tmp_path, kind, cause):
     path = _not_an_index(tmp_path, kind)
     t0 = time.monotonic()
     with pytest.raises(CommandError, match=f"cannot serve {path}: .*{cause}"):
-        serve_main(_args(str(path), "--port", str(free_port())))
+        serve.run(_args(str(path), "--port", str(free_port())))
     assert time.monotonic() - t0 < 2.0  # it took 17-27 s, after starting Ray
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
-def test_no_index_is_one_line_and_status_1_from_the_command(tmp_path):
+# the console script `shardann` runs shardann.cli:main; `python -m shardann.cli` is the same
+# (its error classes exist once, so a CommandError is one line there too, not a traceback)
+@pytest.mark.parametrize("command", [
+    ["-c", "import sys; from shardann.cli import main; sys.exit(main())"],
+    ["-m", "shardann.cli"]], ids=["script", "module"])
+def test_no_index_is_one_line_and_status_1_from_the_command(tmp_path, command):
     path = _not_an_index(tmp_path, "empty")
     t0 = time.monotonic()
-    shardann = "import sys; from shardann.cli import main; sys.exit(main())"  # `shardann`
-    out = subprocess.run([sys.executable, "-c", shardann, "serve", str(path), "--debug",
+    out = subprocess.run([sys.executable, *command, "serve", str(path), "--debug",
                           "--port", str(free_port())], capture_output=True, text=True,
                          timeout=120)
     seconds = time.monotonic() - t0
@@ -134,7 +139,7 @@ def test_serve_help_tells_the_limits_apart(capsys):
 
 def test_one_serving_line_and_one_token_warning(tmp_path, small_index, monkeypatch, capsys,
                                                 caplog):
-    """``serve_main`` around a stand-in for ``run`` that builds the app as ``run`` does:
+    """``serve.run`` around a stand-in for ``run`` that builds the app as ``run`` does:
     the no-token warning comes once (from build_app), the URL line once."""
     import logging
 
@@ -155,9 +160,9 @@ def test_one_serving_line_and_one_token_warning(tmp_path, small_index, monkeypat
 
     monkeypatch.setattr(server, "run", run)
     serve_logger = logging.getLogger("ray.serve")
-    monkeypatch.setattr(serve_logger, "level", serve_logger.level)  # serve_main quiets it
+    monkeypatch.setattr(serve_logger, "level", serve_logger.level)  # serve.run quiets it
     caplog.set_level(logging.WARNING)
-    assert serve_main(_args(str(path), "--port", str(port), "--ingress", "proxy",
+    assert serve.run(_args(str(path), "--port", str(port), "--ingress", "proxy",
                             "--detach")) == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "serving on" in line] == [
@@ -169,7 +174,7 @@ def test_one_serving_line_and_one_token_warning(tmp_path, small_index, monkeypat
 
 
 def test_ingress_defaults_to_direct_on_a_local_ray():
-    assert _args("idx").ingress is None  # resolved in serve_main: direct, or proxy with --address
+    assert _args("idx").ingress is None  # resolved in serve.run: direct, or proxy with --address
     assert _args("idx", "--ingress", "proxy").ingress == "proxy"
     with pytest.raises(SystemExit):
         _args("idx", "--ingress", "haproxy")
@@ -214,7 +219,7 @@ def test_imports_stay_light():
 @pytest.mark.ray
 @pytest.mark.slow  # a full `shardann serve` subprocess: 30-120 s here
 def test_serve_command_runs_and_stops(tmp_path, svc_data):
-    """``python -m shardann.service.cli`` in a subprocess (its own local Ray): serves,
+    """``python -m shardann.cli serve`` in a subprocess (its own local Ray): serves,
     answers with the token, and on SIGINT stops Serve and its shard actors."""
     xb, xq, xt = svc_data
     path = tmp_path / "idx"
@@ -223,7 +228,7 @@ def test_serve_command_runs_and_stops(tmp_path, svc_data):
     token_file.write_text(TOKEN)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardann.service.cli", str(path), "--shards", "2",
+        [sys.executable, "-m", "shardann.cli", "serve", str(path), "--shards", "2",
          "--port", str(port), "--num-cpus", "2", "--token-file", str(token_file),
          "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

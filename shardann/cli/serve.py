@@ -1,14 +1,5 @@
-"""``shardann serve PATH``: serve an index over HTTP with Ray Serve.
+"""``shardann serve PATH``: serve an index over HTTP with Ray Serve (:mod:`shardann.service`).
 
-Wire it into ``shardann/cli.py`` with::
-
-    serve = add("serve", "Serve an index over HTTP (Ray Serve) until interrupted.")
-    _common_options(serve, in_subcommand=True)
-    from .service.cli import add_serve_arguments, serve_main
-    add_serve_arguments(serve)
-    serve.set_defaults(handler=serve_main)
-
-(``add_serve_arguments`` imports nothing heavy; ``serve_main`` imports Ray.)
 Local Ray by default, ``--address`` to join a cluster. With a local Ray the
 ingress replica answers HTTP on ``--port`` itself (Serve's direct ingress; see
 :mod:`shardann.service.server`), ``--ingress proxy`` puts Serve's proxy
@@ -18,21 +9,24 @@ one the service binds only to loopback addresses. PATH is opened before Ray
 starts, so a path without an index fails at once. On Ctrl-C / SIGTERM the
 app and the index's shard actors are stopped (unless ``--detach``). Ray's own
 INFO lines are hidden unless ``--log-level DEBUG``.
+
+``add_arguments`` imports nothing heavy; ``run`` imports Ray.
 """
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 
-from .config import ServiceConfig, check_auth_settings, resolve_token_digest
+from shardann.service.config import ServiceConfig, check_auth_settings, resolve_token_digest
+
+from ._common import EXIT_OK, CommandError, UsageError, common_options, is_debug, start_ray
 
 logger = logging.getLogger(__name__)
 
-
+HELP = "Serve an index over HTTP (Ray Serve) until interrupted."
 LOG_LEVEL_HELP = ("log level of shardann's messages (default WARNING); Ray's own INFO lines "
                   "show only with DEBUG")
 
@@ -49,18 +43,10 @@ class _RenamedOption(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _override_log_level_help(parser):
-    # --log-level comes from shardann.cli._common_options, whose help is about k-means;
-    # argparse has no public way to look an action up by its option string
-    for action in parser._actions:
-        if "--log-level" in action.option_strings:
-            action.help = LOG_LEVEL_HELP
-
-
-def add_serve_arguments(parser):
-    """Add the ``serve`` options to an argparse (sub)parser."""
+def add_arguments(parser):
+    """Add the ``serve`` options (and the common ones) to an argparse (sub)parser."""
     d = ServiceConfig()
-    _override_log_level_help(parser)
+    common_options(parser, in_subcommand=True, log_level_help=LOG_LEVEL_HELP)
     parser.add_argument("path", metavar="PATH", help="index store (directory)")
     parser.add_argument("--shards", type=int, default=1, metavar="N",
                         help="shard actors (default 1)")
@@ -135,8 +121,7 @@ def config_from_args(args):
 
 
 def _check_port_free(host, port):
-    from ..cli import CommandError
-    from .server import bindable_port
+    from shardann.service.server import bindable_port
 
     try:
         bindable_port(host, port)
@@ -148,8 +133,7 @@ def _check_port_free(host, port):
 def _check_store(path):
     """Open the store as the replica will, before Ray starts: a path that holds no
     index fails here in milliseconds instead of as a failed Serve deployment."""
-    from ..cli import CommandError
-    from ..storage import IndexStore
+    from shardann.storage import IndexStore
 
     try:
         IndexStore.open(path)
@@ -158,7 +142,7 @@ def _check_store(path):
         raise CommandError(f"cannot serve {path}: {cause}") from None
 
 
-def _quiet_ray(debug):
+def _quiet_serve(debug):
     """Ray's INFO lines (Serve's "Application ... is ready at <the proxy's URL>",
     which is not where a direct-ingress service listens, "Connecting to existing
     Serve app", ...) show only with --log-level DEBUG; its warnings always do.
@@ -170,28 +154,8 @@ def _quiet_ray(debug):
     return level
 
 
-# A new local Ray turns its cluster token auth on by default and says so with a WARNING
-# ("Token authentication is enabled for this Ray cluster ..."): news about Ray's
-# internals, easily mistaken for the service's bearer token. The logger says nothing
-# else when a local cluster starts.
-_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-@contextlib.contextmanager
-def _logger_level(name, level):
-    log = logging.getLogger(name)
-    before = log.level
-    log.setLevel(level)
-    try:
-        yield
-    finally:
-        log.setLevel(before)
-
-
-def serve_main(args):
+def run(args):
     """Handler of ``shardann serve``: deploy, print the URL, wait for a signal, stop."""
-    from ..cli import CommandError, UsageError
-
     try:
         config = config_from_args(args)
         digest = resolve_token_digest(config)
@@ -207,10 +171,10 @@ def serve_main(args):
 
     import ray
 
-    from .server import DeploymentError, direct_ingress_env, run, stop
+    from shardann.service import server
 
-    debug = getattr(args, "log_level", "WARNING") == "DEBUG"
-    ray_log_level = _quiet_ray(debug)
+    debug = is_debug(args)
+    ray_log_level = _quiet_serve(debug)
 
     # Ctrl-C / SIGTERM: the first asks for an orderly stop (also during startup, which
     # then finishes and stops at once); a second one interrupts.
@@ -227,17 +191,15 @@ def serve_main(args):
     stop_on_exit = True
     try:
         if args.address:
-            ray.init(address=args.address, log_to_driver=False, logging_level=ray_log_level)
+            start_ray(address=args.address, logging_level=ray_log_level)
         else:
             if ingress == "direct":
                 # read by every process of the local Ray, which inherit this environment
-                os.environ.update(direct_ingress_env(args.port))
-            with _logger_level(_RAY_AUTH_LOGGER, ray_log_level if debug else logging.ERROR):
-                ray.init(num_cpus=args.num_cpus, include_dashboard=False,
-                         log_to_driver=False, logging_level=ray_log_level)
+                os.environ.update(server.direct_ingress_env(args.port))
+            start_ray(num_cpus=args.num_cpus, logging_level=ray_log_level, debug=debug)
         try:
-            url = run(config, host=args.host, port=args.port, ingress=ingress)
-        except DeploymentError as exc:
+            url = server.run(config, host=args.host, port=args.port, ingress=ingress)
+        except server.DeploymentError as exc:
             raise CommandError(f"the service for {config.path} did not start: {exc.cause} "
                                "(--log-level DEBUG shows Serve's whole report)") from None
         auth = "bearer token required" if digest else "no token: loopback only"
@@ -246,7 +208,7 @@ def serve_main(args):
         if args.detach:
             print("shardann: detached; the app keeps running on the Ray cluster", flush=True)
             stop_on_exit = False
-            return 0
+            return EXIT_OK
         print("shardann: Ctrl-C to stop", flush=True)
         while not done.wait(1.0):
             pass
@@ -259,35 +221,7 @@ def serve_main(args):
             # actors; a local Ray then ends with Serve's controller and proxy in it. (Not
             # serve.shutdown(): it kills the controller under its own graceful_shutdown
             # call, which Ray reports on stdout as a failed task.)
-            stop(config.index_name)
+            server.stop(config.index_name)
             if not args.address:
                 ray.shutdown()
-    return 0
-
-
-def main(argv=None):
-    """``python -m shardann.service.cli PATH ...`` (the same as ``shardann serve``)."""
-    import argparse
-    import sys
-
-    from ..cli import CommandError, UsageError, _configure_logging
-
-    parser = argparse.ArgumentParser(prog="shardann serve", allow_abbrev=False,
-                                     description="Serve an index over HTTP (Ray Serve).")
-    parser.add_argument("--log-level", type=str.upper, default="WARNING",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help=LOG_LEVEL_HELP)
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
-    try:
-        return serve_main(args)
-    except UsageError as exc:
-        print(f"shardann serve: error: {exc}", file=sys.stderr)
-        return 2
-    except CommandError as exc:
-        print(f"shardann serve: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return EXIT_OK

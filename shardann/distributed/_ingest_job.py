@@ -74,7 +74,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import CommitConflictError
+from ..errors import CommitConflictError, IngestJobBusyError, InputError
 from ..results import merge_results
 from ..storage import IndexStore, _codebooks
 from ..storage._crash import crash_point
@@ -82,7 +82,7 @@ from ..storage._files import fast_crc32
 from ..storage._manifest import FORMAT_VERSION, list_versions
 from ..storage._manifest import read as read_manifest
 from ..storage._segments import column_spec
-from ._ingest_inputs import InputError, plan_inputs
+from ._ingest_inputs import plan_inputs
 from ._ingest_work import (
     ITEMS_DIR,
     RANGES_DIR,
@@ -103,8 +103,7 @@ from ._ingest_work import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IngestSummary", "InputError", "add_ingest_arguments", "clean_ingest_jobs",
-           "ingest", "ingest_main"]
+__all__ = ["IngestJob", "IngestSummary", "clean_ingest_jobs", "ingest"]
 
 JOBS_DIR = "_ingest"
 #: largest default training sample, in bytes of float32 vectors
@@ -289,7 +288,7 @@ def clean_ingest_jobs(path, *, interrupted=True, committed=True):
             with _JobLock(job_dir, name):
                 size = _dir_bytes(job_dir)
                 shutil.rmtree(job_dir)
-        except _JobBusy:
+        except IngestJobBusyError:
             continue
         removed.append(job_dir)
         freed += size
@@ -303,10 +302,6 @@ def _dir_bytes(path):
             with contextlib.suppress(OSError):
                 total += os.path.getsize(os.path.join(dirpath, n))
     return total
-
-
-class _JobBusy(RuntimeError):
-    pass
 
 
 class _JobLock:
@@ -323,7 +318,7 @@ class _JobLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise _JobBusy(f"ingest job {self.job_id} is running in another process "
+            raise IngestJobBusyError(f"ingest job {self.job_id} is running in another process "
                            f"({os.path.dirname(self.path)}); wait for it or stop it") from None
         return self
 
@@ -1044,95 +1039,37 @@ def _spot_check(store, ours, model, queries, gt_ids, k, nprobe):
     return hits / want if want else None
 
 
-# -- command line --------------------------------------------------------------------------------
-def add_ingest_arguments(parser):
-    """Add the ``ingest`` options to an argparse (sub)parser (imports nothing heavy)."""
-    parser.add_argument("path", metavar="INDEX", help="index directory (created, or appended to)")
-    parser.add_argument("inputs", metavar="INPUT", nargs="*",
-                        help="Parquet files/directories/globs, .npy, .fvecs, .bvecs, .ivecs")
-    g = parser.add_argument_group("inputs")
-    g.add_argument("--column", default="embedding",
-                   help="Parquet column of the vectors (default 'embedding')")
-    g.add_argument("--id-column", default=None,
-                   help="Parquet int64 id column (default: ids in input row order)")
-    g.add_argument("--skip-bad-rows", action="store_true",
-                   help="skip and count bad rows and unreadable files instead of failing")
-    m = parser.add_argument_group("new index (ignored parameters must be unset when appending)")
-    m.add_argument("--nlist", type=int, default=None, help="IVF lists")
-    m.add_argument("--M", type=int, default=None, help="PQ sub-quantizers")
-    m.add_argument("--flat", action="store_true", help="IVF-Flat instead of IVF-PQ (no --M)")
-    m.add_argument("--nbits", type=int, default=8, help="bits per PQ code (default 8)")
-    m.add_argument("--metric", default="l2", choices=("l2", "ip", "cosine"),
-                   help="distance (default l2)")
-    m.add_argument("--opq", action="store_true", help="learn an OPQ rotation")
-    m.add_argument("--keep-vectors", nargs="?", const="float32", default=None,
-                   choices=("float32", "float16"),
-                   help="keep raw vectors for refine (float32, or float16 to halve them)")
-    m.add_argument("--codebooks", default=None, metavar="PATH",
-                   help="reuse the trained model of this index (or codebooks file)")
-    m.add_argument("--sample-size", type=int, default=None,
-                   help="training sample (default 256 x nlist, at most 1 GiB), drawn in "
-                        "runs of consecutive rows filling 4 KiB")
-    m.add_argument("--seed", type=int, default=0, help="sampling and training seed (default 0)")
-    m.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
-    r = parser.add_argument_group("run")
-    r.add_argument("--block-rows", type=int, default=None,
-                   help="rows per block (default: 64 MiB of float32 vectors)")
-    r.add_argument("--workers", type=int, default=None, help="Ray Data workers (default: CPUs)")
-    r.add_argument("--address", default=None,
-                   help="Ray cluster to join (e.g. 'auto'); default: start a local Ray")
-    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
-    r.add_argument("--spot-check", type=int, default=100,
-                   help="held-out queries for the recall check (0: none; default 100)")
-    r.add_argument("--nprobe", type=int, default=None,
-                   help="nprobe of the recall check (default min(nlist, 16))")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--job-id", default=None, help="name the job (default: hash of inputs+options)")
-    r.add_argument("--json", action="store_true", help="print the summary as JSON")
-    r.add_argument("--clean", action="store_true",
-                   help="remove the scratch of interrupted ingest jobs of INDEX and exit")
-    return parser
+# -- two steps: check, then run ------------------------------------------------------------------
+class IngestJob:
+    """An ingest job whose arguments and inputs are checked, ready to :meth:`run`.
 
+    ``IngestJob(path, inputs, **options).run()`` is ``ingest(path, inputs, **options)``
+    in two steps: the constructor takes the same arguments, checks all of them and
+    plans the inputs (file metadata only) on the driver without Ray, so a caller can
+    tell bad arguments apart from failures of the job and start Ray only when they
+    are fine — as ``shardann ingest`` does.
 
-def ingest_main(args):
-    """Handler of ``shardann ingest``: run the job, print the summary; returns 0."""
-    from ..cli import CommandError, UsageError
+    Raises
+    ------
+    TypeError, ValueError for bad arguments; :class:`~shardann.errors.InputError`
+    (a ``ValueError``) naming a bad input file; ``FileExistsError`` if ``path``
+    holds other files.
+    """
 
-    if args.clean:
-        removed, freed = clean_ingest_jobs(args.path, committed=False)
-        print(f"removed {len(removed)} interrupted ingest job(s), {_human(freed)}")
-        return 0
-    if not args.inputs:
-        raise UsageError("give at least one INPUT")
-    if args.flat and args.M is not None:
-        raise UsageError("--flat and --M exclude each other")
-    if (not args.flat and args.M is None and args.codebooks is None
-            and not IndexStore.exists(args.path)):
-        raise UsageError("a new IVF-PQ index needs --M (or --flat, or --codebooks)")
-    if args.address is not None and args.num_cpus is not None:
-        raise UsageError("--num-cpus sets up a local Ray; it cannot be used with --address")
-    try:  # every argument and input file is checked before Ray starts
-        job = _Job(
-            args.path, args.inputs, column=args.column, id_column=args.id_column, d=None,
-            nlist=args.nlist, M=args.M, nbits=args.nbits, metric=args.metric, opq=args.opq,
-            keep_vectors=args.keep_vectors or False, codebooks=args.codebooks,
-            sample_size=args.sample_size, seed=args.seed, niter=args.niter,
-            pq_niter=args.niter, skip_bad_rows=args.skip_bad_rows, block_rows=args.block_rows,
-            num_workers=args.workers, merge_bytes=MERGE_BYTES, spot_check=args.spot_check,
-            spot_check_k=10, spot_check_nprobe=args.nprobe, progress=not args.no_progress,
-            job_id=args.job_id)
-    except InputError as exc:
-        raise CommandError(f"{exc} (nothing was committed)") from None
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    except FileExistsError as exc:
-        raise CommandError(str(exc)) from None
-    init = {"address": args.address} if args.address else {"num_cpus": args.num_cpus}
-    try:
-        summary = _run_on_ray(job.run, **init)
-    except InputError as exc:
-        raise CommandError(f"{exc} (nothing was committed)") from None
-    except (_JobBusy, FileExistsError) as exc:
-        raise CommandError(str(exc)) from None
-    print(json.dumps(summary.to_dict(), indent=1) if args.json else summary)
-    return 0
+    def __init__(self, path, inputs, **options):
+        import inspect
+
+        bound = inspect.signature(ingest).bind(path, inputs, **options)
+        bound.apply_defaults()
+        self._job = _Job(**bound.arguments)
+        self.path = self._job.root
+        self.job_id = self._job.job_id
+
+    def run(self):
+        """Run the job on the connected Ray, or on a local Ray started and stopped for it.
+
+        Returns an :class:`IngestSummary`; raises :class:`~shardann.errors.InputError` on
+        bad input rows (nothing committed) and :class:`~shardann.errors.IngestJobBusyError`
+        if the same job is running in another process.
+        """
+        return _run_on_ray(self._job.run)

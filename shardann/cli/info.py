@@ -1,0 +1,64 @@
+"""``shardann info PATH``: describe an index written by ``index.save(PATH)``."""
+
+import os
+
+import numpy as np
+
+from ._common import EXIT_OK, common_options, human_bytes
+
+HELP = "Describe an index saved with index.save(PATH)."
+
+
+def add_arguments(parser):
+    common_options(parser, in_subcommand=True)
+    parser.add_argument("path", metavar="PATH", help="index directory")
+    return parser
+
+
+def run(args):
+    """Handler of ``shardann info``: reads the manifest and codebooks, not the lists."""
+    from shardann.storage import IndexStore
+
+    store = IndexStore.open(args.path)
+    cfg = store.config
+    d = cfg["d"]
+    rows = [("path", os.path.abspath(args.path)),
+            ("kind", store.kind),
+            ("d", d),
+            ("metric", cfg["metric"])]
+    if "nlist" in cfg:
+        rows += [("nlist", cfg["nlist"]), ("nprobe", f"{cfg['nprobe']} (default per search)")]
+    if "M" in cfg:
+        rows += [("M", cfg["M"]), ("nbits", cfg["nbits"]),
+                 ("code size", f"{-(-cfg['M'] * cfg['nbits'] // 8)} B"),
+                 ("opq", "yes" if cfg.get("opq") else "no"),
+                 ("kept vectors", cfg.get("keep_vectors") or "no (refine unavailable)")]
+    rows += [("trained", "yes" if store.is_trained else "no"),
+             ("ntotal", f"{store.ntotal:,}")]
+    if "nlist" in cfg and store.is_trained:
+        sizes = store.list_sizes()
+        rows.append(("list sizes", f"min {sizes.min():,} / mean {sizes.mean():,.1f} / "
+                                   f"max {sizes.max():,} ({int((sizes == 0).sum())} empty)"))
+    if store.is_trained:
+        parts = [("id", 8)] + [(name, spec["width"] * np.dtype(spec["dtype"]).itemsize)
+                               for name, spec in store.columns.items()]
+        rows.append(("bytes/vector", f"{sum(b for _, b in parts)} in memory ("
+                     + " + ".join(f"{name} {b}" for name, b in parts)
+                     + f"); raw float32 is {4 * d}"))
+    m = store.manifest
+    rows += [("version", f"{store.version} ({m['operation']} at {m['created_at']}); "
+                         f"{len(store.history())} readable version(s)"),
+             ("files", f"{len(m['files']['segments'])} segment(s), "
+                       f"{len(m['files']['tombstones'])} tombstone file(s), "
+                       f"{human_bytes(_dir_size(args.path))} on disk")]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return EXIT_OK
+
+
+def _dir_size(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total

@@ -1,0 +1,124 @@
+"""``shardann ingest INDEX INPUT...``: build or extend an index from embeddings on
+disk with Ray Data (:func:`shardann.distributed.ingest`).
+
+Every argument and input file is checked before Ray starts: a bad parameter is a
+usage error (status 2), a bad input file one line naming it (status 1).
+"""
+
+import json
+
+from ._common import (
+    EXIT_OK,
+    CommandError,
+    UsageError,
+    common_options,
+    human_bytes,
+    is_debug,
+    start_ray,
+)
+
+HELP = ("Build or extend an index from Parquet / .npy / .fvecs files with Ray Data "
+        "(bounded memory, resumable).")
+
+
+def add_arguments(parser):
+    common_options(parser, in_subcommand=True)
+    parser.add_argument("path", metavar="INDEX", help="index directory (created, or appended to)")
+    parser.add_argument("inputs", metavar="INPUT", nargs="*",
+                        help="Parquet files/directories/globs, .npy, .fvecs, .bvecs, .ivecs")
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--column", default="embedding",
+                   help="Parquet column of the vectors (default 'embedding')")
+    g.add_argument("--id-column", default=None,
+                   help="Parquet int64 id column (default: ids in input row order)")
+    g.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip and count bad rows and unreadable files instead of failing")
+    m = parser.add_argument_group("new index (ignored parameters must be unset when appending)")
+    m.add_argument("--nlist", type=int, default=None, help="IVF lists")
+    m.add_argument("--M", type=int, default=None, help="PQ sub-quantizers")
+    m.add_argument("--flat", action="store_true", help="IVF-Flat instead of IVF-PQ (no --M)")
+    m.add_argument("--nbits", type=int, default=8, help="bits per PQ code (default 8)")
+    m.add_argument("--metric", default="l2", choices=("l2", "ip", "cosine"),
+                   help="distance (default l2)")
+    m.add_argument("--opq", action="store_true", help="learn an OPQ rotation")
+    m.add_argument("--keep-vectors", nargs="?", const="float32", default=None,
+                   choices=("float32", "float16"),
+                   help="keep raw vectors for refine (float32, or float16 to halve them)")
+    m.add_argument("--codebooks", default=None, metavar="PATH",
+                   help="reuse the trained model of this index (or codebooks file)")
+    m.add_argument("--sample-size", type=int, default=None,
+                   help="training sample (default 256 x nlist, at most 1 GiB), drawn in "
+                        "runs of consecutive rows filling 4 KiB")
+    m.add_argument("--seed", type=int, default=0, help="sampling and training seed (default 0)")
+    m.add_argument("--niter", type=int, default=25, help="k-means iterations (default 25)")
+    r = parser.add_argument_group("run")
+    r.add_argument("--block-rows", type=int, default=None,
+                   help="rows per block (default: 64 MiB of float32 vectors)")
+    r.add_argument("--workers", type=int, default=None, help="Ray Data workers (default: CPUs)")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. 'auto'); default: start a local Ray")
+    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
+    r.add_argument("--spot-check", type=int, default=100,
+                   help="held-out queries for the recall check (0: none; default 100)")
+    r.add_argument("--nprobe", type=int, default=None,
+                   help="nprobe of the recall check (default min(nlist, 16))")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--job-id", default=None, help="name the job (default: hash of inputs+options)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.add_argument("--clean", action="store_true",
+                   help="remove the scratch of interrupted ingest jobs of INDEX and exit")
+    return parser
+
+
+def run(args):
+    """Handler of ``shardann ingest``: run the job, print the summary; returns 0."""
+    from shardann.distributed import IngestJob, clean_ingest_jobs
+    from shardann.errors import IngestJobBusyError, InputError
+    from shardann.storage import IndexStore
+
+    if args.clean:
+        removed, freed = clean_ingest_jobs(args.path, committed=False)
+        print(f"removed {len(removed)} interrupted ingest job(s), {human_bytes(freed)}")
+        return EXIT_OK
+    if not args.inputs:
+        raise UsageError("give at least one INPUT")
+    if args.flat and args.M is not None:
+        raise UsageError("--flat and --M exclude each other")
+    if (not args.flat and args.M is None and args.codebooks is None
+            and not IndexStore.exists(args.path)):
+        raise UsageError("a new IVF-PQ index needs --M (or --flat, or --codebooks)")
+    if args.address is not None and args.num_cpus is not None:
+        raise UsageError("--num-cpus sets up a local Ray; it cannot be used with --address")
+    try:  # every argument and input file is checked before Ray starts
+        job = IngestJob(
+            args.path, args.inputs, column=args.column, id_column=args.id_column,
+            nlist=args.nlist, M=args.M, nbits=args.nbits, metric=args.metric, opq=args.opq,
+            keep_vectors=args.keep_vectors or False, codebooks=args.codebooks,
+            sample_size=args.sample_size, seed=args.seed, niter=args.niter,
+            pq_niter=args.niter, skip_bad_rows=args.skip_bad_rows, block_rows=args.block_rows,
+            num_workers=args.workers, spot_check=args.spot_check, spot_check_k=10,
+            spot_check_nprobe=args.nprobe, progress=not args.no_progress, job_id=args.job_id)
+    except InputError as exc:
+        raise CommandError(f"{exc} (nothing was committed)") from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except FileExistsError as exc:
+        raise CommandError(str(exc)) from None
+
+    import ray
+
+    started = not ray.is_initialized()  # a caller's Ray (tests, a notebook) is used as is
+    if started:
+        init = {"address": args.address} if args.address else {"num_cpus": args.num_cpus}
+        start_ray(**init, configure_logging=False, debug=is_debug(args))
+    try:
+        summary = job.run()
+    except InputError as exc:
+        raise CommandError(f"{exc} (nothing was committed)") from None
+    except (IngestJobBusyError, FileExistsError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        if started:
+            ray.shutdown()
+    print(json.dumps(summary.to_dict(), indent=1) if args.json else summary)
+    return EXIT_OK
