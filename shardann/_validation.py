@@ -11,7 +11,9 @@ import numpy as np
 from ._kernels.checks import finite_rows
 
 MAX_ID = np.iinfo(np.int64).max - 1  # int64 max marks empty heap slots
-_MAX_SQ_NORM = 1e36  # x.y and |x - y|^2 of two such vectors still fit in float32
+#: the largest squared norm a vector may have: x.y and |x - y|^2 of two such
+#: vectors still fit in float32 (max ~3.4e38); larger ones would rank by inf/NaN
+MAX_SQUARED_NORM = 1e36
 _HUGE = 1e15  # below this per-value magnitude no row can reach the norm limit cheaply
 
 
@@ -80,13 +82,24 @@ def as_vectors(x, d, name="x", *, allow_empty=True):
                 "all values must be finite")
         if top > _HUGE:
             # squared distances of such vectors overflow float32 to inf/NaN
-            sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-            if sq.max() > _MAX_SQ_NORM:
-                bad = int(np.argmax(sq > _MAX_SQ_NORM))
+            over = first_oversized_row(x)
+            if over is not None:
+                bad, sq = over
                 raise ValueError(
-                    f"{name} row {bad} has squared norm {sq[bad]:.3g}; values this large "
-                    f"overflow float32 distances (limit {_MAX_SQ_NORM:.0e})")
+                    f"{name} row {bad} has squared norm {sq:.3g}; values this large "
+                    f"overflow float32 distances (limit {MAX_SQUARED_NORM:.0e})")
     return x
+
+
+def first_oversized_row(x):
+    """``(row, squared_norm)`` of the first row of the finite float32 (n, d) ``x``
+    whose squared norm exceeds :data:`MAX_SQUARED_NORM`, or None."""
+    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    over = sq > MAX_SQUARED_NORM
+    if not over.any():
+        return None
+    bad = int(np.argmax(over))
+    return bad, float(sq[bad])
 
 
 def as_ids(ids, n, name="ids"):

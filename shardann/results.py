@@ -1,4 +1,4 @@
-"""The one top-k merge: combine partial ``(D, I)`` results, best first.
+"""The one top-k merge: combine partial ``(D, I)`` results, best first; and recall@k.
 
 Results are ``(D, I)``: float32 distances and int64 ids of shape ``(nq, k)``,
 best first, padded with ``+inf`` (l2) or ``-inf`` (ip/cosine) and id ``-1``.
@@ -63,3 +63,45 @@ def merge_results(parts, k, metric, *, return_source=False):
     if return_source:
         return D, I, np.where(order < n, order, -1)
     return D, I
+
+
+def recall_at_k(I, gt, k=None):
+    """Recall@k: the fraction of the true top-``k`` ids found among the returned top-``k``.
+
+    Parameters
+    ----------
+    I : int64 (nq, k_I) returned ids, best first, ``-1`` padding (a result's ``I``).
+    gt : int64 (nq, k_gt) exact top ids of the same queries (ground truth), ``-1``
+        padding where fewer than ``k_gt`` neighbours exist.
+    k : int, default ``gt.shape[1]``; the first ``k`` columns of ``I`` and ``gt``
+        are compared (columns missing from either count as padding).
+
+    Returns
+    -------
+    float in [0, 1]: hits over true neighbours (the non-padding entries of
+    ``gt[:, :k]``), over all queries; NaN when ``gt`` holds none. Padding in
+    ``I`` never counts and order within the top-``k`` does not matter.
+
+    Examples
+    --------
+    >>> recall_at_k(np.array([[3, 1, -1]]), np.array([[1, 2, 3]]))
+    0.6666666666666666
+    """
+    I, gt = np.asarray(I), np.asarray(gt)
+    if I.ndim != 2 or gt.ndim != 2 or I.shape[0] != gt.shape[0]:
+        raise ValueError(f"I and gt must be (nq, k) arrays of the same queries; got shapes "
+                         f"{I.shape} and {gt.shape}")
+    if k is None:
+        k = gt.shape[1]
+    k = check_int("k", k, low=1)
+    I, gt = I[:, :k], gt[:, :k]
+    valid = gt >= 0
+    total = int(valid.sum())
+    if total == 0:
+        return float("nan")
+    hits = 0
+    step = max(1, (1 << 22) // max(1, I.shape[1] * k))  # bounds the (rows, k_I, k) compare
+    for s in range(0, gt.shape[0], step):
+        found = (I[s:s + step, :, None] == gt[s:s + step, None, :]).any(axis=1)
+        hits += int((found & valid[s:s + step]).sum())
+    return hits / total

@@ -127,11 +127,11 @@ def _core_report(libs):
 @pytest.mark.parametrize("libs", [("faiss", "shardann"), ("shardann",)])
 def test_core_plot_title_is_not_cut_off(libs, tmp_path):
     pytest.importorskip("matplotlib")
-    from shardann.bench import core
+    from shardann.bench import _report
 
     report = _core_report(libs)  # one panel: the narrowest figure
-    _texts_inside(core.recall_qps_figure(report))
-    core.plot(report, tmp_path / "core.png")
+    _texts_inside(_report.recall_qps_figure(report))
+    _report.plot(report, tmp_path / "core.png")
     assert (tmp_path / "core.png").stat().st_size > 0
 
 

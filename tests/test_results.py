@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardann import merge_results
-from shardann.results import empty_results
+from shardann.results import empty_results, recall_at_k
 
 
 def _result(keys, ids, k, metric):
@@ -172,3 +172,52 @@ def test_merge_k_must_be_positive():
     a = (np.zeros((1, 2), np.float32), np.array([[1, 2]]))
     with pytest.raises(ValueError, match="k"):
         merge_results([a], 0, "l2")
+
+
+# -- recall@k ----------------------------------------------------------------------------
+def _recall_by_sets(I, gt, k):
+    hits = total = 0
+    for row, truth in zip(I, gt, strict=True):
+        t = {int(v) for v in truth[:k] if v >= 0}
+        hits += len(t & {int(v) for v in row[:k] if v >= 0})
+        total += len(t)
+    return hits / total
+
+
+def test_recall_at_k_counts_true_ids_found_in_any_order():
+    gt = np.array([[1, 2, 3], [4, 5, 6]])
+    I = np.array([[3, 1, 9], [6, 5, 4]])
+    assert recall_at_k(I, gt) == pytest.approx(5 / 6)
+    assert recall_at_k(gt, gt) == 1.0
+    assert recall_at_k(I, gt, k=1) == pytest.approx(0.0)  # 3 vs 1, 6 vs 4
+
+
+def test_recall_at_k_padding():
+    # padding in I never counts; padding in gt (fewer true neighbours) is not asked for
+    gt = np.array([[1, 2, -1], [3, -1, -1]])
+    I = np.array([[-1, 1, -1], [3, 7, -1]])
+    assert recall_at_k(I, gt) == pytest.approx(2 / 3)
+    assert np.isnan(recall_at_k(I, np.full((2, 3), -1)))
+    # columns missing from I or gt count as padding
+    assert recall_at_k(I[:, :1], gt) == pytest.approx(1 / 3)
+    assert recall_at_k(I, gt[:, :1], k=3) == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 12), st.integers(1, 12), st.integers(0, 10_000))
+def test_recall_at_k_matches_set_counting(nq, k_I, k_gt, seed):
+    rng = np.random.default_rng(seed)
+    I = rng.integers(-1, 40, size=(nq, k_I))
+    gt = np.stack([rng.permutation(40)[:k_gt] for _ in range(nq)])
+    gt[rng.random(gt.shape) < 0.1] = -1
+    k = min(k_I, k_gt)
+    if not (gt[:, :k] >= 0).any():
+        return
+    assert recall_at_k(I, gt, k) == pytest.approx(_recall_by_sets(I, gt, k))
+
+
+def test_recall_at_k_checks_its_arguments():
+    with pytest.raises(ValueError, match="same queries"):
+        recall_at_k(np.zeros((2, 3), np.int64), np.zeros((3, 3), np.int64))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        recall_at_k(np.zeros((2, 3), np.int64), np.zeros((2, 3), np.int64), k=0)

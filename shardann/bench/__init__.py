@@ -1,1 +1,2 @@
-"""Datasets and benchmarks (recall/QPS against FAISS)."""
+"""Datasets and benchmarks: recall/QPS against FAISS (``core``), sharded vs local
+(``distributed``), and the HTTP load generator of the search service (``loadtest``)."""

@@ -1,7 +1,7 @@
-"""Timing helpers for the benchmarks: single-thread limits, repeated timings,
-latency percentiles and the recall metric, and the optional packages of the
-``bench`` extra (faiss-cpu, matplotlib, threadpoolctl), which are imported
-only here and only when asked for.
+"""Timing helpers for the benchmarks: single-thread limits, repeated timings and
+latency percentiles (recall is :func:`shardann.results.recall_at_k`), and the
+optional packages of the ``bench`` extra (faiss-cpu, matplotlib,
+threadpoolctl), which are imported only here and only when asked for.
 
 Nothing here prints; callers log or print.
 """
@@ -83,17 +83,6 @@ def percentiles_ms(lat, ps=(50, 90, 99)):
     if len(lat) == 0:
         return {f"p{p}": None for p in ps}
     return {f"p{p}": float(np.percentile(lat, p) * 1e3) for p in ps}
-
-
-def recall_at_k(found, truth, k):
-    """Mean fraction of each query's true top-``k`` ids found among its
-    returned top-``k`` ids (padding ``-1`` never counts)."""
-    found = np.asarray(found)[:, :k]
-    truth = np.asarray(truth)[:, :k]
-    hits = 0
-    for f, t in zip(found, truth, strict=True):
-        hits += np.intersect1d(f[f >= 0], t[t >= 0], assume_unique=False).size
-    return hits / float(truth.shape[0] * k) if truth.size else float("nan")
 
 
 def optional_import(name):

@@ -78,11 +78,3 @@ def start_ray(*, address=None, debug=False, **options):
     quiet = contextlib.nullcontext() if debug else logger_level(RAY_AUTH_LOGGER, logging.ERROR)
     with quiet:
         ray.init(include_dashboard=False, log_to_driver=False, **options)
-
-
-def human_bytes(n):
-    """``n`` bytes in B, KiB, MiB, GiB or TiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024

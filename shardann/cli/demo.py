@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from ..results import recall_at_k
 from ._common import EXIT_OK, CommandError, UsageError, common_options, is_debug, start_ray
 
 HELP = ("Build an IVF-PQ index on synthetic data, measure recall@10 against exact search, "
@@ -29,14 +30,6 @@ def add_arguments(parser):
     parser.add_argument("--no-ray", action="store_true",
                         help="skip the Ray local-mode part (the saved index on 2 shard actors)")
     return parser
-
-
-def recall_at_k(I, gt):
-    """Mean fraction of the true ``k`` neighbours (``gt`` int64 (nq, k)) found in
-    ``I`` int64 (nq, k')."""
-    k = gt.shape[1]
-    hits = (I[:, :, None] == gt[:, None, :]) & (gt[:, None, :] >= 0)
-    return float(hits.any(axis=1).sum()) / (gt.shape[0] * k)
 
 
 class _Timer:

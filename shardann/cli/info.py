@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from ._common import EXIT_OK, common_options, human_bytes
+from .._text import format_bytes
+from ._common import EXIT_OK, common_options
 
 HELP = "Describe an index saved with index.save(PATH)."
 
@@ -50,7 +51,7 @@ def run(args):
                          f"{len(store.history())} readable version(s)"),
              ("files", f"{len(m['files']['segments'])} segment(s), "
                        f"{len(m['files']['tombstones'])} tombstone file(s), "
-                       f"{human_bytes(_dir_size(args.path))} on disk")]
+                       f"{format_bytes(_dir_size(args.path))} on disk")]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -7,12 +7,12 @@ usage error (status 2), a bad input file one line naming it (status 1).
 
 import json
 
+from .._text import format_bytes
 from ._common import (
     EXIT_OK,
     CommandError,
     UsageError,
     common_options,
-    human_bytes,
     is_debug,
     start_ray,
 )
@@ -78,7 +78,7 @@ def run(args):
 
     if args.clean:
         removed, freed = clean_ingest_jobs(args.path, committed=False)
-        print(f"removed {len(removed)} interrupted ingest job(s), {human_bytes(freed)}")
+        print(f"removed {len(removed)} interrupted ingest job(s), {format_bytes(freed)}")
         return EXIT_OK
     if not args.inputs:
         raise UsageError("give at least one INPUT")

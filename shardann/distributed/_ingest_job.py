@@ -74,8 +74,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .._text import format_bytes as _human
 from ..errors import CommitConflictError, IngestJobBusyError, InputError
-from ..results import merge_results
+from ..results import merge_results, recall_at_k
 from ..storage import IndexStore, _codebooks
 from ..storage._crash import crash_point
 from ..storage._files import fast_crc32
@@ -178,13 +179,6 @@ class IngestSummary:
             lines += [f"    {p}: {why}" for p, why in self.skipped_files[:10]]
             lines += [f"    {m}" for m in self.bad_rows[:10]]
         return "\n".join(lines)
-
-
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024.0
 
 
 # -- the public entry point ------------------------------------------------------------------
@@ -1031,12 +1025,7 @@ def _spot_check(store, ours, model, queries, gt_ids, k, nprobe):
         del sub
         chunk, acc = ([li], sizes[li] * row_bytes) if li is not None else ([], 0)
     _, I = merge_results(parts, k, "l2")
-    hits = 0
-    for row, truth in zip(I, gt_ids, strict=True):
-        t = truth[truth >= 0]
-        hits += np.intersect1d(row[row >= 0], t).size
-    want = int((gt_ids >= 0).sum())
-    return hits / want if want else None
+    return recall_at_k(I, gt_ids, k) if (gt_ids >= 0).any() else None
 
 
 # -- two steps: check, then run ------------------------------------------------------------------

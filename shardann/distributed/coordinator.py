@@ -21,7 +21,7 @@ from .._validation import as_id_array, as_ids, check_int
 from ..errors import DuplicateIdError, ShardUnavailableError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
-from .placement import place_lists, shard_loads
+from .placement import health_status, place_lists, shard_loads
 from .shard import ShardWorker, pack, unpack, warm_up
 
 logger = logging.getLogger(__name__)
@@ -388,13 +388,7 @@ class ShardedIndex:
                     pass
         shards = [{"shard": s, "replicas": self.replicas, "alive": alive[s]}
                   for s in range(self.num_shards)]
-        if all(a == self.replicas for a in alive):
-            status = "ok"
-        elif all(a > 0 for a in alive):
-            status = "degraded"
-        else:
-            status = "unavailable"
-        return {"status": status, "shards": shards}
+        return {"status": health_status(alive, self.replicas), "shards": shards}
 
     def stats(self):
         """Per-shard and per-replica statistics (rows, calls, memory, node)."""

@@ -1,4 +1,4 @@
-"""Placing inverted lists on shards."""
+"""Placing inverted lists on shards, and the health of the placed shards."""
 
 import heapq
 
@@ -38,3 +38,24 @@ def place_lists(list_sizes, num_shards):
 def shard_loads(owner, list_sizes, num_shards):
     """Rows held by each shard, int64 (num_shards,)."""
     return np.bincount(owner, weights=list_sizes, minlength=num_shards).astype(np.int64)
+
+
+def health_status(alive, replicas):
+    """The health of a sharded index from the live replicas of each shard.
+
+    Parameters
+    ----------
+    alive : sequence of int, live replicas of each shard.
+    replicas : int, the replicas each shard has when all are up.
+
+    Returns
+    -------
+    ``"ok"`` when every replica is alive, ``"degraded"`` when every shard still
+    has a live replica, ``"unavailable"`` when some shard has none.
+    """
+    alive = [int(a) for a in alive]
+    if all(a >= replicas for a in alive):
+        return "ok"
+    if all(a > 0 for a in alive):
+        return "degraded"
+    return "unavailable"

@@ -22,16 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .._validation import MAX_SQUARED_NORM, first_oversized_row
 from ..errors import DuplicateIdError, ShardUnavailableError
+from ._batching import MicroBatcher
 from .backends import open_backend
 from .config import ServiceConfig, check_auth_settings, resolve_token_digest
 from .metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
-
-# Squared norms above this overflow float32 distance arithmetic (max ~3.4e38) in the
-# kernels, which would rank by NaN; such vectors are refused with 422.
-MAX_SQUARED_NORM = 1e30
 
 
 class ApiError(Exception):
@@ -54,66 +52,6 @@ class ApiError(Exception):
 
 def _is_ray_error(exc):
     return type(exc).__module__.startswith("ray.")
-
-
-class _MicroBatcher:
-    """``@serve.batch`` semantics outside a Serve replica: calls made while fewer than
-    ``max_batch_size`` wait for at most ``batch_wait_timeout_s`` are passed to
-    ``fn`` as one list; at most ``max_concurrent_batches`` run at once."""
-
-    def __init__(self, fn, *, max_batch_size, batch_wait_timeout_s, max_concurrent_batches):
-        self.fn = fn
-        self.max_batch_size = max_batch_size
-        self.wait_s = batch_wait_timeout_s
-        self.max_concurrent = max_concurrent_batches
-        self._pending = collections.deque()
-        self._wakeup = None
-        self._worker = None
-        self._slots = None
-
-    async def __call__(self, item):
-        loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
-            self._wakeup = asyncio.Event()
-            self._slots = asyncio.Semaphore(self.max_concurrent)
-            self._worker = loop.create_task(self._run())
-        fut = loop.create_future()
-        self._pending.append((item, fut))
-        self._wakeup.set()
-        return await fut
-
-    async def _run(self):
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                await self._slots.acquire()
-                deadline = time.monotonic() + self.wait_s
-                while len(self._pending) < self.max_batch_size:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    await asyncio.sleep(min(left, 0.0005))
-                batch = [self._pending.popleft()
-                         for _ in range(min(self.max_batch_size, len(self._pending)))]
-                batch = [(item, fut) for item, fut in batch if not fut.done()]
-                asyncio.get_running_loop().create_task(self._one(batch))
-
-    async def _one(self, batch):
-        try:
-            if batch:
-                try:
-                    results = await self.fn([item for item, _ in batch])
-                except Exception as exc:  # every caller gets the error
-                    results = [exc] * len(batch)
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if not fut.done():
-                        if isinstance(res, BaseException):
-                            fut.set_exception(res)
-                        else:
-                            fut.set_result(res)
-        finally:
-            self._slots.release()
 
 
 class _Generation:
@@ -250,12 +188,12 @@ class SearchService:
                            f"{what}[{bad}] has values outside the float32 range; all values "
                            "must be finite float32 numbers",
                            [{"loc": ["body", what, bad], "type": "finite_number"}])
-        norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-        if (norms > MAX_SQUARED_NORM).any():
-            bad = int(np.argmax(norms > MAX_SQUARED_NORM))
+        over = first_oversized_row(x)  # the library's limit, refused here with 422
+        if over is not None:
+            bad, sq = over
             self.metrics.error("invalid_request")
             raise ApiError(422, "invalid_request",
-                           f"{what}[{bad}] has squared norm {norms[bad]:.3g}; float32 "
+                           f"{what}[{bad}] has squared norm {sq:.3g}; float32 "
                            f"distances overflow beyond {MAX_SQUARED_NORM:g}",
                            [{"loc": ["body", what, bad], "type": "too_large"}])
         return x
@@ -301,7 +239,7 @@ class SearchService:
         if serve_batching:
             from ray import serve
             return serve.batch(**options)(search_batch)
-        return _MicroBatcher(search_batch, **options)
+        return MicroBatcher(search_batch, **options)
 
     async def _search_direct(self, q, k, nprobe, refine, partial, shard_timeout):
         gen = self._acquire()

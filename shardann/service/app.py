@@ -29,7 +29,6 @@ the import path for a Serve config file.
 """
 
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -43,7 +42,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ._service import ApiError, SearchService
-from .config import ServiceConfig, check_auth_settings, resolve_token_digest
+from .config import ServiceConfig, check_auth_settings, resolve_token_digest, token_digest
 from .metrics import CONTENT_TYPE
 from .schemas import (
     AddResponse,
@@ -95,8 +94,7 @@ class _Gate:
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return False
-        presented = hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
-        return hmac.compare_digest(presented, digest)
+        return hmac.compare_digest(token_digest(token), digest)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -21,20 +21,10 @@ import threading
 
 import numpy as np
 
+from ..distributed.placement import health_status
 from ..errors import DuplicateIdError
 
 logger = logging.getLogger(__name__)
-
-
-def _health_summary(shards):
-    alive = [s["alive"] for s in shards]
-    if all(s["alive"] == s["replicas"] for s in shards):
-        status = "ok"
-    elif all(a > 0 for a in alive):
-        status = "degraded"
-    else:
-        status = "unavailable"
-    return status
 
 
 # -- sharded ------------------------------------------------------------------------------
@@ -291,7 +281,7 @@ class LocalBackend:
     def health(self, timeout_s=2.0):
         alive = 0 if self.unavailable else 1
         shards = [{"shard": 0, "replicas": 1, "alive": alive}]
-        return {"status": _health_summary(shards), "shards": shards}
+        return {"status": health_status([alive], 1), "shards": shards}
 
     def retire(self):
         pass

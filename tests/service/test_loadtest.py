@@ -1,4 +1,4 @@
-"""The load generator (``shardann.service.loadtest``) against a tiny aiohttp server:
+"""The load generator (``shardann.bench.loadtest``) against a tiny aiohttp server:
 every request is counted under its status, open-loop latency counts from the
 scheduled time, and a run stays within its bounds."""
 
@@ -9,7 +9,7 @@ import pytest
 
 aiohttp_web = pytest.importorskip("aiohttp.web")
 
-from shardann.service.loadtest import run_closed, run_open  # noqa: E402
+from shardann.bench.loadtest import run_closed, run_open  # noqa: E402
 
 
 async def _serve_then(fn, delay_s=0.0):

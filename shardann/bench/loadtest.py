@@ -3,14 +3,14 @@
 ::
 
     # a synthetic index to serve (1M vectors, d=64, IVF-PQ nlist=1024, M=16)
-    python -m shardann.service.loadtest build /tmp/idx-1m --n 1000000
+    python -m shardann.bench.loadtest build /tmp/idx-1m --n 1000000
     # serve it (2 shards) in another terminal
     python -m shardann.cli serve /tmp/idx-1m --shards 2
     # closed loop: 64 clients, each sending its next request when the last answered
-    python -m shardann.service.loadtest run --url http://127.0.0.1:8000 --d 64 \\
+    python -m shardann.bench.loadtest run --url http://127.0.0.1:8000 --d 64 \\
         --concurrency 64 --requests 20000 --duration 30
     # open loop: a fixed arrival rate (requests/s), at most --concurrency in flight
-    python -m shardann.service.loadtest run ... --rate 300,600,900
+    python -m shardann.bench.loadtest run ... --rate 300,600,900
 
 Every run is bounded by ``--requests`` *and* ``--duration`` (whichever comes
 first) and only talks to the URL given (use loopback). Latency of open-loop
@@ -43,7 +43,8 @@ def build_index(path, *, n, d, nlist, M, nbits, seed=0, train_n=None, block=100_
     """Train an IVF-PQ index on synthetic structured data, add ``n`` vectors in blocks
     and save it at ``path``. Returns the index's ntotal."""
     import shardann
-    from shardann.bench.datasets import synthetic
+
+    from .datasets import synthetic
 
     t0 = time.perf_counter()
     train_n = train_n or min(n, max(64 * nlist, 50_000))
@@ -61,7 +62,7 @@ def build_index(path, *, n, d, nlist, M, nbits, seed=0, train_n=None, block=100_
 
 
 def _queries(nq, d, seed):
-    from shardann.bench.datasets import synthetic
+    from .datasets import synthetic
     return synthetic(nq, d, seed=seed + 1000)
 
 
@@ -229,7 +230,7 @@ def run(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m shardann.service.loadtest", allow_abbrev=False,
+    p = argparse.ArgumentParser(prog="python -m shardann.bench.loadtest", allow_abbrev=False,
                                 description=__doc__.split("\n")[0])
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -1,0 +1,268 @@
+"""Output of ``shardann bench core``: the printed summary, the recall-QPS plot
+and the JSON file."""
+
+import json
+import math
+import os
+import textwrap
+
+import numpy as np
+
+from . import _timing
+from ._runners import KIND_LABELS, LIBS
+
+JSON_NAME = "core.json"
+PNG_NAME = "core-recall-qps.png"
+
+
+def _fmt(v, kind):
+    if v is None:
+        return "-"
+    if kind == "recall":
+        return f"{v:.4f}"
+    if kind == "ratio":
+        return f"{v:.2f}x"
+    if kind == "int":
+        return f"{v:,.0f}"
+    if kind == "ms":
+        return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+    if kind == "s":
+        return f"{v:.2f}"
+    return str(v)
+
+
+_COLUMNS = (  # header, result key (tuple = nested), ratio key, format, width
+    ("recall@{k}", "recall", "recall", "recall", 10),
+    ("QPS", "qps", "qps", "int", 9),
+    ("QPS cpu", "qps_cpu", "qps_cpu", "int", 9),
+    ("p50 ms", ("latency_ms", "p50"), "latency_p50", "ms", 8),
+    ("p99 ms", ("latency_ms", "p99"), "latency_p99", "ms", 8),
+    ("train s", "train_s", "train_s", "s", 9),
+    ("train cpu", "train_cpu_s", "train_cpu_s", "s", 10),
+    ("add vec/s", "add_vps", "add_vps", "int", 11),
+    ("1st ms", "first_call_ms", "first_call_ms", "ms", 10),
+)
+
+
+def _get(res, key):
+    return res[key[0]][key[1]] if isinstance(key, tuple) else res[key]
+
+
+def _within(e):
+    w = e.get("within_se")
+    if not w:
+        return "-"
+    return f"{w['ratio_shardann_over_faiss_cpu']:.2f}x @nprobe={w['nprobe']}"
+
+
+def format_report(report):
+    """The printed summary of a benchmark report (a string)."""
+    c = report["config"]
+    ds = report["dataset"]
+    fd = report["faiss_defaults"]
+    sh = report["shardann_settings"]
+    libs = report.get("libs", LIBS)
+    with_faiss = "faiss" in libs
+    blas_limited = report.get("blas_limited", True)
+    threads = ", ".join(["FAISS OpenMP"] * with_faiss + ["Numba"]
+                        + ["BLAS via threadpoolctl"] * blas_limited)
+    lines = [
+        f"shardann bench core: n={ds['n']:,} d={ds['d']} nq={ds['nq']} ntrain={ds['ntrain']:,} "
+        f"nlist={c['nlist']} M={c['M']} nprobe={c['nprobe']} k={c['k']} metric={c['metric']}; "
+        f"1 thread{' each' if with_faiss else ''} ({threads})"
+        + ("" if blas_limited else "; BLAS pools not limited (no threadpoolctl)"),
+        f"data: {ds['source']}; train: {ds['train']}"
+        + (" (the same sample for both)" if with_faiss else ""),
+        f"ground truth: {report['ground_truth']['method']}",
+    ]
+    if with_faiss:
+        lines.append(
+            f"training iterations (FAISS {fd['version']} defaults, mirrored in shardann): "
+            f"coarse k-means niter={sh['niter']}, PQ niter={sh['pq_niter']}, "
+            f"max_points_per_centroid={sh['max_points_per_centroid']}; FAISS SIMD level "
+            f"{fd.get('simd_level', '?')}")
+    else:
+        lines.append(
+            f"training iterations (FAISS's defaults, built in): coarse k-means "
+            f"niter={sh['niter']}, PQ niter={sh['pq_niter']}, max_points_per_centroid="
+            f"{sh['max_points_per_centroid']}; FAISS not installed: shardann alone, no ratios")
+    for kind, entry in report["results"].items() if with_faiss else ():
+        fp = entry["faiss"]["params"]
+        extra = ", ".join(f"{k}={v}" for k, v in fp.items()
+                          if k in ("by_residual", "use_precomputed_table (after train)",
+                                   "do_polysemous_training", "k_factor"))
+        lines.append(f"  {kind:<14} FAISS {fp['index_factory']} ({fp['ivf_class']}; {extra})")
+    env = report["environment"]
+    la = [r[key] for e in report["results"].values() for r in (e[lib] for lib in libs)
+          for key in ("load_avg_start", "load_avg_end") if r.get(key) is not None]
+    if la:
+        lines.append(f"machine: {env['cpu']}, {env['os_cpu_count']} CPUs; 1-min load average "
+                     f"during the run {min(la):.1f}..{max(la):.1f}")
+        if max(la) > 1.5:
+            lines.append("  NOTE: other processes were running; wall-clock figures are noisy. "
+                         "'QPS cpu' / 'train cpu' use this process's CPU time, which competing "
+                         "load disturbs much less.")
+    lines.append("")
+
+    k = c["k"]
+    head = f"{'kind':<15}{'':<16}" + "".join(f"{h.format(k=k):>{w}}"
+                                             for h, _, _, _, w in _COLUMNS)
+    lines += [head, "-" * len(head)]
+    for kind, entry in report["results"].items():
+        for i, lib in enumerate(libs):
+            r = entry[lib]
+            lines.append(f"{kind if i == 0 else '':<15}"
+                         f"{'FAISS' if lib == 'faiss' else 'shardann':<16}"
+                         + "".join(f"{_fmt(_get(r, key), fmt):>{w}}"
+                                   for _, key, _, fmt, w in _COLUMNS))
+        if with_faiss:
+            ra = entry["ratio"]
+            lines.append(f"{'':<15}{'shardann/FAISS':<16}"
+                         + "".join(f"{_fmt(ra[rk], 'ratio'):>{w}}"
+                                   for _, _, rk, _, w in _COLUMNS))
+        lines.append("")
+    if with_faiss:
+        lines.append("ratio rows = shardann / FAISS per column: above 1x is better for recall, "
+                     "QPS and add vec/s; below 1x is better for ms and train seconds.")
+    lines += [
+        f"QPS = nq / best-of-{c['reps']} wall seconds of one batch search call; QPS cpu = the "
+        "same with process CPU seconds; p50/p99 = one query per call "
+        f"({c['latency_queries']} queries); train/add = one call each; 1st ms = the first "
+        "single-query search in this process, on a tiny warm-up index (shardann: Numba loads "
+        "its on-disk cache, or compiles; kernels shared by kinds load only once).",
+    ]
+    if with_faiss:
+        lines += _format_equal_recall(report)
+    lines += _format_split(report)
+    return "\n".join(lines)
+
+
+def _format_equal_recall(report):
+    c = report["config"]
+    lines = [
+        "",
+        f"equal-recall comparison (nprobe sweep {c['nprobe_sweep']}, best of {c['sweep_reps']} "
+        "per point; the other library's QPS is interpolated in log-QPS between sweep points):",
+    ]
+    head = (f"{'kind':<15}{'recall':>8}  {'= recall of':<21}{'FAISS QPS':>11}"
+            f"{'shardann QPS':>14}{'shardann/FAISS':>16}{'(CPU-time)':>12}"
+            f"{'within 1 SE (CPU)':>20}")
+    lines += [head, "-" * len(head)]
+    marks = {"interpolated": "~", "exact": "", "lower bound": ">=", "not reached": "n/r "}
+    for kind, entry in report["results"].items():
+        for i, e in enumerate(entry["equal_recall"]):
+            who = "FAISS" if e["reached_by"] == "faiss" else "shardann"
+            f_q, s_q = _fmt(e["faiss_qps"], "int"), _fmt(e["shardann_qps"], "int")
+            if e["interpolated_lib"] == "faiss":
+                f_q = marks[e["interpolation"]] + f_q
+            else:
+                s_q = marks[e["interpolation"]] + s_q
+            lines.append(f"{kind if i == 0 else '':<15}{e['recall']:>8.4f}  "
+                         f"{who + ' @nprobe=' + str(e['at_nprobe']):<21}{f_q:>11}{s_q:>14}"
+                         f"{_fmt(e['ratio_shardann_over_faiss'], 'ratio'):>16}"
+                         f"{_fmt(e['ratio_shardann_over_faiss_cpu'], 'ratio'):>12}"
+                         f"{_within(e):>20}")
+    lines += [
+        "~ interpolated; >= that library already exceeds the recall at its smallest nprobe "
+        "(its QPS there is a lower bound); n/r that library never reaches the recall in the "
+        "sweep. 'within 1 SE': the other library at its smallest sweep nprobe whose recall "
+        "is within one binomial standard error (sqrt(r(1-r)/(nq*k))) of the target - use "
+        "it where a curve is flat and the strict ratio hinges on a few hits.",
+    ]
+    return lines
+
+
+def _format_split(report):
+    c, ds = report["config"], report["dataset"]
+    libs = report.get("libs", LIBS)
+    lines = [
+        "",
+        f"where the batch search time goes at nprobe={c['nprobe']} (CPU ms for all "
+        f"{ds['nq']} queries, best of {c['reps']}): coarse = quantizer.search / index.probe; "
+        "scan = search_preassigned / index.scan; refine = exact re-ranking on top of the scan",
+    ]
+    for kind, entry in report["results"].items():
+        for i, lib in enumerate(libs):
+            ts = entry[lib].get("time_split_cpu_s")
+            name = kind if i == 0 else ""
+            libn = "FAISS" if lib == "faiss" else "shardann"
+            if ts is None:
+                lines.append(f"{name:<15}{libn:<10} (not split: IndexRefineFlat)")
+                continue
+            total = sum(ts.values())
+            parts = "   ".join(f"{part} {v * 1e3:8.1f} ms ({v / total * 100:4.1f}%)"
+                               for part, v in ts.items())
+            lines.append(f"{name:<15}{libn:<10} {parts}")
+    return lines
+
+
+def recall_qps_figure(report):
+    """The matplotlib figure of :func:`plot` (needs matplotlib)."""
+    from matplotlib.figure import Figure
+
+    kinds = list(report["results"])
+    libs = report.get("libs", LIBS)
+    ncols = min(2, len(kinds))
+    nrows = math.ceil(len(kinds) / ncols)
+    fig = Figure(figsize=(6.2 * ncols, 4.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    c, ds = report["config"], report["dataset"]
+    style = {"faiss": ("tab:blue", "s", "FAISS"), "shardann": ("tab:orange", "o", "shardann")}
+    for ax, kind in zip(axes.flat, kinds, strict=False):
+        entry = report["results"][kind]
+        for lib in libs:
+            color, marker, label = style[lib]
+            sw = entry[lib]["sweep"]
+            rec = [s["recall"] for s in sw]
+            qps = [s["qps"] for s in sw]
+            ax.plot(rec, qps, marker=marker, color=color, label=f"{label} (wall)")
+            if all("qps_cpu" in s for s in sw):
+                ax.plot(rec, [s["qps_cpu"] for s in sw], marker=marker, color=color,
+                        linestyle="--", alpha=0.45, markersize=4, label=f"{label} (CPU time)")
+            for s in sw:
+                ax.annotate(str(s["nprobe"]), (s["recall"], s["qps"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3), color=color)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"recall@{c['k']}")
+        ax.set_ylabel("QPS (1 thread, batch)")
+        key = entry["faiss"]["params"].get("index_factory", "") if "faiss" in entry else ""
+        ax.set_title(KIND_LABELS[kind] + (f"  [{key}]" if key else ""), fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.axis("off")
+    title = (f"{'shardann vs FAISS' if 'faiss' in libs else 'shardann (FAISS not installed)'}"
+             f", 1 thread: n={ds['n']:,} d={ds['d']} nq={ds['nq']} metric={c['metric']}, "
+             f"nprobe sweep {c['nprobe_sweep']} (point labels)")
+    # wrapped to the figure's width (about 11 characters per inch at 10 pt),
+    # then laid out with the panels so that no line is cut off
+    fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot(report, path):
+    """Recall-QPS curves, one panel per kind, each library present; a PNG at ``path``."""
+    recall_qps_figure(report).savefig(path, dpi=120)
+
+
+def write_outputs(report, out_dir, make_plot=True):
+    """Write the JSON (and the PNG when ``make_plot`` and matplotlib is
+    installed); return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, JSON_NAME)}
+    if make_plot and _timing.optional_import("matplotlib")[0] is not None:
+        paths["png"] = os.path.join(out_dir, PNG_NAME)
+        plot(report, paths["png"])
+    report["outputs"] = paths
+    with open(paths["json"], "w") as f:
+        json.dump(report, f, indent=1, default=json_default)
+    return paths
+
+
+def json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

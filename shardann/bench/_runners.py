@@ -1,0 +1,206 @@
+"""The two libraries of ``shardann bench core`` behind one interface.
+
+:class:`FaissRunner` and :class:`ShardannRunner` build, train, fill, search,
+time the parts of and describe one index kind each, with the same nlist / M /
+nbits / metric and training iterations; :func:`make_runners` gives the pair
+(or shardann's alone when FAISS is not installed).
+"""
+
+import numpy as np
+
+from . import _timing
+
+KINDS = ("ivfflat", "ivfpq8", "ivfpq4", "ivfpq8-refine")
+KIND_LABELS = {"ivfflat": "IVF-Flat", "ivfpq8": "IVF-PQ 8-bit", "ivfpq4": "IVF-PQ 4-bit",
+               "ivfpq8-refine": "IVF-PQ 8-bit + refine"}
+LIBS = ("faiss", "shardann")
+
+# training settings mirrored from FAISS when it is not installed to read them
+# from: IndexIVF's cp.niter, ProductQuantizer's cp.niter, max_points_per_centroid
+# (the values of FAISS 1.15)
+FAISS_TRAIN_FALLBACK = {"version": None, "ivf.cp.niter": 10, "pq.cp.niter": 25,
+                        "ivf.cp.max_points_per_centroid": 256}
+
+
+def as_f32(x):
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def faiss_defaults(faiss, d, nlist, M, metric):
+    """Training defaults of the installed FAISS, read from freshly made indexes."""
+    mt = _faiss_metric(faiss, metric)
+    owner = faiss.index_factory(d, f"IVF{nlist},PQ{M}x8", mt)
+    ivfpq = faiss.downcast_index(owner)
+    out = {
+        "version": faiss.__version__,
+        "ClusteringParameters().niter": faiss.ClusteringParameters().niter,
+        "ivf.cp.niter": ivfpq.cp.niter,
+        "ivf.cp.max_points_per_centroid": ivfpq.cp.max_points_per_centroid,
+        "ivf.cp.seed": ivfpq.cp.seed,
+        "pq.cp.niter": ivfpq.pq.cp.niter,
+        "pq.cp.max_points_per_centroid": ivfpq.pq.cp.max_points_per_centroid,
+        "ivfpq.by_residual": bool(ivfpq.by_residual),
+        "ivfpq.use_precomputed_table (before train)": int(ivfpq.use_precomputed_table),
+        "ivfpq.polysemous_ht": int(ivfpq.polysemous_ht),
+        "ivfpq.do_polysemous_training (factory 'PQ{M}')": bool(ivfpq.do_polysemous_training),
+    }
+    owner4 = faiss.index_factory(d, f"IVF{nlist},PQ{M}x4fs", mt)
+    fs = faiss.downcast_index(owner4)
+    out.update({"ivfpq4fs.by_residual": bool(fs.by_residual), "ivfpq4fs.bbs": int(fs.bbs),
+                "ivfpq4fs.implem": int(fs.implem), "ivfpq4fs.pq.cp.niter": fs.pq.cp.niter})
+    try:
+        out["simd_level"] = faiss.SIMDConfig.get_level_name()
+    except Exception:  # older FAISS
+        out["compile_options"] = faiss.get_compile_options()
+    return out
+
+
+def _faiss_metric(faiss, metric):
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+class FaissRunner:
+    """Builds and queries one FAISS index kind via ``faiss.index_factory``."""
+
+    lib = "faiss"
+
+    def __init__(self, faiss, kind, d, nlist, M, metric, refine_factor, fs_residual=False):
+        self.faiss, self.kind, self.d, self.nlist, self.M = faiss, kind, d, nlist, M
+        self.metric, self.refine_factor = metric, refine_factor
+        self.key = {
+            "ivfflat": f"IVF{nlist},Flat",
+            # "np": no polysemous training (an extra code re-ordering the
+            # factory does by default and search does not use with
+            # polysemous_ht=0); this matches a directly constructed IndexIVFPQ
+            "ivfpq8": f"IVF{nlist},PQ{M}x8np",
+            "ivfpq4": f"IVF{nlist},PQ{M}x4fs" + ("r" if fs_residual else ""),
+            "ivfpq8-refine": f"IVF{nlist},PQ{M}x8np,RFlat",
+        }[kind]
+
+    def make(self, nlist=None, warm_up=False):
+        key = self.key if nlist is None else self.key.replace(f"IVF{self.nlist},",
+                                                              f"IVF{nlist},", 1)
+        index = self.faiss.index_factory(self.d, key, _faiss_metric(self.faiss, self.metric))
+        if self.kind == "ivfpq8-refine":
+            index.k_factor = float(self.refine_factor)
+        if warm_up:  # one k-means iteration is enough to exercise the code
+            ivf = self.faiss.extract_index_ivf(index)
+            ivf.cp.niter = 1
+            inner = self.faiss.downcast_index(ivf)
+            if hasattr(inner, "pq"):
+                inner.pq.cp.niter = 1
+        return index
+
+    def train(self, index, x):
+        index.train(x)
+
+    def add(self, index, x):
+        index.add(x)
+
+    def search(self, index, q, k, nprobe):
+        self.faiss.extract_index_ivf(index).nprobe = nprobe
+        return index.search(q, k)
+
+    def split(self, index, q, k, nprobe):
+        """CPU seconds of the parts of a batch search (coarse, scan), or None."""
+        if self.kind == "ivfpq8-refine":
+            return None
+        ivf = self.faiss.extract_index_ivf(index)
+        ivf.nprobe = nprobe
+        _, c_coarse, (Dq, Iq) = _timing.timed(ivf.quantizer.search, q, nprobe)
+        _, c_scan, _ = _timing.timed(ivf.search_preassigned, q, k, Iq, Dq)
+        return {"coarse": c_coarse, "scan": c_scan}
+
+    def describe(self, index):
+        f = self.faiss
+        ivf = f.extract_index_ivf(index)
+        out = {"index_factory": self.key, "class": type(index).__name__,
+               "ivf_class": type(f.downcast_index(ivf)).__name__,
+               "cp.niter": ivf.cp.niter, "by_residual": bool(ivf.by_residual)}
+        inner = f.downcast_index(ivf)
+        if hasattr(inner, "pq"):
+            out["pq.cp.niter"] = inner.pq.cp.niter
+            out["M"], out["nbits"] = int(inner.pq.M), int(inner.pq.nbits)
+        if hasattr(inner, "use_precomputed_table"):
+            out["use_precomputed_table (after train)"] = int(inner.use_precomputed_table)
+        if hasattr(inner, "polysemous_ht"):
+            out["polysemous_ht"] = int(inner.polysemous_ht)
+        if hasattr(inner, "do_polysemous_training"):
+            out["do_polysemous_training"] = bool(inner.do_polysemous_training)
+        if self.kind == "ivfpq8-refine":
+            out["k_factor"] = float(index.k_factor)
+        return out
+
+
+class ShardannRunner:
+    """Builds and queries one shardann index kind."""
+
+    lib = "shardann"
+
+    def __init__(self, kind, d, nlist, M, metric, refine_factor, seed, niter, pq_niter,
+                 max_points_per_centroid):
+        self.kind, self.d, self.nlist, self.M = kind, d, nlist, M
+        self.metric, self.refine_factor, self.seed = metric, refine_factor, seed
+        self.niter, self.pq_niter = niter, pq_niter
+        self.mppc = max_points_per_centroid
+
+    def make(self, nlist=None, warm_up=False):
+        from .. import IVFFlatIndex, IVFPQIndex
+        nlist = self.nlist if nlist is None else nlist
+        common = {"seed": self.seed, "niter": 1 if warm_up else self.niter,
+                  "max_points_per_centroid": self.mppc}
+        if self.kind == "ivfflat":
+            return IVFFlatIndex(self.d, nlist, self.metric, **common)
+        return IVFPQIndex(self.d, nlist, self.M, 4 if self.kind == "ivfpq4" else 8,
+                          self.metric, pq_niter=1 if warm_up else self.pq_niter,
+                          keep_vectors=self.kind == "ivfpq8-refine", **common)
+
+    @property
+    def _rf(self):
+        return self.refine_factor if self.kind == "ivfpq8-refine" else 0
+
+    def train(self, index, x):
+        index.train(x)
+
+    def add(self, index, x):
+        index.add(x)
+
+    def search(self, index, q, k, nprobe):
+        return index.search(q, k, nprobe=nprobe, refine_factor=self._rf)
+
+    def split(self, index, q, k, nprobe):
+        """CPU seconds of the parts of a batch search: coarse (``index.probe``),
+        scan (``index.scan``) and, with refine, the re-ranking on top of a
+        plain scan of ``k * refine_factor``."""
+        # the bench only uses l2/ip, for which prepared queries are the
+        # float32 rows themselves (no normalisation, no OPQ rotation)
+        q = as_f32(q)
+        _, c_coarse, (dis0, probes) = _timing.timed(index.probe, q, nprobe)
+        if not self._rf:
+            _, c_scan, _ = _timing.timed(index.scan, q, dis0, probes, k)
+            return {"coarse": c_coarse, "scan": c_scan}
+        _, c_scan, _ = _timing.timed(index.scan, q, dis0, probes, k * self._rf)
+        _, c_all, _ = _timing.timed(index.scan, q, dis0, probes, k, self._rf)
+        return {"coarse": c_coarse, "scan": c_scan, "refine": max(0.0, c_all - c_scan)}
+
+    def describe(self, index):
+        cfg = index.get_config()
+        out = {"class": type(index).__name__, **cfg}
+        if self.kind != "ivfflat":
+            out["l2_precomputed_tables"] = getattr(index, "_list_terms", None) is not None
+        if self._rf:
+            out["refine_factor"] = self._rf
+        return out
+
+
+def make_runners(faiss, kind, cfg, fd):
+    """The runners of one kind: (FaissRunner, ShardannRunner), or just the
+    ShardannRunner without FAISS."""
+    d = cfg["d_actual"]
+    srun = ShardannRunner(kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
+                          cfg["refine_factor"], cfg["seed"], fd["ivf.cp.niter"],
+                          fd["pq.cp.niter"], fd["ivf.cp.max_points_per_centroid"])
+    if faiss is None:
+        return (srun,)
+    return (FaissRunner(faiss, kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
+                        cfg["refine_factor"], cfg["faiss_fs_residual"]), srun)
