@@ -361,11 +361,14 @@ class BaseIndex:
         self._next_id = max(int(next_id), int(ids.max()) + 1 if n else 0)
         self._on_mutation()
 
-    def to_state(self):
+    def to_state(self, *, lists=True):
         """This index as an :class:`~shardann.storage.IndexState` (what
         ``save`` stores; :meth:`from_state` turns it back into an index).
 
-        The state's arrays are copies: it does not change with the index.
+        ``lists=False`` leaves the rows out: the model alone (kind, config,
+        trained arrays, columns, next_id), cheap whatever the index holds — what
+        a coordinator or an ingest worker needs. The state's arrays are copies:
+        it does not change with the index.
         """
         from ..storage import IndexState
 
@@ -374,9 +377,12 @@ class BaseIndex:
         nlist = int(getattr(self, "nlist", 1))
         if not trained:
             return IndexState(self.kind, config, False, {}, nlist, None, next_id=self._next_id)
+        arrays = {k: np.array(v, np.float32) for k, v in self._trained_arrays().items()}
+        if not lists:
+            return IndexState(self.kind, config, True, arrays, nlist, self.columns,
+                              next_id=self._next_id)
         sizes, ids, payload = self._lists.packed()
         next_id = max(self._next_id, int(ids.max()) + 1 if len(ids) else 0)
-        arrays = {k: np.array(v, np.float32) for k, v in self._trained_arrays().items()}
         return IndexState(self.kind, config, True, arrays, nlist, self.columns, sizes, ids,
                           payload, next_id)
 
@@ -409,7 +415,10 @@ class BaseIndex:
         if state.columns is not None and state.columns != index.columns:
             raise ValueError(f"columns {state.columns} do not fit a {cls.__name__} with "
                              f"config {state.config} (expected {index.columns})")
-        index.set_lists(state.list_sizes, state.ids, state.payload, next_id=state.next_id)
+        if state.ntotal or state.payload:
+            index.set_lists(state.list_sizes, state.ids, state.payload, next_id=state.next_id)
+        else:  # the model alone (e.g. IndexState(kind, config, True, arrays, nlist))
+            index._next_id = max(index._next_id, int(state.next_id))
         return index
 
     def _trained_arrays_names(self):

@@ -71,6 +71,25 @@ def test_untrained_state(tmp_path):
     assert not back.is_trained and back.get_config() == index.get_config()
 
 
+@pytest.mark.parametrize("kind,kw", KINDS, ids=IDS)
+def test_model_only_state(sdata, make_index, kind, kw):
+    """to_state(lists=False) and a state of kind, config and arrays alone give a
+    trained, empty index that encodes exactly like the original."""
+    xb, _, _ = sdata
+    index = make_index(kind, **kw)
+    model = index.to_state(lists=False)
+    assert model.ntotal == 0 and model.next_id == NB and model.columns == index.columns
+    bare = IndexState(index.kind, index.get_config(), True, model.arrays, model.nlist)
+    for s in (model, bare, pickle.loads(pickle.dumps(model))):
+        twin = index_from_state(s)
+        assert twin.is_trained and twin.ntotal == 0
+        a, b = index.encode(index.prepare(xb[:50])), twin.encode(twin.prepare(xb[:50]))
+        np.testing.assert_array_equal(a[0], b[0])
+        for name in a[1]:
+            np.testing.assert_array_equal(a[1][name], b[1][name])
+    assert index_from_state(model).next_id == NB
+
+
 def test_partial_load_is_zero_copy_and_keeps_next_id(tmp_path, make_index):
     index = make_index("ivfpq")
     index.remove_ids([NB - 1])  # the largest id is gone, but never reused
