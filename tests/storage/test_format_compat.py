@@ -4,6 +4,8 @@ shardann of commit f54bd7e) open, search, verify and take new commits."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -105,3 +107,16 @@ def test_flipped_byte_in_a_version_1_segment(column, copy_of):
         shardann.open_index(path)
     with pytest.raises(shardann.CorruptIndexError, match=os.path.basename(seg)):
         IndexStore.open(path).verify()
+
+
+def test_fuzzed_version_1_segment_never_crashes_or_passes_wrong_rows(tmp_path):
+    """test_corruption's fuzz over a version-1 segment: Arrow's page CRC checks."""
+    from test_corruption import FUZZ
+
+    src = os.path.join(FIXTURES, "ivfpq8-opq-keep")
+    rel = IndexStore.open(src).manifest["files"]["segments"][0]["path"]
+    proc = subprocess.run([sys.executable, "-c", FUZZ, src, str(tmp_path / "w"), rel,
+                           "serial"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-300:], proc.stderr[-3000:])
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "DONE" and int(last[2]) > 0
