@@ -3,7 +3,7 @@
 from .base import BaseIndex
 from .flat import FlatIndex, brute_force_knn
 from .ivf import IVFFlatIndex, IVFIndex, IVFPQIndex
-from .serialize import open_index
+from .serialize import index_from_state, load_index, open_index
 
 __all__ = ["BaseIndex", "FlatIndex", "IVFFlatIndex", "IVFIndex", "IVFPQIndex",
-           "brute_force_knn", "open_index"]
+           "brute_force_knn", "index_from_state", "load_index", "open_index"]

@@ -23,12 +23,20 @@ logger = logging.getLogger(__name__)
 class BaseIndex:
     """Base class: ``d``, ``metric``, ids and the public method contracts.
 
-    Subclasses provide ``_lists`` (an :class:`~shardann.index._lists.InvertedLists`),
-    ``_encode_rows`` (prepared vectors -> list numbers and payload columns),
+    Subclasses set ``kind`` (registered for :meth:`from_state`) and provide
+    ``_lists`` (an :class:`~shardann.index._lists.InvertedLists`), ``_columns``,
+    ``_encode`` (prepared vectors -> list numbers and payload columns),
     ``_search_keys`` and ``_decode_rows``.
     """
 
     kind = "base"
+    #: kind -> index class, filled as subclasses are defined
+    _kinds = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            BaseIndex._kinds[cls.kind] = cls
 
     def __init__(self, d, metric="l2"):
         self.d = check_int("d", d, low=1)
@@ -55,9 +63,43 @@ class BaseIndex:
             raise NotTrainedError(
                 f"{type(self).__name__}.{what} needs a trained index; call train(x) first")
 
-    def _prepare(self, x, name="x", *, allow_empty=True):
-        """Validate user vectors and map them into the space the index stores
-        (normalised for cosine, rotated by OPQ where used)."""
+    @property
+    def next_id(self):
+        """The id ``add`` gives the next vector by default: above every id the
+        index has held (int)."""
+        return self._next_id
+
+    @property
+    def columns(self):
+        """Payload columns of the inverted lists: dict name -> (width, numpy dtype),
+        e.g. ``{"codes": (16, dtype('uint8'))}`` or ``{"vectors": (d, dtype('float32'))}``."""
+        return {k: (int(w), np.dtype(t)) for k, (w, t) in self._columns().items()}
+
+    def _columns(self):
+        return {"vectors": (self.d, np.dtype(np.float32))}
+
+    @property
+    def refines(self):
+        """True when ``refine_factor > 0`` re-ranks candidates with exact distances
+        on kept vectors (IVF-PQ with ``keep_vectors``); an exact index (flat,
+        IVF-Flat) has nothing to refine."""
+        return False
+
+    def prepare(self, x, name="x", *, allow_empty=True):
+        """Validate vectors and map them into the space the index stores and
+        scans: unit-normalised for cosine, rotated by OPQ where used.
+
+        Parameters
+        ----------
+        x : float (n, d) array-like (a single (d,) vector is one row).
+        name : what to call ``x`` in error messages (e.g. "queries").
+
+        Returns float32 (n, d), C-contiguous — the input of :meth:`encode`,
+        ``probe`` and ``search_preassigned``. Raises ``ValueError`` /
+        ``TypeError`` for a wrong shape, dtype or NaN/inf, and
+        :class:`shardann.NotTrainedError` before training.
+        """
+        self._require_trained("prepare")
         x = as_vectors(x, self.d, name, allow_empty=allow_empty)
         if self.metric == "cosine":
             x = normalize_rows(x.copy())
@@ -75,11 +117,11 @@ class BaseIndex:
         Returns the int64 ids that were added.
         """
         self._require_trained("add")
-        x = self._prepare(x)
+        x = self.prepare(x)
         ids = self._new_ids(ids, x.shape[0])
         if x.shape[0]:
-            list_no, cols = self._encode_rows(x)
-            self.add_encoded(list_no, ids, cols)
+            list_no, payload = self._encode(x)
+            self._add_rows(list_no, ids, payload)
         return ids
 
     def _new_ids(self, ids, n):
@@ -97,14 +139,68 @@ class BaseIndex:
                 f"({int(present.sum())} of {n}); remove them first to replace them")
         return ids
 
-    def add_encoded(self, list_no, ids, cols):
-        """Append rows already assigned and encoded (no validation).
+    def encode(self, x):
+        """Assign and encode prepared vectors (the output of :meth:`prepare`).
 
-        ``list_no`` int64 (n,), ``ids`` int64 (n,), ``cols`` the payload
-        columns as produced by ``_encode_rows`` — what a shard receives from
-        its coordinator.
+        Parameters
+        ----------
+        x : float32 (n, d), prepared.
+
+        Returns
+        -------
+        list_no : int64 (n,), each vector's inverted list.
+        payload : dict name -> (n, width) array, the list columns of
+            :attr:`columns` (``"codes"`` uint8, ``"vectors"`` float32/float16).
+
+        Codes are exactly what :meth:`add` stores, whatever the batch.
         """
-        self._lists.add(list_no, ids, **cols)
+        self._require_trained("encode")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.d or x.dtype != np.float32:
+            raise ValueError(f"encode takes prepared float32 (n, {self.d}) vectors (see "
+                             f"prepare); got {x.dtype} {x.shape}")
+        return self._encode(np.ascontiguousarray(x))
+
+    def add_preassigned(self, list_no, ids, payload):
+        """Append rows already assigned and encoded (by :meth:`encode`, maybe in
+        another process) — what a shard receives from its coordinator.
+
+        Parameters
+        ----------
+        list_no : int64 (n,), each row's list, in 0..nlist-1.
+        ids : int64 (n,), not in the index yet (not checked: the caller owns ids).
+        payload : dict name -> (n, width) array, exactly the :attr:`columns`.
+
+        Shapes, dtypes and list numbers are checked; the rows are not re-encoded.
+        """
+        self._require_trained("add_preassigned")
+        ids = as_id_array(ids)
+        n = ids.size
+        list_no = np.asarray(list_no)
+        if list_no.shape != (n,) or (n and list_no.dtype.kind not in "iu"):
+            raise ValueError(f"list_no must be int64 ({n},); got {list_no.dtype} "
+                             f"{list_no.shape}")
+        list_no = list_no.astype(np.int64, copy=False)
+        nlist = self._lists.nlist
+        if n and (int(list_no.min()) < 0 or int(list_no.max()) >= nlist):
+            raise ValueError(f"list_no must be in 0..{nlist - 1}; got values in "
+                             f"{int(list_no.min())}..{int(list_no.max())}")
+        cols = self.columns
+        if set(payload) != set(cols):
+            raise ValueError(f"payload must hold the columns {sorted(cols)}; got "
+                             f"{sorted(payload)}")
+        checked = {}
+        for name, (width, dtype) in cols.items():
+            arr = np.asarray(payload[name])
+            if arr.shape != (n, width) or arr.dtype != dtype:
+                raise ValueError(f"payload[{name!r}] must be {dtype} ({n}, {width}); got "
+                                 f"{arr.dtype} {arr.shape}")
+            checked[name] = arr
+        if n:
+            self._add_rows(list_no, ids, checked)
+
+    def _add_rows(self, list_no, ids, payload):
+        self._lists.add(list_no, ids, **payload)
         if self._sorted_ids is not None:
             # two sorted runs: the stable sort (timsort) merges them in linear time
             self._sorted_ids = np.sort(np.concatenate([self._sorted_ids, np.sort(ids)]),
@@ -190,16 +286,21 @@ class BaseIndex:
         and id -1.
         """
         self._require_trained("search")
-        k, nprobe, refine_factor = self._check_search(k, **kwargs)
-        q = self._prepare(queries, "queries")
+        k, nprobe, refine_factor = self.check_search(k, **kwargs)
+        q = self.prepare(queries, "queries")
         if q.shape[0] == 0 or self.ntotal == 0:
             return empty_results(q.shape[0], k, self.metric)
         keys, ids = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor)
         return keys_to_distances(keys, self.metric), ids
 
-    def _check_search(self, k, nprobe=None, refine_factor=0):
-        # nprobe/refine_factor are accepted so one search loop serves every
-        # index type; an exact index has nothing to probe or refine
+    def check_search(self, k, nprobe=None, refine_factor=0):
+        """Validate search arguments; return ``(k, nprobe, refine_factor)`` as ints.
+
+        ``nprobe=None`` becomes the index's default (``None`` for an exact
+        index, which has nothing to probe; ``nprobe`` and ``refine_factor`` are
+        accepted so one search loop serves every index type). Raises
+        ``ValueError`` / ``TypeError`` saying what was expected and given.
+        """
         k, _, refine_factor = check_search_args(k, refine_factor=refine_factor)
         if nprobe is not None:
             check_int("nprobe", nprobe, low=1)
@@ -217,21 +318,119 @@ class BaseIndex:
     def _set_trained_arrays(self, arrays):
         pass
 
-    def _set_lists(self, list_sizes, ids, data):
-        """Install lists already grouped by list (zero-copy where possible)."""
+    def memory_bytes(self):
+        """``{"list_bytes", "allocated_bytes"}``: bytes of the list rows in use
+        (ids and payload), and bytes held including room to grow."""
+        if self._lists is None:
+            return {"list_bytes": 0, "allocated_bytes": 0}
+        return {"list_bytes": int(self._lists.nbytes()),
+                "allocated_bytes": int(self._lists.allocated_bytes())}
+
+    def set_lists(self, list_sizes, ids, payload, *, next_id=0):
+        """Replace the inverted lists with rows already grouped by list.
+
+        Parameters
+        ----------
+        list_sizes : int64 (nlist,), rows per list.
+        ids : int64 (n,), grouped by list (list 0 first).
+        payload : dict name -> (n, width) array, exactly the :attr:`columns`.
+        next_id : the next default id is at least this (and above every id).
+
+        The arrays are wrapped without copying (4-bit fast-scan codes are
+        re-laid out); NumPy views of a store's Arrow buffers stay views.
+        """
+        self._require_trained("set_lists")
         from ._lists import InvertedLists
-        self._lists = InvertedLists.from_sorted(
-            self._lists.nlist, self._lists.columns, list_sizes, ids, data,
-            tiled=self._lists.tiled)
+
+        sizes = np.asarray(list_sizes, np.int64)
+        nlist = self._lists.nlist
+        n = len(ids)
+        if sizes.shape != (nlist,) or int(sizes.sum()) != n:
+            raise ValueError(f"list_sizes must be ({nlist},) adding up to {n} rows; got "
+                             f"shape {sizes.shape} adding up to {int(sizes.sum())}")
+        cols = self.columns
+        if set(payload) != set(cols) or any(
+                payload[k].shape != (n, w) or payload[k].dtype != t for k, (w, t) in cols.items()):
+            want = {k: (n, w, t.name) for k, (w, t) in cols.items()}
+            got = {k: (*np.shape(v), np.asarray(v).dtype.name) for k, v in payload.items()}
+            raise ValueError(f"payload must hold {want} (rows, width, dtype); got {got}")
+        self._lists = InvertedLists.from_sorted(nlist, self._lists.columns, sizes, ids,
+                                                payload, tiled=self._lists.tiled)
         self._sorted_ids = None
         self._posmap = None
-        self._next_id = int(ids.max()) + 1 if len(ids) else 0
+        self._next_id = max(int(next_id), int(ids.max()) + 1 if n else 0)
         self._on_mutation()
 
+    def to_state(self, *, lists=True):
+        """This index as an :class:`~shardann.storage.IndexState` (what
+        ``save`` stores; :meth:`from_state` turns it back into an index).
+
+        ``lists=False`` leaves the rows out: the model alone (kind, config,
+        trained arrays, columns, next_id), cheap whatever the index holds — what
+        a coordinator or an ingest worker needs. The state's arrays are copies:
+        it does not change with the index.
+        """
+        from ..storage import IndexState
+
+        trained = bool(self.is_trained)
+        config = self.get_config()
+        nlist = int(getattr(self, "nlist", 1))
+        if not trained:
+            return IndexState(self.kind, config, False, {}, nlist, None, next_id=self._next_id)
+        arrays = {k: np.array(v, np.float32) for k, v in self._trained_arrays().items()}
+        if not lists:
+            return IndexState(self.kind, config, True, arrays, nlist, self.columns,
+                              next_id=self._next_id)
+        sizes, ids, payload = self._lists.packed()
+        next_id = max(self._next_id, int(ids.max()) + 1 if len(ids) else 0)
+        return IndexState(self.kind, config, True, arrays, nlist, self.columns, sizes, ids,
+                          payload, next_id)
+
+    @staticmethod
+    def from_state(state):
+        """The index an :class:`~shardann.storage.IndexState` describes (a
+        ``FlatIndex``, ``IVFFlatIndex`` or ``IVFPQIndex``), its lists wrapped
+        without copying.
+
+        Raises ``ValueError`` when the kind is unknown, the config does not
+        build an index, or the arrays and columns do not fit it.
+        """
+        cls = BaseIndex._kinds.get(state.kind)
+        if cls is None:
+            raise ValueError(f"unknown index kind {state.kind!r}; expected one of "
+                             f"{sorted(BaseIndex._kinds)}")
+        try:
+            index = cls(**state.config)
+        except TypeError as exc:
+            raise ValueError(f"config {state.config} does not build a {cls.__name__} "
+                             f"({exc})") from exc
+        if not state.trained:
+            index._next_id = int(state.next_id)
+            return index
+        want = set(index._trained_arrays_names())
+        if set(state.arrays) != want:
+            raise ValueError(f"a trained {cls.__name__} needs arrays {sorted(want)}; the "
+                             f"state has {sorted(state.arrays)}")
+        index._set_trained_arrays(state.arrays)
+        if state.columns is not None and state.columns != index.columns:
+            raise ValueError(f"columns {state.columns} do not fit a {cls.__name__} with "
+                             f"config {state.config} (expected {index.columns})")
+        if state.ntotal or state.payload:
+            index.set_lists(state.list_sizes, state.ids, state.payload, next_id=state.next_id)
+        else:  # the model alone (e.g. IndexState(kind, config, True, arrays, nlist))
+            index._next_id = max(index._next_id, int(state.next_id))
+        return index
+
+    def _trained_arrays_names(self):
+        """Names of the arrays a trained index of this config has."""
+        return ()
+
     def save(self, path):
-        """Write the index to directory ``path`` (replaced atomically)."""
-        from .serialize import save_index
-        save_index(self, path)
+        """Write the index to directory ``path`` as a new version of the store
+        there (see :func:`shardann.open_index`). Returns the version number."""
+        from ..storage import IndexStore
+
+        return IndexStore.save(path, self.to_state()).version
 
     # -- description -------------------------------------------------------------
     def __repr__(self):

@@ -79,14 +79,14 @@ class FlatIndex(BaseIndex):
 
     def __init__(self, d, metric="l2"):
         super().__init__(d, metric)
-        self._lists = InvertedLists(1, {"vectors": (self.d, np.float32)})
+        self._lists = InvertedLists(1, self._columns())
         self._norms = None
 
     def train(self, x=None):
         """No-op: an exact index needs no training (kept for a uniform API)."""
         return self
 
-    def _encode_rows(self, x):
+    def _encode(self, x):
         return np.zeros(x.shape[0], np.int64), {"vectors": x}
 
     def _on_mutation(self, list_nos=None):

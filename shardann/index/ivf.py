@@ -23,9 +23,9 @@ from .._kernels.pq import pq_dot_tables
 from .._kernels.topk import topk_from_dots
 from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
-from ..metric import normalize_rows, uses_ip
+from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
-from ..results import merge_results
+from ..results import empty_results, merge_results
 from ._lists import InvertedLists
 from .base import BaseIndex
 
@@ -171,17 +171,24 @@ class IVFIndex(BaseIndex):
     def assign(self, x):
         """List number, int64 (n,), of each float32 (n, d) vector."""
         self._require_trained("assign")
-        return self._assign(self._prepare(x))
+        return self._assign(self.prepare(x))
 
     def _assign(self, x):
         return nearest_centroids(x, self.centroids, ip=self._ip, cnorms=self._cnorms)[0]
 
-    def _encode_rows(self, x):
+    def _encode(self, x):
         labels = self._assign(x)
         return labels, self._payload(x, labels)
 
     # -- search --------------------------------------------------------------------
-    def _check_search(self, k, nprobe=None, refine_factor=0):
+    def check_search(self, k, nprobe=None, refine_factor=0):
+        """Validate search arguments; return ``(k, nprobe, refine_factor)`` as ints.
+
+        ``nprobe=None`` becomes ``self.nprobe``; nprobe must be in 1..nlist and
+        ``refine_factor > 0`` needs kept vectors when the index refines (IVF-PQ;
+        IVF-Flat accepts and ignores it). Raises ``ValueError`` / ``TypeError``
+        saying what was expected and given.
+        """
         if nprobe is None:
             nprobe = self.nprobe
         k, nprobe, refine_factor = check_search_args(k, nprobe, self.nlist, refine_factor)
@@ -190,6 +197,13 @@ class IVFIndex(BaseIndex):
                 "refine_factor > 0 needs an index built with keep_vectors=True "
                 f"(got refine_factor={refine_factor})")
         return k, nprobe, refine_factor
+
+    @property
+    def refines(self):
+        """True when ``refine_factor > 0`` re-ranks the ADC candidates with exact
+        distances on kept vectors (IVF-PQ with ``keep_vectors``); IVF-Flat
+        scans exact vectors already and has nothing to refine."""
+        return bool(self._refines and "vectors" in self._columns())
 
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0):
         """k nearest neighbours of each query, scanning ``nprobe`` lists.
@@ -209,21 +223,65 @@ class IVFIndex(BaseIndex):
         return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor)
 
     def probe(self, q, nprobe):
-        """Coarse quantization of prepared queries: ``(dis0, probes)``."""
+        """Coarse quantization of prepared queries (the output of ``prepare``).
+
+        Parameters
+        ----------
+        q : float32 (nq, d), prepared.
+        nprobe : int in 1..nlist.
+
+        Returns
+        -------
+        dis0 : float32 (nq, nprobe), squared L2 to each probed centroid, or the
+            negated inner product (ip, cosine).
+        probes : int64 (nq, nprobe), list numbers, closest first.
+        """
         return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip)
 
     def _search_keys(self, q, k, nprobe, refine_factor=0):
         dis0, probes = self.probe(q, nprobe)
-        return self.scan(q, dis0, probes, k, refine_factor)
+        return self._scan_keys(q, dis0, probes, k, refine_factor)
 
-    def scan(self, q, dis0, probes, k, refine_factor=0):
-        """Scan the given lists for prepared queries; return (keys, ids) (nq, k).
+    def search_preassigned(self, q, dis0, probes, k, refine_factor=0):
+        """Search prepared queries in the given lists: the scan half of
+        :meth:`search` (``prepare`` and ``probe`` being the other half).
 
-        ``probes`` may name lists this index does not hold (they are empty
-        here) or -1 (skipped). With ``refine_factor`` the ``k * refine_factor``
-        best ADC candidates are re-ranked by exact distance.
+        Parameters
+        ----------
+        q : float32 (nq, d), prepared.
+        dis0 : float32 (nq, nprobe), from :meth:`probe`.
+        probes : int64 (nq, nprobe), from :meth:`probe`; a list this index does
+            not hold (a shard's partial index) is empty here, and -1 is skipped.
+        k : int >= 1.
+        refine_factor : int >= 0; with :attr:`refines`, the ``k * refine_factor``
+            best ADC candidates are re-ranked by exact distance.
+
+        Returns
+        -------
+        D float32 (nq, k), I int64 (nq, k): as :meth:`search` returns them
+        (distances or similarities by metric, best first, padded with id -1).
         """
-        if refine_factor and self._refines:
+        self._require_trained("search_preassigned")
+        k, _, refine_factor = self.check_search(k, refine_factor=refine_factor)
+        q = np.asarray(q)
+        dis0, probes = np.asarray(dis0), np.asarray(probes)
+        nq = q.shape[0] if q.ndim == 2 else -1
+        if (q.ndim != 2 or q.shape[1] != self.d or q.dtype != np.float32
+                or dis0.ndim != 2 or dis0.shape[0] != nq or probes.shape != dis0.shape
+                or dis0.dtype != np.float32 or probes.dtype != np.int64):
+            raise ValueError(
+                f"search_preassigned takes q float32 (nq, {self.d}), dis0 float32 and probes "
+                f"int64 (nq, nprobe); got q {q.dtype} {q.shape}, dis0 {dis0.dtype} "
+                f"{dis0.shape}, probes {probes.dtype} {probes.shape}")
+        if nq == 0 or self.ntotal == 0:
+            return empty_results(nq, k, self.metric)
+        keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
+                                    np.ascontiguousarray(probes), k, refine_factor)
+        return keys_to_distances(keys, self.metric), ids
+
+    def _scan_keys(self, q, dis0, probes, k, refine_factor=0):
+        """(keys, ids) (nq, k) of the given lists; keys are smaller-is-better."""
+        if refine_factor and self.refines:
             _, ids, exact = self.scan_candidates(q, dis0, probes, k * refine_factor,
                                                  exact=True)
             # keys are smaller-is-better whatever the metric: merge them as l2
@@ -232,9 +290,22 @@ class IVFIndex(BaseIndex):
         return keys, ids
 
     def scan_candidates(self, q, dis0, probes, kk, *, exact=False):
-        """The ``kk`` best rows by scan key: ``(keys, ids, exact_keys)``, each
-        (nq, kk); ``exact_keys`` (None unless ``exact``) are the exact keys of
-        the same rows, for a coordinator that refines across shards."""
+        """The ``kk`` best rows of the given lists by scan key, for a coordinator
+        that merges (and refines) across shards.
+
+        Parameters
+        ----------
+        q, dis0, probes : as for :meth:`search_preassigned`.
+        kk : int >= 1, candidates per query.
+        exact : also compute the exact keys of the candidates (needs kept vectors).
+
+        Returns
+        -------
+        keys : float32 (nq, kk), smaller is better: squared L2, or the negated
+            inner product; ``+inf`` pads.
+        ids : int64 (nq, kk), -1 pads.
+        exact_keys : float32 (nq, kk) of the same rows, or None unless ``exact``.
+        """
         keys, pos = self._scan(q, dis0, probes, kk)
         vectors = self._lists.data.get("vectors")
         if exact and vectors is None:
@@ -256,6 +327,9 @@ class IVFIndex(BaseIndex):
 
     def _trained_arrays(self):
         return {"centroids": self.centroids} if self.is_trained else {}
+
+    def _trained_arrays_names(self):
+        return ("centroids",)
 
     def _set_trained_arrays(self, arrays):
         self._set_centroids(arrays["centroids"])
@@ -476,6 +550,9 @@ class IVFPQIndex(IVFIndex):
         if self.opq is not None:
             out["opq_rotation"] = self.opq.rotation
         return out
+
+    def _trained_arrays_names(self):
+        return ("centroids", "codebooks") + (("opq_rotation",) if self.opq is not None else ())
 
     def _set_trained_arrays(self, arrays):
         self.pq.codebooks = np.ascontiguousarray(arrays["codebooks"], dtype=np.float32)

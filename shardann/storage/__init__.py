@@ -1,11 +1,86 @@
 """The on-disk format: versioned manifests, codebooks, list segments, tombstones.
 
 :class:`IndexStore` is the API the single-process ``save`` / ``open_index``
-and the distributed layer share; ``docs/format.md`` describes the files.
+and the distributed layer share; it reads and writes :class:`IndexState`
+(plain values; ``shardann.index`` turns indexes into states and back), and
+imports nothing from ``shardann.index``. ``docs/format.md`` describes the
+files.
+
+Also public, for writers that produce store files in other processes (the
+distributed ingest): :func:`write_segment` (then
+:meth:`Transaction.add_segments` / :meth:`IndexStore.create_from_segments`),
+:func:`encode_codebooks` / :func:`decode_codebooks` (a model as one file),
+:func:`list_versions` / :func:`read_manifest`, :func:`crash_point` (named
+crash points for crash tests), :func:`fast_crc32` and :func:`fsync_dir`.
 """
 
-from ._crash import POINTS as CRASH_POINTS
-from ._manifest import FORMAT_VERSION
-from ._store import IndexStore, Transaction
+import os
 
-__all__ = ["CRASH_POINTS", "FORMAT_VERSION", "IndexStore", "Transaction"]
+from ._codebooks import decode as _decode_codebooks
+from ._codebooks import encode as _encode_codebooks
+from ._crash import ENV_VAR as CRASH_ENV_VAR
+from ._crash import POINTS as CRASH_POINTS
+from ._crash import crash_point
+from ._files import fast_crc32, fsync_dir
+from ._manifest import FORMAT_VERSION, FutureFormatError
+from ._manifest import list_versions as _list_versions
+from ._manifest import read as _read_manifest
+from ._segments import ROW_GROUP_ROWS
+from ._segments import column_spec as _column_spec
+from ._segments import write_segment as _write_segment
+from ._store import IndexStore
+from ._transaction import MAX_SEGMENT_ROWS, Transaction
+from .state import IndexState
+
+
+def write_segment(path, list_no, ids, payload, columns, *, row_group_rows=ROW_GROUP_ROWS):
+    """Write one segment file and return its manifest entry (without ``path``).
+
+    Parameters
+    ----------
+    path : str, a new file, normally ``<store>/segments/<name>.parquet``.
+    list_no : int (n,), each row's list.
+    ids : int64 (n,).
+    payload : dict ``"codes"`` uint8 (n, code_size) and/or ``"vectors"``
+        float (n, d) — the store's columns.
+    columns : dict payload name -> (width, dtype), as ``IndexState.columns``
+        (``index.columns``).
+    row_group_rows : rows per row group (cut at list boundaries).
+
+    Rows are sorted by (list, id) here. Add ``"path"`` (relative to the
+    store) to the returned dict and hand it to :meth:`Transaction.add_segments`
+    or :meth:`IndexStore.create_from_segments`.
+    """
+    return _write_segment(os.fspath(path), list_no, ids, payload, _column_spec(columns),
+                          format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
+
+
+def encode_codebooks(arrays, kind, config):
+    """The bytes of a codebooks file holding float32 ``arrays`` (name -> ndarray)
+    of an index of ``kind`` built with ``config`` (see docs/format.md)."""
+    return _encode_codebooks(arrays, kind, config)
+
+
+def decode_codebooks(data, path):
+    """``(arrays, meta)`` from codebooks file bytes (format version 1 or 2):
+    float32 arrays by name and ``meta`` {"kind", "config", "format_version", ...}.
+    Raises :class:`shardann.CorruptIndexError` naming ``path`` for damaged bytes."""
+    return _decode_codebooks(data, os.fspath(path))
+
+
+def list_versions(path):
+    """Version numbers of every manifest under ``path`` (readable or not), ascending."""
+    return _list_versions(os.path.abspath(os.fspath(path)))
+
+
+def read_manifest(path, version):
+    """The manifest (a dict, see docs/format.md) of ``version`` of the store at
+    ``path``, checksum checked. Raises ``FileNotFoundError`` or
+    :class:`shardann.CorruptIndexError`."""
+    return _read_manifest(os.path.abspath(os.fspath(path)), int(version))
+
+
+__all__ = ["CRASH_ENV_VAR", "CRASH_POINTS", "FORMAT_VERSION", "FutureFormatError",
+           "IndexState", "IndexStore", "MAX_SEGMENT_ROWS", "ROW_GROUP_ROWS", "Transaction",
+           "crash_point", "decode_codebooks", "encode_codebooks", "fast_crc32", "fsync_dir",
+           "list_versions", "read_manifest", "write_segment"]

@@ -1,8 +1,13 @@
 """The codebooks file: every trained array of an index in one small Parquet file.
 
-One row per array: ``name`` (string), ``shape`` (list<int64>), ``values``
-(large_list<float32>, the array in C order). The index kind and parameters
-are JSON in the schema metadata under ``shardann``.
+Format version 2: one non-null float32 column ``values`` holding the arrays
+one after another, in name order, each in C order; their names and shapes,
+the index kind and parameters are JSON in the schema metadata under
+``shardann``. Arrow decodes a flat PLAIN float32 column at memory speed, so
+no decoder of ours is needed.
+
+Format version 1 (still read): one row per array, ``name`` (string), ``shape``
+(list<int64>), ``values`` (large_list<float32>).
 """
 
 import json
@@ -11,134 +16,82 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .._parquet_pages import DATA_PAGE, DATA_PAGE_V2, chunk_range, iter_pages
 from ..errors import CorruptIndexError
-from ._manifest import check_format_version
+from ._manifest import FORMAT_VERSION, check_format_version
 
 META_KEY = b"shardann"
 FILE_FORMAT = "shardann-codebooks"
-SCHEMA = pa.schema([
-    pa.field("name", pa.string(), nullable=False),
-    pa.field("shape", pa.list_(pa.field("element", pa.int64(), nullable=False)),
-             nullable=False),
-    pa.field("values", pa.large_list(pa.field("element", pa.float32(), nullable=False)),
-             nullable=False),
-])
+SCHEMA = pa.schema([pa.field("values", pa.float32(), nullable=False)])
 
 
-def encode(arrays, kind, config, format_version):
-    """Parquet bytes holding float32 ``arrays`` (name -> ndarray)."""
+def encode(arrays, kind, config, format_version=FORMAT_VERSION):
+    """Parquet bytes holding float32 ``arrays`` (name -> ndarray) of an index of
+    ``kind`` built with ``config`` (written in the current format version)."""
+    if format_version != FORMAT_VERSION:
+        raise ValueError(f"codebooks are written in format version {FORMAT_VERSION}; "
+                         f"got format_version={format_version}")
     names = sorted(arrays)
     mats = [np.ascontiguousarray(arrays[k], dtype=np.float32) for k in names]
     flat = np.concatenate([m.reshape(-1) for m in mats]) if mats else np.zeros(0, np.float32)
-    offsets = np.concatenate([[0], np.cumsum([m.size for m in mats])]).astype(np.int64)
-    values = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat),
-                                           type=SCHEMA.field("values").type)
-    shapes = pa.array([list(m.shape) for m in mats], type=SCHEMA.field("shape").type)
     meta = {"format": FILE_FORMAT, "format_version": format_version, "kind": kind,
-            "config": config, "arrays": {k: list(m.shape) for k, m in zip(names, mats,
-                                                                           strict=True)}}
-    table = pa.Table.from_arrays([pa.array(names, pa.string()), shapes, values],
+            "config": config,
+            "arrays": {k: list(m.shape) for k, m in zip(names, mats, strict=True)}}
+    table = pa.Table.from_arrays([pa.array(flat, pa.float32())],
                                  schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta)}))
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="none", write_page_checksum=True,
-                   use_dictionary=False)
+    # page checksums let Arrow check a codebooks file read outside a store
+    pq.write_table(table, sink, compression="none", use_dictionary=False,
+                   write_statistics=False, write_page_checksum=True)
     return sink.getvalue().to_pybytes()
 
 
-def decode(data, path, *, checked=False):
-    """``(arrays, meta)`` from a codebooks file's bytes.
+def _buffer_view(arr, dtype):
+    """NumPy view of a flat fixed-width Arrow array's values (no pandas import)."""
+    item = np.dtype(dtype).itemsize
+    return np.frombuffer(arr.buffers()[1], dtype, count=len(arr), offset=arr.offset * item)
 
-    ``checked``: the whole file's CRC-32 already matched the manifest, so the
-    page checksums are not checked again, and the values are taken straight
-    from their pages when the file has the layout this module writes (Arrow's
-    nested-list decoder took 2.5-5 ms of every open for a 650 KB file).
+
+def decode(data, path, *, checked=False):
+    """``(arrays, meta)`` from a codebooks file's bytes: float32 arrays by name
+    (private, writable copies) and the metadata dict.
+
+    ``checked``: the bytes already matched the CRC-32 in the manifest, so
+    Parquet's page checksums are not checked again. Reads format versions 1
+    and 2; raises :class:`~shardann.CorruptIndexError` naming ``path``.
     """
     try:
         pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=not checked)
         meta = json.loads(pf.schema_arrow.metadata[META_KEY])
-        flat = None
-        if (checked and isinstance(meta.get("arrays"), dict)
-                and pf.metadata.num_rows == len(meta["arrays"])):
-            # the rows are the arrays of meta["arrays"], in name order (see encode)
-            flat = _plain_values(data, pf.metadata)
-            total = sum(int(np.prod(shape, dtype=np.int64)) for shape in meta["arrays"].values())
-            if flat is not None and flat.size != total:
-                flat = None  # not the layout encode() writes: let Arrow decode it
-        table = None if flat is not None else pf.read(use_threads=False)
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
     except Exception as exc:
         raise CorruptIndexError(f"{path}: unreadable codebooks file ({exc})") from exc
     if meta.get("format") != FILE_FORMAT:
         raise CorruptIndexError(f"{path}: not a shardann codebooks file")
     check_format_version(meta.get("format_version"), path)
     try:
-        if table is None:
+        table = pf.read(use_threads=False)
+        if meta["format_version"] >= 2:
             names = sorted(meta["arrays"])
-            shapes = [list(meta["arrays"][name]) for name in names]
-        else:
+            shapes = [[int(x) for x in meta["arrays"][name]] for name in names]
+            sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+            col = table.column("values").combine_chunks()
+            if len(col) != sum(sizes):
+                raise ValueError(f"holds {len(col)} values; the shapes {shapes} need "
+                                 f"{sum(sizes)}")
+            flat = np.array(_buffer_view(col, np.float32))  # one private, writable copy
+            bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            parts = [flat[bounds[i]:bounds[i + 1]] for i in range(len(names))]
+        else:  # version 1: one list<float32> row per array, decoded by Arrow
             names = table.column("name").to_pylist()
             shapes = table.column("shape").to_pylist()
-        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        if table is not None:
             col = table.column("values").combine_chunks()
-            # buffer views: Array.to_numpy() would import pandas (a second at startup)
             offsets = np.frombuffer(col.buffers()[1], np.int64, count=len(col) + 1,
                                     offset=col.offset * 8)
-            values = col.values
-            flat = np.frombuffer(values.buffers()[1], np.float32, count=len(values),
-                                 offset=values.offset * 4)
-        arrays = {}
-        for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
-            arr = flat[offsets[i]:offsets[i + 1]].reshape(shape)
-            arrays[name] = np.array(arr, dtype=np.float32)  # a private, writable copy
+            values = _buffer_view(col.values, np.float32)
+            parts = [np.array(values[offsets[i]:offsets[i + 1]]) for i in range(len(names))]
+        arrays = {name: part.reshape(shape)
+                  for name, shape, part in zip(names, shapes, parts, strict=True)}
     except Exception as exc:
         raise CorruptIndexError(f"{path}: malformed codebooks file ({exc})") from exc
     return arrays, meta
-
-
-def _plain_values(data, metadata):
-    """float32 (n,): every value of the ``values`` column, taken from its pages;
-    None unless they are uncompressed PLAIN data pages (v1 or v2).
-
-    Only for bytes whose CRC matched the manifest: those are the bytes this
-    module wrote, so the list levels (rows never empty, nothing null) are not
-    decoded; the caller checks the count against the shapes.
-    """
-    leaf = [i for i in range(metadata.num_columns)
-            if metadata.schema.column(i).path.split(".")[0] == "values"]
-    if len(leaf) != 1:
-        return None
-    column = metadata.schema.column(leaf[0])
-    if column.physical_type != "FLOAT":
-        return None
-    # v1 pages hold one length-prefixed run per level kind that can be above 0
-    v1_level_runs = (column.max_repetition_level > 0) + (column.max_definition_level > 0)
-    buf = memoryview(data).cast("B")
-    parts = []
-    for g in range(metadata.num_row_groups):
-        cc = metadata.row_group(g).column(leaf[0])
-        if cc.compression != "UNCOMPRESSED":
-            return None
-        start, end = chunk_range(cc)
-        for header, at, size in iter_pages(buf, start, end):
-            kind = header.get(1)
-            if kind == DATA_PAGE:
-                h = header.get(5, {})
-                if h.get(2) != 0:  # encoding: PLAIN
-                    return None
-                p = at
-                for _ in range(v1_level_runs):  # repetition, then definition levels
-                    p += 4 + int.from_bytes(buf[p:p + 4], "little")
-            elif kind == DATA_PAGE_V2:
-                h = header.get(8, {})
-                if h.get(4) != 0 or h.get(2, 0):  # PLAIN, no nulls
-                    return None
-                p = at + h.get(5, 0) + h.get(6, 0)
-            else:
-                return None
-            n = h.get(1, 0)
-            if p + 4 * n > at + size:
-                return None
-            parts.append(np.frombuffer(data, "<f4", count=n, offset=p))
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)

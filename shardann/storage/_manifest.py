@@ -20,7 +20,8 @@ from ._files import fast_crc32, fsync_dir
 logger = logging.getLogger(__name__)
 
 FORMAT = "shardann"
-FORMAT_VERSION = 1
+#: the format this shardann writes; it reads every version up to this one
+FORMAT_VERSION = 2
 MANIFEST_DIR = "_manifests"
 _NAME = re.compile(r"^v(\d{8,})\.json$")
 
@@ -79,7 +80,8 @@ def decode(data, path, version=None):
     try:
         check_format_version(body.get("format_version"), path)
     except CorruptIndexError as exc:
-        if isinstance(body.get("format_version"), int) and body["format_version"] > 1:
+        found = body.get("format_version")
+        if isinstance(found, int) and found > FORMAT_VERSION:
             raise FutureFormatError(str(exc)) from None
         raise
     stored = body.pop("checksum", None)

@@ -1,13 +1,21 @@
 """List segments: immutable Parquet files of (list_id, id, code[, vector]) rows.
 
 Rows are sorted by (list_id, id); row groups are cut at list boundaries so a
-shard reads only the row groups of the lists it owns. Pages carry CRC-32
-checksums, verified on every read (by :mod:`._page_crc`, before or while Arrow
-decodes them); the footer's CRC-32 is in the manifest and checked before a
-segment is first read.
+shard reads only the row groups of the lists it owns.
+
+Integrity without parsing Parquet page headers: when a segment is written, the
+CRC-32 of each of its column chunks (page headers and bodies, the chunk's whole
+byte range) goes into its manifest entry, one list per row group; the footer's
+CRC-32 too. A read checks the footer once, then the CRC of every column chunk it
+reads, with ISA-L, before or while Arrow decodes the same bytes. The footer gives
+the chunks' byte ranges, and the chunks, the leading ``PAR1`` and the footer
+tile the file, so a flipped byte anywhere in it is caught. Segments of format
+version 1 have no chunk CRCs; they carry Parquet page CRCs, which Arrow checks
+as it decodes (``page_checksum_verification``).
 """
 
 import json
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,23 +27,24 @@ from .._rows import take_rows
 from ..errors import CorruptIndexError
 from ._crash import crash_point
 from ._files import ChecksumWriter, fast_crc32
-from ._manifest import check_format_version
-from ._page_crc import check_page_crcs
+from ._manifest import FORMAT_VERSION, check_format_version
 
 META_KEY = b"shardann"
 FILE_FORMAT = "shardann-segment"
+MAGIC = b"PAR1"
 #: index payload column name -> segment column name
 TO_FILE = {"codes": "code", "vectors": "vector"}
 TO_INDEX = {v: k for k, v in TO_FILE.items()}
 ROW_GROUP_ROWS = 65536
 #: a filtered read decodes at most about this many payload bytes at a time
 READ_BATCH_BYTES = 16 << 20
-#: reads of at least this many bytes check page CRCs while Arrow decodes
+#: reads of at least this many bytes check chunk CRCs while Arrow decodes
 PARALLEL_CHECK_BYTES = 4 << 20
 
 
 def column_spec(columns):
-    """Manifest column spec from an index's ``_lists.columns`` ({name: (width, dtype)})."""
+    """Manifest column spec ``{"code"/"vector": {"dtype", "width"}}`` from payload
+    columns ``{"codes"/"vectors": (width, dtype)}`` (``IndexState.columns``)."""
     spec = {}
     for name, (width, dtype) in columns.items():
         if name not in TO_FILE:
@@ -44,6 +53,10 @@ def column_spec(columns):
     return spec
 
 
+def payload_columns(spec):
+    """The inverse of :func:`column_spec`: ``{"codes"/"vectors": (width, dtype)}``."""
+    return {TO_INDEX[c]: (int(spec[c]["width"]), np.dtype(spec[c]["dtype"]))
+            for c in ("code", "vector") if c in spec}
 def arrow_schema(spec, meta=None):
     fields = [pa.field("list_id", pa.int32(), nullable=False),
               pa.field("id", pa.int64(), nullable=False)]
@@ -77,7 +90,7 @@ def sort_rows(list_ids, ids, data):
     return list_ids, ids, data
 
 
-def _row_group_cuts(list_ids, target):
+def row_group_cuts(list_ids, target):
     """Row offsets cutting sorted ``list_ids`` into groups of whole lists, ~``target`` rows."""
     n = list_ids.size
     starts = np.flatnonzero(np.concatenate([[True], list_ids[1:] != list_ids[:-1]]))
@@ -86,13 +99,54 @@ def _row_group_cuts(list_ids, target):
     return np.concatenate([first, [n]])
 
 
-def write_segment(path, list_ids, ids, data, spec, *, format_version,
+def chunk_range(column_chunk):
+    """``(start, end)`` file offsets of a column chunk (dictionary page included),
+    from its ``pyarrow.parquet.ColumnChunkMetaData``."""
+    start = column_chunk.data_page_offset
+    if column_chunk.has_dictionary_page and column_chunk.dictionary_page_offset:
+        start = min(start, column_chunk.dictionary_page_offset)
+    return start, start + column_chunk.total_compressed_size
+
+
+def layout_problem(metadata, size, footer_size):
+    """None when the leading magic, the column chunks (in file order) and the footer
+    tile a file of ``size`` bytes exactly; else what does not fit."""
+    at = len(MAGIC)
+    for g in range(metadata.num_row_groups):
+        rg = metadata.row_group(g)
+        for c in range(rg.num_columns):
+            start, end = chunk_range(rg.column(c))
+            if start != at:
+                return f"row group {g}, column {c} starts at byte {start}, expected {at}"
+            at = end
+    if at != size - footer_size:
+        return f"the column chunks end at byte {at}; the footer starts at {size - footer_size}"
+    return None
+
+
+def chunk_crcs(buf, metadata, row_groups=None):
+    """CRC-32 of each column chunk: one list per row group, columns in file order."""
+    groups = range(metadata.num_row_groups) if row_groups is None else row_groups
+    out = []
+    for g in groups:
+        rg = metadata.row_group(g)
+        crcs = []
+        for c in range(rg.num_columns):
+            start, end = chunk_range(rg.column(c))
+            crcs.append(fast_crc32(buf[start:end]))
+        out.append(crcs)
+    return out
+
+
+def write_segment(path, list_ids, ids, data, spec, *, format_version=FORMAT_VERSION,
                   row_group_rows=ROW_GROUP_ROWS):
     """Write one segment file (``path`` must not exist) and return its manifest entry.
 
-    ``list_ids`` int (n,), ``ids`` int64 (n,), ``data`` {"codes"/"vectors": (n, w)};
-    rows are sorted here. The entry has path-independent fields: size, crc32,
-    footer_size, footer_crc32, rows, min_id, max_id, row_groups.
+    ``list_ids`` int (n,), ``ids`` int64 (n,), ``data`` {"codes"/"vectors": (n, w)},
+    ``spec`` the manifest column spec (:func:`column_spec`); rows are sorted
+    here. The entry has path-independent fields: size, crc32, footer_size,
+    footer_crc32, rows, min_id, max_id, row_groups (each {first_list,
+    last_list, rows, crc32: [one per column chunk]}).
     """
     list_ids = np.asarray(list_ids, dtype=np.int32)
     ids = np.asarray(ids, dtype=np.int64)
@@ -110,12 +164,14 @@ def write_segment(path, list_ids, ids, data, spec, *, format_version,
                                  f"got {arr.shape}")
             arrays.append(_fsb(arr, arr.shape[1] * arr.itemsize))
     table = pa.Table.from_arrays(arrays, schema=schema)
-    cuts = _row_group_cuts(list_ids, row_group_rows)
+    cuts = row_group_cuts(list_ids, row_group_rows)
     crash_point("segment.before_write")
     sink = ChecksumWriter(path)
     try:
-        writer = pq.ParquetWriter(sink, schema, compression="none", write_page_checksum=True,
-                                  use_dictionary=["list_id"], write_statistics=["list_id"])
+        # no page checksums: the chunk CRCs in the manifest cover every page
+        writer = pq.ParquetWriter(sink, schema, compression="none", write_page_checksum=False,
+                                  use_dictionary=["list_id"], write_statistics=["list_id"],
+                                  write_page_index=False)
         for s, e in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
             writer.write_table(table.slice(s, e - s), row_group_size=e - s)
             sink.flush()
@@ -128,10 +184,21 @@ def write_segment(path, list_ids, ids, data, spec, *, format_version,
     footer_size = int.from_bytes(sink.tail(8)[:4], "little") + 8
     footer_crc = fast_crc32(sink.tail(footer_size))
     md = pq.read_metadata(path)
+    problem = layout_problem(md, sink.size, footer_size)
+    if problem is not None:  # Arrow wrote something between the chunks (a page index?)
+        raise RuntimeError(f"{path}: unexpected segment layout: {problem}")
+    with open(path, "rb") as f:
+        if sink.size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, \
+                    memoryview(mm) as buf:
+                crcs = chunk_crcs(buf, md)
+        else:  # pragma: no cover - a Parquet file is never empty
+            crcs = []
     rg_rows = np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)], np.int64)
     bounds = np.concatenate([[0], np.cumsum(rg_rows)])
     row_groups = [{"first_list": int(list_ids[s]), "last_list": int(list_ids[e - 1]),
-                   "rows": int(e - s)} for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+                   "rows": int(e - s), "crc32": crc}
+                  for s, e, crc in zip(bounds[:-1], bounds[1:], crcs, strict=True)]
     crash_point("segment.after_write")
     return {"size": sink.size, "crc32": sink.crc, "footer_size": footer_size,
             "footer_crc32": footer_crc, "rows": int(n),
@@ -161,15 +228,20 @@ def _numpy_column(chunked, dtype=None, width=None):
 
 
 class SegmentFile:
-    """Reads one segment named by a manifest entry; checks it before the first read."""
+    """Reads one segment named by a manifest entry; checks it before the first read.
 
-    def __init__(self, root, entry, spec, check_pages=True):
+    ``check_chunks=False`` skips the column chunk CRCs on reads (the footer,
+    sizes and schema are still checked).
+    """
+
+    def __init__(self, root, entry, spec, check_chunks=True):
         self.path = os.path.join(root, entry["path"])
         self.entry = entry
         self.spec = spec
-        self.check_pages = check_pages
+        self.check_chunks = check_chunks
         self._pf = None
         self._map = None  # the whole file, memory-mapped
+        self._crcs = None  # chunk CRCs from the manifest (None: a version-1 segment)
 
     def _open(self):
         if self._pf is not None:
@@ -191,13 +263,13 @@ class SegmentFile:
             if isinstance(exc, CorruptIndexError):
                 raise
             raise CorruptIndexError(f"{self.path}: cannot read segment ({exc})") from exc
-        if (len(footer) != e["footer_size"] or footer[-4:] != b"PAR1"
+        if (len(footer) != e["footer_size"] or footer[-4:] != MAGIC
                 or int.from_bytes(footer[-8:-4], "little") + 8 != e["footer_size"]
                 or fast_crc32(footer) != e["footer_crc32"]):
             raise CorruptIndexError(
                 f"{self.path}: Parquet footer does not match its checksum in the manifest")
         try:
-            # one mapping serves Arrow and the page checks, so each page is faulted in once
+            # one mapping serves Arrow and the chunk checks, so each page is faulted in once
             with pa.memory_map(self.path) as f:
                 self._map = f.read_buffer()
             pf = pq.ParquetFile(pa.BufferReader(self._map))
@@ -207,6 +279,8 @@ class SegmentFile:
         if meta.get("format") != FILE_FORMAT:
             raise CorruptIndexError(f"{self.path}: not a shardann segment")
         check_format_version(meta.get("format_version"), self.path)
+        if self._map[:len(MAGIC)].to_pybytes() != MAGIC:
+            raise CorruptIndexError(f"{self.path}: does not start with Parquet's {MAGIC!r}")
         want = arrow_schema(self.spec)
         got = pf.schema_arrow.remove_metadata()
         if not got.equals(want, check_metadata=False):
@@ -218,8 +292,52 @@ class SegmentFile:
             raise CorruptIndexError(
                 f"{self.path}: row groups hold {rg_rows} rows; the manifest says "
                 f"{[g['rows'] for g in e['row_groups']]}")
+        if meta["format_version"] >= 2:
+            crcs = [g.get("crc32") for g in e["row_groups"]]
+            if any(not isinstance(c, list) or len(c) != md.num_columns for c in crcs):
+                raise CorruptIndexError(
+                    f"{self.path}: the manifest entry lacks the column chunk CRCs of this "
+                    f"format-version-{meta['format_version']} segment")
+            self._crcs = crcs
+        elif self.check_chunks:
+            # version 1: page CRCs, checked by Arrow as it decodes
+            pf = pq.ParquetFile(pa.BufferReader(self._map), page_checksum_verification=True)
         self._pf = pf
         return pf
+
+    def check_layout(self):
+        """Raise unless the magic, the column chunks and the footer tile the file
+        (then every byte of it is under a checksum); for ``verify``."""
+        pf = self._open()
+        problem = layout_problem(pf.metadata, self.entry["size"], self.entry["footer_size"])
+        if problem is not None:
+            raise CorruptIndexError(f"{self.path}: {problem}")
+
+    def check_chunks_of(self, row_groups, columns):
+        """Raise :class:`~shardann.CorruptIndexError` naming the file, the row group
+        and the column of the first chunk whose bytes do not match their CRC.
+
+        ``columns`` are leaf column indices; a no-op for version-1 segments.
+        """
+        if self._crcs is None:
+            return
+        md = self._pf.metadata
+        names = self._pf.schema_arrow.names
+        with memoryview(self._map) as view, view.cast("B") as buf:
+            for g in row_groups:
+                rg = md.row_group(g)
+                for c in columns:
+                    start, end = chunk_range(rg.column(c))
+                    if end > len(buf):
+                        raise CorruptIndexError(
+                            f"{self.path}: row group {g}, column {names[c]}: column chunk "
+                            "runs past the end of the file")
+                    got = fast_crc32(buf[start:end])
+                    if got != self._crcs[g][c]:
+                        raise CorruptIndexError(
+                            f"{self.path}: row group {g}, column {names[c]}: column chunk "
+                            f"fails its checksum (crc32 {got:08x}, manifest "
+                            f"{self._crcs[g][c]:08x})")
 
     def read_where(self, row_groups, columns, keep):
         """Payload ``columns`` ("code", "vector") of the rows of ``row_groups``
@@ -257,7 +375,7 @@ class SegmentFile:
         return out
 
     def _decode(self, pf, row_groups, columns):
-        """Arrow table of the columns of the row groups, page checksums checked.
+        """Arrow table of the columns of the row groups, chunk checksums checked.
 
         For reads of ``PARALLEL_CHECK_BYTES`` or more, Arrow decodes in a
         thread (it releases the GIL) while this one checks the CRCs, so the
@@ -273,7 +391,7 @@ class SegmentFile:
                 raise CorruptIndexError(
                     f"{self.path}: corrupt segment data ({exc})") from exc
 
-        if not self.check_pages:
+        if not self.check_chunks or self._crcs is None:
             return decode()
         # the schema is flat: a column's position is its Parquet leaf index
         names = pf.schema_arrow.names
@@ -282,11 +400,11 @@ class SegmentFile:
         nbytes = sum(md.row_group(g).column(c).total_compressed_size
                      for g in row_groups for c in leaves)
         if nbytes < PARALLEL_CHECK_BYTES:
-            check_page_crcs(self.path, self._map, md, row_groups, leaves)
+            self.check_chunks_of(row_groups, leaves)
             return decode()
         with ThreadPoolExecutor(1, thread_name_prefix="shardann-decode") as pool:
             table = pool.submit(decode)
-            check_page_crcs(self.path, self._map, md, row_groups, leaves)
+            self.check_chunks_of(row_groups, leaves)
             return table.result()
 
     def read(self, row_groups=None, columns=None):

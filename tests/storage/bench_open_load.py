@@ -28,7 +28,7 @@ path, mode = sys.argv[1], sys.argv[2]
 out = {}
 if mode in ("store", "store-fast"):
     t1, c1 = time.perf_counter(), time.process_time()
-    store = IndexStore.open(path, check_pages=(mode == "store"))
+    store = IndexStore.open(path, check_chunks=(mode == "store"))
     t2 = time.perf_counter()
     sizes, ids, cols = store.read_lists()
     t3, c3 = time.perf_counter(), time.process_time()
@@ -101,7 +101,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--modes", default="store,store-fast,index",
                     help="comma-separated: store (open + read_lists), store-fast (the same with "
-                         "check_pages=False), index (open_index + search)")
+                         "check_chunks=False), index (open_index + search)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     path = os.path.join(args.dir, f"ivfpq-{args.n}")
@@ -131,7 +131,7 @@ def main():
                 f"{r['code_bytes'] / r['total_s'] / 1e9:.2f}"
                 for r in sorted(runs, key=lambda r: r["total_s"])))
             for label, r in (("best", best), ("median", med)):
-                what = "check_pages=False" if mode == "store-fast" else "page CRCs on"
+                what = "check_chunks=False" if mode == "store-fast" else "chunk CRCs on"
                 print(f"IndexStore.open + read_lists() ({what}) [{label} of {len(runs)}]: open "
                       f"{r['open_s'] * 1e3:.1f} ms + read {r['read_lists_s'] * 1e3:.1f} ms "
                       f"= {r['total_s'] * 1e3:.1f} ms -> "

@@ -15,6 +15,7 @@ import pytest
 from storage_support import NB, content, flip_byte
 
 import shardann
+from shardann.index import load_index
 from shardann.storage import IndexStore, _manifest
 
 
@@ -25,7 +26,7 @@ def pristine(tmp_path_factory, make_index):
     index = make_index("ivfpq", keep_vectors=True)
     store = IndexStore.create(path, index)
     ids = np.arange(NB, NB + 300)
-    list_no, cols = index._encode_rows(index._prepare(index.reconstruct(np.arange(300))))
+    list_no, cols = index.encode(index.prepare(index.reconstruct(np.arange(300))))
     txn = store.transaction()
     txn.add(list_no, ids, **cols)
     txn.delete(np.arange(0, 40))
@@ -161,7 +162,7 @@ def test_manifest_naming_a_wrong_checksum(idx, pristine, which, field):
     if (which, field) == ("S2", "crc32"):
         # the whole-file checksum is verify()'s job (loading checks footer and pages)
         store = IndexStore.open(idx)
-        assert store.load_index().ntotal == store.ntotal
+        assert load_index(store).ntotal == store.ntotal
         with pytest.raises(shardann.CorruptIndexError, match=_name(rel) + ".*checksum"):
             store.verify()
     else:
@@ -200,7 +201,7 @@ def test_future_format_version_is_a_clear_error(idx, pristine):
 
 
 def test_future_tombstone_format_named(idx, pristine, monkeypatch):
-    from shardann.storage import _store, _tombstones
+    from shardann.storage import FORMAT_VERSION, _tombstones
     real = _tombstones.encode
     monkeypatch.setattr(_tombstones, "encode", lambda ids, fv: real(ids, 3))
     store = IndexStore.open(idx)
@@ -208,7 +209,7 @@ def test_future_tombstone_format_named(idx, pristine, monkeypatch):
     txn.delete([100, 101])
     v3 = txn.commit()
     monkeypatch.undo()
-    assert _store.FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2 and _tombstones.encode is real
     rel = [t["path"] for t in v3.manifest["files"]["tombstones"] if t["seq"] == 3][0]
     with pytest.raises(shardann.CorruptIndexError,
                        match=_name(rel) + ".*format version 3.*upgrade shardann"):
@@ -244,7 +245,7 @@ FUZZ = textwrap.dedent("""
     import shardann
     from shardann.storage import IndexStore, _segments
     src, work, rel = sys.argv[1], sys.argv[2], sys.argv[3]
-    if sys.argv[4] == "parallel":  # decode while the page CRCs are checked, as large reads do
+    if sys.argv[4] == "parallel":  # decode while the chunk CRCs are checked, as large reads do
         _segments.PARALLEL_CHECK_BYTES = 0
     store = IndexStore.open(src)
     want = store.read_lists()
@@ -300,14 +301,14 @@ def test_fuzzed_bytes_never_crash_or_hang(tmp_path, pristine, which, mode):
     assert last[0] == "DONE" and int(last[2]) > 0
 
 
-def test_check_pages_off_trades_detection_for_speed(idx, pristine):
-    """check_pages=False skips page CRCs on reads; footers, sizes and verify() still hold."""
+def test_check_chunks_off_trades_detection_for_speed(idx, pristine):
+    """check_chunks=False skips chunk CRCs on reads; footers, sizes and verify() still hold."""
     seg = idx / pristine["S2"]
     md = pq.ParquetFile(seg).metadata
     names = [md.schema.column(i).name for i in range(md.num_columns)]
     col = md.row_group(0).column(names.index("code"))
     flip_byte(seg, col.data_page_offset + col.total_compressed_size // 2)
-    fast = IndexStore.open(idx, check_pages=False)
+    fast = IndexStore.open(idx, check_chunks=False)
     assert fast.read_lists()[1].size == len(pristine["v2"])  # the flipped code goes unseen
     with pytest.raises(shardann.CorruptIndexError, match=_name(pristine["S2"])):
         fast.verify()

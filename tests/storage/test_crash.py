@@ -18,8 +18,9 @@ import pytest
 from storage_support import NB, content
 
 import shardann
+from shardann.index import load_index
+from shardann.storage import CRASH_ENV_VAR as ENV_VAR
 from shardann.storage import CRASH_POINTS, IndexStore
-from shardann.storage._crash import ENV_VAR
 
 NEW_FROM = CRASH_POINTS.index("manifest.after_publish")  # from here on, v3 is committed
 
@@ -59,7 +60,7 @@ SAVE_CHILD = textwrap.dedent("""
     path, point, dump = sys.argv[1], sys.argv[2], sys.argv[3]
 
     def packed(index):
-        sizes, ids, data = index._lists.packed()
+        sizes, ids, data = index.to_state().lists
         return {"sizes": sizes, "ids": ids, "codes": data["codes"]}
 
     xb, xq, xt = synthetic_split(2000, 40, 16, nt=1500, seed=7)
@@ -128,7 +129,7 @@ def _check_after_crash(path, point, expected):
     assert content(store) == expected[want_version], point
     assert store.ntotal == len(expected[want_version])
     assert store.verify()["ntotal"] == store.ntotal
-    index = store.load_index()
+    index = load_index(store)
     assert index.ntotal == store.ntotal
     index.search(np.zeros((1, index.d), np.float32), 5)
     # the store is not wedged: another commit lands on top, and vacuum clears the debris

@@ -9,6 +9,7 @@ import pytest
 from storage_support import NB, NLIST, K, content, search_kw
 
 import shardann
+from shardann.index import load_index
 from shardann.storage import FORMAT_VERSION, IndexStore
 
 KINDS = [
@@ -235,7 +236,7 @@ def test_read_lists_reads_only_the_row_groups_it_needs(tmp_path, make_index, mon
     assert part == {k: v for k, v in full.items() if v[0] in want_lists}
     assert sizes[[i for i in range(NLIST) if i not in want_lists]].sum() == 0
     # a shard-style partial index searches its lists like the full index
-    shard = store.load_index(lists=want_lists)
+    shard = load_index(store, lists=want_lists)
     assert shard.ntotal == ids.size and shard.is_trained
 
 
@@ -246,7 +247,7 @@ def test_multi_segment_read_groups_by_list(tmp_path, make_index, sdata):
     store = IndexStore.create(tmp_path / "s", index)
     extra = xb[:300] + 0.01
     new_ids = np.arange(NB, NB + 300)
-    list_no, cols = index._encode_rows(index._prepare(extra))
+    list_no, cols = index.encode(index.prepare(extra))
     txn = store.transaction()
     txn.add(list_no[:150], new_ids[:150], **{k: v[:150] for k, v in cols.items()})
     txn.add(list_no[150:], new_ids[150:], **{k: v[150:] for k, v in cols.items()})
@@ -255,7 +256,7 @@ def test_multi_segment_read_groups_by_list(tmp_path, make_index, sdata):
     assert len(s2.manifest["files"]["segments"]) == 3
     index.add(extra, ids=new_ids)
     index.remove_ids(np.arange(0, NB, 7))
-    loaded = s2.load_index()
+    loaded = load_index(s2)
     assert loaded.ntotal == index.ntotal == s2.ntotal
     for kw in ({"nprobe": 4}, {"nprobe": 16, "refine_factor": 3}):
         a, b = index.search(xq, K, **kw), loaded.search(xq, K, **kw)
@@ -272,7 +273,7 @@ def test_compaction_keeps_results_and_drops_deleted_rows(tmp_path, make_index, s
     store = IndexStore.create(tmp_path / "s", index)
     for start in range(0, 400, 100):
         ids = np.arange(NB + start, NB + start + 100)
-        list_no, cols = index._encode_rows(index._prepare(xb[start:start + 100] * 0.99))
+        list_no, cols = index.encode(index.prepare(xb[start:start + 100] * 0.99))
         # delete from the previous batch only (the first segment stays clean)
         gone = np.arange(NB + start - 100, NB + start - 70) if start else []
         txn = store.transaction()
@@ -281,7 +282,7 @@ def test_compaction_keeps_results_and_drops_deleted_rows(tmp_path, make_index, s
         store = txn.commit()
         index.add(xb[start:start + 100] * 0.99, ids=ids)
         index.remove_ids(gone)
-    before = store.load_index().search(xq, K, nprobe=8)
+    before = load_index(store).search(xq, K, nprobe=8)
     want = index.search(xq, K, nprobe=8)
     np.testing.assert_array_equal(before[1], want[1])
     m = store.manifest
@@ -298,13 +299,13 @@ def test_compaction_keeps_results_and_drops_deleted_rows(tmp_path, make_index, s
     seg = fm["files"]["segments"][0]
     assert seg["rows"] == full.ntotal and seg["deleted"] == 0
     for s in (partial, full):
-        got = s.load_index().search(xq, K, nprobe=8)
+        got = load_index(s).search(xq, K, nprobe=8)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
         assert s.verify()["ntotal"] == index.ntotal
     assert full.compact() is full  # nothing left to do
     # the versions before compaction still read the same
-    np.testing.assert_array_equal(store.checkout(store.version).load_index()
+    np.testing.assert_array_equal(load_index(store.checkout(store.version))
                                   .search(xq, K, nprobe=8)[1], want[1])
 
 
@@ -356,16 +357,20 @@ def test_files_carry_format_version_and_read_with_pyarrow_alone(tmp_path, make_i
     m = json.loads((root / "_manifests" / manifests[-1]).read_text())
     assert m["format"] == "shardann" and m["format_version"] == FORMAT_VERSION
     cb = pq.read_table(root / m["files"]["codebooks"]["path"])
-    assert json.loads(cb.schema.metadata[b"shardann"])["format_version"] == FORMAT_VERSION
-    arrays = {name: np.array(vals, np.float32).reshape(shape) for name, shape, vals in zip(
-        cb.column("name").to_pylist(), cb.column("shape").to_pylist(),
-        cb.column("values").to_pylist(), strict=True)}
+    cb_meta = json.loads(cb.schema.metadata[b"shardann"])
+    assert cb_meta["format_version"] == FORMAT_VERSION
+    values, arrays, at = cb.column("values").to_numpy(), {}, 0
+    for name in sorted(cb_meta["arrays"]):  # one after another, in name order
+        shape = cb_meta["arrays"][name]
+        arrays[name] = values[at:at + int(np.prod(shape))].reshape(shape)
+        at += int(np.prod(shape))
+    assert at == values.size
     np.testing.assert_array_equal(arrays["centroids"], index.centroids)
     np.testing.assert_array_equal(arrays["codebooks"], index.pq.codebooks)
     dead_by_seq = []
     for t in m["files"]["tombstones"]:
         with pa.ipc.open_file(root / t["path"]) as r:
-            assert json.loads(r.schema.metadata[b"shardann"])["format_version"] == 1
+            assert json.loads(r.schema.metadata[b"shardann"])["format_version"] == FORMAT_VERSION
             dead_by_seq.append((t["seq"], r.read_all().column("id").to_numpy()))
     rows = {}
     for s in m["files"]["segments"]:
@@ -417,26 +422,26 @@ def test_segments_written_elsewhere_are_committed_by_reference(tmp_path, make_in
     """add_segments / create_from_segments: files written by other processes (ingest)."""
     import uuid
 
-    from shardann.storage import _segments
+    from shardann.storage import IndexState, write_segment
 
     xb, xq, _ = sdata
     full = make_index("ivfpq")
-    model = shardann.IVFPQIndex(**full.get_config())
-    model._set_trained_arrays(full._trained_arrays())
+    state = full.to_state()
+    model = IndexState(state.kind, state.config, True, state.arrays, state.nlist, state.columns)
     root = tmp_path / "s"
     (root / "segments").mkdir(parents=True)
-    list_no, cols = full._encode_rows(full._prepare(xb))
+    list_no, cols = full.encode(full.prepare(xb))
     entries = []
     for part in np.array_split(np.arange(NB), 3):  # three "workers"
         rel = f"segments/{uuid.uuid4().hex}.parquet"
-        e = _segments.write_segment(str(root / rel), list_no[part], part,
-                                    {"codes": cols["codes"][part]},
-                                    _segments.column_spec(model._lists.columns),
-                                    format_version=1)
+        e = write_segment(root / rel, list_no[part], part, {"codes": cols["codes"][part]},
+                          full.columns)
         entries.append({"path": rel, **e})
+    with pytest.raises(ValueError, match="trained, empty"):
+        IndexStore.create_from_segments(root, state, entries)
     store = IndexStore.create_from_segments(root, model, entries)
     assert store.version == 1 and store.ntotal == NB and store.next_id == NB
-    np.testing.assert_array_equal(store.load_index().search(xq, K, nprobe=4)[1],
+    np.testing.assert_array_equal(load_index(store).search(xq, K, nprobe=4)[1],
                                   full.search(xq, K, nprobe=4)[1])
     assert store.verify()["ntotal"] == NB
     txn = store.transaction()

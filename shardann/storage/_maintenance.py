@@ -1,0 +1,232 @@
+"""Maintenance of a store: compaction, vacuum and full verification."""
+
+import os
+import time
+
+import numpy as np
+
+from ..errors import CorruptIndexError
+from . import _manifest
+from ._files import file_crc32, fsync_dir
+from ._grouping import group_by_list, hits
+from ._manifest import MANIFEST_DIR
+from ._segments import SegmentFile
+from ._transaction import MAX_SEGMENT_ROWS, Transaction
+from ._view import SEGMENT_DIR, TOMBSTONE_DIR
+
+
+def compact(view, *, min_rows=None, max_segment_rows=MAX_SEGMENT_ROWS):
+    """See :meth:`IndexStore.compact`."""
+    segs = view._m["files"]["segments"]
+    if min_rows is None:
+        picked = segs
+    else:
+        picked = [s for s in segs
+                  if s["rows"] - s.get("deleted", 0) < min_rows or s.get("deleted", 0)]
+    has_deleted = any(s.get("deleted", 0) for s in picked)
+    if len(picked) < 2 and not has_deleted:
+        return view
+    txn = Transaction(view, operation="compact")
+    names = view._payload_names()
+    parts = view._live_rows(picked, None, names)
+    try:
+        txn.drop_segments(s["path"] for s in picked)
+        if parts:
+            txn.add_lists(*group_by_list(parts, view.nlist, names),
+                          max_segment_rows=max_segment_rows)
+        new = txn.commit()
+    except BaseException:
+        if txn.committed is None:
+            txn.abort()
+        raise
+    if new.ntotal != view.ntotal:
+        raise CorruptIndexError(
+            f"{view.path}: compaction changed ntotal {view.ntotal} -> {new.ntotal}")
+    return new
+
+
+def vacuum(view, keep=1, *, grace_seconds=3600.0):
+    """See :meth:`IndexStore.vacuum`."""
+    if int(keep) < 1:
+        raise ValueError(f"keep must be >= 1; got {keep}")
+    root = view.path
+    readable = {}
+    for v in _manifest.list_versions(root):
+        try:
+            readable[v] = _manifest.read(root, v)
+        except (CorruptIndexError, FileNotFoundError):
+            pass
+    ordered = sorted(readable)
+    kept = set(ordered[-int(keep):])
+    dropped = [v for v in ordered if v not in kept]
+
+    def files_of(m):
+        f = m["files"]
+        out = {s["path"] for s in f["segments"]} | {t["path"] for t in f["tombstones"]}
+        if f.get("codebooks"):
+            out.add(f["codebooks"]["path"])
+        return out
+
+    keep_files = set().union(*(files_of(readable[v]) for v in kept))
+    known = set().union(*(files_of(m) for m in readable.values())) if readable else set()
+    removed_files, freed = [], 0
+    for v in dropped:
+        os.unlink(_manifest.manifest_path(root, v))
+    if dropped:
+        fsync_dir(os.path.join(root, MANIFEST_DIR))
+    now = time.time()
+    candidates = []
+    for sub in (SEGMENT_DIR, TOMBSTONE_DIR):
+        d = os.path.join(root, sub)
+        if os.path.isdir(d):
+            candidates += [f"{sub}/{n}" for n in os.listdir(d)]
+    candidates += [n for n in os.listdir(root) if n.startswith("codebooks")]
+    candidates += [f"{MANIFEST_DIR}/{n}" for n in os.listdir(os.path.join(root, MANIFEST_DIR))
+                   if n.startswith(".tmp-")]
+    for rel in candidates:
+        if rel in keep_files:
+            continue
+        path = os.path.join(root, rel)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if rel not in known and now - st.st_mtime < grace_seconds:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed_files.append(rel)
+        freed += st.st_size
+    return {"removed_versions": dropped, "removed_files": sorted(removed_files),
+            "bytes_freed": freed}
+
+
+def verify(view):
+    """See :meth:`IndexStore.verify`."""
+    problems = []
+    root, m = view.path, view._m
+    files = m["files"]
+    report = {"version": view.version, "files": 0, "bytes": 0, "segments": 0,
+              "rows": 0, "ntotal": 0, "duplicate_live_ids": 0}
+
+    def whole(entry, what):
+        path = os.path.join(root, entry["path"])
+        try:
+            size, crc = file_crc32(path)
+        except FileNotFoundError:
+            problems.append(f"{path}: {what} named by the manifest is missing")
+            return False
+        report["files"] += 1
+        report["bytes"] += size
+        if size != entry["size"]:
+            problems.append(f"{path}: {what} has {size} bytes, manifest says "
+                            f"{entry['size']}")
+            return False
+        if crc != entry["crc32"]:
+            problems.append(f"{path}: {what} checksum mismatch (crc32 {crc:08x}, "
+                            f"manifest {entry['crc32']:08x})")
+            return False
+        return True
+
+    cb = files.get("codebooks")
+    if cb is not None and whole(cb, "codebooks file"):
+        try:
+            view._arrays = None
+            _check_arrays(view._codebook_arrays(), m, os.path.join(root, cb["path"]))
+        except CorruptIndexError as exc:
+            problems.append(str(exc))
+    for t in files["tombstones"]:
+        if whole(t, "tombstone file"):
+            try:
+                view._tomb_ids.pop(t["path"], None)
+                view._tombstone_ids(t)
+            except CorruptIndexError as exc:
+                problems.append(str(exc))
+    live_ids = []
+    tomb_ok = not problems
+    for s in files["segments"]:
+        if not whole(s, "segment"):
+            continue
+        report["segments"] += 1
+        view._segment_files.pop(s["path"], None)
+        f = SegmentFile(root, s, m["columns"], check_chunks=True)
+        try:
+            live = _check_segment(f, s, view.nlist, view._dead_for(s["seq"]) if tomb_ok else None)
+        except CorruptIndexError as exc:
+            problems.append(str(exc))
+            continue
+        report["rows"] += s["rows"]
+        if live is not None:
+            report["ntotal"] += live.size
+            live_ids.append(live)
+    if not problems:
+        if report["ntotal"] != view.ntotal:
+            problems.append(f"{view.manifest_path}: counts {report['ntotal']} live rows but "
+                            f"says ntotal={view.ntotal}")
+        if live_ids:
+            allids = np.sort(np.concatenate(live_ids))
+            report["duplicate_live_ids"] = int((allids[1:] == allids[:-1]).sum())
+    if problems:
+        raise CorruptIndexError("; ".join(problems))
+    return report
+
+
+def _check_arrays(arrays, m, path):
+    cfg = m["config"]
+    kind = m["kind"]
+    shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+    want = {}
+    if kind in ("ivfflat", "ivfpq"):
+        want["centroids"] = (cfg["nlist"], cfg["d"])
+    if kind == "ivfpq":
+        M, nbits = cfg["M"], cfg["nbits"]
+        want["codebooks"] = (M, 1 << nbits, cfg["d"] // M)
+        if cfg.get("opq"):
+            want["opq_rotation"] = (cfg["d"], cfg["d"])
+    if shapes != want:
+        raise CorruptIndexError(f"{path}: arrays {shapes} do not match the config ({want})")
+    for k, v in arrays.items():
+        if not np.isfinite(v).all():
+            raise CorruptIndexError(f"{path}: {k} holds NaN or infinite values")
+
+
+def _check_segment(f, entry, nlist, dead):
+    """Read a whole segment with chunk checks; return its live ids (None if unknown)."""
+    f.check_layout()
+    live = []
+    prev_list, prev_id = -1, None
+    lo = hi = None
+    for i, g in enumerate(entry["row_groups"]):
+        rows = f.read([i])
+        lid, ids = rows["list_id"], rows["id"]
+        if lid.size != g["rows"]:
+            raise CorruptIndexError(f"{f.path}: row group {i} holds {lid.size} rows, "
+                                    f"manifest says {g['rows']}")
+        if lid.size == 0:
+            continue
+        if int(lid[0]) != g["first_list"] or int(lid[-1]) != g["last_list"]:
+            raise CorruptIndexError(
+                f"{f.path}: row group {i} holds lists {int(lid[0])}..{int(lid[-1])}, "
+                f"manifest says {g['first_list']}..{g['last_list']}")
+        keys_l = np.concatenate([[prev_list], lid.astype(np.int64)])
+        dl = np.diff(keys_l)
+        same = dl == 0
+        ids_prev = np.concatenate([[ids[0] if prev_id is None else prev_id], ids])
+        if (dl < 0).any() or (np.diff(ids_prev)[same] < 0).any() or int(lid[-1]) >= nlist:
+            raise CorruptIndexError(f"{f.path}: row group {i} is not sorted by (list_id, id) "
+                                    f"within 0..{nlist - 1}")
+        prev_list, prev_id = int(lid[-1]), int(ids[-1])
+        lo = int(ids.min()) if lo is None else min(lo, int(ids.min()))
+        hi = int(ids.max()) if hi is None else max(hi, int(ids.max()))
+        live.append(ids if dead is None or dead.size == 0 else ids[~hits(dead, ids)])
+    allids = np.concatenate(live) if live else np.zeros(0, np.int64)
+    if lo is not None and (lo != entry["min_id"] or hi != entry["max_id"]):
+        raise CorruptIndexError(f"{f.path}: ids span {lo}..{hi}, manifest says "
+                                f"{entry['min_id']}..{entry['max_id']}")
+    deleted = entry["rows"] - allids.size
+    if dead is not None and deleted != entry.get("deleted", 0):
+        raise CorruptIndexError(f"{f.path}: {deleted} rows are deleted, manifest says "
+                                f"{entry.get('deleted', 0)}")
+    return allids if dead is not None else None

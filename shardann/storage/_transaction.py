@@ -1,0 +1,447 @@
+"""Transactions: stage new files, then publish them in one manifest.
+
+Data files (segments, tombstones, codebooks) are written once under fresh
+names and fsynced as they are staged; :meth:`Transaction.commit` publishes the
+manifest of version ``base + 1`` with a create-if-absent write, the commit
+point. See ``docs/format.md`` ("Commit protocol").
+"""
+
+import copy
+import datetime
+import os
+import uuid
+
+import numpy as np
+
+from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
+from . import _codebooks, _manifest, _segments, _tombstones
+from ._crash import crash_point
+from ._files import check_size, fast_crc32, fsync_dir, write_bytes
+from ._grouping import as_ids, hits
+from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST_DIR
+from ._segments import ROW_GROUP_ROWS, TO_FILE, SegmentFile, column_spec
+from ._view import SEGMENT_DIR, TOMBSTONE_DIR
+from .state import IndexState
+
+#: the largest segment a save or compaction writes, in rows (cut at list boundaries)
+MAX_SEGMENT_ROWS = 1 << 24
+#: what a segment entry handed to :meth:`Transaction.add_segments` must hold
+SEGMENT_ENTRY_KEYS = ("path", "size", "crc32", "footer_size", "footer_crc32", "rows",
+                      "min_id", "max_id", "row_groups")
+
+
+def _now():
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def as_state(state):
+    """An :class:`IndexState` from a state or from an object with ``to_state()``
+    (an index), validated."""
+    if not isinstance(state, IndexState):
+        to_state = getattr(state, "to_state", None)
+        if to_state is None:
+            raise TypeError("expected an IndexState (or an index, which has to_state()); "
+                            f"got {type(state).__name__}")
+        state = to_state()
+        if not isinstance(state, IndexState):
+            raise TypeError(f"to_state() returned {type(state).__name__}, not an IndexState")
+    return state.validate()
+
+
+class Transaction:
+    """Changes to a store, published together by :meth:`commit`.
+
+    ``add`` / ``add_lists`` write a segment file at once (sorted, fsynced, not
+    yet visible); ``delete`` records ids, written as one tombstone file at
+    commit. A delete hides rows committed *before* this transaction, so
+    ``delete(x)`` and ``add(x)`` in one transaction replace ``x`` (an upsert).
+    ``replace_all`` makes the new version hold exactly one index state;
+    ``drop_segments`` leaves segments out of it (compaction).
+
+    Use as a context manager to commit on success and clean up on error.
+    """
+
+    def __init__(self, store, operation=None):
+        self._store = store
+        self._root = store.path
+        self._base = store._m
+        self.base_version = store.version
+        self._spec = store._m.get("columns")
+        self._nlist = store._m["nlist"]
+        self._new_segments = []
+        self._deletes = []
+        self._drop = set()
+        self._replace = None  # (kind, config, trained, nlist, spec, codebooks entry, arrays)
+        self._next_id = 0  # with _replace: the state's own next default id
+        self._written = []
+        self._operation = operation
+        self.committed = None
+
+    # -- staging ---------------------------------------------------------------------
+    def _require_trained(self):
+        self._check_open()
+        if self._spec is None:
+            raise NotTrainedError(f"{self._root}: version {self.base_version} holds an "
+                                  "untrained index; save a trained index first")
+
+    def _checked_payload(self, n, given):
+        """Payload arrays {"codes"/"vectors": (n, width)} as the store's dtypes."""
+        data = {}
+        for name, arr in given.items():
+            col = TO_FILE[name]
+            if col not in self._spec:
+                if arr is not None:
+                    raise ValueError(f"this store has no {name!r} column; do not pass {name}")
+                continue
+            if arr is None:
+                raise ValueError(f"{name} is required: the store has a {col!r} column")
+            c = self._spec[col]
+            arr = np.asarray(arr)
+            if arr.shape != (n, c["width"]):
+                raise ValueError(f"{name} must have shape ({n}, {c['width']}); got {arr.shape}")
+            if name == "codes" and arr.dtype != np.uint8:
+                raise TypeError(f"codes must be uint8; got dtype {arr.dtype}")
+            if name == "vectors" and arr.dtype.kind != "f":
+                raise TypeError(f"vectors must be floating point; got dtype {arr.dtype}")
+            data[name] = arr.astype(c["dtype"], copy=False)
+        return data
+
+    def add(self, list_no, ids, codes=None, vectors=None):
+        """Stage rows for lists: write them as a new segment now.
+
+        Parameters
+        ----------
+        list_no : int or int array (n,), each in 0..nlist-1.
+        ids : int64 (n,).
+        codes : uint8 (n, code_size), required when the store has codes.
+        vectors : float (n, d), required when the store has vectors.
+
+        Returns the number of rows staged.
+        """
+        self._require_trained()
+        ids = as_ids(ids)
+        n = ids.size
+        lst = np.asarray(list_no)
+        if lst.size and lst.dtype.kind not in "iu":
+            raise TypeError(f"list_no must be integers; got dtype {lst.dtype}")
+        lst = np.broadcast_to(lst.astype(np.int64), (n,)) if lst.ndim == 0 else lst
+        if lst.shape != (n,):
+            raise ValueError(f"list_no must be a scalar or have shape ({n},); got {lst.shape}")
+        if n and (int(lst.min()) < 0 or int(lst.max()) >= self._nlist):
+            raise ValueError(f"list_no must be in 0..{self._nlist - 1}; got values in "
+                             f"{int(lst.min())}..{int(lst.max())}")
+        data = self._checked_payload(n, {"codes": codes, "vectors": vectors})
+        if n == 0:
+            return 0
+        self._write_rows(lst.astype(np.int32), ids, data, MAX_SEGMENT_ROWS)
+        return n
+
+    def add_lists(self, list_sizes, ids, payload, *, max_segment_rows=MAX_SEGMENT_ROWS,
+                  row_group_rows=ROW_GROUP_ROWS):
+        """Stage rows already grouped by list, as :meth:`IndexStore.read_lists`
+        and ``IndexState.lists`` hold them: write them as segments of at most
+        ``max_segment_rows`` rows (cut at list boundaries) now.
+
+        Parameters
+        ----------
+        list_sizes : int64 (nlist,), rows per list.
+        ids : int64 (n,), grouped by list (list 0 first).
+        payload : dict ``"codes"`` uint8 (n, code_size) and/or ``"vectors"``
+            float (n, d), as the store's columns.
+
+        Returns the number of rows staged.
+        """
+        self._require_trained()
+        sizes = np.asarray(list_sizes)
+        if sizes.shape != (self._nlist,) or (sizes.size and sizes.dtype.kind not in "iu"):
+            raise ValueError(f"list_sizes must be int64 ({self._nlist},); got "
+                             f"{sizes.dtype} {sizes.shape}")
+        ids = as_ids(ids)
+        n = ids.size
+        if int(sizes.sum()) != n:
+            raise ValueError(f"list_sizes add up to {int(sizes.sum())} rows; ids has {n}")
+        unknown = sorted(set(payload) - set(TO_FILE))
+        if unknown:
+            raise ValueError(f"payload columns must be among {sorted(TO_FILE)}; got {unknown}")
+        data = self._checked_payload(n, {k: payload.get(k) for k in TO_FILE})
+        if n == 0:
+            return 0
+        list_no = np.repeat(np.arange(self._nlist, dtype=np.int32), sizes)
+        self._write_rows(list_no, ids, data, max_segment_rows, row_group_rows)
+        return n
+
+    def _write_rows(self, list_no, ids, data, max_rows, row_group_rows=ROW_GROUP_ROWS):
+        os.makedirs(os.path.join(self._root, SEGMENT_DIR), exist_ok=True)
+        list_no, ids, data = _segments.sort_rows(np.asarray(list_no, np.int32), ids, data)
+        cuts = _segments.row_group_cuts(list_no, max_rows) if ids.size else [0, 0]
+        for s, e in zip(cuts[:-1], cuts[1:], strict=True):
+            rel = f"{SEGMENT_DIR}/{uuid.uuid4().hex}.parquet"
+            path = os.path.join(self._root, rel)
+            self._written.append(path)
+            entry = _segments.write_segment(
+                path, list_no[s:e], ids[s:e], {k: v[s:e] for k, v in data.items()},
+                self._spec, format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
+            self._new_segments.append({"path": rel, **entry})
+
+    def add_segments(self, entries):
+        """Stage segment files that were written already (e.g. by another process).
+
+        Each entry is what :func:`shardann.storage.write_segment` returned for
+        the file plus ``path``, relative to the store (``segments/<name>.parquet``).
+        The file's size, Parquet footer checksum, schema (this store's
+        columns) and row-group row counts are checked against the entry, and
+        its lists must lie in 0..nlist-1. The files stay the caller's:
+        :meth:`abort` or a lost commit does not delete them.
+
+        Returns the number of rows staged.
+        """
+        self._require_trained()
+        nlist = self._nlist
+        seen = {s["path"] for s in self._base["files"]["segments"]} - self._drop
+        seen |= {s["path"] for s in self._new_segments}
+        staged = []
+        for entry in entries:
+            missing = [k for k in SEGMENT_ENTRY_KEYS if k not in entry]
+            if missing:
+                raise ValueError(f"segment entry lacks {missing}: {entry!r}")
+            e = {k: copy.deepcopy(entry[k]) for k in SEGMENT_ENTRY_KEYS}
+            rel = e["path"]
+            if (not isinstance(rel, str) or os.path.dirname(rel) != SEGMENT_DIR
+                    or not rel.endswith(".parquet") or os.path.basename(rel).startswith(".")):
+                raise ValueError(f"segment path must be '{SEGMENT_DIR}/<name>.parquet' "
+                                 f"relative to the store; got {rel!r}")
+            if rel in seen:
+                raise ValueError(f"{rel} is already part of this version or transaction")
+            groups = e["row_groups"]
+            if sum(g["rows"] for g in groups) != e["rows"] or any(
+                    not 0 <= g["first_list"] <= g["last_list"] < nlist for g in groups):
+                raise ValueError(f"{rel}: row groups {groups} do not hold {e['rows']} rows "
+                                 f"of lists in 0..{nlist - 1}")
+            check_size(os.path.join(self._root, rel), e["size"], "segment")
+            # footer, schema, row groups, chunk CRCs present
+            SegmentFile(self._root, e, self._spec)._open()
+            seen.add(rel)
+            staged.append(e)
+        self._new_segments += staged
+        return int(sum(e["rows"] for e in staged))
+
+    def delete(self, ids):
+        """Stage the deletion of ``ids`` (unknown ids are ignored)."""
+        self._check_open()
+        ids = as_ids(ids)
+        if ids.size:
+            self._deletes.append(ids.copy())
+
+    def drop_segments(self, paths):
+        """Leave the base version's segments ``paths`` (manifest paths) out of the
+        new version — with :meth:`add_lists` of their live rows, a compaction.
+        Tombstones that no longer hide anything are dropped at commit."""
+        self._check_open()
+        paths = set(paths)
+        known = {s["path"] for s in self._base["files"]["segments"]}
+        unknown = sorted(paths - known)
+        if unknown:
+            raise ValueError(f"not segments of version {self.base_version}: {unknown[:5]}")
+        self._drop |= paths
+
+    def replace_all(self, state, *, row_group_rows=ROW_GROUP_ROWS):
+        """Make the new version hold exactly ``state`` (an :class:`IndexState`, or
+        an index: its ``to_state()``): its kind, parameters, trained arrays (the
+        base version's codebooks file is reused when they are equal) and rows;
+        the base version's segments and tombstones leave the manifest.
+
+        Returns the number of rows staged.
+        """
+        self._check_open()
+        if self._replace is not None:
+            raise RuntimeError("replace_all was called already in this transaction")
+        state = as_state(state)
+        spec = column_spec(state.columns) if state.trained else None
+        cb_entry = None
+        if state.arrays:
+            data = _codebooks.encode(state.arrays, state.kind, state.config)
+            crc = fast_crc32(data)
+            old = self._base["files"].get("codebooks")
+            if old and old["size"] == len(data) and old["crc32"] == crc and os.path.exists(
+                    os.path.join(self._root, old["path"])):
+                cb_entry = dict(old)
+            else:
+                rel = f"codebooks-{uuid.uuid4().hex}.parquet"
+                path = os.path.join(self._root, rel)
+                crash_point("codebooks.before_write")
+                self._written.append(path)
+                size, crc = write_bytes(path, data)
+                crash_point("codebooks.after_write")
+                cb_entry = {"path": rel, "size": size, "crc32": crc}
+        arrays = {k: np.array(v, np.float32) for k, v in state.arrays.items()}
+        self._replace = (state.kind, copy.deepcopy(state.config), state.trained, state.nlist,
+                         spec, cb_entry, arrays)
+        self._spec, self._nlist = spec, state.nlist
+        self._drop = {s["path"] for s in self._base["files"]["segments"]}
+        self._next_id = state.next_id
+        if state.ntotal:
+            self._next_id = max(self._next_id, int(state.ids.max()) + 1)
+            return self.add_lists(*state.lists, row_group_rows=row_group_rows)
+        return 0
+
+    def _check_open(self):
+        if self.committed is not None:
+            raise RuntimeError("this transaction is already committed")
+
+    # -- finishing -----------------------------------------------------------------------
+    def abort(self):
+        """Delete the files this transaction wrote; nothing was published."""
+        for path in self._written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._written = []
+        self._new_segments = []
+        self._deletes = []
+
+    def commit(self):
+        """Publish the staged changes as version ``base_version + 1``.
+
+        Returns the new :class:`IndexStore` view. Raises
+        :class:`shardann.CommitConflictError` if another writer committed that
+        version first (this transaction's files are removed; nothing changes).
+        """
+        self._check_open()
+        try:
+            store = self._commit()
+        except CommitConflictError:
+            self.abort()
+            raise
+        self.committed = store
+        return store
+
+    def _commit(self):
+        root, base = self._root, self._base
+        version = self.base_version + 1
+        if self._replace is not None:
+            kind, config, trained, nlist, spec, cb_entry, arrays = self._replace
+            tombstones = []
+        else:
+            kind, config, trained, nlist, spec = (base["kind"], base["config"], base["trained"],
+                                                  base["nlist"], base["columns"])
+            cb_entry, arrays = base["files"].get("codebooks"), None
+            tombstones = [dict(t) for t in base["files"]["tombstones"]]
+        segments = [dict(s) for s in base["files"]["segments"] if s["path"] not in self._drop]
+        for s in self._new_segments:
+            s["seq"] = version
+            s["deleted"] = 0
+        if self._deletes:
+            dead = np.unique(np.concatenate(self._deletes))
+            hidden = self._count_hidden(segments, dead)
+            if any(hidden):
+                os.makedirs(os.path.join(root, TOMBSTONE_DIR), exist_ok=True)
+                rel = f"{TOMBSTONE_DIR}/{uuid.uuid4().hex}.arrow"
+                path = os.path.join(root, rel)
+                data, count = _tombstones.encode(dead, FORMAT_VERSION)
+                crash_point("tombstone.before_write")
+                self._written.append(path)
+                size, crc = write_bytes(path, data)
+                crash_point("tombstone.after_write")
+                tombstones.append({"path": rel, "size": size, "crc32": crc, "count": count,
+                                   "seq": version})
+                for s, h in zip(segments, hidden, strict=True):
+                    s["deleted"] = s.get("deleted", 0) + h
+        segments += self._new_segments
+        # a tombstone matters only to older segments that have deleted rows
+        min_seq = min((s["seq"] for s in segments if s["deleted"]), default=version)
+        tombstones = [t for t in tombstones if t["seq"] > min_seq]
+        for sub in (SEGMENT_DIR, TOMBSTONE_DIR, "."):
+            if os.path.isdir(os.path.join(root, sub)):
+                fsync_dir(os.path.join(root, sub))
+        ntotal = int(sum(s["rows"] - s["deleted"] for s in segments))
+        next_id = max([self._next_id if self._replace is not None else base.get("next_id", 0)]
+                      + [s["max_id"] + 1 for s in self._new_segments])
+        body = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "version": version, "parent_version": self.base_version or None,
+            "created_at": _now(),
+            "operation": self._operation or ("delete" if self._deletes and not
+                                             self._new_segments else "append"),
+            "kind": kind, "config": config, "trained": trained, "nlist": nlist,
+            "columns": spec, "ntotal": ntotal, "next_id": int(next_id),
+            "files": {"codebooks": cb_entry, "segments": segments, "tombstones": tombstones},
+        }
+        crash_point("commit.before_manifest")
+        _manifest.publish(root, body)
+        crash_point("commit.after_publish")
+        store = type(self._store)(root, body, self._store._check_chunks)
+        # reuse what is known already: the arrays just written, or the base view's
+        if arrays is not None:
+            store._arrays = arrays
+        elif cb_entry == base["files"].get("codebooks"):
+            store._arrays = self._store._arrays
+        return store
+
+    def _count_hidden(self, segments, dead):
+        """Rows of each segment newly hidden by deleting ``dead`` (sorted unique)."""
+        out = []
+        lo, hi = int(dead[0]), int(dead[-1])
+        for s in segments:
+            if s["rows"] == 0 or s["max_id"] < lo or s["min_id"] > hi:
+                out.append(0)
+                continue
+            ids = self._store._segment(s).read(None, ["id"])["id"]
+            hit = hits(dead, ids)
+            older = self._store._dead_for(s["seq"])
+            if older.size:
+                hit &= ~hits(older, ids)
+            out.append(int(hit.sum()))
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            if self.committed is None:
+                self.abort()
+            return False
+        if self.committed is None:
+            self.commit()
+        return False
+
+
+def write_state(view_cls, root, state, base, operation, row_group_rows=None, segments=()):
+    """Commit ``state``'s whole content as a new version of the store at ``root``.
+
+    ``base`` is the manifest the new version follows; None means the newest
+    version number present (its manifest read if possible, to reuse its
+    codebooks file). ``segments``: entries of segment files written already,
+    committed with it (see :meth:`Transaction.add_segments`). Returns the new
+    view (of ``view_cls``).
+    """
+    state = as_state(state)
+    for sub in (MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    if base is None:
+        versions = _manifest.list_versions(root)
+        base_version = versions[-1] if versions else 0
+        readable = None
+        if versions:
+            try:
+                readable = _manifest.read(root, base_version)
+            except (CorruptIndexError, FileNotFoundError):
+                pass
+        base = {"version": base_version, "kind": state.kind, "config": state.config,
+                "trained": False, "nlist": state.nlist, "columns": None,
+                "files": {"codebooks": (readable or {}).get("files", {}).get("codebooks"),
+                          "segments": [], "tombstones": []}}
+    txn = Transaction(view_cls(root, base), operation=operation)
+    try:
+        txn.replace_all(state, row_group_rows=row_group_rows or ROW_GROUP_ROWS)
+        extra = txn.add_segments(segments) if segments else 0
+        store = txn.commit()
+    except BaseException:
+        if txn.committed is None:
+            txn.abort()
+        raise
+    if store.ntotal != state.ntotal + extra:
+        raise CorruptIndexError(f"{root}: wrote {store.ntotal} rows for an index of "
+                                f"{state.ntotal + extra}")
+    return store

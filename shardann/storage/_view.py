@@ -1,0 +1,383 @@
+"""The read side of a store: one committed version, opened and read.
+
+:class:`StoreView` opens a version (the newest, or a given one), answers its
+properties from the manifest and reads its lists with tombstones applied;
+:class:`~shardann.storage.IndexStore` adds the writers on top.
+"""
+
+import copy
+import logging
+import os
+
+import numpy as np
+
+from ..errors import CorruptIndexError
+from . import _codebooks, _manifest, _tombstones
+from ._files import check_size, read_checked
+from ._grouping import as_ids, group_by_list, hits, sorted_counts
+from ._manifest import MANIFEST_DIR, FutureFormatError
+from ._segments import TO_FILE, TO_INDEX, SegmentFile, payload_columns
+from .state import KINDS, IndexState
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_DIR = "segments"
+TOMBSTONE_DIR = "tombstones"
+_INTERIM_FILES = ("index.json", "arrays.npz")
+
+
+class StoreView:
+    """An immutable view of one committed version of a store (see ``IndexStore``)."""
+
+    def __init__(self, root, manifest, check_chunks=True):
+        self._root = root
+        self._m = manifest
+        self._check_chunks = bool(check_chunks)
+        self._arrays = None
+        self._segment_files = {}
+        self._dead_cache = {}
+        self._tomb_ids = {}
+
+    def __getstate__(self):
+        # a view travels as (path, manifest); open files and caches are rebuilt on use
+        return {"root": self._root, "manifest": self._m, "check_chunks": self._check_chunks}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"], state["manifest"], state.get("check_chunks", True))
+
+    # -- opening ---------------------------------------------------------------------
+    @staticmethod
+    def exists(path):
+        """True when ``path`` holds at least one manifest."""
+        return bool(_manifest.list_versions(os.path.abspath(os.fspath(path))))
+
+    @classmethod
+    def open(cls, path, version=None, *, check_chunks=True):
+        """Open version ``version`` of the store at ``path`` (default: the newest).
+
+        The newest manifest that parses is current; a damaged newer one is
+        skipped with a warning, but one written by a newer shardann is an error.
+        Opening checks the manifest's checksum, the codebooks' checksum and the
+        size of every data file; a segment's footer checksum is checked when it
+        is first read, and the CRC-32 of every column chunk on every read.
+
+        ``check_chunks=False`` skips the column chunk checksums on reads (for
+        trusted, recently verified data only: a flipped bit inside a data page
+        then goes unnoticed; footers and sizes are still checked, and
+        :meth:`verify` always checks everything).
+
+        Raises ``FileNotFoundError`` (no store / no such version) or
+        :class:`shardann.CorruptIndexError` (naming the damaged file).
+        """
+        root = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"no shardann index at {root!r}")
+        versions = _manifest.list_versions(root)
+        if not versions:
+            if all(os.path.exists(os.path.join(root, f)) for f in _INTERIM_FILES):
+                raise CorruptIndexError(
+                    f"{root}: written in the interim index.json + arrays.npz format, which "
+                    "this shardann no longer reads; rebuild and save the index")
+            raise FileNotFoundError(
+                f"no shardann index at {root!r} (no {MANIFEST_DIR}/v*.json manifest)")
+        if version is not None:
+            version = int(version)
+            if version not in versions:
+                raise FileNotFoundError(
+                    f"{root}: no version {version}; versions present: {versions}")
+            body = _manifest.read(root, version)
+        else:
+            body, errors = None, []
+            for v in reversed(versions):
+                try:
+                    body = _manifest.read(root, v)
+                    break
+                except FutureFormatError:
+                    raise
+                except CorruptIndexError as exc:
+                    logger.warning("skipping unreadable manifest: %s", exc)
+                    errors.append(str(exc))
+            if body is None:
+                raise CorruptIndexError(f"{root}: no readable manifest ({'; '.join(errors)})")
+        store = cls(root, body, check_chunks)
+        store._check_files()
+        return store
+
+    def checkout(self, version=None):
+        """Open another version (default: the newest) of the same store."""
+        return type(self).open(self._root, version, check_chunks=self._check_chunks)
+
+    def _check_files(self):
+        files = self._m["files"]
+        if files.get("codebooks") is not None:
+            self._codebook_arrays()  # small: read and checksummed whole
+        for s in files["segments"]:
+            check_size(os.path.join(self._root, s["path"]), s["size"], "segment")
+        for t in files["tombstones"]:
+            check_size(os.path.join(self._root, t["path"]), t["size"], "tombstone file")
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def path(self):
+        return self._root
+
+    @property
+    def version(self):
+        return self._m["version"]
+
+    @property
+    def manifest(self):
+        """A copy of this version's manifest (a dict; see docs/format.md)."""
+        return copy.deepcopy(self._m)
+
+    @property
+    def manifest_path(self):
+        """The file of this version's manifest (for messages)."""
+        return _manifest.manifest_path(self._root, self.version)
+
+    @property
+    def config(self):
+        """The index's constructor arguments."""
+        return dict(self._m["config"])
+
+    @property
+    def kind(self):
+        return self._m["kind"]
+
+    @property
+    def ntotal(self):
+        """Live vectors in this version (exact)."""
+        return self._m["ntotal"]
+
+    @property
+    def nlist(self):
+        return self._m["nlist"]
+
+    @property
+    def is_trained(self):
+        return self._m["trained"]
+
+    @property
+    def columns(self):
+        """Segment payload columns: {"code"/"vector": {"dtype", "width"}} (None if untrained)."""
+        spec = self._m.get("columns")
+        return None if spec is None else copy.deepcopy(spec)
+
+    @property
+    def next_id(self):
+        """Smallest id above every id this index has ever held (default ids start here)."""
+        return self._m.get("next_id", 0)
+
+    @property
+    def code_size(self):
+        spec = self._m.get("columns") or {}
+        return spec["code"]["width"] if "code" in spec else None
+
+    def versions(self):
+        """Version numbers present in the store (ascending), including newer ones."""
+        return _manifest.list_versions(self._root)
+
+    def history(self):
+        """[{version, parent_version, created_at, operation, ntotal}] of readable versions."""
+        out = []
+        for v in self.versions():
+            try:
+                m = _manifest.read(self._root, v)
+            except (CorruptIndexError, FileNotFoundError):
+                continue
+            out.append({k: m.get(k) for k in
+                        ("version", "parent_version", "created_at", "operation", "ntotal")})
+        return out
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self._root!r}, version={self.version}, "
+                f"kind={self.kind!r}, ntotal={self.ntotal}, "
+                f"segments={len(self._m['files']['segments'])})")
+
+    # -- reading the model ----------------------------------------------------------------
+    def _codebook_arrays(self):
+        if self._arrays is None:
+            cb = self._m["files"].get("codebooks")
+            if cb is None:
+                self._arrays = {}
+            else:
+                path = os.path.join(self._root, cb["path"])
+                data = read_checked(path, cb["size"], cb["crc32"], "codebooks file")
+                self._arrays, _ = _codebooks.decode(data, path, checked=True)
+        return self._arrays
+
+    def trained_arrays(self):
+        """The trained arrays (centroids, codebooks, opq_rotation) as float32 copies."""
+        return {k: v.copy() for k, v in self._codebook_arrays().items()}
+
+    # -- reading rows ---------------------------------------------------------------------
+    def _segment(self, entry):
+        f = self._segment_files.get(entry["path"])
+        if f is None:
+            f = self._segment_files[entry["path"]] = SegmentFile(
+                self._root, entry, self._m["columns"], self._check_chunks)
+        return f
+
+    def _tombstone_ids(self, entry):
+        ids = self._tomb_ids.get(entry["path"])
+        if ids is None:
+            path = os.path.join(self._root, entry["path"])
+            data = read_checked(path, entry["size"], entry["crc32"], "tombstone file")
+            ids = _tombstones.decode(data, path)
+            if ids.size != entry["count"]:
+                raise CorruptIndexError(
+                    f"{path}: holds {ids.size} ids; the manifest says {entry['count']}")
+            self._tomb_ids[entry["path"]] = ids
+        return ids
+
+    def _dead_for(self, seq):
+        """Sorted unique ids hidden in a segment added at version ``seq``."""
+        dead = self._dead_cache.get(seq)
+        if dead is None:
+            parts = [self._tombstone_ids(t) for t in self._m["files"]["tombstones"]
+                     if t["seq"] > seq]
+            dead = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            self._dead_cache[seq] = dead
+        return dead
+
+    def _live_rows(self, segments, lists=None, names=None):
+        """Per segment: dict of arrays of its live rows in the requested lists."""
+        nlist = self.nlist
+        want = None
+        if lists is not None:
+            want = np.zeros(nlist, bool)
+            want[lists] = True
+        names = list(self._payload_names()) if names is None else names
+        payload = [TO_FILE[k] for k in names]
+        parts = []
+        for entry in segments:
+            rgs = entry["row_groups"]
+            if lists is None:
+                sel = list(range(len(rgs)))
+            else:
+                first = np.array([g["first_list"] for g in rgs], np.int64)
+                last = np.array([g["last_list"] for g in rgs], np.int64)
+                at = np.searchsorted(lists, first)
+                ok = at < lists.size
+                ok[ok] = lists[at[ok]] <= last[ok]
+                sel = np.flatnonzero(ok).tolist()
+            if not sel:
+                continue
+            f = self._segment(entry)
+            dead = self._dead_for(entry["seq"])
+            maybe_dead = bool(dead.size and entry.get("deleted", 1))
+            whole = want is None or all(want[rgs[g]["first_list"]:rgs[g]["last_list"] + 1].all()
+                                        for g in sel)
+            # nothing to filter out: one read, zero-copy; else ids first, then only
+            # the payload rows that stay
+            at_once = whole and not maybe_dead
+            rows = f.read(sel, ["list_id", "id"] + (payload if at_once else []))
+            lid = rows["list_id"]
+            if lid.size and (int(lid.min()) < 0 or int(lid.max()) >= nlist):
+                raise CorruptIndexError(f"{f.path}: list ids outside 0..{nlist - 1}")
+            mask = None
+            if want is not None:
+                m = want[lid]
+                if not m.all():
+                    mask = m
+            if maybe_dead:
+                gone = hits(dead, rows["id"])
+                if gone.any():
+                    mask = ~gone if mask is None else mask & ~gone
+            if mask is None:
+                if payload and not at_once:
+                    rows.update(f.read(sel, payload))  # zero-copy views
+            else:
+                rows = {k: v[mask] for k, v in rows.items()}
+                if payload:
+                    rows.update(f.read_where(sel, payload, mask))
+            parts.append(rows)
+        return parts
+
+    def _payload_names(self):
+        spec = self._m.get("columns") or {}
+        return [TO_INDEX[c] for c in ("code", "vector") if c in spec]
+
+    def _check_lists(self, list_ids):
+        if list_ids is None:
+            return None
+        lists = np.unique(as_ids(list_ids, "list_ids"))
+        if lists.size and (lists[0] < 0 or lists[-1] >= self.nlist):
+            raise ValueError(f"list_ids must be in 0..{self.nlist - 1}; got "
+                             f"{int(lists[0]) if lists[0] < 0 else int(lists[-1])}")
+        return lists
+
+    def read_lists(self, list_ids=None):
+        """Live rows of some lists, grouped by list (ascending), tombstones applied.
+
+        Only the row groups whose list range meets ``list_ids`` are read.
+
+        Parameters
+        ----------
+        list_ids : iterable of int, or None for every list.
+
+        Returns
+        -------
+        list_sizes : int64 (nlist,), rows per list (0 for lists not asked for).
+        ids : int64 (n,).
+        columns : dict, ``"codes"`` uint8 (n, code_size) and/or ``"vectors"``
+            float32/float16 (n, d) — NumPy views of Arrow's buffers (no copy)
+            when the rows come from one segment with nothing to filter out.
+        """
+        if not self.is_trained:
+            return np.zeros(self.nlist, np.int64), np.zeros(0, np.int64), {}
+        lists = self._check_lists(list_ids)
+        names = self._payload_names()
+        parts = self._live_rows(self._m["files"]["segments"], lists, names)
+        if not parts:
+            cols = payload_columns(self._m["columns"])
+            return (np.zeros(self.nlist, np.int64), np.zeros(0, np.int64),
+                    {k: np.zeros((0, cols[k][0]), cols[k][1]) for k in names})
+        return group_by_list(parts, self.nlist, names)
+
+    def list_sizes(self):
+        """Live rows per list, int64 (nlist,), reading only the list_id (and id) columns."""
+        sizes = np.zeros(self.nlist, np.int64)
+        if self.is_trained:
+            for rows in self._live_rows(self._m["files"]["segments"], names=[]):
+                sizes += sorted_counts(rows["list_id"], self.nlist)
+        return sizes
+
+    def live_ids(self, segments=None):
+        """int64 (n,): the live ids of some of this version's segments (manifest
+        entries; default all), tombstones applied, in segment then list order.
+        Reads only the list_id and id columns."""
+        segs = self._m["files"]["segments"] if segments is None else list(segments)
+        parts = [p["id"] for p in self._live_rows(segs, names=[])] if self.is_trained else []
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def segment_view(self, entries):
+        """A view with this version's model and exactly the segments ``entries``
+        (manifest entries, e.g. of files not committed yet) and no tombstones —
+        to read segment files before, or apart from, a commit."""
+        entries = [dict(e, seq=e.get("seq", self.version), deleted=0) for e in entries]
+        body = {**self._m, "files": {**self._m["files"], "segments": entries,
+                                     "tombstones": []},
+                "ntotal": int(sum(e["rows"] for e in entries))}
+        view = type(self)(self._root, body, self._check_chunks)
+        view._arrays = self._arrays
+        return view
+
+    def load_state(self, lists=None):
+        """This version as an :class:`~shardann.storage.IndexState`.
+
+        ``lists`` (int array, default all) restricts the rows to those lists (a
+        shard's share); the model is always complete. The rows are NumPy views
+        of Arrow's buffers where :meth:`read_lists` gives them (no copy); the
+        trained arrays are private float32 copies.
+        """
+        if self.kind not in KINDS:
+            raise CorruptIndexError(f"{self.manifest_path}: unknown index kind {self.kind!r}")
+        config = copy.deepcopy(self._m["config"])
+        if not self.is_trained:
+            return IndexState(self.kind, config, False, {}, self.nlist, None,
+                              next_id=self.next_id)
+        sizes, ids, payload = self.read_lists(lists)
+        return IndexState(self.kind, config, True, self.trained_arrays(), self.nlist,
+                          payload_columns(self._m["columns"]), sizes, ids, payload,
+                          self.next_id)
