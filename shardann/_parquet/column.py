@@ -44,8 +44,10 @@ from .pages import (
 
 # value encodings of parquet.thrift
 _PLAIN, _PLAIN_DICTIONARY, _RLE, _RLE_DICTIONARY, _BYTE_STREAM_SPLIT = 0, 2, 3, 8, 9
+#: codecs by the name pyarrow's metadata gives them. Its "LZ4" is Parquet's LZ4_RAW (a
+#: bare LZ4 block); Parquet's older LZ4 (Hadoop framing) is "UNKNOWN" there and declined
 _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd",
-           "LZ4_RAW": "lz4_raw"}
+           "LZ4": "lz4_raw", "LZ4_RAW": "lz4_raw"}
 #: bytes read for a page header before parsing; re-read larger if it does not fit
 _HEADER_WINDOW = 1024
 #: bytes first read for the levels of a page whose values are read from disk

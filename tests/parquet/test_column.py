@@ -23,6 +23,8 @@ LAYOUTS = [
     dict(compression="snappy"),
     dict(compression="zstd"),
     dict(compression="gzip"),
+    dict(compression="brotli"),
+    dict(compression="lz4"),  # Parquet's LZ4_RAW ("LZ4" in pyarrow's metadata)
     dict(use_dictionary=False),
     dict(data_page_version="2.0"),
     dict(data_page_version="2.0", compression="zstd", use_dictionary=False),
@@ -106,6 +108,26 @@ def test_other_layouts_are_refused(tmp_path, case):
         return
     with pytest.raises(Unsupported):
         list(FixedListColumn(path, pf.metadata, leaf, 4).read(0, 1000))
+
+
+def test_lz4_with_hadoop_framing_is_declined(tmp_path):
+    # Parquet's older LZ4 codec (Hadoop framing; pyarrow's metadata says "UNKNOWN")
+    # is not decoded: a LZ4_RAW file with the codec in its footer changed to it
+    x = vectors(500, 8)
+    path = write(tmp_path / "v.parquet", pa.table({"embedding": fsl(x)}), compression="lz4")
+    raw = bytearray(open(path, "rb").read())
+    footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    # ColumnMetaData field 4 (codec, i32) right after the path "embedding.list.element":
+    # zigzag 7 (LZ4_RAW) becomes 5 (LZ4)
+    tail = bytes(raw[footer:-8])
+    assert tail.count(b"element\x15\x0e") == 1
+    raw[footer:-8] = tail.replace(b"element\x15\x0e", b"element\x15\x0a")
+    open(path, "wb").write(bytes(raw))
+    pf = pq.ParquetFile(path)
+    assert pf.metadata.row_group(0).column(0).compression == "UNKNOWN"
+    with pytest.raises(Unsupported, match="codec"):
+        list(FixedListColumn(path, pf.metadata, 0, 8).read(0, 1000))
+    np.testing.assert_array_equal(arrow_values(path, 0, 8), x)  # Arrow reads it
 
 
 def test_a_damaged_page_header_is_refused_not_misread(tmp_path):
