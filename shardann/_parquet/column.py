@@ -242,9 +242,10 @@ class FixedListColumn:
         return p
 
     @staticmethod
-    def _count(n, first, pages):
+    def _count(h, fid, first, pages):
         """A data page's value count, checked against what the chunk has left."""
-        if type(n) is not int or not 0 <= n <= pages.total - first:
+        n = int_field(h, fid)
+        if n > pages.total - first:
             raise Unsupported(f"a data page of {n!r} values where {pages.total - first} are "
                               "left in the column chunk")
         return n
@@ -252,8 +253,8 @@ class FixedListColumn:
     def _page_v1(self, h, pages, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page without its header")
-        n, encoding = self._count(h.get(1), first, pages), h.get(2)
-        if h.get(3, _RLE) != _RLE or h.get(4, _RLE) != _RLE:
+        n, encoding = self._count(h, 1, first, pages), _enum(h, 2)
+        if _enum(h, 3) != _RLE or _enum(h, 4) != _RLE:
             raise Unsupported("levels not RLE-encoded")
         if codec is None and encoding == _PLAIN:
             p = self._levels_v1(pages.bytes_at(at, min(csize, pages.levels_window)), n, first,
@@ -272,10 +273,11 @@ class FixedListColumn:
     def _page_v2(self, h, pages, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page v2 without its header")
-        n, encoding = self._count(h.get(1), first, pages), h.get(4)
-        if int_field(h, 2, 0):
+        n, encoding = self._count(h, 1, first, pages), _enum(h, 4)
+        int_field(h, 3)  # num_rows: required, not needed
+        if int_field(h, 2):
             raise Unsupported("page holds nulls")
-        dlen, rlen = int_field(h, 5, 0), int_field(h, 6, 0)
+        dlen, rlen = int_field(h, 5), int_field(h, 6)
         compressed = codec is not None and bool_field(h, 7, True)
         if rlen + dlen > csize:
             raise Unsupported("levels run past the page")
@@ -349,23 +351,23 @@ class _Pages:
             if self.pos >= self.end:
                 raise Unsupported(f"column chunk ends after {done} of {self.total} values")
             header, hlen = self._header()
-            ptype = int_field(header, 1, low=-I32_MAX - 1)
+            ptype = _enum(header, 1)
             at = self.pos + hlen
             csize = body_size(header, at, self.end)
             usize = int_field(header, 2)
             self.pos = at + csize
             if ptype == DICTIONARY_PAGE:
-                dictionary = _dictionary(struct_field(header, 7) or {},
+                dictionary = _dictionary(struct_field(header, 7),
                                          _decompress(_pread(fd, csize, at), codec, usize))
                 continue
             if ptype == INDEX_PAGE:
                 continue
             if ptype == DATA_PAGE:
-                page = col._page_v1(struct_field(header, 5), self, at, csize, usize, codec, done,
-                                    dictionary)
+                page = col._page_v1(struct_field(header, 5, None), self, at, csize, usize,
+                                    codec, done, dictionary)
             elif ptype == DATA_PAGE_V2:
-                page = col._page_v2(struct_field(header, 8), self, at, csize, usize, codec, done,
-                                    dictionary)
+                page = col._page_v2(struct_field(header, 8, None), self, at, csize, usize,
+                                    codec, done, dictionary)
             else:
                 raise Unsupported(f"page type {ptype}")
             done += page[1]
@@ -399,12 +401,17 @@ class _Pages:
 
 
 def _dictionary(h, raw):
-    if h.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY):
+    if _enum(h, 2) not in (_PLAIN, _PLAIN_DICTIONARY):
         raise Unsupported("dictionary page not PLAIN")
-    n = int_field(h, 1, 0)
+    n = int_field(h, 1)
     if raw.size < 4 * n:
         raise Unsupported("short dictionary page")
     return np.frombuffer(raw, "<f4", count=n).astype(np.float32)
+
+
+def _enum(h, fid):
+    """A required enum field (an i32) of a page header struct."""
+    return int_field(h, fid, low=-I32_MAX - 1)
 
 
 def _values(data, encoding, n, dictionary):

@@ -130,9 +130,10 @@ _MAX_GROUPS = 1 << 28
 def _run(buf, pos, end, width):
     """The run whose header is at ``buf[pos]``: ``(start, count, packed_end, value)``.
 
-    ``start`` is where its data begins (-1 when the stream ends first) and
-    ``count`` its number of values. An RLE run has ``packed_end`` -1 and its
-    ``value``; a bit-packed run's values lie in ``buf[start:packed_end]``.
+    ``start`` is where its data begins (-1 when the stream ends first, or the
+    run is empty or impossibly long) and ``count`` its number of values. An
+    RLE run has ``packed_end`` -1 and its ``value``; a bit-packed run's values
+    lie in ``buf[start:packed_end]``.
     """
     none = np.uint32(0)
     header, pos = _uleb128(buf, pos, end)
@@ -140,11 +141,11 @@ def _run(buf, pos, end, width):
         return -1, 0, -1, none
     if header & 1 == 0:
         vbytes = (width + 7) // 8
-        if pos + vbytes > end:
+        if header == 0 or pos + vbytes > end:  # no writer makes an empty run: damage
             return -1, 0, -1, none
         return pos + vbytes, header >> 1, -1, _rle_value(buf, pos, vbytes)
     groups = header >> 1
-    if groups > _MAX_GROUPS or pos + groups * width > end:
+    if groups == 0 or groups > _MAX_GROUPS or pos + groups * width > end:
         return -1, 0, -1, none
     return pos, groups * 8, pos + groups * width, none
 

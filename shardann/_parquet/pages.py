@@ -27,6 +27,28 @@ class MalformedPage(ValueError):
 
 
 # -- Thrift compact protocol (just enough for page headers) ----------------------------------
+# Values keep their Thrift type where Python's would lose it: an i32 is an int, a
+# byte, i16 or i64 one of these, so that a field of the wrong type is damage (Arrow's
+# reader, generated from parquet.thrift, skips it and then misses a required field).
+class I8(int):
+    """A Thrift byte."""
+
+
+class I16(int):
+    """A Thrift i16."""
+
+
+class I64(int):
+    """A Thrift i64."""
+
+
+class ThriftMap(dict):
+    """A Thrift map (a struct is a plain dict)."""
+
+
+_INTS = {4: I16, 5: int, 6: I64}
+
+
 def _varint(buf, pos):
     value = shift = 0
     while True:
@@ -62,10 +84,10 @@ def _value(buf, pos, t, depth):
     if t in (1, 2):  # booleans carry their value in the type
         return t == 1, pos
     if t == 3:
-        return buf[pos], pos + 1
+        return I8(buf[pos]), pos + 1
     if t in (4, 5, 6):
         v, pos = _varint(buf, pos)
-        return _zigzag(v), pos
+        return _INTS[t](_zigzag(v)), pos
     if t == 7:
         if pos + 8 > len(buf):
             raise IndexError("double field runs past the buffer")
@@ -90,7 +112,7 @@ def _value(buf, pos, t, depth):
     if t == 11:
         _nest(depth)
         size, pos = _size(buf, pos)
-        out = {}
+        out = ThriftMap()
         if size:
             kv = int(buf[pos])
             pos += 1
@@ -139,34 +161,38 @@ def read_struct(buf, pos, depth=0):
 
 
 # -- typed fields -------------------------------------------------------------------------------
-def int_field(fields, fid, default=None, low=0, high=I32_MAX):
-    """Field ``fid`` of a parsed struct: an int in ``[low, high]``, or ``default``
-    when absent. Damaged bytes can put any type there: :class:`MalformedPage`."""
+#: ``default`` of a field that parquet.thrift declares required
+REQUIRED = object()
+
+
+def _field(fields, fid, default, kind, what):
     v = fields.get(fid)
     if v is None:
+        if default is REQUIRED:
+            raise MalformedPage(f"page header without its required field {fid}")
         return default
-    if type(v) is not int or not low <= v <= high:
-        raise MalformedPage(f"page header field {fid} is {v!r}; expected an integer in "
-                            f"{low}..{high}")
+    if type(v) is not kind:
+        raise MalformedPage(f"page header field {fid} is {v!r}; expected {what}")
     return v
 
 
-def bool_field(fields, fid, default):
+def int_field(fields, fid, default=REQUIRED, low=0, high=I32_MAX):
+    """Field ``fid`` of a parsed struct: an i32 in ``[low, high]``, or ``default``
+    when absent. Damaged bytes can put anything there: :class:`MalformedPage`."""
+    v = _field(fields, fid, default, int, "an i32")
+    if v is not default and not low <= v <= high:
+        raise MalformedPage(f"page header field {fid} is {v}; expected {low}..{high}")
+    return v
+
+
+def bool_field(fields, fid, default=REQUIRED):
     """Field ``fid`` of a parsed struct: a bool, or ``default`` when absent."""
-    v = fields.get(fid)
-    if v is None:
-        return default
-    if type(v) is not bool:
-        raise MalformedPage(f"page header field {fid} is {v!r}; expected a bool")
-    return v
+    return _field(fields, fid, default, bool, "a bool")
 
 
-def struct_field(fields, fid):
-    """Field ``fid`` of a parsed struct: a nested struct (dict), or None when absent."""
-    v = fields.get(fid)
-    if v is not None and type(v) is not dict:
-        raise MalformedPage(f"page header field {fid} is {v!r}; expected a struct")
-    return v
+def struct_field(fields, fid, default=REQUIRED):
+    """Field ``fid`` of a parsed struct: a nested struct (dict), or ``default`` when absent."""
+    return _field(fields, fid, default, dict, "a struct")
 
 
 # -- pages of a column chunk -------------------------------------------------------------------
@@ -182,8 +208,9 @@ def chunk_range(column_chunk):
 def body_size(header, body_start, end):
     """The compressed body size of a page whose body starts at ``body_start``,
     checked to end by the chunk's ``end``."""
-    usize, csize = int_field(header, 2), int_field(header, 3)
-    if usize is None or csize is None or body_start + csize > end:
+    int_field(header, 2)  # the uncompressed size, required
+    csize = int_field(header, 3)
+    if body_start + csize > end:
         raise MalformedPage("page header without sizes or past the column chunk")
     return csize
 
