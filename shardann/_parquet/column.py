@@ -17,7 +17,7 @@ damaged page — raises :class:`Unsupported` before the rows concerned are
 returned, and the caller reads the rest of the row group with Arrow, which
 reports bad rows and corrupt files as before. Results are the same array
 Arrow gives (tests compare them byte for byte, on files written by pyarrow,
-DuckDB, Polars and fastparquet).
+DuckDB and Polars; tests/parquet/).
 """
 
 import os
