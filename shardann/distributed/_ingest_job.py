@@ -39,7 +39,7 @@ Stages, each with a progress bar (vectors/s, ETA):
    index changes. Then the recall spot check and the summary.
 
 Parquet embedding columns of float32 (``list`` or ``fixed_size_list`` with d
-values in every row) are read by ``_parquet_vectors``, which checks the
+values in every row) are read by ``shardann._parquet``, which checks the
 repetition and definition levels run by run and copies the values, about 3x
 faster than Arrow's nested-column reader; a row group it does not handle
 (nulls, rows of other lengths, other encodings or codecs) is read with Arrow,
@@ -83,7 +83,7 @@ from ..storage._files import fast_crc32
 from ..storage._manifest import FORMAT_VERSION, list_versions
 from ..storage._manifest import read as read_manifest
 from ..storage._segments import column_spec
-from ._ingest_inputs import plan_inputs
+from ._ingest_plan import plan_inputs
 from ._ingest_work import (
     ITEMS_DIR,
     RANGES_DIR,

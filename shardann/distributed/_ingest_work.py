@@ -37,7 +37,7 @@ from ..results import merge_results
 from ..storage._files import fsync_dir
 from ..storage._manifest import FORMAT_VERSION
 from ..storage._segments import write_segment
-from ._ingest_inputs import InputError, prefetch_block, read_block
+from ._ingest_read import InputError, prefetch_block, read_block
 
 logger = logging.getLogger(__name__)
 

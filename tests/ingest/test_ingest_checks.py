@@ -69,7 +69,7 @@ def test_a_junk_npy_file_is_named_as_not_a_npy_file(tmp_path, no_ray, capsys):
 
 
 def test_float64_inputs_are_converted_and_said_once(tmp_path, caplog):
-    from shardann.distributed._ingest_inputs import plan_inputs
+    from shardann.distributed._ingest_plan import plan_inputs
 
     x = data(200)
     np.save(tmp_path / "a.npy", x.astype(np.float64))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ingest_support import data, write_mixed
 
-from shardann.distributed._ingest_inputs import plan_inputs
+from shardann.distributed._ingest_plan import plan_inputs
 
 
 @pytest.mark.parametrize("group_rows", [7, 100, 333])
@@ -37,9 +37,9 @@ def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from shardann._parquet_pages import chunk_range
+    from shardann._parquet import chunk_range
     from shardann.bench.datasets import write_fvecs
-    from shardann.distributed import _ingest_inputs
+    from shardann.distributed import _ingest_read
 
     x = data(3_000, 8, seed=1)
     table = pa.table({"note": pa.array(["x" * 50] * 2_000),
@@ -52,7 +52,7 @@ def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch
     plan = plan_inputs([str(tmp_path / n) for n in ("a.parquet", "b.npy", "c.fvecs")],
                        id_column=None, block_rows=400)
     hints = []
-    monkeypatch.setattr(_ingest_inputs, "_WILLNEED_PIECE", 1000)
+    monkeypatch.setattr(_ingest_read, "_WILLNEED_PIECE", 1000)
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: hints.append(
         (plan_path(fd), off, n, advice)))
 
@@ -71,7 +71,7 @@ def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch
         else:
             want = [(f.path, block.start * 36, (block.stop - block.start) * 36)]
         hints.clear()
-        _ingest_inputs.prefetch_block(plan, block)
+        _ingest_read.prefetch_block(plan, block)
         # asked in pieces (Linux reads ahead only a window's worth per call),
         # which together are the block's byte ranges
         assert {h[3] for h in hints} == {os.POSIX_FADV_WILLNEED}
@@ -85,7 +85,7 @@ def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch
         assert joined == want
     gone = plan.blocks[0]
     os.remove(plan.files[gone.file].path)
-    _ingest_inputs.prefetch_block(plan, gone)  # the read reports a missing file, not this
+    _ingest_read.prefetch_block(plan, gone)  # the read reports a missing file, not this
 
 
 @pytest.mark.parametrize("n,workers,most", [(0, 2, 4), (1, 2, 4), (7, 2, 4), (79, 2, 4),

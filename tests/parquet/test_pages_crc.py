@@ -1,6 +1,5 @@
-"""Parquet page headers parsed without Arrow (``shardann._parquet_pages``, used only by
-the ingest's local-file fast path now; the store checks column chunk CRCs instead).
-Kept from tests/storage/test_page_crc.py; move along with the module."""
+"""Parquet page headers parsed without Arrow (``shardann._parquet.pages``, used only by
+the ingest's local-file fast path; the store checks column chunk CRCs instead)."""
 
 import zlib
 
@@ -9,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shardann._parquet_pages import (
+from shardann._parquet.pages import (
     DATA_PAGE,
     DICTIONARY_PAGE,
     MalformedPage,

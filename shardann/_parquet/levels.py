@@ -6,6 +6,11 @@ stored in ``ceil(width / 8)`` little-endian bytes; an odd header
 ``2 * groups + 1`` is ``8 * groups`` values bit-packed ``width`` bits each,
 least significant bit first. The last bit-packed run may be padded past the
 values the page holds.
+
+Plain Numba functions over a uint8 buffer; every read stays inside
+``buf[pos:end]`` whatever the bytes say (fuzzed in tests/parquet/test_fuzz.py,
+checked against a pure-Python twin in tests/parquet/test_levels.py). Callers
+pass ``end <= buf.size``.
 """
 
 import numpy as np
@@ -24,8 +29,10 @@ def rle_hybrid_decode(buf, pos, end, width, n, out):
     Returns
     -------
     int, the position after the last run read, or -1 when the stream ends
-    before ``n`` values (a truncated or corrupt page).
+    before ``n`` values (a truncated or corrupt page) or ``width`` is not in 0..32.
     """
+    if width < 0 or width > 32 or n > out.size:
+        return -1
     i = 0
     while i < n:
         pos, count, packed_end, v = _run(buf, pos, end, width)
@@ -56,9 +63,11 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
     0 at every value whose index is a multiple of ``d`` (a row starts) and 1
     elsewhere. RLE runs are checked whole; only bit-packed runs are unpacked.
 
-    Returns the position after the levels, -1 for a truncated stream, -2 when
-    a level breaks the rule.
+    Returns the position after the levels, -1 for a truncated stream (or a
+    ``width`` not in 0..32), -2 when a level breaks the rule. ``d`` >= 1.
     """
+    if width < 0 or width > 32:
+        return -1
     phase = first % d  # index of the next value within its row
     i = 0
     while i < n:
@@ -112,13 +121,19 @@ def fixed_list_levels(buf, pos, end, width, n, first, d, want, repetition):
     return pos
 
 
+#: most groups of 8 in a bit-packed run (a page holds < 2**31 values); more is damage,
+#: and would overflow ``groups * 8``
+_MAX_GROUPS = 1 << 28
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _run(buf, pos, end, width):
     """The run whose header is at ``buf[pos]``: ``(start, count, packed_end, value)``.
 
-    ``start`` is where its data begins (-1 when the stream ends first) and
-    ``count`` its number of values. An RLE run has ``packed_end`` -1 and its
-    ``value``; a bit-packed run's values lie in ``buf[start:packed_end]``.
+    ``start`` is where its data begins (-1 when the stream ends first, or the
+    run is empty or impossibly long) and ``count`` its number of values. An
+    RLE run has ``packed_end`` -1 and its ``value``; a bit-packed run's values
+    lie in ``buf[start:packed_end]``.
     """
     none = np.uint32(0)
     header, pos = _uleb128(buf, pos, end)
@@ -126,11 +141,11 @@ def _run(buf, pos, end, width):
         return -1, 0, -1, none
     if header & 1 == 0:
         vbytes = (width + 7) // 8
-        if pos + vbytes > end:
+        if header == 0 or pos + vbytes > end:  # no writer makes an empty run: damage
             return -1, 0, -1, none
         return pos + vbytes, header >> 1, -1, _rle_value(buf, pos, vbytes)
     groups = header >> 1
-    if pos + groups * width > end:
+    if groups == 0 or groups > _MAX_GROUPS or pos + groups * width > end:
         return -1, 0, -1, none
     return pos, groups * 8, pos + groups * width, none
 

@@ -12,10 +12,12 @@ encoded, in any codec Arrow decompresses) straight into an (n, d) float32
 array.
 
 Anything else — a null, a list of another length, another physical type,
-encoding, codec or page kind, a truncated page — raises :class:`Unsupported`
-before the rows concerned are returned, and the caller reads the rest of the
-row group with Arrow, which reports bad rows and corrupt files as before.
-Results are the same array Arrow gives (tests compare them byte for byte).
+encoding, codec (LZ4 with Hadoop framing, LZO) or page kind, a truncated or
+damaged page — raises :class:`Unsupported` before the rows concerned are
+returned, and the caller reads the rest of the row group with Arrow, which
+reports bad rows and corrupt files as before. Results are the same array
+Arrow gives (tests compare them byte for byte, on files written by pyarrow,
+DuckDB and Polars; tests/parquet/).
 """
 
 import os
@@ -25,21 +27,27 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
-from .._kernels.rle import fixed_list_levels, rle_hybrid_decode
-from .._parquet_pages import (
+from .levels import fixed_list_levels, rle_hybrid_decode
+from .pages import (
     DATA_PAGE,
     DATA_PAGE_V2,
     DICTIONARY_PAGE,
+    I32_MAX,
     INDEX_PAGE,
     body_size,
+    bool_field,
     chunk_range,
+    int_field,
     read_struct,
+    struct_field,
 )
 
 # value encodings of parquet.thrift
 _PLAIN, _PLAIN_DICTIONARY, _RLE, _RLE_DICTIONARY, _BYTE_STREAM_SPLIT = 0, 2, 3, 8, 9
+#: codecs by the name pyarrow's metadata gives them. Its "LZ4" is Parquet's LZ4_RAW (a
+#: bare LZ4 block); Parquet's older LZ4 (Hadoop framing) is "UNKNOWN" there and declined
 _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd",
-           "LZ4_RAW": "lz4_raw"}
+           "LZ4": "lz4_raw", "LZ4_RAW": "lz4_raw"}
 #: bytes read for a page header before parsing; re-read larger if it does not fit
 _HEADER_WINDOW = 1024
 #: bytes first read for the levels of a page whose values are read from disk
@@ -233,11 +241,20 @@ class FixedListColumn:
         self._levels_ok(parts[0], parts[1], n, first)
         return p
 
+    @staticmethod
+    def _count(h, fid, first, pages):
+        """A data page's value count, checked against what the chunk has left."""
+        n = int_field(h, fid)
+        if n > pages.total - first:
+            raise Unsupported(f"a data page of {n!r} values where {pages.total - first} are "
+                              "left in the column chunk")
+        return n
+
     def _page_v1(self, h, pages, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page without its header")
-        n, encoding = h.get(1, 0), h.get(2)
-        if h.get(3, _RLE) != _RLE or h.get(4, _RLE) != _RLE:
+        n, encoding = self._count(h, 1, first, pages), _enum(h, 2)
+        if _enum(h, 3) != _RLE or _enum(h, 4) != _RLE:
             raise Unsupported("levels not RLE-encoded")
         if codec is None and encoding == _PLAIN:
             p = self._levels_v1(pages.bytes_at(at, min(csize, pages.levels_window)), n, first,
@@ -256,11 +273,12 @@ class FixedListColumn:
     def _page_v2(self, h, pages, at, csize, usize, codec, first, dictionary):
         if h is None:
             raise Unsupported("data page v2 without its header")
-        n, encoding = h.get(1, 0), h.get(4)
-        if h.get(2, 0):
+        n, encoding = self._count(h, 1, first, pages), _enum(h, 4)
+        int_field(h, 3)  # num_rows: required, not needed
+        if int_field(h, 2):
             raise Unsupported("page holds nulls")
-        dlen, rlen = h.get(5, 0), h.get(6, 0)
-        compressed = codec is not None and h.get(7, True)
+        dlen, rlen = int_field(h, 5), int_field(h, 6)
+        compressed = codec is not None and bool_field(h, 7, True)
         if rlen + dlen > csize:
             raise Unsupported("levels run past the page")
         if not compressed and encoding == _PLAIN:
@@ -333,28 +351,26 @@ class _Pages:
             if self.pos >= self.end:
                 raise Unsupported(f"column chunk ends after {done} of {self.total} values")
             header, hlen = self._header()
-            ptype, usize = header.get(1), header.get(2)
+            ptype = _enum(header, 1)
             at = self.pos + hlen
             csize = body_size(header, at, self.end)
+            usize = int_field(header, 2)
             self.pos = at + csize
             if ptype == DICTIONARY_PAGE:
-                dictionary = _dictionary(header.get(7, {}),
+                dictionary = _dictionary(struct_field(header, 7),
                                          _decompress(_pread(fd, csize, at), codec, usize))
                 continue
             if ptype == INDEX_PAGE:
                 continue
             if ptype == DATA_PAGE:
-                page = col._page_v1(header.get(5), self, at, csize, usize, codec, done,
-                                    dictionary)
+                page = col._page_v1(struct_field(header, 5, None), self, at, csize, usize,
+                                    codec, done, dictionary)
             elif ptype == DATA_PAGE_V2:
-                page = col._page_v2(header.get(8), self, at, csize, usize, codec, done,
-                                    dictionary)
+                page = col._page_v2(struct_field(header, 8, None), self, at, csize, usize,
+                                    codec, done, dictionary)
             else:
                 raise Unsupported(f"page type {ptype}")
-            n = page[1]
-            if done + n > self.total:
-                raise Unsupported("more values than the column chunk declares")
-            done += n
+            done += page[1]
             yield page
 
     def bytes_at(self, at, n):
@@ -385,12 +401,17 @@ class _Pages:
 
 
 def _dictionary(h, raw):
-    if h.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY):
+    if _enum(h, 2) not in (_PLAIN, _PLAIN_DICTIONARY):
         raise Unsupported("dictionary page not PLAIN")
-    n = h.get(1, 0)
+    n = int_field(h, 1)
     if raw.size < 4 * n:
         raise Unsupported("short dictionary page")
     return np.frombuffer(raw, "<f4", count=n).astype(np.float32)
+
+
+def _enum(h, fid):
+    """A required enum field (an i32) of a page header struct."""
+    return int_field(h, fid, low=-I32_MAX - 1)
 
 
 def _values(data, encoding, n, dictionary):
@@ -403,7 +424,7 @@ def _values(data, encoding, n, dictionary):
         if dictionary is None or data.size < 1:
             raise Unsupported("dictionary-encoded page without a dictionary")
         idx = np.empty(n, np.uint32)
-        if rle_hybrid_decode(data, 1, data.size, int(data[0]), n, idx) < 0:
+        if rle_hybrid_decode(data, 1, data.size, int(data[0]), n, idx) < 0:  # width > 32 too
             raise Unsupported("truncated dictionary indices")
         if n and int(idx.max()) >= dictionary.size:
             raise Unsupported("dictionary index out of range")

@@ -1,0 +1,337 @@
+"""Ingest planning: find the input files, read their metadata, cut them into blocks.
+
+No Ray here, and no data read: the driver calls :func:`plan_inputs` once. It
+lists the input files in a stable order, reads only metadata (Parquet
+footers, ``.npy`` headers, ``.fvecs`` sizes) to count rows and check columns
+and dimensions, gives every row a global number (file offset + row index, the
+default id) and cuts the rows into :class:`Block` s of about ``block_rows``.
+Workers read blocks with :mod:`._ingest_read`.
+
+The plan also carries whether Parquet embedding columns may be read by the
+fast reader of ``shardann._parquet`` (``fast_parquet``; the environment
+variable ``SHARDANN_PARQUET_FAST=0`` turns it off): it is decided once, on
+the driver, and travels to the workers with the plan.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputError  # noqa: F401  (raised here; importable from here too)
+
+logger = logging.getLogger(__name__)
+
+PARQUET_EXTS = (".parquet", ".pq", ".parq")
+VECS_EXTS = {".fvecs": (np.float32, 4), ".ivecs": (np.int32, 4), ".bvecs": (np.uint8, 1)}
+ARRAY_EXTS = (".npy",) + tuple(VECS_EXTS)
+SUPPORTED = PARQUET_EXTS + ARRAY_EXTS
+#: default block: about this many bytes of float32 vectors
+BLOCK_BYTES = 64 << 20
+#: environment variable that turns the fast Parquet reader off ("0"; "1" or unset: on)
+FAST_PARQUET_ENV = "SHARDANN_PARQUET_FAST"
+
+
+@dataclass
+class InputFile:
+    """One input file: where its rows start in the global row order, and how to read it."""
+
+    path: str
+    kind: str                 # "parquet", "npy" or one of ".fvecs" ".ivecs" ".bvecs"
+    rows: int
+    offset: int               # global row number of its first row
+    size: int
+    mtime_ns: int
+    dim: int | None = None
+    row_groups: list = field(default_factory=list)  # Parquet rows per row group
+    encoding: str | None = None  # Parquet embedding column: "fsl", "list", "fsb", "binary"
+    skipped: str | None = None   # reason, when --skip-bad-rows skips the whole file
+    values: str = "float32"      # the type the values are stored in (read as float32)
+
+
+@dataclass
+class Block:
+    """A unit of work: rows ``[start, stop)`` of one file (row groups for Parquet)."""
+
+    block: int
+    file: int
+    start: int                # first row, within the file
+    stop: int
+    row_groups: tuple = ()    # Parquet row groups covering exactly [start, stop)
+
+
+@dataclass
+class InputPlan:
+    files: list
+    blocks: list
+    d: int
+    total_rows: int           # rows of every readable file (skipped files excluded)
+    column: str
+    id_column: str | None
+    block_rows: int
+    #: read Parquet embedding columns with shardann._parquet where it applies (the
+    #: results are the same either way, so it is not part of the job's identity)
+    fast_parquet: bool = True
+
+    def block_offsets(self):
+        """Global row number of each block's first row, int64 (nblocks,)."""
+        return np.array([self.files[b.file].offset + b.start for b in self.blocks], np.int64)
+
+    def identity(self):
+        """What makes two runs the same job: paths, sizes, modification times, layout."""
+        return {"files": [[f.path, f.size, f.mtime_ns, f.kind] for f in self.files],
+                "column": self.column, "id_column": self.id_column, "d": self.d,
+                "block_rows": self.block_rows}
+
+    def fingerprint(self):
+        text = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(text).hexdigest()
+
+
+# -- finding files ------------------------------------------------------------------------
+def _ext(path):
+    return os.path.splitext(path)[1].lower()
+
+
+def _hidden(name):
+    return name.startswith((".", "_"))
+
+
+def _walk(directory):
+    out = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        out += [os.path.join(dirpath, n) for n in sorted(filenames)
+                if not _hidden(n) and _ext(n) in SUPPORTED]
+    return sorted(out)
+
+
+def find_files(inputs):
+    """Input files in a stable order: the given order, each directory or glob sorted.
+
+    ``inputs`` is a path, a directory (searched recursively for supported
+    files; names starting with ``.`` or ``_`` are ignored), a glob pattern, or
+    a list of those.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            found = _walk(item)
+            if not found:
+                raise InputError(f"{item}: directory holds no input files ({', '.join(SUPPORTED)})")
+        elif os.path.exists(item):
+            found = [item]
+        elif glob.has_magic(item):
+            found = []
+            for p in sorted(glob.glob(item, recursive=True)):
+                found += _walk(p) if os.path.isdir(p) else [p]
+            if not found:
+                raise InputError(f"{item}: pattern matches no files")
+        else:
+            raise InputError(f"{item}: no such file or directory")
+        for p in found:
+            if _ext(p) not in SUPPORTED:
+                raise InputError(f"{p}: unsupported input (expected {', '.join(SUPPORTED)})")
+        files += [os.path.abspath(p) for p in found]
+    if not files:
+        raise InputError("no input files given")
+    seen = set()
+    for p in files:
+        if p in seen:
+            raise InputError(f"{p}: given twice; every input file must appear once")
+        seen.add(p)
+    return files
+
+
+# -- metadata ------------------------------------------------------------------------------
+def _embedding_encoding(path, field_type):
+    """("fsl"|"list"|"fsb"|"binary", dim or None) for an embedding column type."""
+    t = field_type
+    if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type):
+        return "fsl", t.list_size
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_floating(
+            t.value_type):
+        return "list", None
+    if pa.types.is_fixed_size_binary(t):
+        if t.byte_width % 4:
+            raise InputError(f"{path}: binary embedding column of {t.byte_width} bytes is not "
+                             "a whole number of float32 values")
+        return "fsb", t.byte_width // 4
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary", None
+    raise InputError(f"{path}: embedding column has type {t}; expected fixed_size_list<float>, "
+                     "list<float> or binary (float32 bytes)")
+
+
+def _sniff_dim(path, pf, column, encoding):
+    """Dimension of the first non-null vector of a list/binary column."""
+    for batch in pf.iter_batches(batch_size=1024, columns=[column], use_threads=False):
+        arr = batch.column(0)
+        valid = np.flatnonzero(~np.asarray(arr.is_null().to_numpy(zero_copy_only=False)))
+        if valid.size:
+            n = len(arr[int(valid[0])].as_py())
+            return n if encoding == "list" else n // 4
+    return None
+
+
+def _parquet_info(path, column, id_column):
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        md = pf.metadata
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read Parquet file ({exc})") from None
+    if column not in schema.names:
+        raise InputError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)})")
+    encoding, dim = _embedding_encoding(path, schema.field(column).type)
+    if id_column is not None:
+        if id_column not in schema.names:
+            raise InputError(f"{path}: no id column {id_column!r} "
+                             f"(columns: {', '.join(schema.names)})")
+        t = schema.field(id_column).type
+        if not pa.types.is_integer(t):
+            raise InputError(f"{path}: id column {id_column!r} has type {t}; expected int64")
+    groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    return pf, encoding, dim, groups
+
+
+def _array_info(path, kind):
+    if kind == "npy":
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            raise InputError(f"{path}: not a valid .npy file (it does not start with the .npy "
+                             "magic bytes; write it with numpy.save)")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+        if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+            raise InputError(f"{path}: expected a 2-D array of numbers; got shape {arr.shape} "
+                             f"dtype {arr.dtype}")
+        return arr.shape[0], arr.shape[1], str(arr.dtype)
+    dtype, item = VECS_EXTS[kind]
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0, None, str(np.dtype(dtype))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if len(head) < 4:
+        raise InputError(f"{path}: truncated {kind} file ({size} bytes)")
+    d = int(np.frombuffer(head, np.int32)[0])
+    row = 4 + d * item
+    if d <= 0 or size % row:
+        raise InputError(f"{path}: size {size} is not a multiple of the row size {row} implied "
+                         f"by d={d}; truncated or not a {kind} file")
+    return size // row, d, str(np.dtype(dtype))
+
+
+def default_block_rows(d):
+    return max(1024, BLOCK_BYTES // (4 * max(int(d), 1)))
+
+
+def fast_parquet_default():
+    """Whether the fast Parquet reader is on: ``SHARDANN_PARQUET_FAST`` is unset,
+    ``1``/``true``/``yes``/``on`` (on) or ``0``/``false``/``no``/``off`` (off)."""
+    raw = os.environ.get(FAST_PARQUET_ENV, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{FAST_PARQUET_ENV} must be 0 or 1; got {os.environ[FAST_PARQUET_ENV]!r}")
+
+
+def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_rows=None,
+                skip_bad_files=False, fast_parquet=None):
+    """Find and check the inputs; return an :class:`InputPlan`.
+
+    Reads metadata only. ``d`` is the expected dimension (None: the first
+    file's). With ``skip_bad_files`` a file that cannot be read or has the
+    wrong column or dimension is recorded as skipped instead of raising.
+    ``fast_parquet``: read Parquet embedding columns with the fast reader
+    where it applies (None: :func:`fast_parquet_default`, from the environment);
+    False: Arrow reads every row.
+    """
+    if fast_parquet is None:
+        fast_parquet = fast_parquet_default()
+    paths = find_files(inputs)
+    if id_column is not None:
+        for p in paths:
+            if _ext(p) not in PARQUET_EXTS:
+                raise InputError(f"{p}: id_column={id_column!r} applies to Parquet inputs only")
+    files, offset, d_from = [], 0, None
+    for p in paths:
+        st = os.stat(p)
+        kind = "parquet" if _ext(p) in PARQUET_EXTS else ("npy" if _ext(p) == ".npy"
+                                                        else _ext(p))
+        f = InputFile(path=p, kind=kind, rows=0, offset=offset, size=st.st_size,
+                      mtime_ns=st.st_mtime_ns)
+        try:
+            if kind == "parquet":
+                pf, f.encoding, f.dim, f.row_groups = _parquet_info(p, column, id_column)
+                t = pf.schema_arrow.field(column).type
+                f.values = (np.dtype(t.value_type.to_pandas_dtype()).name
+                            if f.encoding in ("fsl", "list") else "float32")
+                f.rows = int(sum(f.row_groups))
+                if f.dim is None and d is None and f.rows:
+                    f.dim = _sniff_dim(p, pf, column, f.encoding)
+            else:
+                f.rows, f.dim, f.values = _array_info(p, kind)
+            if f.dim is not None:
+                if d is None:
+                    d, d_from = f.dim, p
+                elif f.dim != d:
+                    source = f" (from {d_from})" if d_from else ""
+                    raise InputError(f"{p}: vectors have dimension {f.dim}; expected d={d}"
+                                     f"{source}")
+        except InputError as exc:
+            if not skip_bad_files:
+                raise
+            f.skipped, f.rows = str(exc), 0
+        files.append(f)
+        offset += f.rows
+    if d is None:
+        raise InputError("cannot tell the vector dimension: the inputs hold no vectors")
+    _note_conversions(files)
+    block_rows = int(block_rows or default_block_rows(d))
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1; got {block_rows}")
+    blocks = []
+    for fi, f in enumerate(files):
+        if f.skipped or not f.rows:
+            continue
+        if f.kind == "parquet":
+            start, group, first = 0, [], 0
+            for g, n in enumerate(f.row_groups):
+                if group and first - start + n > block_rows:
+                    blocks.append(Block(len(blocks), fi, start, first, tuple(group)))
+                    start, group, first = first, [], first
+                group.append(g)
+                first += n
+            if group:
+                blocks.append(Block(len(blocks), fi, start, first, tuple(group)))
+        else:
+            for s in range(0, f.rows, block_rows):
+                blocks.append(Block(len(blocks), fi, s, min(f.rows, s + block_rows)))
+    return InputPlan(files=files, blocks=blocks, d=int(d), total_rows=offset, column=column,
+                     id_column=id_column, block_rows=block_rows, fast_parquet=bool(fast_parquet))
+
+
+def _note_conversions(files):
+    """Say once (INFO) which inputs are not float32 and are converted when read."""
+    other = {}
+    for f in files:
+        if not f.skipped and f.rows and f.values != "float32":
+            other.setdefault(f.values, []).append(f.path)
+    for t, paths in other.items():
+        logger.info("%d input file(s) hold %s values (e.g. %s); they are converted to float32",
+                    len(paths), t, paths[0])
