@@ -29,7 +29,6 @@ CHILD = textwrap.dedent("""
     import json, sys
     import ray
     from shardann.distributed import ingest
-from shardann.index import load_index
     path, inputs, tmp, opts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, _temp_dir=tmp)
