@@ -59,7 +59,8 @@ Until the commit the index is its old version (or absent); uncommitted
 segment files are debris that ``IndexStore.vacuum`` removes, and
 :func:`clean_ingest_jobs` removes abandoned job directories.
 
-The job is spread over modules of one task each (imports point up this list):
+The job is spread over modules of one task each; each imports only modules
+above it in this list:
 
 - ``_ingest_inputs``: plan the inputs, read blocks (files, Parquet, NumPy, vecs).
 - ``_ingest_work``: the work Ray Data workers do (sample, encode, merge a unit).

@@ -31,11 +31,12 @@ import uuid
 import numpy as np
 
 from .._rows import scatter_rows, take_rows
+from ..errors import InputError
 from ..index.flat import exact_search_keys
 from ..metric import uses_ip
 from ..results import merge_results
 from ..storage import IndexState, fsync_dir, write_segment
-from ._ingest_inputs import InputError, prefetch_block, read_block
+from ._ingest_inputs import prefetch_block, read_block
 
 logger = logging.getLogger(__name__)
 
