@@ -170,24 +170,29 @@ class ShardannRunner:
 
     def split(self, index, q, k, nprobe):
         """CPU seconds of the parts of a batch search: coarse (``index.probe``),
-        scan (``index.scan``) and, with refine, the re-ranking on top of a
+        scan (``index.search_preassigned``) and, with refine, the re-ranking on top of a
         plain scan of ``k * refine_factor``."""
         # the bench only uses l2/ip, for which prepared queries are the
         # float32 rows themselves (no normalisation, no OPQ rotation)
         q = as_f32(q)
         _, c_coarse, (dis0, probes) = _timing.timed(index.probe, q, nprobe)
+        scan = index.search_preassigned
         if not self._rf:
-            _, c_scan, _ = _timing.timed(index.scan, q, dis0, probes, k)
+            _, c_scan, _ = _timing.timed(scan, q, dis0, probes, k)
             return {"coarse": c_coarse, "scan": c_scan}
-        _, c_scan, _ = _timing.timed(index.scan, q, dis0, probes, k * self._rf)
-        _, c_all, _ = _timing.timed(index.scan, q, dis0, probes, k, self._rf)
+        _, c_scan, _ = _timing.timed(scan, q, dis0, probes, k * self._rf)
+        _, c_all, _ = _timing.timed(scan, q, dis0, probes, k, self._rf)
         return {"coarse": c_coarse, "scan": c_scan, "refine": max(0.0, c_all - c_scan)}
 
     def describe(self, index):
         cfg = index.get_config()
         out = {"class": type(index).__name__, **cfg}
         if self.kind != "ivfflat":
-            out["l2_precomputed_tables"] = getattr(index, "_list_terms", None) is not None
+            # IVFPQIndex precomputes its L2 term tables (FAISS's "term 1") for l2 when
+            # nlist * M * 2**nbits float32 fit in precompute_max_bytes
+            out["l2_precomputed_tables"] = bool(
+                index.metric == "l2"
+                and index.nlist * index.M * (1 << index.nbits) * 4 <= index.precompute_max_bytes)
         if self._rf:
             out["refine_factor"] = self._rf
         return out

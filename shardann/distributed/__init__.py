@@ -22,7 +22,7 @@ _EXPORTS = {
     "NAMESPACE": ".coordinator", "SearchResult": ".coordinator", "ShardedIndex": ".coordinator",
     "ShardWorker": ".shard", "place_lists": ".placement",
     "ingest": "._ingest_job", "IngestJob": "._ingest_job", "IngestSummary": "._ingest_job",
-    "clean_ingest_jobs": "._ingest_job",
+    "clean_ingest_jobs": "._ingest_state",
     "InputError": "..errors", "IngestJobBusyError": "..errors",
 }
 

@@ -7,7 +7,7 @@ Three kinds of work, each on a unit named by a number so a rerun can skip it
   and the recall check.
 - **encode** a block: read it in parts of at most ``block_rows`` rows, assign
   lists and encode with the broadcast model (the core index's own
-  ``_prepare`` / ``_encode_rows``, so codes are exactly the local index's),
+  ``prepare`` / ``encode``, so codes are exactly the local index's),
   sort each part by (list, id) and write it as a *run* — ``.npy`` files in
   the job directory, memory-mapped later — then a marker (``b<block>.npz``)
   that says the block is done. Each block also computes the exact top-k of
@@ -31,13 +31,12 @@ import uuid
 import numpy as np
 
 from .._rows import scatter_rows, take_rows
+from ..errors import InputError
 from ..index.flat import exact_search_keys
 from ..metric import uses_ip
 from ..results import merge_results
-from ..storage._files import fsync_dir
-from ..storage._manifest import FORMAT_VERSION
-from ..storage._segments import write_segment
-from ._ingest_read import InputError, prefetch_block, read_block
+from ..storage import IndexState, fsync_dir, write_segment
+from ._ingest_read import prefetch_block, read_block
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +109,14 @@ def _write_block_marker(path, meta, counts, gt_keys, gt_ids):
 # -- the model in a worker ---------------------------------------------------------------------
 def build_model(kind, config, arrays, *, for_encoding=False):
     """A trained, empty core index from its kind, config and trained arrays."""
-    from ..index.ivf import IVFFlatIndex, IVFPQIndex
+    from ..index import index_from_state
 
-    classes = {"ivfpq": IVFPQIndex, "ivfflat": IVFFlatIndex}
-    if kind not in classes:
+    if kind not in ("ivfpq", "ivfflat"):
         raise ValueError(f"ingest builds IVF indexes (ivfpq, ivfflat); got kind {kind!r}")
     config = dict(config)
     if for_encoding and "precompute_max_bytes" in config:
         config["precompute_max_bytes"] = 0  # search tables are not needed to encode
-    model = classes[kind](**config)
-    model._set_trained_arrays(arrays)
-    return model
+    return index_from_state(IndexState(kind, config, True, arrays, config["nlist"]))
 
 
 _CONTEXT = {}
@@ -342,9 +338,9 @@ def encode_block(ctx, model, b):
         part_meta = {"rows": n, "skipped": nbad, "name": None}
         if n:
             t = time.perf_counter()
-            xp = model._prepare(x)
+            xp = model.prepare(x)
             del x
-            labels, cols = model._encode_rows(xp)
+            labels, cols = model.encode(xp)
             top = _exact_topk(ctx, xp, gids)
             if top is not None:
                 gt = [merge_results(gt + [top], k, "l2")]
@@ -414,7 +410,6 @@ def merge_range(ctx, r):
     a, b = int(first), int(last) + 1
     totals = np.asarray(ctx["counts"][a:b], np.int64)
     n = int(totals.sum())
-    spec = ctx["spec"]
     names = [name for name in ("codes", "vectors") if name in ctx["columns"]]
     out_ids = np.empty(n, np.int64)
     out = {name: np.empty((n, ctx["columns"][name][0]), ctx["columns"][name][1])
@@ -443,7 +438,7 @@ def merge_range(ctx, r):
     except FileNotFoundError:
         pass
     list_ids = np.repeat(np.arange(a, b, dtype=np.int32), totals)
-    entry = write_segment(path, list_ids, out_ids, out, spec, format_version=FORMAT_VERSION)
+    entry = write_segment(path, list_ids, out_ids, out, ctx["columns"])
     entry["path"] = rel
     write_json(range_marker(job_dir, r), entry)
     return {"range": r, "rows": n, "bytes": int(entry["size"])}

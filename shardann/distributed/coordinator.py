@@ -105,6 +105,7 @@ class ShardedIndex:
         (default: the cluster's CPUs divided among the shards, at least 1), so
         shards scanning at once do not oversubscribe the cores.
         """
+        from ..index import load_index
         from ..storage import IndexStore
 
         self = object.__new__(cls)
@@ -116,7 +117,7 @@ class ShardedIndex:
         self.read_only = version is not None and store.version != max(store.versions())
         self.version = store.version
         self._store_path = self.path
-        self.model = store.load_index(lists=np.zeros(0, np.int64))
+        self.model = load_index(store, lists=np.zeros(0, np.int64))
         self.metric = self.model.metric
         self.d = self.model.d
         self.nlist = self.model.nlist
@@ -235,14 +236,14 @@ class ShardedIndex:
         shards is returned instead.
         """
         model = self.model
-        k, nprobe, refine_factor = model._check_search(k, nprobe, refine_factor)
-        q = model._prepare(queries, "queries")
+        k, nprobe, refine_factor = model.check_search(k, nprobe, refine_factor)
+        q = model.prepare(queries, "queries")
         nq = q.shape[0]
         if nq == 0:
             D, I = empty_results(0, k, self.metric)
             return SearchResult(D, I) if allow_partial else (D, I)
         dis0, probes = model.probe(q, nprobe)
-        exact = bool(refine_factor) and model._refines
+        exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
         owner = self.owner[probes]
         calls, rows_of = {}, {}
@@ -316,7 +317,7 @@ class ShardedIndex:
 
         self._check_writable()
         model = self.model
-        x = model._prepare(x)
+        x = model.prepare(x)
         n = x.shape[0]
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
@@ -328,7 +329,7 @@ class ShardedIndex:
                                        f"{int(ids[present][0])} ({int(present.sum())} of {n})")
         if n == 0:
             return ids
-        list_no, cols = model._encode_rows(x)
+        list_no, cols = model.encode(x)
         txn = IndexStore.open(self.path).transaction()
         txn.add(list_no, ids, **cols)
         txn.commit()
@@ -337,7 +338,7 @@ class ShardedIndex:
         for s in np.unique(shard).tolist():
             sel = np.flatnonzero(shard == s)
             part = {c: v[sel] for c, v in cols.items()}
-            calls[s] = ("add_encoded", (list_no[sel], ids[sel], part))
+            calls[s] = ("add_preassigned", (list_no[sel], ids[sel], part))
         self._broadcast(calls, "add")
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self.ntotal += n

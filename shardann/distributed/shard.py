@@ -30,6 +30,7 @@ class ShardWorker:
     """
 
     def __init__(self, path, lists, version=None, shard_id=0, replica=0, threads=None):
+        from ..index import load_index
         from ..storage import IndexStore
 
         t0 = time.perf_counter()
@@ -42,10 +43,10 @@ class ShardWorker:
         self.version = store.version
         # the model (centroids, codebooks, L2 term tables) first: its size does not
         # depend on the lists, and load_rss_bytes below is what the lists cost
-        self.index = store.load_index(lists=np.zeros(0, np.int64))
+        self.index = load_index(store, lists=np.zeros(0, np.int64))
         _release_free_memory()  # so the growth below is not offset by trimming older garbage
         rss0 = _rss_bytes()
-        store.load_lists_into(self.index, self.lists)
+        self.index.set_lists(*store.read_lists(self.lists), next_id=store.next_id)
         _release_free_memory()
         self.load_rss_bytes = None if rss0 is None else _rss_bytes() - rss0
         self.calls = {"search": 0, "add": 0, "remove": 0}
@@ -76,9 +77,9 @@ class ShardWorker:
         single-query latency."""
         return pickle.dumps(self.search(*unpack(chunks)), protocol=5)
 
-    def add_encoded(self, list_no, ids, cols):
+    def add_preassigned(self, list_no, ids, payload):
         self.calls["add"] += 1
-        self.index.add_encoded(list_no, ids, cols)
+        self.index.add_preassigned(list_no, ids, payload)
         return len(ids)
 
     def remove_ids(self, ids):
@@ -89,19 +90,19 @@ class ShardWorker:
         return self.index.contains(ids)
 
     def max_id(self):
-        return self.index._next_id - 1
+        return self.index.next_id - 1
 
     def ping(self):
         return True
 
     def stats(self):
-        lists = self.index._lists
+        memory = self.index.memory_bytes()
         return {
             "shard": self.shard_id, "replica": self.replica, "pid": os.getpid(),
             "node_id": _node_id(), "version": self.version, "ntotal": self.index.ntotal,
             "lists": int(len(self.lists)), "calls": dict(self.calls),
-            "scanned_lists": self.scanned_lists, "list_bytes": int(lists.nbytes()),
-            "allocated_bytes": int(lists.allocated_bytes()),
+            "scanned_lists": self.scanned_lists, "list_bytes": memory["list_bytes"],
+            "allocated_bytes": memory["allocated_bytes"],
             "rss_bytes": _rss_bytes(),
             "load_rss_bytes": self.load_rss_bytes,
             "threads": numba.get_num_threads(), "load_seconds": self.load_seconds,
@@ -144,8 +145,7 @@ def warm_up(index):
         q = np.zeros((nq, d), np.float32)
         probes = np.full((nq, 1), -1, np.int64)
         dis0 = np.zeros((nq, 1), np.float32)
-        index.scan_candidates(q, dis0, probes, 1, exact="vectors" in index._lists.columns
-                              and index._refines)
+        index.scan_candidates(q, dis0, probes, 1, exact=index.refines)
 
 
 def _release_free_memory():

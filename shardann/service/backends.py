@@ -268,7 +268,6 @@ class LocalBackend:
         return LocalBackend(path=self.path, version=version, name=self.name)
 
     def stats(self):
-        lists = getattr(self.index, "_lists", None)
         rows = [int(self.index.ntotal)]
         return {"backend": self.kind, "path": self.path, "name": self.name,
                 "version": self.version, "versions": [self.version], "ntotal": self.ntotal,
@@ -276,7 +275,7 @@ class LocalBackend:
                 "replicas": 1, "read_only": False, "shard_rows": rows, "balance": 1.0,
                 "shards": [{"shard": 0, "replica": 0, "ntotal": self.ntotal,
                             "calls": dict(self.calls), "scanned_lists": None,
-                            "list_bytes": int(lists.nbytes()) if lists is not None else 0}]}
+                            "list_bytes": self.index.memory_bytes()["list_bytes"]}]}
 
     def health(self, timeout_s=2.0):
         alive = 0 if self.unavailable else 1

@@ -93,7 +93,7 @@ def test_routing_calls_only_owning_shard(ray_local, data, tmp_path):
     xb, xq, xt = data
     build_local(tmp_path / "idx", xt, xb)
     with ShardedIndex.open(tmp_path / "idx", num_shards=3) as sharded:
-        q = sharded.model._prepare(xq[:1])
+        q = sharded.model.prepare(xq[:1])
         _, probes = sharded.model.probe(q, 1)
         target = int(sharded.owner[probes[0, 0]])
         before = [s["calls"]["search"] for s in sharded.stats()["shards"]]
@@ -231,10 +231,10 @@ def test_timeout_and_partial(ray_local, data, tmp_path):
         assert (res[1] >= 0).all()
         # what is left is exactly shard 0's answer: the local scan of its lists
         local = shardann.open_index(tmp_path / "idx")
-        q = local._prepare(xq)
+        q = local.prepare(xq)
         dis0, probes = local.probe(q, 32)
         probes = np.where(s.owner[probes] == 0, probes, -1)
-        keys, ids = local.scan(q, dis0, probes, 10)
-        np.testing.assert_array_equal(res[1], ids)
-        np.testing.assert_array_equal(res[0], keys)  # l2: keys are distances
+        D0, I0 = local.search_preassigned(q, dis0, probes, 10)
+        np.testing.assert_array_equal(res[1], I0)
+        np.testing.assert_array_equal(res[0], D0)
         assert not np.array_equal(res[1], full[1])

@@ -65,8 +65,8 @@ import shardann
 core = shardann.IVFPQIndex(x.shape[1], a["nlist"], a["M"], 8, niter=a["niter"],
                            pq_niter=a["niter"]).train(xt)
 sub = x[: min(x.shape[0], 500_000)]
-core._encode_rows(core._prepare(sub[:1000]))
-t = time.perf_counter(); core._encode_rows(core._prepare(sub)); core_s = time.perf_counter() - t
+core.encode(core.prepare(sub[:1000]))
+t = time.perf_counter(); core.encode(core.prepare(sub)); core_s = time.perf_counter() - t
 print("RESULT " + json.dumps({"n": int(x.shape[0]), "faiss_add_s": faiss_add,
       "faiss_add_vps": x.shape[0] / faiss_add, "core_encode_1thread_vps": sub.shape[0] / core_s}),
       flush=True)

@@ -63,22 +63,25 @@ def write_mixed(dirpath, x, sizes, encodings=("fsl", "list", "binary"), row_grou
 
 def reference(path, x, ids=None):
     """A core index with the ingested index's model, the same vectors added directly."""
+    from shardann.index import load_index
     from shardann.storage import IndexStore
-    ref = IndexStore.open(path).load_index(lists=np.zeros(0, np.int64))
+    ref = load_index(IndexStore.open(path), lists=np.zeros(0, np.int64))
     ref.add(x, ids=np.arange(x.shape[0]) if ids is None else ids)  # default: row order
     return ref
 
 
 def assert_same_index(path, x, ids=None, queries=None, **search_kw):
     """The ingested index at ``path`` holds exactly what the core index would."""
+    from shardann.index import load_index
     from shardann.storage import IndexStore
     store = IndexStore.open(path)
-    got = store.load_index()
+    got = load_index(store)
     ref = reference(path, x, ids)
     assert got.ntotal == ref.ntotal == x.shape[0]
     # same rows in the same lists with the same codes (and vectors)
     sizes_a, ids_a, cols_a = store.read_lists()
-    sizes_b, ids_b, cols_b = ref._lists.packed()
+    ref_state = ref.to_state()
+    sizes_b, ids_b, cols_b = ref_state.list_sizes, ref_state.ids, ref_state.payload
     np.testing.assert_array_equal(sizes_a, sizes_b)
     lists = np.repeat(np.arange(sizes_a.size), sizes_a)
     oa, ob = np.lexsort((ids_a, lists)), np.lexsort((ids_b, lists))

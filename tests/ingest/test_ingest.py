@@ -22,6 +22,7 @@ from ingest_support import (
 from shardann.bench.datasets import write_fvecs
 from shardann.cli import ingest as ingest_command
 from shardann.distributed import InputError, clean_ingest_jobs, ingest
+from shardann.index import load_index
 from shardann.storage import IndexStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
@@ -73,7 +74,7 @@ def test_sharded_search_over_ingested_index(tmp_path, xb, parquet_dir):
 
     path = str(tmp_path / "idx")
     ingest(path, parquet_dir, **TRAIN)
-    local = IndexStore.open(path).load_index()
+    local = load_index(IndexStore.open(path))
     q = data(40, seed=5)
     with ShardedIndex.open(path, num_shards=2) as sharded:
         D2, I2 = sharded.search(q, K, nprobe=NPROBE)

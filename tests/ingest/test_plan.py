@@ -91,7 +91,7 @@ def test_prefetch_asks_for_exactly_the_bytes_a_block_reads(tmp_path, monkeypatch
 @pytest.mark.parametrize("n,workers,most", [(0, 2, 4), (1, 2, 4), (7, 2, 4), (79, 2, 4),
                                             (500, 3, 4), (40, 1, 1), (1000, 8, 6)])
 def test_task_groups_cover_the_units_in_order_and_shrink_to_one(n, workers, most):
-    from shardann.distributed._ingest_job import task_groups
+    from shardann.distributed._ingest_runtime import task_groups
 
     units = list(range(100, 100 + n))
     groups = task_groups(units, workers, most)

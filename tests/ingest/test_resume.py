@@ -17,8 +17,8 @@ import pytest
 from ingest_support import TRAIN, assert_same_index, data, write_mixed
 
 from shardann.distributed import ingest
-from shardann.storage import IndexStore
-from shardann.storage._crash import ENV_VAR
+from shardann.index import load_index
+from shardann.storage import CRASH_ENV_VAR, IndexStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
 
@@ -67,7 +67,7 @@ def _kill_child(path, inputs, point, opts):
     import json
 
     tmp = tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")
-    env = {**os.environ, ENV_VAR: point}
+    env = {**os.environ, CRASH_ENV_VAR: point}
     try:
         proc = subprocess.run([sys.executable, "-c", CHILD, path, inputs, tmp, json.dumps(opts)],
                               env=env, capture_output=True, text=True, timeout=600)
@@ -153,7 +153,7 @@ class _Stop(Exception):
 
 def _stop_at(monkeypatch, point):
     """Make the driver raise at ``point`` ("name@n"): an interruption without SIGKILL."""
-    from shardann.distributed import _ingest_job as mod
+    from shardann.distributed import _ingest_commit, _ingest_encode, _ingest_merge
 
     name, _, nth = point.partition("@")
     hits = {"n": 0}
@@ -164,7 +164,8 @@ def _stop_at(monkeypatch, point):
             if hits["n"] >= int(nth or 1):
                 raise _Stop(where)
 
-    monkeypatch.setattr(mod, "crash_point", stop)
+    for mod in (_ingest_encode, _ingest_merge, _ingest_commit):  # the driver's stages
+        monkeypatch.setattr(mod, "crash_point", stop)
 
 
 @pytest.mark.parametrize("point", ["ingest.block_done@3", "ingest.encoded",
@@ -204,8 +205,8 @@ def test_changed_index_restarts_the_job(tmp_path, inputs, monkeypatch):
     # someone else appends meanwhile
     store = IndexStore.open(path)
     extra = x[:5] * 1.01
-    model = store.load_index(lists=np.zeros(0, np.int64))
-    list_no, cols = model._encode_rows(model._prepare(extra))
+    model = load_index(store, lists=np.zeros(0, np.int64))
+    list_no, cols = model.encode(model.prepare(extra))
     txn = store.transaction()
     txn.add(list_no, np.arange(N_A, N_A + 5), **cols)
     txn.commit()
@@ -217,7 +218,8 @@ def test_changed_index_restarts_the_job(tmp_path, inputs, monkeypatch):
 
 
 def test_concurrent_run_of_the_same_job_is_refused(tmp_path, inputs):
-    from shardann.distributed._ingest_job import _Job, _JobLock
+    from shardann.distributed._ingest_job import _Job
+    from shardann.distributed._ingest_state import JobLock
     from shardann.errors import IngestJobBusyError
 
     x, dir_a, _ = inputs
@@ -225,7 +227,7 @@ def test_concurrent_run_of_the_same_job_is_refused(tmp_path, inputs):
     # hold the job's lock as a running job would, then start the same job
     job = _Job(path, dir_a, progress=False, **_job_opts(OPTS))
     os.makedirs(job.job_dir)
-    with _JobLock(job.job_dir, job.job_id):
+    with JobLock(job.job_dir, job.job_id):
         with pytest.raises(IngestJobBusyError, match="running in another process"):
             ingest(path, dir_a, **OPTS)
     assert not IndexStore.exists(path)

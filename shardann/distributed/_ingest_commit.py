@@ -1,0 +1,69 @@
+"""The **commit** stage of an ingest job: one manifest naming every new
+segment — the only moment the index changes. A new index is created with its
+model and segments in one commit; an append commits on top of the newest
+version after checking that the model did not change and that rows committed
+meanwhile do not share the job's ids.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from ..errors import CommitConflictError
+from ..storage import IndexStore, crash_point, read_manifest
+
+logger = logging.getLogger(__name__)
+
+#: commits tried when other writers keep committing first
+COMMIT_ATTEMPTS = 5
+
+
+def commit_stage(run, state, model, entries):
+    """Publish the segments ``entries`` (manifest entries); return the new store version."""
+    t = time.perf_counter()
+    crash_point("ingest.before_commit")
+    if state["mode"] == "create":
+        store = IndexStore.create_from_segments(run.root, model.to_state(lists=False), entries)
+    else:
+        for attempt in range(COMMIT_ATTEMPTS):
+            store = IndexStore.open(run.root)
+            if store.version != state["base_version"]:
+                cb = store.manifest["files"]["codebooks"]
+                if cb is None or cb["crc32"] != state["codebooks_crc"]:
+                    raise RuntimeError(
+                        f"the model of {run.root} changed (version {store.version}) while "
+                        "this ingest ran; its codes no longer fit. Rerun the ingest.")
+                check_new_commits(run.root, state, store, entries)
+            txn = store.transaction()
+            txn.add_segments(entries)
+            try:
+                store = txn.commit()
+                break
+            except CommitConflictError:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                logger.info("another writer committed first; retrying the commit")
+    crash_point("ingest.committed")
+    run.timed("commit", t)
+    logger.info("committed version %d of %s", store.version, run.root)
+    return store
+
+
+def check_new_commits(root, state, store, entries):
+    """Ids of rows committed since the job started must not meet the job's ids."""
+    base = read_manifest(root, state["base_version"])
+    old = {s["path"] for s in base["files"]["segments"]}
+    new = [s for s in store.manifest["files"]["segments"] if s["path"] not in old]
+    if not new:
+        return
+    lo = min(e["min_id"] for e in entries)
+    hi = max(e["max_id"] for e in entries)
+    near = [s for s in new if s["rows"] and s["min_id"] <= hi and s["max_id"] >= lo]
+    if not near:
+        return
+    theirs = store.live_ids(near)
+    ours = store.segment_view(entries).live_ids()
+    if np.isin(ours, theirs).any():
+        raise RuntimeError(f"{root} gained rows with this job's ids while it ran; "
+                           "rerun the ingest (it will start over with fresh ids)")
