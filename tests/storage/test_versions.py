@@ -96,6 +96,45 @@ def test_save_merge_replays_adds_and_removes_on_the_newest_version(saved, sdata)
     assert IndexStore.open(saved).ntotal == store.ntotal - 3
 
 
+@pytest.mark.parametrize("kind,kw", [("flat", {}), ("ivfflat", {"metric": "cosine"}),
+                                     ("ivfpq", {"nbits": 4})], ids=["flat", "ivfflat", "pq4"])
+def test_merge_for_every_kind(tmp_path, sdata, make_index, kind, kw):
+    path = tmp_path / "k"
+    make_index(kind, **kw).save(path)
+    a = shardann.open_index(path)
+    b = shardann.open_index(path)
+    a.add(_vectors(sdata, X_IDS.size, 1.01), ids=X_IDS)
+    a.remove_ids([3, 4])
+    b.remove_ids([7])
+    b.save(path)
+    assert a.save(path, merge=True) == 3
+    got = shardann.open_index(path)
+    assert got.ntotal == NB + X_IDS.size - 3 == a.ntotal
+    np.testing.assert_array_equal(got.reconstruct(X_IDS), a.reconstruct(X_IDS))
+    assert not got.contains([3, 4, 7]).any()
+    assert IndexStore.open(path).verify()["ntotal"] == got.ntotal
+
+
+def test_merge_that_loses_a_race_replays_again(saved, sdata, monkeypatch):
+    a, b = _two_writers(saved, sdata)
+    real = shardann.storage.Transaction.commit
+    calls = []
+
+    def commit(txn):
+        calls.append(txn.base_version)
+        if len(calls) == 1:  # B lands version 3 just before A's merge commits
+            b.remove_ids([11])
+            b.save(saved)
+        return real(txn)
+
+    monkeypatch.setattr(shardann.storage.Transaction, "commit", commit)
+    assert a.save(saved, merge=True) == 4
+    assert calls == [2, 2, 3]  # A on 2 (lost to B's save on 2), A again on 3
+    got = IndexStore.open(saved)
+    assert got.ntotal == NB - 11 + X_IDS.size + Y_IDS.size == a.ntotal
+    assert got.verify()["ntotal"] == got.ntotal
+
+
 def test_merge_refuses_ids_the_other_writer_added(saved, sdata):
     a = shardann.open_index(saved)
     b = shardann.open_index(saved)
