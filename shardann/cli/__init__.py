@@ -7,6 +7,8 @@
 ``shardann ingest PATH INPUT...``  build an index from embeddings on disk (Ray Data)
 ``shardann bench SUITE`` benchmarks: ``core`` (kernels, local indexes vs FAISS) and
                          ``distributed`` (sharded vs local), from ``shardann.bench.SUITE``
+``shardann verify PATH`` check every file of a stored version (exit 1 on damage)
+``shardann repair PATH --rollback | --supersede VERSION``  deal with a damaged newest manifest
 
 One module per command, each with ``HELP``, ``add_arguments(parser)`` (the
 command's options and the common ``--log-level`` / ``--debug``) and
@@ -22,7 +24,7 @@ import argparse
 import sys
 import traceback
 
-from . import bench, demo, info, ingest, serve
+from . import bench, demo, info, ingest, repair, serve, verify
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -36,7 +38,8 @@ from ._common import (
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
 #: subcommand name -> its module, in the order ``shardann --help`` lists them
-COMMANDS = {"demo": demo, "info": info, "serve": serve, "ingest": ingest, "bench": bench}
+COMMANDS = {"demo": demo, "info": info, "serve": serve, "ingest": ingest, "bench": bench,
+            "verify": verify, "repair": repair}
 
 
 def build_parser():

@@ -45,6 +45,8 @@ class BaseIndex:
         self._sorted_ids = None  # sorted live ids, built when first needed
         self._posmap = None  # (sorted ids, slab positions), rebuilt after mutations
         self._next_id = 0  # default id of the next added vector
+        self._origin = None  # the store version it was loaded from / saved as (_saving)
+        self._changes = None  # [(added?, ids)] since then; None: untracked or not replayable
 
     # -- state -----------------------------------------------------------------
     @property
@@ -199,8 +201,15 @@ class BaseIndex:
         if n:
             self._add_rows(list_no, ids, checked)
 
+    def _log_change(self, added, ids):
+        """Note ids added or removed since the origin version (for ``save(merge=True)``)."""
+        log = getattr(self, "_changes", None)
+        if log is not None and len(ids):
+            log.append((added, np.array(ids, np.int64)))
+
     def _add_rows(self, list_no, ids, payload):
         self._lists.add(list_no, ids, **payload)
+        self._log_change(True, ids)
         if self._sorted_ids is not None:
             # two sorted runs: the stable sort (timsort) merges them in linear time
             self._sorted_ids = np.sort(np.concatenate([self._sorted_ids, np.sort(ids)]),
@@ -234,6 +243,7 @@ class BaseIndex:
         if dead.size == 0:
             return 0
         changed = np.unique(self._lists.owners(dead))
+        self._log_change(False, self._lists.ids[dead])
         self._lists.remove(dead)
         self._sorted_ids = None
         self._posmap = None
@@ -359,6 +369,7 @@ class BaseIndex:
         self._sorted_ids = None
         self._posmap = None
         self._next_id = max(int(next_id), int(ids.max()) + 1 if n else 0)
+        self._changes = None  # the rows are no longer the origin's plus logged changes
         self._on_mutation()
 
     def to_state(self, *, lists=True):
@@ -425,12 +436,41 @@ class BaseIndex:
         """Names of the arrays a trained index of this config has."""
         return ()
 
-    def save(self, path):
-        """Write the index to directory ``path`` as a new version of the store
-        there (see :func:`shardann.open_index`). Returns the version number."""
-        from ..storage import IndexStore
+    def save(self, path, *, merge=False):
+        """Write the index to directory ``path`` as a new version of the store there
+        (read it back with :func:`shardann.open_index`).
 
-        return IndexStore.save(path, self.to_state()).version
+        An index opened from ``path`` (or created or last saved there) commits
+        only on top of that version: if another writer committed since, this
+        raises :class:`shardann.CommitConflictError` and writes nothing, rather
+        than drop the other writer's work. With ``merge=True`` the ids this
+        index added and removed since then are replayed instead, as one
+        transaction on the newest version (:class:`shardann.DuplicateIdError`
+        if that version holds ids this index added; ``CommitConflictError`` if
+        its model differs); the index then holds the merged version (its
+        lists reloaded from the store). Without a conflict, ``merge=True`` is a
+        plain save.
+
+        Any other ``path`` (a new one, or a store this index did not come from)
+        gets the whole index as its next version, whatever that store held —
+        ``shardann.storage.IndexStore.save(path, index)`` does the same for the
+        index's own store. An index opened with ``lists=`` saves to its own
+        store only with ``merge=True``.
+
+        If the newest manifest at ``path`` is damaged, this raises
+        :class:`shardann.CorruptIndexError` naming it (see
+        :func:`shardann.storage.repair`) — unless the index does not depend on
+        that version's content (it came from another path, or from that very
+        version): then the new version supersedes it, with a warning.
+
+        Returns
+        -------
+        int, the version committed (1 for a new store), or with ``merge=True``
+        and nothing to replay, the newest version, which holds this index.
+        """
+        from ._saving import save
+
+        return save(self, path, merge=merge)
 
     # -- description -------------------------------------------------------------
     def __repr__(self):

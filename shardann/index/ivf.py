@@ -148,6 +148,7 @@ class IVFIndex(BaseIndex):
         self._on_mutation()
         self._posmap = None
         self._next_id = 0
+        self._changes = None  # a new model: nothing since the origin can be replayed
         return self
 
     def _set_centroids(self, centroids):
@@ -334,6 +335,7 @@ class IVFIndex(BaseIndex):
     def _set_trained_arrays(self, arrays):
         self._set_centroids(arrays["centroids"])
         self._lists = self._new_lists()
+        self._changes = None
         self._on_mutation()
 
     def __repr__(self):

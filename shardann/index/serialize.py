@@ -9,6 +9,7 @@ knows no index class: ``index.to_state()`` turns an index into an
 import logging
 
 from ..errors import CorruptIndexError
+from ._saving import adopt
 from .base import BaseIndex
 from .flat import FlatIndex  # noqa: F401  (registers the kind)
 from .ivf import IVFFlatIndex, IVFPQIndex  # noqa: F401  (register their kinds)
@@ -33,17 +34,28 @@ def index_from_state(state):
     return BaseIndex.from_state(state)
 
 
-def save_index(index, path):
-    """Write ``index`` to directory ``path``; return the committed version number.
+def save_index(index, path, *, merge=False):
+    """Write ``index`` to directory ``path``; return the committed version number (int).
 
     A new path becomes a store at version 1; an existing store gets a new
     version holding exactly the index's current content (earlier versions stay
-    readable until ``IndexStore.vacuum``). A store none of whose manifests is
-    readable is superseded by the new version (with a warning).
+    readable until ``IndexStore.vacuum``). The index's own store (the one it
+    was opened from or last saved to) is written only on top of that version:
+    otherwise :class:`shardann.CommitConflictError`, or with ``merge=True`` its
+    adds and removes are replayed on the newest version (see
+    :meth:`BaseIndex.save`).
+
+    A store whose newest manifest is damaged (or none of whose manifests is
+    readable) is superseded by the new version, with a warning naming it,
+    when the index does not depend on that version (it came from elsewhere or
+    from that very version); otherwise :class:`shardann.CorruptIndexError`
+    names the damaged manifest, and ``shardann.storage.repair`` (``shardann
+    repair PATH --rollback | --supersede VERSION``) rolls it back or supersedes
+    it deliberately.
     """
     if not isinstance(index, BaseIndex):
         raise TypeError(f"expected a shardann index; got {type(index).__name__}")
-    return index.save(path)
+    return index.save(path, merge=merge)
 
 
 def open_index(path, version=None, *, lists=None):
@@ -57,9 +69,12 @@ def open_index(path, version=None, *, lists=None):
         share); the model is always complete. Default: all.
 
     Returns a FlatIndex, IVFFlatIndex or IVFPQIndex (trained, if it was saved
-    trained) with its lists loaded. Raises ``FileNotFoundError`` when there
-    is no index (or no such version) and :class:`shardann.CorruptIndexError`
-    naming the file when a file is truncated, corrupt or of an unknown format.
+    trained) with its lists loaded; ``index.save(path)`` later commits on top
+    of this version only (see :meth:`BaseIndex.save`). Raises
+    ``FileNotFoundError`` when there is no index (or no such version) and
+    :class:`shardann.CorruptIndexError` naming the file when a file is
+    truncated, corrupt or of an unknown format — or, for the newest version,
+    when its manifest is damaged (no silent fallback to an older version).
     """
     from ..storage import IndexStore
 
@@ -72,6 +87,8 @@ def load_index(store, lists=None):
     naming the manifest when the stored state does not describe an index."""
     state = store.load_state(lists)
     try:
-        return index_from_state(state)
+        index = index_from_state(state)
     except ValueError as exc:
         raise CorruptIndexError(f"{store.manifest_path}: {exc}") from exc
+    adopt(index, store, lists)  # its saves commit on top of this version only
+    return index

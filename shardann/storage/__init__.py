@@ -11,7 +11,8 @@ distributed ingest): :func:`write_segment` (then
 :meth:`Transaction.add_segments` / :meth:`IndexStore.create_from_segments`),
 :func:`encode_codebooks` / :func:`decode_codebooks` (a model as one file),
 :func:`list_versions` / :func:`read_manifest`, :func:`crash_point` (named
-crash points for crash tests), :func:`fast_crc32` and :func:`fsync_dir`.
+crash points for crash tests), :func:`fast_crc32` and :func:`fsync_dir`; and
+for operators, :func:`repair` (a damaged newest manifest).
 """
 
 import os
@@ -80,7 +81,37 @@ def read_manifest(path, version):
     return _read_manifest(os.path.abspath(os.fspath(path)), int(version))
 
 
+def repair(path, *, rollback=False, supersede=None):
+    """Repair a store whose newest manifest is damaged (opening its newest
+    version, and every commit on it, raise :class:`shardann.CorruptIndexError`
+    naming that manifest until then). Exactly one of:
+
+    ``rollback=True``
+        Set the damaged newest manifest aside: ``_manifests/v00000007.json`` is
+        renamed to ``_manifests/damaged-v00000007.json`` (never deleted), so the
+        version before it is the newest again. Several damaged manifests at the
+        top are all set aside. The next commit reuses the number 7: prefer
+        ``supersede`` if version 7 was ever served (actor names carry versions).
+    ``supersede=VERSION``
+        Publish a new version above the damaged one (here 8) whose content is
+        that of the readable older ``VERSION`` (its files, checked as on open).
+        The damaged manifest stays where it is, still an error to open by number.
+
+    Returns a report: {"path", "action", "damaged" (version numbers), "errors",
+    "version" (the newest version now), and "moved" {old: new path} for a
+    rollback or "superseded_with" for a supersede}. Raises ``ValueError`` when
+    the newest manifest is readable (nothing to repair) or the arguments do not
+    say one thing to do; ``FileNotFoundError`` for a missing store or version;
+    :class:`shardann.CorruptIndexError` when ``VERSION`` is unreadable too, or
+    for a rollback when no readable version is left.
+
+    From the command line: ``shardann repair PATH --rollback`` or
+    ``--supersede VERSION``; ``shardann verify PATH --version V`` checks a version.
+    """
+    return IndexStore.repair(path, rollback=rollback, supersede=supersede)
+
+
 __all__ = ["CRASH_ENV_VAR", "CRASH_POINTS", "FORMAT_VERSION", "FutureFormatError",
            "IndexState", "IndexStore", "MAX_SEGMENT_ROWS", "ROW_GROUP_ROWS", "Transaction",
            "crash_point", "decode_codebooks", "encode_codebooks", "fast_crc32", "fsync_dir",
-           "list_versions", "read_manifest", "write_segment"]
+           "list_versions", "read_manifest", "repair", "write_segment"]

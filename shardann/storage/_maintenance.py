@@ -1,5 +1,8 @@
-"""Maintenance of a store: compaction, vacuum and full verification."""
+"""Maintenance of a store: compaction, vacuum, full verification and repair of a
+damaged newest manifest."""
 
+import copy
+import datetime
 import os
 import time
 
@@ -9,10 +12,10 @@ from ..errors import CorruptIndexError
 from . import _manifest
 from ._files import file_crc32, fsync_dir
 from ._grouping import group_by_list, hits
-from ._manifest import MANIFEST_DIR
+from ._manifest import DAMAGED_PREFIX, FORMAT_VERSION, MANIFEST_DIR, FutureFormatError
 from ._segments import SegmentFile
 from ._transaction import MAX_SEGMENT_ROWS, Transaction
-from ._view import SEGMENT_DIR, TOMBSTONE_DIR
+from ._view import SEGMENT_DIR, TOMBSTONE_DIR, StoreView
 
 
 def compact(view, *, min_rows=None, max_segment_rows=MAX_SEGMENT_ROWS):
@@ -26,6 +29,7 @@ def compact(view, *, min_rows=None, max_segment_rows=MAX_SEGMENT_ROWS):
     has_deleted = any(s.get("deleted", 0) for s in picked)
     if len(picked) < 2 and not has_deleted:
         return view
+    _manifest.check_unpublished(view.path, view.version + 1, _manifest.TRANSACTION_ADVICE)
     txn = Transaction(view, operation="compact")
     names = view._payload_names()
     parts = view._live_rows(picked, None, names)
@@ -50,6 +54,9 @@ def vacuum(view, keep=1, *, grace_seconds=3600.0):
     if int(keep) < 1:
         raise ValueError(f"keep must be >= 1; got {keep}")
     root = view.path
+    # a damaged (or newer-format) newest manifest may name files no readable one does:
+    # deleting them would make it unrecoverable; the operator repairs first
+    _manifest.read_newest(root)
     readable = {}
     for v in _manifest.list_versions(root):
         try:
@@ -169,8 +176,73 @@ def verify(view):
             allids = np.sort(np.concatenate(live_ids))
             report["duplicate_live_ids"] = int((allids[1:] == allids[:-1]).sum())
     if problems:
-        raise CorruptIndexError("; ".join(problems))
+        err = CorruptIndexError("; ".join(problems))
+        err.problems = problems
+        raise err
     return report
+
+
+def repair(root, *, rollback=False, supersede=None):
+    """See :func:`shardann.storage.repair`."""
+    if bool(rollback) == (supersede is not None):
+        raise ValueError("repair needs exactly one of rollback=True or supersede=VERSION; "
+                         f"got rollback={rollback!r}, supersede={supersede!r}")
+    versions = _manifest.list_versions(root)
+    if not versions:
+        raise FileNotFoundError(f"no shardann index at {root!r} (no {MANIFEST_DIR}/v*.json)")
+    damaged, errors, readable = [], [], None
+    for v in reversed(versions):
+        try:
+            _manifest.read(root, v)
+        except FutureFormatError:
+            if not damaged:
+                raise  # not damage: a newer shardann wrote it
+            readable = v
+            break
+        except CorruptIndexError as exc:
+            damaged.append(v)
+            errors.append(str(exc))
+            continue
+        readable = v
+        break
+    if not damaged:
+        raise ValueError(f"{root}: nothing to repair: the newest manifest "
+                         f"({_manifest.manifest_name(versions[-1])}) is readable")
+    mdir = os.path.join(root, MANIFEST_DIR)
+    report = {"path": root, "damaged": sorted(damaged), "errors": errors}
+    if rollback:
+        if readable is None:
+            raise CorruptIndexError(
+                f"{root}: no manifest is readable ({'; '.join(errors)}); there is no version "
+                "to roll back to. Save an index over it (index.save(path) or "
+                "IndexStore.save(path, state)) or restore the manifests from a backup")
+        moved = {}
+        for v in damaged:
+            name = _manifest.manifest_name(v)
+            dest, n = f"{DAMAGED_PREFIX}{name}", 1
+            while os.path.lexists(os.path.join(mdir, dest)):
+                n += 1
+                dest = f"{DAMAGED_PREFIX}{name[:-len('.json')]}.{n}.json"
+            os.rename(os.path.join(mdir, name), os.path.join(mdir, dest))
+            moved[f"{MANIFEST_DIR}/{name}"] = f"{MANIFEST_DIR}/{dest}"
+        fsync_dir(mdir)
+        return {**report, "action": "rollback", "moved": moved, "version": readable}
+    version = int(supersede)
+    if version in damaged:
+        raise ValueError(f"{root}: version {version} is the damaged one; supersede it with "
+                         "an older, readable version"
+                         + (f" (the newest readable is {readable})" if readable else ""))
+    if version not in versions:
+        raise FileNotFoundError(f"{root}: no version {version}; versions present: {versions}")
+    old = StoreView.open(root, version)  # its manifest, codebooks and file sizes checked
+    body = copy.deepcopy(old._m)
+    new = versions[-1] + 1
+    body.update(format_version=FORMAT_VERSION, version=new, parent_version=version,
+                operation="supersede",
+                created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"))
+    _manifest.publish(root, body, "Another writer published it meanwhile; open the store "
+                                  "(or run shardann verify) to see where it stands.")
+    return {**report, "action": "supersede", "superseded_with": version, "version": new}
 
 
 def _check_arrays(arrays, m, path):

@@ -23,6 +23,9 @@ FORMAT = "shardann"
 #: the format this shardann writes; it reads every version up to this one
 FORMAT_VERSION = 2
 MANIFEST_DIR = "_manifests"
+#: a damaged manifest set aside by ``repair(rollback=True)`` is renamed to this prefix +
+#: its name (``damaged-v00000007.json``); no reader or vacuum looks at it again
+DAMAGED_PREFIX = "damaged-"
 _NAME = re.compile(r"^v(\d{8,})\.json$")
 
 
@@ -109,6 +112,75 @@ def read(root, version):
     return decode(data, path, version)
 
 
+def damaged_newest_error(root, version, exc):
+    """The error for a store whose newest manifest (of ``version``) cannot be read:
+    names the file, says which versions are left and how to repair."""
+    older = [v for v in list_versions(root) if v < version]
+    if not older:
+        left = "no older version is left"
+    else:
+        span = f"{older[0]}" if len(older) == 1 else f"s {older[0]}..{older[-1]}"
+        left = f"version{span} can still be opened explicitly (version=...)"
+    return CorruptIndexError(
+        f"{exc} -- this is the newest manifest of {root}; shardann does not fall back to "
+        f"an older version silently, and commits based on older versions fail until it is "
+        f"repaired; {left}. "
+        f"Check a version with `shardann verify {root} --version V`; repair with "
+        f"`shardann repair {root} --rollback` (sets {manifest_name(version)} aside as "
+        f"{DAMAGED_PREFIX}{manifest_name(version)}, so the version before it is the newest "
+        f"again) or `shardann repair {root} --supersede V` (publishes version "
+        f"{version + 1} holding version V); in Python: "
+        "shardann.storage.repair(path, rollback=True) or (path, supersede=V)")
+
+
+def read_newest(root, versions=None):
+    """The newest manifest of the store at ``root`` (a dict). Raises
+    ``FileNotFoundError`` when there is none, :class:`FutureFormatError` for one
+    written by a newer shardann, and :class:`CorruptIndexError` naming it when it
+    is damaged: never an older version in its place."""
+    versions = list_versions(root) if versions is None else versions
+    if not versions:
+        raise FileNotFoundError(f"no shardann index at {root!r} (no {MANIFEST_DIR}/v*.json)")
+    try:
+        return read(root, versions[-1])
+    except FutureFormatError:
+        raise
+    except CorruptIndexError as exc:
+        raise damaged_newest_error(root, versions[-1], exc) from None
+
+
+def check_unpublished(root, version, advice):
+    """Raise unless ``version`` is still free to publish: a
+    :class:`CommitConflictError` (with ``advice``) when another writer took it,
+    a :class:`CorruptIndexError` naming its manifest when that file is damaged
+    (the store needs ``repair``; a retry would never succeed)."""
+    if os.path.exists(manifest_path(root, version)):
+        raise taken_error(root, version, advice)
+
+
+def taken_error(root, version, advice):
+    """Why ``version`` cannot be published: it exists (a conflict) or is damaged."""
+    try:
+        read(root, version)
+    except FutureFormatError:
+        pass  # a newer shardann committed it: a conflict like any other
+    except FileNotFoundError:
+        pass
+    except CorruptIndexError as exc:
+        if list_versions(root)[-1] == version:
+            return damaged_newest_error(root, version, exc)
+        # a damaged version with newer ones above it: this commit's base is stale anyway
+    return CommitConflictError(
+        f"{root}: version {version} was committed by another writer while this commit "
+        f"(based on version {version - 1}) was being prepared; nothing was written. "
+        f"{advice}")
+
+
+#: what a conflicting transaction can do (a whole-state save says something else)
+TRANSACTION_ADVICE = ("Open the newest version (IndexStore.open) and apply this "
+                      "transaction's changes to it again.")
+
+
 def _link(tmp, final, data):
     try:
         os.link(tmp, final)
@@ -130,13 +202,14 @@ def _link(tmp, final, data):
             os.close(fd)
 
 
-def publish(root, body):
+def publish(root, body, advice=TRANSACTION_ADVICE):
     """Publish ``body`` as version ``body["version"]`` if that version does not exist.
 
     Writes a temporary file, fsyncs it, then ``os.link``s it to its final name
     (create-if-absent: atomic, and fails if another writer got there first),
-    then fsyncs the directory. Raises :class:`CommitConflictError` when the
-    version already exists.
+    then fsyncs the directory. Raises :class:`CommitConflictError` (its message
+    ending with ``advice``) when the version already exists, and
+    :class:`CorruptIndexError` naming the file when the manifest there is damaged.
     """
     version = body["version"]
     mdir = os.path.join(root, MANIFEST_DIR)
@@ -151,10 +224,7 @@ def publish(root, body):
     try:
         _link(tmp, final, data)
     except FileExistsError:
-        raise CommitConflictError(
-            f"{root}: version {version} was committed by another writer while this "
-            f"transaction (based on version {body.get('parent_version')}) was open; "
-            "reopen the store and retry") from None
+        raise taken_error(root, version, advice) from None
     finally:
         try:
             os.unlink(tmp)

@@ -97,7 +97,10 @@ class IndexStore(StoreView):
 
         The previous segments and tombstones leave the manifest (older versions
         still use them until :meth:`vacuum`). Returns the new view; raises
-        :class:`shardann.CommitConflictError` if this is not the newest version.
+        :class:`shardann.CommitConflictError` if this is not the newest version
+        (saving ``state`` on the newest instead would drop that version's
+        changes), or :class:`shardann.CorruptIndexError` naming the manifest if
+        the next version's manifest is there but damaged (see :meth:`repair`).
         """
         return write_state(type(self), self._root, state, self._m, "save", row_group_rows)
 
@@ -105,10 +108,16 @@ class IndexStore(StoreView):
     def save(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS):
         """Store ``state`` (an ``IndexState`` or an index) at ``path``: a new store
         at version 1, or the next version of the store there holding exactly
-        ``state`` (earlier versions stay readable until :meth:`vacuum`). A store
-        none of whose manifests is readable is superseded by the new version,
-        with a warning; one written by a newer shardann is an error. Returns the
-        new view.
+        ``state``, whatever the newest version held (earlier versions stay
+        readable until :meth:`vacuum`). This replaces content deliberately; to
+        commit changes on top of the version they were based on, use
+        :meth:`transaction` or :meth:`save_state` of that version's view.
+
+        A store whose newest version cannot be opened (a damaged manifest or
+        data file, or no readable manifest at all) is superseded: the new
+        version gets the next number above the damaged one, which stays on disk,
+        and a warning names it. A store written by a newer shardann is an
+        error. Returns the new view.
         """
         root = os.path.abspath(os.fspath(path))
         if not cls.exists(root):
@@ -118,7 +127,8 @@ class IndexStore(StoreView):
         except FutureFormatError:
             raise
         except CorruptIndexError as exc:
-            logger.warning("saving a new version over a damaged index: %s", exc)
+            logger.warning("saving a new version of %s over its damaged newest version "
+                           "(left on disk, superseded): %s", root, exc)
             return write_state(cls, root, state, None, "save", row_group_rows)
         return store.save_state(state, row_group_rows=row_group_rows)
 
@@ -140,14 +150,26 @@ class IndexStore(StoreView):
     def vacuum(self, keep=1, *, grace_seconds=3600.0):
         """Delete old versions and files no kept version uses.
 
-        Keeps the newest ``keep`` readable versions (and any newer unreadable
+        Keeps the newest ``keep`` readable versions (and any older unreadable
         manifest, untouched). Files no manifest ever named (left by crashed or
         in-flight transactions) are deleted only once older than
         ``grace_seconds``, so a writer still working is not robbed of its files.
+        Manifests set aside by :meth:`repair` are never deleted (the data files
+        only they name are).
 
         Returns {"removed_versions": [...], "removed_files": [...], "bytes_freed": int}.
+        Raises :class:`shardann.CorruptIndexError` naming the newest manifest
+        when it is damaged or of a newer format: the files it names must not go
+        before someone decided about it (:meth:`repair`).
         """
         return _maintenance.vacuum(self, keep, grace_seconds=grace_seconds)
+
+    @classmethod
+    def repair(cls, path, *, rollback=False, supersede=None):
+        """Repair a store whose newest manifest is damaged; see
+        :func:`shardann.storage.repair`. Returns its report."""
+        return _maintenance.repair(os.path.abspath(os.fspath(path)), rollback=rollback,
+                                   supersede=supersede)
 
     # -- checking ------------------------------------------------------------------------
     def verify(self):
@@ -159,7 +181,9 @@ class IndexStore(StoreView):
         sort order, tombstone counts, the codebooks' shapes and the exact
         ``ntotal``.
 
-        Returns a report dict; raises :class:`shardann.CorruptIndexError`
-        listing every problem found (each naming its file).
+        Returns a report dict {"version", "files", "bytes", "segments", "rows",
+        "ntotal", "duplicate_live_ids"}; raises :class:`shardann.CorruptIndexError`
+        listing every problem found (each naming its file; the exception's
+        ``problems`` attribute holds them as a list).
         """
         return _maintenance.verify(self)

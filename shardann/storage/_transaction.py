@@ -61,7 +61,7 @@ class Transaction:
     Use as a context manager to commit on success and clean up on error.
     """
 
-    def __init__(self, store, operation=None):
+    def __init__(self, store, operation=None, *, advice=None):
         self._store = store
         self._root = store.path
         self._base = store._m
@@ -75,6 +75,7 @@ class Transaction:
         self._next_id = 0  # with _replace: the state's own next default id
         self._written = []
         self._operation = operation
+        self._advice = advice or _manifest.TRANSACTION_ADVICE
         self.committed = None
 
     # -- staging ---------------------------------------------------------------------
@@ -305,12 +306,15 @@ class Transaction:
 
         Returns the new :class:`IndexStore` view. Raises
         :class:`shardann.CommitConflictError` if another writer committed that
-        version first (this transaction's files are removed; nothing changes).
+        version first, and :class:`shardann.CorruptIndexError` naming the
+        manifest if that version's manifest is damaged (the store needs
+        :func:`shardann.storage.repair`). Either way this transaction's files
+        are removed and nothing changes.
         """
         self._check_open()
         try:
             store = self._commit()
-        except CommitConflictError:
+        except (CommitConflictError, CorruptIndexError):  # raised before the publish
             self.abort()
             raise
         self.committed = store
@@ -319,6 +323,7 @@ class Transaction:
     def _commit(self):
         root, base = self._root, self._base
         version = self.base_version + 1
+        _manifest.check_unpublished(root, version, self._advice)  # before writing more
         if self._replace is not None:
             kind, config, trained, nlist, spec, cb_entry, arrays = self._replace
             tombstones = []
@@ -368,7 +373,7 @@ class Transaction:
             "files": {"codebooks": cb_entry, "segments": segments, "tombstones": tombstones},
         }
         crash_point("commit.before_manifest")
-        _manifest.publish(root, body)
+        _manifest.publish(root, body, self._advice)
         crash_point("commit.after_publish")
         store = type(self._store)(root, body, self._store._check_chunks)
         # reuse what is known already: the arrays just written, or the base view's
@@ -407,14 +412,24 @@ class Transaction:
         return False
 
 
-def write_state(view_cls, root, state, base, operation, row_group_rows=None, segments=()):
+#: what a conflicting whole-state save can do ("retry" would drop the other commit)
+SAVE_ADVICE = ("Saving this state on top of the newest version instead would drop that "
+               "commit's changes. Open the newest version, apply your changes to it (its "
+               "load_state(), or shardann.open_index) and save that; to replace the "
+               "index's content anyway, IndexStore.save(path, state) commits on top of "
+               "whatever version is newest.")
+
+
+def write_state(view_cls, root, state, base, operation, row_group_rows=None, segments=(),
+                advice=SAVE_ADVICE):
     """Commit ``state``'s whole content as a new version of the store at ``root``.
 
     ``base`` is the manifest the new version follows; None means the newest
     version number present (its manifest read if possible, to reuse its
-    codebooks file). ``segments``: entries of segment files written already,
-    committed with it (see :meth:`Transaction.add_segments`). Returns the new
-    view (of ``view_cls``).
+    codebooks file; a damaged one is superseded). ``segments``: entries of
+    segment files written already, committed with it (see
+    :meth:`Transaction.add_segments`). ``advice`` ends the message of a
+    :class:`CommitConflictError`. Returns the new view (of ``view_cls``).
     """
     state = as_state(state)
     for sub in (MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR):
@@ -432,7 +447,9 @@ def write_state(view_cls, root, state, base, operation, row_group_rows=None, seg
                 "trained": False, "nlist": state.nlist, "columns": None,
                 "files": {"codebooks": (readable or {}).get("files", {}).get("codebooks"),
                           "segments": [], "tombstones": []}}
-    txn = Transaction(view_cls(root, base), operation=operation)
+    # before writing anything: is the next version still free?
+    _manifest.check_unpublished(root, base["version"] + 1, advice)
+    txn = Transaction(view_cls(root, base), operation=operation, advice=advice)
     try:
         txn.replace_all(state, row_group_rows=row_group_rows or ROW_GROUP_ROWS)
         extra = txn.add_segments(segments) if segments else 0

@@ -15,7 +15,7 @@ from ..errors import CorruptIndexError
 from . import _codebooks, _manifest, _tombstones
 from ._files import check_size, read_checked
 from ._grouping import as_ids, group_by_list, hits, sorted_counts
-from ._manifest import MANIFEST_DIR, FutureFormatError
+from ._manifest import MANIFEST_DIR
 from ._segments import TO_FILE, TO_INDEX, SegmentFile, payload_columns
 from .state import KINDS, IndexState
 
@@ -55,11 +55,15 @@ class StoreView:
     def open(cls, path, version=None, *, check_chunks=True):
         """Open version ``version`` of the store at ``path`` (default: the newest).
 
-        The newest manifest that parses is current; a damaged newer one is
-        skipped with a warning, but one written by a newer shardann is an error.
-        Opening checks the manifest's checksum, the codebooks' checksum and the
-        size of every data file; a segment's footer checksum is checked when it
-        is first read, and the CRC-32 of every column chunk on every read.
+        The newest manifest is current. If it is damaged (or written by a newer
+        shardann) opening the newest version raises
+        :class:`shardann.CorruptIndexError` naming it: there is no silent
+        fallback to an older version. Older versions still open when asked for
+        by number, and :func:`shardann.storage.repair` sets the damaged
+        manifest aside or supersedes it. Opening checks the manifest's checksum,
+        the codebooks' checksum and the size of every data file; a segment's
+        footer checksum is checked when it is first read, and the CRC-32 of
+        every column chunk on every read.
 
         ``check_chunks=False`` skips the column chunk checksums on reads (for
         trusted, recently verified data only: a flipped bit inside a data page
@@ -87,18 +91,7 @@ class StoreView:
                     f"{root}: no version {version}; versions present: {versions}")
             body = _manifest.read(root, version)
         else:
-            body, errors = None, []
-            for v in reversed(versions):
-                try:
-                    body = _manifest.read(root, v)
-                    break
-                except FutureFormatError:
-                    raise
-                except CorruptIndexError as exc:
-                    logger.warning("skipping unreadable manifest: %s", exc)
-                    errors.append(str(exc))
-            if body is None:
-                raise CorruptIndexError(f"{root}: no readable manifest ({'; '.join(errors)})")
+            body = _manifest.read_newest(root, versions)
         store = cls(root, body, check_chunks)
         store._check_files()
         return store
@@ -134,6 +127,13 @@ class StoreView:
     def manifest_path(self):
         """The file of this version's manifest (for messages)."""
         return _manifest.manifest_path(self._root, self.version)
+
+    @property
+    def codebooks_file(self):
+        """This version's codebooks entry {path, size, crc32} (a copy), or None:
+        two versions with equal entries have the same trained arrays."""
+        cb = self._m["files"].get("codebooks")
+        return None if cb is None else dict(cb)
 
     @property
     def config(self):

@@ -2,7 +2,6 @@
 and versions that do not use the damaged file still open."""
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -171,16 +170,17 @@ def test_manifest_naming_a_wrong_checksum(idx, pristine, which, field):
         _v1_still_fine(idx, pristine)
 
 
-def test_damaged_manifest_falls_back_with_a_warning(idx, pristine, caplog):
+def test_damaged_newest_manifest_is_an_error_not_a_fallback(idx, pristine):
     flip_byte(_manifest.manifest_path(str(idx), 2), 40)
-    with caplog.at_level(logging.WARNING, logger="shardann.storage"):
-        store = IndexStore.open(idx)
-    assert store.version == 1 and content(store) == pristine["v1"]
-    assert "v00000002.json" in caplog.text
+    with pytest.raises(shardann.CorruptIndexError, match="v00000002.json.*repair"):
+        IndexStore.open(idx)  # never silently version 1 (issue 19)
     with pytest.raises(shardann.CorruptIndexError, match="v00000002.json"):
         IndexStore.open(idx, version=2)
-    # the broken version number is taken: a writer gets a clear conflict, not a overwrite
-    with pytest.raises(shardann.CommitConflictError):
+    store = IndexStore.open(idx, version=1)
+    assert content(store) == pristine["v1"]
+    # the broken version number is taken: a writer is told about the damage, and a
+    # retry would never succeed, so it is no CommitConflictError
+    with pytest.raises(shardann.CorruptIndexError, match="v00000002.json"):
         store.transaction().commit()
 
 
@@ -189,7 +189,9 @@ def test_manifest_that_is_not_json(idx, pristine):
         f.write('{"format": "shardann", "trunc')
     with pytest.raises(shardann.CorruptIndexError, match="v00000002.json.*JSON"):
         IndexStore.open(idx, version=2)
-    assert IndexStore.open(idx).version == 1
+    with pytest.raises(shardann.CorruptIndexError, match="v00000002.json.*JSON"):
+        IndexStore.open(idx)
+    assert IndexStore.open(idx, version=1).version == 1
 
 
 def test_future_format_version_is_a_clear_error(idx, pristine):
