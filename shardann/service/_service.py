@@ -23,7 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._validation import MAX_SQUARED_NORM, first_oversized_row
-from ..errors import DuplicateIdError, ShardUnavailableError
+from ..errors import (
+    CommitConflictError,
+    CorruptIndexError,
+    DuplicateIdError,
+    ShardUnavailableError,
+)
 from ._batching import MicroBatcher
 from .backends import open_backend
 from .config import ServiceConfig, check_auth_settings, resolve_token_digest
@@ -156,9 +161,13 @@ class SearchService:
         if isinstance(exc, PermissionError):
             self.metrics.error("read_only")
             return ApiError(409, "read_only", str(exc))
-        if isinstance(exc, DuplicateIdError):
+        if isinstance(exc, (DuplicateIdError, CommitConflictError)):
             self.metrics.error("conflict")
             return ApiError(409, "conflict", str(exc))
+        if isinstance(exc, CorruptIndexError):  # the operator's to repair; say what is damaged
+            self.metrics.error("corrupt_index")
+            logger.error("%s failed: %s", what, exc)
+            return ApiError(500, "corrupt_index", f"{what} failed: {exc}")
         if isinstance(exc, (ValueError, TypeError)):
             self.metrics.error("invalid_request")
             return ApiError(422, "invalid_request", str(exc))

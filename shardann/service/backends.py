@@ -254,10 +254,18 @@ class LocalBackend:
             return self.index.contains(ids)
 
     def _commit(self):
-        if self.path is not None:
-            self.version = int(self.index.save(self.path))
-        else:
+        if self.path is None:
             self.version += 1
+            return
+        try:
+            # another writer may have committed meanwhile: replay this write on top
+            self.version = int(self.index.save(self.path, merge=True))
+        except Exception:
+            # not committed: drop it from memory too, so memory and store agree
+            import shardann
+            self.index = shardann.open_index(self.path)
+            self.version = self._store_version(self.path)
+            raise
 
     def newest_version(self):
         return self._store_version(self.path) if self.path is not None else self.version
