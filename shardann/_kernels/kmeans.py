@@ -32,8 +32,12 @@ def argmin_from_dots(dots_t, cnorms, ip, labels, keys, second):
     base = np.zeros(k, np.float32) if ip else cnorms
     scale = np.float32(1.0) if ip else np.float32(2.0)  # float64 would promote the loop
     best = np.zeros(n, np.int32)  # int32 lanes: twice as many per vector as int64
-    keys[:] = np.inf
-    second[:] = np.inf
+    # explicit loops, no slice assignment: Numba compiles its generic slice
+    # and broadcast code (with error-message formatting) per kernel, seconds on
+    # a fresh install
+    for i in range(n):
+        keys[i] = np.inf
+        second[i] = np.inf
     for j in range(k):
         b = base[j]
         col = dots_t[j]
@@ -46,7 +50,8 @@ def argmin_from_dots(dots_t, cnorms, ip, labels, keys, second):
             second[i] = cur if better else (v if v < s else s)
             keys[i] = v if better else cur
             best[i] = jj if better else best[i]
-    labels[:] = best
+    for i in range(n):
+        labels[i] = best[i]
 
 
 _LOWDIM_BLOCK = 128
@@ -111,11 +116,14 @@ _argmin_block4 = _make_argmin_block(4)
 _argmin_block8 = _make_argmin_block(8)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pad_centroids(centroids, width):
     """float32 (k, width) copy of (k, dsub <= width) centroids, zero padded."""
-    out = np.zeros((centroids.shape[0], width), np.float32)
-    out[:, :centroids.shape[1]] = centroids
+    k, dsub = centroids.shape
+    out = np.zeros((k, width), np.float32)
+    for j in range(k):
+        for t in range(dsub):
+            out[j, t] = centroids[j, t]
     return out
 
 
@@ -132,14 +140,13 @@ def nearest_rows(x, s, nb, col0, dsub, padded, cnorms, xt, best, arg):
         _argmin_block8(xt, padded, cnorms, best, arg)
 
 
-@njit(cache=True, fastmath=True, nogil=True)
 def argmin_l2_lowdim(x, col0, centroids, cnorms, labels, keys):
     """Nearest centroid by L2 of the columns ``[col0, col0 + dsub)`` of ``x``,
     without BLAS — for low-dimensional data such as PQ sub-vectors.
 
     Parameters
     ----------
-    x : float32 (n, >= col0 + dsub). centroids : float32 (k, dsub).
+    x : float32 (n, >= col0 + dsub), C-contiguous. centroids : float32 (k, dsub).
     cnorms : float32 (k,) squared centroid norms.
     labels : int64 (n,) out, the first nearest centroid.
     keys : float32 (n,) out, ``|c|^2 - 2 x.c`` of that centroid.
@@ -147,26 +154,35 @@ def argmin_l2_lowdim(x, col0, centroids, cnorms, labels, keys):
     Up to 8 dimensions: 32 rows at a time in vector registers (zero-padded
     to 4 or 8 dimensions). More: rows in column-major blocks so the inner
     loop runs across rows and vectorises (compare-and-select, no branch).
+    The two are separate kernels chosen here, so a process compiles only the
+    one its data needs.
     """
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    cnorms = np.ascontiguousarray(cnorms, dtype=np.float32)
+    if centroids.shape[1] > 8:
+        _argmin_any(x, col0, centroids, cnorms, labels, keys)
+    else:
+        _argmin_regs(x, col0, centroids, cnorms, labels, keys)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def _argmin_regs(x, col0, centroids, cnorms, labels, keys):
+    # argmin_l2_lowdim for dsub <= 8: 32 rows at a time in vector registers
     k, dsub = centroids.shape
-    if dsub > 8:
-        _argmin_any(x, col0, pad_centroids(centroids, dsub), cnorms, labels, keys)
-        return
     padded = pad_centroids(centroids, 4 if dsub <= 4 else 8)
-    cn = np.ascontiguousarray(cnorms)
     R = SIMD_ROWS
     xt = np.zeros((padded.shape[1], R), np.float32)
     best = np.empty(R, np.float32)
     arg = np.empty(R, np.int32)
     for s in range(0, x.shape[0], R):
         nb = min(R, x.shape[0] - s)
-        nearest_rows(x, s, nb, col0, dsub, padded, cn, xt, best, arg)
+        nearest_rows(x, s, nb, col0, dsub, padded, cnorms, xt, best, arg)
         for i in range(nb):
             labels[s + i] = arg[i]
             keys[s + i] = best[i]
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _load_block(x, s, nb, col0, dsub, xt):
     m2 = np.float32(-2.0)
     for i in range(nb):
@@ -186,10 +202,13 @@ def _argmin_any(x, col0, C, cnorms, labels, keys):
     for s in range(0, n, B):
         nb = min(B, n - s)
         _load_block(x, s, nb, col0, dsub, xt)
-        best[:] = np.inf
-        arg[:] = 0
+        for i in range(B):
+            best[i] = np.inf
+            arg[i] = 0
         for j in range(k):
-            dist[:] = cnorms[j]
+            cj = cnorms[j]
+            for i in range(B):
+                dist[i] = cj
             for t in range(dsub):
                 ct = C[j, t]
                 for i in range(B):
@@ -198,8 +217,9 @@ def _argmin_any(x, col0, C, cnorms, labels, keys):
                 better = dist[i] < best[i]
                 best[i] = dist[i] if better else best[i]
                 arg[i] = j if better else arg[i]
-        labels[s:s + nb] = arg[:nb]
-        keys[s:s + nb] = best[:nb]
+        for i in range(nb):
+            labels[s + i] = arg[i]
+            keys[s + i] = best[i]
 
 
 @njit(cache=True, nogil=True)

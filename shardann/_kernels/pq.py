@@ -9,80 +9,105 @@ holds sub-code ``m`` in its low (even ``m``) or high (odd ``m``) nibble.
 import numpy as np
 from numba import njit
 
-from .kmeans import SIMD_ROWS, argmin_l2_lowdim, nearest_rows
+from .kmeans import SIMD_ROWS, _argmin_any, nearest_rows
 
 
-@njit(cache=True)
 def pq_assign(x, codebooks, cnorms, out_codes):
     """Nearest sub-centroid per sub-vector.
 
     Parameters
     ----------
-    x : float32 (n, d).
+    x : float32 (n, d), C-contiguous.
     codebooks : float32 (M, ksub, dsub).
     cnorms : float32 (M, ksub), squared norms of the sub-centroids.
     out_codes : uint8 (n, M), unpacked codes.
     """
-    _assign(x, np.empty((0, x.shape[1]), np.float32), np.empty(0, np.int64), codebooks,
-            cnorms, out_codes)
+    pq_assign_residual(x, np.empty((0, x.shape[1]), np.float32), np.empty(0, np.int64),
+                       codebooks, cnorms, out_codes)
 
 
-@njit(cache=True)
 def pq_assign_residual(x, base, labels, codebooks, cnorms, out_codes):
     """:func:`pq_assign` of the residuals ``x[i] - base[labels[i]]``, formed a
     few rows at a time (the same float32 subtractions as NumPy's
     ``x - base[labels]``, so the same codes, without the (n, d) temporary).
+    Empty ``labels`` encode ``x`` itself.
 
     x : float32 (n, d). base : float32 (nlist, d). labels : int64 (n,).
+
+    Sub-vectors of up to 8 dimensions and wider ones take separate kernels,
+    chosen here, so a process compiles only the one its data needs.
     """
-    _assign(x, base, labels, codebooks, cnorms, out_codes)
+    codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
+    cnorms = np.ascontiguousarray(cnorms, dtype=np.float32)
+    if codebooks.shape[2] <= 8:
+        _assign_regs(x, base, labels, codebooks, cnorms, out_codes)
+    else:
+        _assign_wide(x, base, labels, codebooks, cnorms, out_codes)
 
 
-@njit(cache=True)
-def _assign(x, base, labels, codebooks, cnorms, out_codes):
+@njit(inline="always")
+def _residual_rows(x, base, labels, s, nb, tile):
+    # tile[i] = x[s + i] - base[labels[s + i]] for i < nb
+    for i in range(nb):
+        c = labels[s + i]
+        for j in range(x.shape[1]):
+            tile[i, j] = x[s + i, j] - base[c, j]
+
+
+@njit(cache=True, nogil=True)
+def _assign_regs(x, base, labels, codebooks, cnorms, out_codes):
+    # dsub <= 8: 32 rows at a time through every sub-quantizer while in cache
+    # (one sub-quantizer at a time over all rows would reread x M times), the
+    # sub-centroids zero padded to 4 or 8 dimensions for the register kernel
     n, d = x.shape
     M, ksub, dsub = codebooks.shape
-    residual = labels.size > 0
-    # rows per step: 32 through every sub-quantizer while in cache (one
-    # sub-quantizer at a time over all rows would reread x M times); wide
-    # sub-vectors go one sub-quantizer at a time over a larger tile
-    T = SIMD_ROWS if dsub <= 8 else (1024 if residual else max(n, 1))
-    tile = np.empty((T if residual else 0, d), np.float32)
+    residual = labels.shape[0] > 0
+    R = SIMD_ROWS
     width = 4 if dsub <= 4 else 8
-    padded = np.zeros((M, ksub, width if dsub <= 8 else 0), np.float32)
-    if dsub <= 8:
-        padded[:, :, :dsub] = codebooks
-    cn = np.ascontiguousarray(cnorms)
-    scratch = (np.zeros((width, SIMD_ROWS), np.float32), np.empty(SIMD_ROWS, np.float32),
-               np.empty(SIMD_ROWS, np.int32), np.empty(T, np.int64), np.empty(T, np.float32))
+    padded = np.zeros((M, ksub, width), np.float32)
+    for m in range(M):
+        for j in range(ksub):
+            for t in range(dsub):
+                padded[m, j, t] = codebooks[m, j, t]
+    tile = np.empty((R if residual else 0, d), np.float32)
+    xt = np.zeros((width, R), np.float32)
+    best = np.empty(R, np.float32)
+    arg = np.empty(R, np.int32)
+    for s in range(0, n, R):
+        nb = min(R, n - s)
+        src = x
+        s0 = s
+        if residual:
+            _residual_rows(x, base, labels, s, nb, tile)
+            src = tile
+            s0 = 0
+        for m in range(M):
+            nearest_rows(src, s0, nb, m * dsub, dsub, padded[m], cnorms[m], xt, best, arg)
+            for i in range(nb):
+                out_codes[s + i, m] = arg[i]
+
+
+@njit(cache=True, nogil=True)
+def _assign_wide(x, base, labels, codebooks, cnorms, out_codes):
+    # dsub > 8: one sub-quantizer at a time over a tile of rows (all rows
+    # when there is no residual to form)
+    n, d = x.shape
+    M, ksub, dsub = codebooks.shape
+    residual = labels.shape[0] > 0
+    T = 1024 if residual else max(n, 1)
+    tile = np.empty((T if residual else 0, d), np.float32)
+    labs = np.empty(T, np.int64)
+    keys = np.empty(T, np.float32)
     for s in range(0, n, T):
         nb = min(T, n - s)
+        rows = x[s:s + nb]
         if residual:
-            for i in range(nb):
-                c = labels[s + i]
-                for j in range(d):
-                    tile[i, j] = x[s + i, j] - base[c, j]
-            _assign_rows(tile, 0, nb, s, codebooks, padded, cn, out_codes, scratch)
-        else:
-            _assign_rows(x, s, nb, s, codebooks, padded, cn, out_codes, scratch)
-
-
-@njit(cache=True)
-def _assign_rows(src, s0, nb, s, codebooks, padded, cn, out_codes, scratch):
-    """Codes of rows ``[s0, s0 + nb)`` of ``src`` into rows ``[s, s + nb)`` of ``out_codes``."""
-    M, _, dsub = codebooks.shape
-    xt, best, arg, labs, keys = scratch
-    if dsub > 8:
-        rows = src[s0:s0 + nb]
+            _residual_rows(x, base, labels, s, nb, tile)
+            rows = tile[:nb]
         for m in range(M):
-            argmin_l2_lowdim(rows, m * dsub, codebooks[m], cn[m], labs[:nb], keys[:nb])
+            _argmin_any(rows, m * dsub, codebooks[m], cnorms[m], labs, keys)
             for i in range(nb):
                 out_codes[s + i, m] = labs[i]
-        return
-    for m in range(M):
-        nearest_rows(src, s0, nb, m * dsub, dsub, padded[m], cn[m], xt, best, arg)
-        for i in range(nb):
-            out_codes[s + i, m] = arg[i]
 
 
 @njit(cache=True)
