@@ -9,7 +9,6 @@ _ABS_MASK = np.int32(0x7FFFFFFF)
 _INF_BITS = np.int32(0x7F800000)
 
 
-@njit(cache=True, nogil=True)
 def finite_rows(x, ok):
     """Flag the rows of ``x`` whose values are all finite; return the largest
     absolute finite value.
@@ -23,19 +22,27 @@ def finite_rows(x, ok):
     -------
     float32, ``max |x|`` over the finite rows (0 when there are none).
     """
-    n, d = x.shape
+    # the bit reinterpretations happen here: ``.view`` inside a kernel costs
+    # a second of compilation
+    return np.int32(_finite_rows_bits(x.view(np.int32), ok)).view(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _finite_rows_bits(bits, ok):
+    # finite_rows of the float32 rows whose bits are ``bits`` int32 (n, d);
+    # returns the bits of the largest finite |value|
+    n, d = bits.shape
     # Without its sign bit a float32 orders as an int32 does, and is at least
     # the bits of +inf exactly when it is inf or NaN: one integer max per row
     # answers both questions, and unlike a float max (which needs fastmath's
     # no-NaN promise) LLVM vectorizes it.
-    bits = x.reshape(n * d).view(np.int32)
     top = np.int32(0)
     for i in range(n):
         m = np.int32(0)
-        for j in range(i * d, i * d + d):
-            b = bits[j] & _ABS_MASK
+        for j in range(d):
+            b = bits[i, j] & _ABS_MASK
             m = b if b > m else m
         ok[i] = m < _INF_BITS
         if ok[i] and m > top:
             top = m
-    return np.array([top], np.int32).view(np.float32)[0]
+    return top
