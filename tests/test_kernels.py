@@ -903,6 +903,25 @@ def test_every_kernel_has_a_twin():
     assert not missing, f"kernels without a NumPy twin in {__file__}: {missing}"
 
 
+def test_serial_and_parallel_kernels_are_cached_apart():
+    # Numba's cache key ignores compile options: twins of one function would
+    # share an entry, and the first compiled would be loaded for both
+    import inspect
+
+    from numba.core.registry import CPUDispatcher
+
+    for mod in (kivf,):
+        kernels = dict(inspect.getmembers(mod, lambda o: isinstance(o, CPUDispatcher)))
+        pairs = [name[:-len("_serial")] for name in kernels if name.endswith("_serial")]
+        assert pairs
+        for base in pairs:
+            serial, parallel = kernels[base + "_serial"], kernels[base + "_parallel"]
+            assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get(
+                "parallel")
+            assert serial._cache._cache_file._index_name != \
+                parallel._cache._cache_file._index_name, base
+
+
 def test_finite_rows_flags_every_non_finite_row_and_returns_the_largest_finite_value():
     from shardann._kernels.checks import finite_rows
 

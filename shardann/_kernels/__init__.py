@@ -19,8 +19,32 @@ any kernel source changed since the cache was written.
 import hashlib
 import logging
 import os
+import types
 
 logger = logging.getLogger(__name__)
+
+
+def serial_and_parallel(body):
+    """A serial ``njit(cache=True)`` and a ``parallel=True`` kernel of one body.
+
+    Numba keys its on-disk cache by a function's name and bytecode, not by
+    its compile options: two kernels made from one function share one cache
+    entry, and whichever compiled first is loaded for the other too (seen
+    here: after a single-query search compiled first, every later process's
+    "parallel" scan ran on one thread). Each kernel therefore compiles a
+    copy of ``body`` named ``<name>_serial`` / ``<name>_parallel``.
+    """
+    from numba import njit
+
+    def named(suffix):
+        fn = types.FunctionType(body.__code__, body.__globals__, body.__name__ + suffix,
+                                body.__defaults__, body.__closure__)
+        fn.__qualname__ = body.__qualname__ + suffix
+        fn.__doc__ = body.__doc__
+        return fn
+
+    return (njit(cache=True)(named("_serial")),
+            njit(cache=True, parallel=True)(named("_parallel")))
 
 
 def _drop_stale_cache():

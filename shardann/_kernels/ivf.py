@@ -7,14 +7,15 @@ see ``fastscan.py``). Each query visits its probed lists (``probes``, -1 = skip)
 keeps the ``k`` smallest keys with their slab row positions.
 
 Serial and parallel (``prange`` over queries) variants are compiled from one
-body. Scans avoid ``fastmath`` so every variant sums in the same order and the
+body (see :func:`~shardann._kernels.serial_and_parallel`), each when first
+called. Scans avoid ``fastmath`` so every variant sums in the same order and the
 results of one shard, N shards and the local index agree bit for bit.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from . import fastscan
+from . import fastscan, serial_and_parallel
 from .distances import exact_key
 from .pq import unpack_one
 from .topk import heap_init, heap_replace_top, heap_sort_into
@@ -50,8 +51,7 @@ def _ivfflat_body(queries, probes, vectors, ids, list_start, list_size, k, ip,
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
 
 
-ivfflat_scan_serial = njit(cache=True)(_ivfflat_body)
-ivfflat_scan_parallel = njit(cache=True, parallel=True)(_ivfflat_body)
+ivfflat_scan_serial, ivfflat_scan_parallel = serial_and_parallel(_ivfflat_body)
 
 
 @njit(inline="always")
@@ -176,8 +176,7 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
 
 
-ivfpq_scan_serial = njit(cache=True)(_ivfpq_body)
-ivfpq_scan_parallel = njit(cache=True, parallel=True)(_ivfpq_body)
+ivfpq_scan_serial, ivfpq_scan_parallel = serial_and_parallel(_ivfpq_body)
 
 
 def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
@@ -249,8 +248,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
 
 
-ivfpq4_fastscan_serial = njit(cache=True)(_ivfpq4_fastscan_body)
-ivfpq4_fastscan_parallel = njit(cache=True, parallel=True)(_ivfpq4_fastscan_body)
+ivfpq4_fastscan_serial, ivfpq4_fastscan_parallel = serial_and_parallel(_ivfpq4_fastscan_body)
 
 
 @njit(cache=True)
