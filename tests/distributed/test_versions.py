@@ -1,0 +1,69 @@
+"""Every shard actor serves the coordinator's version, restarts included."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import ray
+from dist_support import assert_same, build_local
+
+import shardann
+from shardann.distributed import ShardedIndex
+from shardann.storage import IndexStore
+
+pytestmark = pytest.mark.ray
+
+
+def _wait_alive(actor, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return ray.get(actor.ping.remote(), timeout=5)
+        except Exception:
+            time.sleep(0.2)
+    raise AssertionError("the killed actor did not restart")
+
+
+def test_restarted_shard_keeps_the_served_version(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    path = tmp_path / "idx"
+    local = build_local(path, xt, xb[:3000])
+    v1 = IndexStore.open(path).version
+    want = local.search(xq, 10, nprobe=6)
+    with ShardedIndex.open(path, num_shards=2, replicas=2) as sharded:
+        assert_same(sharded.search(xq, 10, nprobe=6), want)
+        other = shardann.open_index(path)  # another writer commits v2
+        other.add(xb[3000:])
+        v2 = int(other.save(path, merge=True))
+        assert v2 > v1
+        victim = sharded._actors[0][0]
+        os.kill(ray.get(victim.stats.remote())["pid"], 9)
+        for _ in range(6):
+            assert_same(sharded.search(xq, 10, nprobe=6), want)
+        _wait_alive(victim)
+        for _ in range(6):  # the restarted replica answers too (round robin)
+            assert_same(sharded.search(xq, 10, nprobe=6), want)
+        assert sharded.version == v1
+        assert {s["version"] for s in sharded.stats()["shards"]} == {v1}
+
+        # a switch happens only through an explicit reload, for all shards together
+        sharded.reload()
+        assert sharded.version == v2 and sharded.ntotal == 6000
+        newest = shardann.open_index(path)
+        want2 = newest.search(xq, 10, nprobe=6)
+        for _ in range(4):
+            assert_same(sharded.search(xq, 10, nprobe=6), want2)
+        assert {s["version"] for s in sharded.stats()["shards"]} == {v2}
+
+        # the coordinator's own writes move every actor; a restart comes back there
+        sharded.remove_ids(np.arange(0, 6000, 5))
+        v3 = sharded.version
+        assert v3 == v2 + 1 == IndexStore.open(path).version
+        victim = sharded._actors[1][1]
+        os.kill(ray.get(victim.stats.remote())["pid"], 9)
+        _wait_alive(victim)
+        want3 = shardann.open_index(path).search(xq, 10, nprobe=6)
+        for _ in range(4):
+            assert_same(sharded.search(xq, 10, nprobe=6), want3)
+        assert {s["version"] for s in sharded.stats()["shards"]} == {v3}
