@@ -18,7 +18,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from .._validation import as_id_array, as_ids, check_int
+from .._validation import MAX_ID, as_id_array, as_ids, check_int
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
@@ -392,6 +392,9 @@ class ShardedIndex:
         x = model.prepare(x)
         n = x.shape[0]
         if ids is None:
+            if self._next_id + n - 1 > MAX_ID:
+                raise ValueError(f"default ids would pass the largest id {MAX_ID} (next id "
+                                 f"{self._next_id}, {n} vectors); pass ids explicitly")
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
             ids = as_ids(ids, n)

@@ -67,3 +67,45 @@ def test_restarted_shard_keeps_the_served_version(ray_local, data, tmp_path):
         for _ in range(4):
             assert_same(sharded.search(xq, 10, nprobe=6), want3)
         assert {s["version"] for s in sharded.stats()["shards"]} == {v3}
+
+
+def _service_client(path, **settings):
+    """A TestClient over a SearchService on a ShardedBackend (1 shard) of ``path``."""
+    import warnings
+
+    from shardann.service import SearchService, create_app
+    from shardann.service.backends import ShardedBackend
+    from shardann.service.config import ServiceConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    config = ServiceConfig.from_dict({"path": str(path), "backend": "sharded", "num_shards": 1,
+                                      "name": f"t{time.monotonic_ns()}", **settings})
+    service = SearchService(config, ShardedBackend(config), environ={})
+    return TestClient(create_app(service), raise_server_exceptions=False), service
+
+
+def test_default_ids_stop_at_the_largest_id(ray_local, data, tmp_path):
+    from shardann._validation import MAX_ID
+    from shardann.service.backends import stop_index_actors
+
+    xb, xq, xt = data
+    path = tmp_path / "idx"
+    build_local(path, xt, xb[:500])
+    with ShardedIndex.open(path, num_shards=2) as sharded:
+        sharded.add(xb[500:501], ids=[MAX_ID - 1])
+        assert sharded.add(xb[501:502]).tolist() == [MAX_ID]  # the last default id
+        version = sharded.version
+        with pytest.raises(ValueError, match=str(MAX_ID)):
+            sharded.add(xb[502:503])
+        assert sharded.version == version == IndexStore.open(path).version
+        assert IndexStore.open(path).next_id == MAX_ID + 1
+    client, service = _service_client(path)
+    try:
+        with client:
+            r = client.post("/v1/vectors", json={"vectors": xb[503:504].tolist()})
+            assert r.status_code == 422, r.text
+            assert str(MAX_ID) in r.json()["error"]["message"]
+    finally:
+        stop_index_actors(service.backend.name)
