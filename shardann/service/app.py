@@ -278,7 +278,9 @@ def create_app(service):
         return JSONResponse(await service.stats())
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, dependencies=auth,
-              responses={**errors, **unavailable}, summary="Serve another committed version")
+              responses={**errors, **unavailable,
+                         404: {"model": ErrorResponse, "description": "No such version"}},
+              summary="Serve another committed version")
     async def reload(body: ReloadRequest | None = None):
         return JSONResponse(await service.reload(body.version if body else None))
 

@@ -17,6 +17,7 @@ a restarted replica attaches to them instead of loading the shards again.
 """
 
 import logging
+import os
 import threading
 
 import numpy as np
@@ -188,7 +189,7 @@ class LocalBackend:
             if version is None:
                 version = self._store_version(path)
         self.index = index
-        self.path = path
+        self.path = None if path is None else os.fspath(path)
         self.name = name
         self.version = int(version or 0)
         self.d = int(index.d)
