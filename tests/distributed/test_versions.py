@@ -109,3 +109,26 @@ def test_default_ids_stop_at_the_largest_id(ray_local, data, tmp_path):
             assert str(MAX_ID) in r.json()["error"]["message"]
     finally:
         stop_index_actors(service.backend.name)
+
+
+def test_service_reports_the_committed_version_after_writes(ray_local, data, tmp_path):
+    from shardann.service.backends import stop_index_actors
+
+    xb, xq, xt = data
+    path = tmp_path / "idx"
+    build_local(path, xt, xb[:500])
+    client, service = _service_client(path)
+    try:
+        with client:
+            r = client.post("/v1/vectors", json={"vectors": xb[500:502].tolist()})
+            assert r.status_code == 200, r.text
+            r = client.request("DELETE", "/v1/vectors", json={"ids": [0, 1]})
+            assert r.status_code == 200, r.text
+            newest = IndexStore.open(path).version
+            assert newest == 3
+            r = client.post("/v1/search", json={"vectors": xq[:2].tolist(), "k": 3})
+            assert r.json()["version"] == newest, r.text
+            assert client.get("/v1/stats").json()["version"] == newest
+            assert client.get("/v1/health").json()["version"] == newest
+    finally:
+        stop_index_actors(service.backend.name)
