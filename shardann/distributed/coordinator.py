@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "shardann"
 _ACTOR_ERRORS = (RayActorError, ActorUnavailableError)
-_RETRY_PAUSE_S = 0.05
+_PROBE_INTERVAL_S = 0.5  # at most one ping this often to a replica that is down
+_PROBE_WAIT_S = 0.2  # how long a call waits for a ping when every replica of a shard is down
 _STALE_RETRIES = 3  # loads of the served version into one replica before trying the next
 
 
@@ -166,6 +167,8 @@ class ShardedIndex:
                 group.append(actor)
             self._actors.append(group)
         self._rr = [itertools.count(s) for s in range(self.num_shards)]
+        self._down = {}  # (shard, replica) -> [ping in flight or None, when it was sent]
+        self._down_lock = threading.Lock()
         # wait until every shard has loaded, so the first query is not a cold start;
         # attached actors may hold another version: they load this one
         ray.get([a.load.remote(self.version) for g in self._actors for a in g])
@@ -197,14 +200,69 @@ class ShardedIndex:
         return (f"ShardedIndex({self.path!r}, version={self.version}, ntotal={self.ntotal}, "
                 f"shards={self.num_shards}, replicas={self.replicas})")
 
+    # -- replica state -----------------------------------------------------------------
+    def _mark_down(self, s, r, why):
+        with self._down_lock:
+            if (s, r) in self._down:
+                return
+            self._down[(s, r)] = [None, 0.0]
+        logger.warning("shard %d replica %d is down (%s); skipping it until it answers a ping",
+                       s, r, why)
+
+    def _mark_up(self, s, r):
+        with self._down_lock:
+            if self._down.pop((s, r), None) is None:
+                return
+        logger.info("shard %d replica %d answers again", s, r)
+
+    def _is_up(self, s, r):
+        """Whether replica ``r`` of shard ``s`` may be called: not down, or down and
+        its last ping has answered since. Sends a new ping to a down replica at
+        most every :data:`_PROBE_INTERVAL_S`."""
+        entry = self._down.get((s, r))
+        if entry is None:
+            return True
+        ref, sent = entry
+        if ref is not None:
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                return False
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # still down (or dead for good)
+                entry[0] = None
+            else:
+                self._mark_up(s, r)
+                return True
+        if entry[0] is None and time.monotonic() - sent >= _PROBE_INTERVAL_S:
+            entry[0], entry[1] = self._actors[s][r].ping.remote(), time.monotonic()
+        return False
+
+    def _pick(self, s, start, wait_s):
+        """The replica counter (``start`` or the next up one, round robin) to call
+        for shard ``s``; None when every replica is down and none answers a ping
+        within ``wait_s`` — the shard fails fast instead of waiting its timeout."""
+        for i in range(self.replicas):
+            if self._is_up(s, (start + i) % self.replicas):
+                return start + i
+        pings = [e[0] for r in range(self.replicas)
+                 if (e := self._down.get((s, r))) is not None and e[0] is not None]
+        if pings and wait_s > 0:
+            ray.wait(pings, num_returns=1, timeout=wait_s)
+            for i in range(self.replicas):
+                if self._is_up(s, (start + i) % self.replicas):
+                    return start + i
+        return None
+
     # -- fan-out -----------------------------------------------------------------------
     def _call(self, calls, timeout_s, version=None):
         """Run ``calls`` {shard: (method, args)} on one replica of each shard, at
         ``version`` (default: the served one; passed as ``expected=``).
 
-        A replica that fails is replaced by the next one; when all have failed
-        the call is retried until the deadline (a restarting actor comes back).
-        A replica holding another version (restarted) is told to load this one
+        A replica that fails is marked down (logged once) and replaced by the
+        next one; down replicas are skipped until a ping answers again, and a
+        shard whose replicas are all down is given up at once rather than at
+        the deadline. A replica holding another version (restarted) is told to load this one
         first. Raises :class:`_VersionChanged` when the coordinator switched
         versions meanwhile. Returns ({shard: result}, [shards that did not answer]).
         """
@@ -213,14 +271,18 @@ class ShardedIndex:
         pending = {}
         stale = {s: 0 for s in calls}
 
-        def submit(s, replica):
+        def submit(s, replica, pick=True):
+            if pick:
+                replica = self._pick(s, replica, min(_PROBE_WAIT_S,
+                                                     max(0.0, deadline - time.monotonic())))
+                if replica is None:
+                    return
             method, args = calls[s]
             actor = self._actors[s][replica % self.replicas]
             pending[getattr(actor, method).remote(*args, expected=version)] = (s, replica)
 
         for s in calls:
             submit(s, next(self._rr[s]))
-        tried = {s: 1 for s in calls}
         results = {}
         while pending:
             remaining = deadline - time.monotonic()
@@ -241,16 +303,12 @@ class ShardedIndex:
                                 version)
                     actor.load.remote(version)  # runs before the next call on that actor
                     if stale[s] > _STALE_RETRIES:
-                        replica += 1
                         stale[s] = 0
-                    submit(s, replica)
+                        submit(s, replica + 1)
+                    else:
+                        submit(s, replica, pick=False)
                 except _ACTOR_ERRORS as exc:
-                    logger.log(logging.WARNING if tried[s] == 1 else logging.DEBUG,
-                               "shard %d replica %d failed (%s); trying again until the "
-                               "deadline", s, replica % self.replicas, type(exc).__name__)
-                    if tried[s] >= self.replicas:
-                        time.sleep(min(_RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
-                    tried[s] += 1
+                    self._mark_down(s, replica % self.replicas, type(exc).__name__)
                     submit(s, replica + 1)
         return results, sorted(set(calls) - set(results))
 

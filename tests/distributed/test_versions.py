@@ -132,3 +132,32 @@ def test_service_reports_the_committed_version_after_writes(ray_local, data, tmp
             assert client.get("/v1/health").json()["version"] == newest
     finally:
         stop_index_actors(service.backend.name)
+
+
+def test_dead_replicas_are_skipped_and_logged_once(ray_local, data, tmp_path, caplog):
+    import logging
+
+    xb, xq, xt = data
+    path = tmp_path / "idx"
+    build_local(path, xt, xb[:2000])
+    want = shardann.open_index(path).search(xq, 10, nprobe=6)
+    with ShardedIndex.open(path, num_shards=2, replicas=2, max_restarts=0) as sharded:
+        ray.kill(sharded._actors[0][0], no_restart=True)  # gone for good
+        with caplog.at_level(logging.INFO, logger="shardann.distributed.coordinator"):
+            for _ in range(10):
+                assert_same(sharded.search(xq, 10, nprobe=6), want)
+        lines = [r for r in caplog.records if "replica 0" in r.getMessage()
+                 and "shard 0" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]  # one line per state change
+
+    with ShardedIndex.open(path, num_shards=2, replicas=1, max_restarts=0) as sharded:
+        ray.kill(sharded._actors[1][0], no_restart=True)
+        with pytest.raises(shardann.ShardUnavailableError):
+            sharded.search(xq, 10, nprobe=32, timeout_s=3)
+        for _ in range(3):  # known dead: fail fast instead of waiting the timeout
+            t0 = time.monotonic()
+            with pytest.raises(shardann.ShardUnavailableError):
+                sharded.search(xq, 10, nprobe=32, timeout_s=3)
+            res = sharded.search(xq, 10, nprobe=32, timeout_s=3, allow_partial=True)
+            assert res.missing_shards == [1]
+            assert time.monotonic() - t0 < 1.5
