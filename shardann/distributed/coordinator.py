@@ -525,13 +525,17 @@ class ShardedIndex:
                                  f"one d={self.d}, nlist={self.nlist}, metric={self.metric!r}"
                                  ": open it as a new ShardedIndex")
             new = int(store.version)
-            actors = [a for g in self._actors for a in g]
+            actors = [(s, r, a) for s, g in enumerate(self._actors) for r, a in enumerate(g)]
             self.model = model
             self.list_sizes = np.asarray(store.list_sizes(), np.int64)
             self.ntotal = int(self.list_sizes.sum())
             self.read_only = version is not None and new != max(store.versions())
             self.version = new
-            ray.get([a.load.remote(new) for a in actors])
+            for s, r, ref in [(s, r, a.load.remote(new)) for s, r, a in actors]:
+                try:
+                    ray.get(ref)
+                except _ACTOR_ERRORS as exc:  # it loads the served version when back
+                    self._mark_down(s, r, type(exc).__name__)
             self._next_id = int(store.next_id)
             logger.info("%s now serves version %d", self.path, new)
             return new

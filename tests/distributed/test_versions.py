@@ -149,6 +149,13 @@ def test_dead_replicas_are_skipped_and_logged_once(ray_local, data, tmp_path, ca
         lines = [r for r in caplog.records if "replica 0" in r.getMessage()
                  and "shard 0" in r.getMessage()]
         assert len(lines) == 1, [r.getMessage() for r in lines]  # one line per state change
+        other = shardann.open_index(path)
+        other.remove_ids(np.arange(0, 2000, 3))
+        other.save(path, merge=True)
+        sharded.reload()  # the dead replica does not stop a reload
+        want2 = shardann.open_index(path).search(xq, 10, nprobe=6)
+        for _ in range(4):
+            assert_same(sharded.search(xq, 10, nprobe=6), want2)
 
     with ShardedIndex.open(path, num_shards=2, replicas=1, max_restarts=0) as sharded:
         ray.kill(sharded._actors[1][0], no_restart=True)
