@@ -13,6 +13,7 @@ from .errors import (
     NotTrainedError,
     ShardannError,
     ShardUnavailableError,
+    StaleShardError,
 )
 from .index import FlatIndex, IVFFlatIndex, IVFPQIndex, brute_force_knn, open_index
 from .kmeans import KMeans
@@ -33,6 +34,7 @@ def __getattr__(name):
 __all__ = [
     "Client", "CommitConflictError", "CorruptIndexError", "DuplicateIdError", "FlatIndex",
     "IVFFlatIndex", "IVFPQIndex", "IngestJobBusyError", "InputError", "KMeans", "NotTrainedError",
-    "OPQ", "ProductQuantizer", "ShardUnavailableError", "ShardannError", "brute_force_knn",
+    "OPQ", "ProductQuantizer", "ShardUnavailableError", "ShardannError", "StaleShardError",
+    "brute_force_knn",
     "merge_results", "open_index",
 ]

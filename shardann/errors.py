@@ -41,3 +41,10 @@ class InputError(ShardannError, ValueError):
 class IngestJobBusyError(ShardannError, RuntimeError):
     """The same ingest job (same index, inputs and options) is running in another
     process."""
+
+
+class StaleShardError(ShardannError, RuntimeError):
+    """A shard actor was asked for one index version but holds another (it was
+    restarted, or another coordinator moved it). The coordinator loads the
+    version it serves into that actor and retries; it never merges answers of
+    two versions."""

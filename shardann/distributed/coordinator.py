@@ -11,14 +11,15 @@ the one merge routine.
 import itertools
 import logging
 import os
+import threading
 import time
 
 import numpy as np
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from .._validation import as_id_array, as_ids, check_int
-from ..errors import DuplicateIdError, ShardUnavailableError
+from .._validation import MAX_ID, as_id_array, as_ids, check_int
+from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
 from .placement import health_status, place_lists, shard_loads
@@ -28,7 +29,14 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "shardann"
 _ACTOR_ERRORS = (RayActorError, ActorUnavailableError)
-_RETRY_PAUSE_S = 0.05
+_PROBE_INTERVAL_S = 0.5  # at most one ping this often to a replica that is down
+_PROBE_WAIT_S = 0.2  # how long a call waits for a ping when every replica of a shard is down
+_STALE_RETRIES = 3  # loads of the served version into one replica before trying the next
+
+
+class _VersionChanged(Exception):
+    """The coordinator switched versions while a call was under way: the call is
+    started again at the new version rather than mixing answers of two."""
 
 
 class SearchResult(tuple):
@@ -100,7 +108,10 @@ class ShardedIndex:
         in the ``shardann`` namespace; live actors of that name are attached to
         instead of started again (and are then not stopped by ``close``).
         ``version`` opens an older version read-only. Actors restart up to
-        ``max_restarts`` times (-1: forever) and reload from the store.
+        ``max_restarts`` times (-1: forever) and reload from the store at the
+        version this coordinator serves (every call names it; a restarted
+        actor is told to load it before it answers). Only :meth:`reload`, or
+        this coordinator's own writes, move the served version.
         ``shard_threads`` is the number of kernel threads per shard actor
         (default: the cluster's CPUs divided among the shards, at least 1), so
         shards scanning at once do not oversubscribe the cores.
@@ -117,6 +128,7 @@ class ShardedIndex:
         self.read_only = version is not None and store.version != max(store.versions())
         self.version = store.version
         self._store_path = self.path
+        self._write_lock = threading.Lock()
         self.model = load_index(store, lists=np.zeros(0, np.int64))
         self.metric = self.model.metric
         self.d = self.model.d
@@ -132,7 +144,6 @@ class ShardedIndex:
             shard_threads = max(1, cpus // self.num_shards)
         shard_threads = check_int("shard_threads", shard_threads, low=1)
         self._actors, self._owned = [], []
-        load_version = version if self.read_only else None
         for s in range(self.num_shards):
             lists = np.flatnonzero(self.owner == s)
             group = []
@@ -151,13 +162,16 @@ class ShardedIndex:
                         max_task_retries=0, num_cpus=shard_num_cpus,
                         lifetime="detached" if detached else None,
                         scheduling_strategy="SPREAD",
-                    ).remote(self.path, lists, load_version, s, r, threads=shard_threads)
+                    ).remote(self.path, lists, self.version, s, r, threads=shard_threads)
                     self._owned.append(actor)
                 group.append(actor)
             self._actors.append(group)
         self._rr = [itertools.count(s) for s in range(self.num_shards)]
-        # wait until every shard has loaded, so the first query is not a cold start
-        ray.get([a.ping.remote() for g in self._actors for a in g])
+        self._down = {}  # (shard, replica) -> [ping in flight or None, when it was sent]
+        self._down_lock = threading.Lock()
+        # wait until every shard has loaded, so the first query is not a cold start;
+        # attached actors may hold another version: they load this one
+        ray.get([a.load.remote(self.version) for g in self._actors for a in g])
         self._next_id = max(ray.get([g[0].max_id.remote() for g in self._actors])) + 1
         self.ntotal = int(self.list_sizes.sum())
         logger.info("opened %s v%d: %d vectors, %d lists on %d shards x %d replicas",
@@ -186,25 +200,89 @@ class ShardedIndex:
         return (f"ShardedIndex({self.path!r}, version={self.version}, ntotal={self.ntotal}, "
                 f"shards={self.num_shards}, replicas={self.replicas})")
 
-    # -- fan-out -----------------------------------------------------------------------
-    def _call(self, calls, timeout_s):
-        """Run ``calls`` {shard: (method, args)} on one replica of each shard.
+    # -- replica state -----------------------------------------------------------------
+    def _mark_down(self, s, r, why):
+        with self._down_lock:
+            if (s, r) in self._down:
+                return
+            self._down[(s, r)] = [None, 0.0]
+        logger.warning("shard %d replica %d is down (%s); skipping it until it answers a ping",
+                       s, r, why)
 
-        A replica that fails is replaced by the next one; when all have failed
-        the call is retried until the deadline (a restarting actor comes back).
-        Returns ({shard: result}, [shards that did not answer]).
+    def _mark_up(self, s, r):
+        with self._down_lock:
+            if self._down.pop((s, r), None) is None:
+                return
+        logger.info("shard %d replica %d answers again", s, r)
+
+    def _is_up(self, s, r):
+        """Whether replica ``r`` of shard ``s`` may be called: not down, or down and
+        its last ping has answered since. Sends a new ping to a down replica at
+        most every :data:`_PROBE_INTERVAL_S`."""
+        entry = self._down.get((s, r))
+        if entry is None:
+            return True
+        ref, sent = entry
+        if ref is not None:
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                return False
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # still down (or dead for good)
+                entry[0] = None
+            else:
+                self._mark_up(s, r)
+                return True
+        if entry[0] is None and time.monotonic() - sent >= _PROBE_INTERVAL_S:
+            entry[0], entry[1] = self._actors[s][r].ping.remote(), time.monotonic()
+        return False
+
+    def _pick(self, s, start, wait_s):
+        """The replica counter (``start`` or the next up one, round robin) to call
+        for shard ``s``; None when every replica is down and none answers a ping
+        within ``wait_s`` — the shard fails fast instead of waiting its timeout."""
+        for i in range(self.replicas):
+            if self._is_up(s, (start + i) % self.replicas):
+                return start + i
+        pings = [e[0] for r in range(self.replicas)
+                 if (e := self._down.get((s, r))) is not None and e[0] is not None]
+        if pings and wait_s > 0:
+            ray.wait(pings, num_returns=1, timeout=wait_s)
+            for i in range(self.replicas):
+                if self._is_up(s, (start + i) % self.replicas):
+                    return start + i
+        return None
+
+    # -- fan-out -----------------------------------------------------------------------
+    def _call(self, calls, timeout_s, version=None):
+        """Run ``calls`` {shard: (method, args)} on one replica of each shard, at
+        ``version`` (default: the served one; passed as ``expected=``).
+
+        A replica that fails is marked down (logged once) and replaced by the
+        next one; down replicas are skipped until a ping answers again, and a
+        shard whose replicas are all down is given up at once rather than at
+        the deadline. A replica holding another version (restarted) is told to load this one
+        first. Raises :class:`_VersionChanged` when the coordinator switched
+        versions meanwhile. Returns ({shard: result}, [shards that did not answer]).
         """
+        version = self.version if version is None else int(version)
         deadline = time.monotonic() + timeout_s
         pending = {}
+        stale = {s: 0 for s in calls}
 
-        def submit(s, replica):
+        def submit(s, replica, pick=True):
+            if pick:
+                replica = self._pick(s, replica, min(_PROBE_WAIT_S,
+                                                     max(0.0, deadline - time.monotonic())))
+                if replica is None:
+                    return
             method, args = calls[s]
             actor = self._actors[s][replica % self.replicas]
-            pending[getattr(actor, method).remote(*args)] = (s, replica)
+            pending[getattr(actor, method).remote(*args, expected=version)] = (s, replica)
 
         for s in calls:
             submit(s, next(self._rr[s]))
-        tried = {s: 1 for s in calls}
         results = {}
         while pending:
             remaining = deadline - time.monotonic()
@@ -215,13 +293,22 @@ class ShardedIndex:
                 s, replica = pending.pop(ref)
                 try:
                     results[s] = ray.get(ref)
+                except StaleShardError as exc:
+                    if self.version != version:
+                        raise _VersionChanged() from exc
+                    stale[s] += 1
+                    actor = self._actors[s][replica % self.replicas]
+                    logger.info("shard %d replica %d holds another version (restarted?); "
+                                "loading version %d into it", s, replica % self.replicas,
+                                version)
+                    actor.load.remote(version)  # runs before the next call on that actor
+                    if stale[s] > _STALE_RETRIES:
+                        stale[s] = 0
+                        submit(s, replica + 1)
+                    else:
+                        submit(s, replica, pick=False)
                 except _ACTOR_ERRORS as exc:
-                    logger.log(logging.WARNING if tried[s] == 1 else logging.DEBUG,
-                               "shard %d replica %d failed (%s); trying again until the "
-                               "deadline", s, replica % self.replicas, type(exc).__name__)
-                    if tried[s] >= self.replicas:
-                        time.sleep(min(_RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
-                    tried[s] += 1
+                    self._mark_down(s, replica % self.replicas, type(exc).__name__)
                     submit(s, replica + 1)
         return results, sorted(set(calls) - set(results))
 
@@ -233,8 +320,18 @@ class ShardedIndex:
         Returns ``(D, I)`` (float32, int64, (nq, k)). A shard that does not
         answer within ``timeout_s`` raises :class:`ShardUnavailableError`; with
         ``allow_partial=True`` a :class:`SearchResult` flagged with the missing
-        shards is returned instead.
+        shards is returned instead. Every shard answers at the served version
+        (:attr:`version`); a search overlapping a write or :meth:`reload` is
+        answered wholly at the version served when it finishes.
         """
+        while True:
+            try:
+                return self._search(queries, k, nprobe, refine_factor, timeout_s,
+                                    allow_partial, self.version)
+            except _VersionChanged:
+                continue
+
+    def _search(self, queries, k, nprobe, refine_factor, timeout_s, allow_partial, version):
         model = self.model
         k, nprobe, refine_factor = model.check_search(k, nprobe, refine_factor)
         q = model.prepare(queries, "queries")
@@ -254,7 +351,8 @@ class ShardedIndex:
             calls[s] = ("search_packed", pack((q[rows], dis0[rows],
                                                np.where(mine[rows], probes[rows], -1),
                                                kk, exact)))
-        results, missing = self._call(calls, self.timeout_s if timeout_s is None else timeout_s)
+        results, missing = self._call(calls, self.timeout_s if timeout_s is None else timeout_s,
+                                      version)
         if missing and not allow_partial:
             raise ShardUnavailableError(
                 f"shard(s) {missing} of {self.path} did not answer within "
@@ -290,36 +388,71 @@ class ShardedIndex:
         if self.read_only:
             raise PermissionError(f"version {self.version} of {self.path} is open read-only")
 
-    def _broadcast(self, calls, what):
-        """Apply a write on every replica of the given shards. A replica that
-        fails is restarted so it reloads the committed state from the store."""
+    def _broadcast(self, calls, what, base, new):
+        """Apply a write committed as version ``new`` on top of ``base`` on every
+        replica of the given shards, which then serve ``new``. A replica holding
+        another version loads ``new`` from the store instead; one that fails is
+        restarted (it is told to load the served version on its next call)."""
         refs = {}
         for s, (method, args) in calls.items():
             for actor in self._actors[s]:
-                refs[getattr(actor, method).remote(*args)] = (s, actor)
+                refs[getattr(actor, method).remote(*args, base=base, new=new)] = (s, actor)
         out = {}
         for ref, (s, actor) in refs.items():
             try:
-                out[s] = ray.get(ref, timeout=max(self.timeout_s, 60.0))
+                try:
+                    out[s] = ray.get(ref, timeout=max(self.timeout_s, 60.0))
+                except StaleShardError:
+                    ray.get(actor.load.remote(new), timeout=max(self.timeout_s, 60.0))
             except (*_ACTOR_ERRORS, GetTimeoutError) as exc:
                 logger.warning("%s on shard %d failed (%s); restarting the replica so it "
                                "reloads the committed version", what, s, type(exc).__name__)
                 ray.kill(actor, no_restart=False)
+        # the other shards' replicas move to ``new`` too: they hold no rows of this write
+        others = [a for s, g in enumerate(self._actors) if s not in calls for a in g]
+        for actor, ref in [(a, a.advance.remote(base=base, new=new)) for a in others]:
+            try:
+                try:
+                    ray.get(ref, timeout=max(self.timeout_s, 60.0))
+                except StaleShardError:
+                    ray.get(actor.load.remote(new), timeout=max(self.timeout_s, 60.0))
+            except (*_ACTOR_ERRORS, GetTimeoutError):
+                pass  # restarted; it loads the served version on its next call
         return out
+
+    def _commit(self, stage):
+        """Commit ``stage(transaction)`` on top of the served version and serve the
+        new one (set before the shards move, so that a search meeting a moved
+        shard restarts at the new version). Returns ``(base, new)``."""
+        from ..storage import IndexStore
+
+        base = self.version
+        txn = IndexStore.open(self.path, version=base).transaction()
+        stage(txn)
+        new = int(txn.commit().version)
+        self.version = new
+        return base, new
 
     def add(self, x, ids=None):
         """Add float32 (n, d) vectors with int64 ids (default: after the largest id).
 
-        The rows are committed to the store before this returns, then applied
-        to the owning shards; the next search sees them. Returns the ids.
+        The rows are committed to the store as the version after the served
+        one (:class:`~shardann.CommitConflictError` if another writer took it:
+        :meth:`reload` first), then applied to the owning shards, and that
+        version is served; the next search sees them. Returns the ids.
         """
-        from ..storage import IndexStore
+        with self._write_lock:
+            return self._add(x, ids)
 
+    def _add(self, x, ids):
         self._check_writable()
         model = self.model
         x = model.prepare(x)
         n = x.shape[0]
         if ids is None:
+            if self._next_id + n - 1 > MAX_ID:
+                raise ValueError(f"default ids would pass the largest id {MAX_ID} (next id "
+                                 f"{self._next_id}, {n} vectors); pass ids explicitly")
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
             ids = as_ids(ids, n)
@@ -330,46 +463,82 @@ class ShardedIndex:
         if n == 0:
             return ids
         list_no, cols = model.encode(x)
-        txn = IndexStore.open(self.path).transaction()
-        txn.add(list_no, ids, **cols)
-        txn.commit()
+        base, new = self._commit(lambda txn: txn.add(list_no, ids, **cols))
         shard = self.owner[list_no]
         calls = {}
         for s in np.unique(shard).tolist():
             sel = np.flatnonzero(shard == s)
             part = {c: v[sel] for c, v in cols.items()}
             calls[s] = ("add_preassigned", (list_no[sel], ids[sel], part))
-        self._broadcast(calls, "add")
+        self._broadcast(calls, "add", base, new)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self.ntotal += n
         np.add.at(self.list_sizes, list_no, 1)
         return ids
 
     def remove_ids(self, ids):
-        """Delete ids (durably, as a tombstone) from every shard; returns how many."""
-        from ..storage import IndexStore
-
-        self._check_writable()
-        ids = np.unique(as_id_array(ids))
-        present = ids[self.contains(ids)]
-        if present.size == 0:
-            return 0
-        txn = IndexStore.open(self.path).transaction()
-        txn.delete(present)
-        txn.commit()
-        self._broadcast({s: ("remove_ids", (present,)) for s in range(self.num_shards)},
-                        "remove")
+        """Delete ids (durably, as a tombstone) from every shard; returns how many.
+        Committed as the version after the served one, like :meth:`add`."""
+        with self._write_lock:
+            self._check_writable()
+            ids = np.unique(as_id_array(ids))
+            present = ids[self.contains(ids)]
+            if present.size == 0:
+                return 0
+            base, new = self._commit(lambda txn: txn.delete(present))
+            self._broadcast({s: ("remove_ids", (present,)) for s in range(self.num_shards)},
+                            "remove", base, new)
         self.ntotal -= int(present.size)
         return int(present.size)
 
     def contains(self, ids):
         """bool (n,): which ids are in the index (asks every shard)."""
         ids = as_id_array(ids)
-        results, missing = self._call({s: ("contains", (ids,)) for s in range(self.num_shards)},
-                                      self.timeout_s)
+        calls = {s: ("contains", (ids,)) for s in range(self.num_shards)}
+        while True:
+            try:
+                results, missing = self._call(calls, self.timeout_s)
+                break
+            except _VersionChanged:
+                continue
         if missing:
             raise ShardUnavailableError(f"shard(s) {missing} did not answer")
         return np.logical_or.reduce([results[s] for s in range(self.num_shards)])
+
+    # -- versions ------------------------------------------------------------------------
+    def reload(self, version=None):
+        """Serve ``version`` of the store (default: the newest) on every shard.
+
+        Every actor loads it; searches under way finish at the new version.
+        The list placement is kept (open again to rebalance). Returns the
+        version now served.
+        """
+        from ..index import load_index
+        from ..storage import IndexStore
+
+        with self._write_lock:
+            store = IndexStore.open(self.path, version=version)
+            model = load_index(store, lists=np.zeros(0, np.int64))
+            if model.d != self.d or model.nlist != self.nlist or model.metric != self.metric:
+                raise ValueError(f"version {store.version} of {self.path} has d={model.d}, "
+                                 f"nlist={model.nlist}, metric={model.metric!r}; the served "
+                                 f"one d={self.d}, nlist={self.nlist}, metric={self.metric!r}"
+                                 ": open it as a new ShardedIndex")
+            new = int(store.version)
+            actors = [(s, r, a) for s, g in enumerate(self._actors) for r, a in enumerate(g)]
+            self.model = model
+            self.list_sizes = np.asarray(store.list_sizes(), np.int64)
+            self.ntotal = int(self.list_sizes.sum())
+            self.read_only = version is not None and new != max(store.versions())
+            self.version = new
+            for s, r, ref in [(s, r, a.load.remote(new)) for s, r, a in actors]:
+                try:
+                    ray.get(ref)
+                except _ACTOR_ERRORS as exc:  # it loads the served version when back
+                    self._mark_down(s, r, type(exc).__name__)
+            self._next_id = int(store.next_id)
+            logger.info("%s now serves version %d", self.path, new)
+            return new
 
     # -- introspection -----------------------------------------------------------------------
     def health(self, timeout_s=2.0):

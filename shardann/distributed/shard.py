@@ -11,6 +11,8 @@ import time
 import numba
 import numpy as np
 
+from ..errors import StaleShardError
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,35 +24,45 @@ class ShardWorker:
     path : index store location.
     lists : int64 array of the list numbers this shard owns.
     version : store version to load, or None for the newest. A restarted
-        actor is constructed again with ``version=None`` semantics by the
-        coordinator, so it sees every committed write.
+        actor is constructed again with the same arguments, so it comes back at
+        that version; every call names the version it expects and a shard
+        holding another one raises :class:`~shardann.errors.StaleShardError`
+        (the coordinator then calls :meth:`load` and retries).
     shard_id, replica : for naming and stats.
     threads : kernel threads for this shard's scans (None: Numba's default,
         every core), capped at the cores Numba found.
     """
 
     def __init__(self, path, lists, version=None, shard_id=0, replica=0, threads=None):
+        if threads is not None:
+            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        self.path = path
+        self.shard_id = int(shard_id)
+        self.replica = int(replica)
+        self.lists = np.asarray(lists, dtype=np.int64)
+        self.calls = {"search": 0, "add": 0, "remove": 0}
+        self.scanned_lists = 0
+        self.loads = 0
+        self._load(version)
+
+    def _load(self, version):
         from ..index import load_index
         from ..storage import IndexStore
 
         t0 = time.perf_counter()
-        if threads is not None:
-            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        self.shard_id = int(shard_id)
-        self.replica = int(replica)
-        self.lists = np.asarray(lists, dtype=np.int64)
-        store = IndexStore.open(path, version=version)
-        self.version = store.version
+        store = IndexStore.open(self.path, version=version)
+        self.index = None
         # the model (centroids, codebooks, L2 term tables) first: its size does not
         # depend on the lists, and load_rss_bytes below is what the lists cost
-        self.index = load_index(store, lists=np.zeros(0, np.int64))
+        index = load_index(store, lists=np.zeros(0, np.int64))
         _release_free_memory()  # so the growth below is not offset by trimming older garbage
         rss0 = _rss_bytes()
-        self.index.set_lists(*store.read_lists(self.lists), next_id=store.next_id)
+        index.set_lists(*store.read_lists(self.lists), next_id=store.next_id)
         _release_free_memory()
+        self.index = index
+        self.version = store.version
+        self.loads += 1
         self.load_rss_bytes = None if rss0 is None else _rss_bytes() - rss0
-        self.calls = {"search": 0, "add": 0, "remove": 0}
-        self.scanned_lists = 0
         self.load_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         warm_up(self.index)
@@ -59,34 +71,74 @@ class ShardWorker:
                     self.shard_id, self.replica, self.index.ntotal, len(self.lists),
                     self.version, self.load_seconds)
 
-    def search(self, q, dis0, probes, kk, exact):
-        """Scan this shard's part of a batch.
+    def load(self, version):
+        """Serve ``version`` of the store (a no-op when already serving it): the
+        coordinator calls this on a restarted actor, which comes back at the
+        version it was constructed with, and on every actor for a reload.
+        Returns the version now served."""
+        if version is None or int(version) != self.version:
+            self._load(version)
+        return self.version
+
+    def _check_version(self, expected):
+        if expected is not None and int(expected) != self.version:
+            raise StaleShardError(f"shard {self.shard_id}/r{self.replica} holds version "
+                                  f"{self.version}, version {expected} was asked for")
+
+    def search(self, q, dis0, probes, kk, exact, expected=None):
+        """Scan this shard's part of a batch (of version ``expected``).
 
         q float32 (nq, d) prepared queries; dis0 float32 / probes int64
         (nq, nprobe) with -1 for lists of other shards; returns
         ``(keys, ids, exact_keys)`` (nq, kk) — see ``IVFIndex.scan_candidates``.
         """
+        self._check_version(expected)
         self.calls["search"] += 1
         self.scanned_lists += int((probes >= 0).sum())
         return self.index.scan_candidates(q, dis0, probes, kk, exact=exact)
 
-    def search_packed(self, *chunks):
+    def search_packed(self, *chunks, expected=None):
         """:meth:`search` with its arguments as the chunks of :func:`pack` and
         its result as one pickled bytes object: Ray serializes each top-level
         NumPy argument separately at about 0.4 ms apiece, which dominated
         single-query latency."""
-        return pickle.dumps(self.search(*unpack(chunks)), protocol=5)
+        return pickle.dumps(self.search(*unpack(chunks), expected=expected), protocol=5)
 
-    def add_preassigned(self, list_no, ids, payload):
+    def _write(self, base, new):
+        """Whether a write committed as version ``new`` on top of ``base`` is still
+        to be applied here (False: this shard already loaded ``new``)."""
+        if base is not None and self.version == int(new):
+            return False
+        self._check_version(base)
+        return True
+
+    def add_preassigned(self, list_no, ids, payload, base=None, new=None):
+        """Apply an add the coordinator committed as version ``new`` on ``base``."""
         self.calls["add"] += 1
-        self.index.add_preassigned(list_no, ids, payload)
+        if self._write(base, new):
+            self.index.add_preassigned(list_no, ids, payload)
+            if new is not None:
+                self.version = int(new)
         return len(ids)
 
-    def remove_ids(self, ids):
+    def remove_ids(self, ids, base=None, new=None):
         self.calls["remove"] += 1
-        return self.index.remove_ids(ids)
+        if not self._write(base, new):
+            return 0
+        n = self.index.remove_ids(ids)
+        if new is not None:
+            self.version = int(new)
+        return n
 
-    def contains(self, ids):
+    def advance(self, base=None, new=None):
+        """Serve version ``new``, committed on top of ``base`` by a write that
+        touched none of this shard's lists."""
+        if self._write(base, new) and new is not None:
+            self.version = int(new)
+        return self.version
+
+    def contains(self, ids, expected=None):
+        self._check_version(expected)
         return self.index.contains(ids)
 
     def max_id(self):
@@ -100,7 +152,7 @@ class ShardWorker:
         return {
             "shard": self.shard_id, "replica": self.replica, "pid": os.getpid(),
             "node_id": _node_id(), "version": self.version, "ntotal": self.index.ntotal,
-            "lists": int(len(self.lists)), "calls": dict(self.calls),
+            "lists": int(len(self.lists)), "calls": dict(self.calls), "loads": self.loads,
             "scanned_lists": self.scanned_lists, "list_bytes": memory["list_bytes"],
             "allocated_bytes": memory["allocated_bytes"],
             "rss_bytes": _rss_bytes(),

@@ -348,7 +348,13 @@ class SearchService:
                             "read_only": bool(getattr(getattr(b, "index", None),
                                                       "read_only", False))}
                 t0 = time.perf_counter()
-                new = await self._run(old.backend.reopen, int(target))
+                try:
+                    new = await self._run(old.backend.reopen, int(target))
+                except FileNotFoundError as exc:  # by type: the store has no such version
+                    self.metrics.error("version_not_found")
+                    raise ApiError(404, "version_not_found",
+                                   f"version {int(target)} of {self.config.path} does not "
+                                   f"exist: {exc}") from None
                 if new.d != old.backend.d:
                     await self._run(new.retire)
                     raise ApiError(409, "conflict", f"version {target} has dimension {new.d}, "

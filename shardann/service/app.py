@@ -61,6 +61,7 @@ PUBLIC_PATHS = frozenset({"/v1/health"})
 ENDPOINTS = frozenset({"/v1/search", "/v1/vectors", "/v1/health", "/v1/stats",
                        "/v1/admin/reload", "/metrics", "/openapi.json", "/docs", "/redoc"})
 _MAX_ERROR_DETAILS = 10
+MAX_HEADER_BYTES = 64 << 10  # request headers in total (names + values), checked first
 
 
 def _error_response(status, code, message, details=None, headers=None):
@@ -79,8 +80,9 @@ async def _send_json(send, status, body, headers=()):
 
 
 class _Gate:
-    """Outermost ASGI layer: metrics for every request, bearer-token check, and the
-    body size limit, all before the body is read or parsed."""
+    """Outermost ASGI layer: metrics for every request, the header size limit
+    (431), bearer-token check, and the body size limit, all before the body is
+    read or parsed."""
 
     def __init__(self, app, service):
         self.app = app
@@ -115,7 +117,16 @@ class _Gate:
         t0 = time.perf_counter()
         metrics.inflight.inc()
         try:
-            headers = dict(scope.get("headers") or ())
+            raw_headers = scope.get("headers") or ()
+            header_bytes = sum(len(k) + len(v) for k, v in raw_headers)
+            if header_bytes > MAX_HEADER_BYTES:
+                metrics.error("headers_too_large")
+                await _send_json(send_status, 431, {"error": {
+                    "code": "headers_too_large",
+                    "message": f"request headers of {header_bytes} bytes; the limit is "
+                               f"{MAX_HEADER_BYTES} bytes"}})
+                return
+            headers = dict(raw_headers)
             if path not in PUBLIC_PATHS and not self._authorized(headers):
                 metrics.error("unauthorized")
                 await _send_json(send_status, 401, {"error": {
@@ -278,7 +289,9 @@ def create_app(service):
         return JSONResponse(await service.stats())
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, dependencies=auth,
-              responses={**errors, **unavailable}, summary="Serve another committed version")
+              responses={**errors, **unavailable,
+                         404: {"model": ErrorResponse, "description": "No such version"}},
+              summary="Serve another committed version")
     async def reload(body: ReloadRequest | None = None):
         return JSONResponse(await service.reload(body.version if body else None))
 

@@ -17,6 +17,7 @@ a restarted replica attaches to them instead of loading the shards again.
 """
 
 import logging
+import os
 import threading
 
 import numpy as np
@@ -43,7 +44,7 @@ class ShardedBackend:
             max_restarts=config.max_restarts, name=config.index_name, detached=True,
             shard_num_cpus=config.shard_num_cpus)
         self.name = self.index.name
-        self.version = int(self.index.version)
+        self.open_version = int(self.index.version)  # names this backend's actors
         self.d = int(self.index.d)
         self.metric = self.index.metric
         self.nlist = int(self.index.nlist)
@@ -65,9 +66,15 @@ class ShardedBackend:
         return int(self.index.ntotal)
 
     @property
+    def version(self):
+        """The served version: the one opened, or the last one a write committed."""
+        return int(self.index.version)
+
+    @property
     def actor_prefix(self):
-        """Name prefix of this version's shard actors."""
-        return f"{self.name}/v{self.version}/s{self.index.num_shards}/"
+        """Name prefix of the shard actors this backend opened (named by the version
+        opened, whatever version writes have moved them to since)."""
+        return f"{self.name}/v{self.open_version}/s{self.index.num_shards}/"
 
     def search(self, q, k, *, nprobe=None, refine_factor=0, timeout_s=None,
                allow_partial=False):
@@ -188,7 +195,7 @@ class LocalBackend:
             if version is None:
                 version = self._store_version(path)
         self.index = index
-        self.path = path
+        self.path = None if path is None else os.fspath(path)
         self.name = name
         self.version = int(version or 0)
         self.d = int(index.d)

@@ -36,3 +36,21 @@ def test_large_vector_under_the_limit_is_searched(client):
     r = client.post("/v1/search", headers=JSON, content=json.dumps(body))
     assert r.status_code == 200, r.text
     assert len(r.json()["ids"][0]) == 3
+
+
+def test_huge_request_headers_are_431_before_authentication(small_index):
+    from service_support import TOKEN
+
+    from shardann.service.app import MAX_HEADER_BYTES
+    from shardann.service.config import token_digest
+
+    with local_client(small_index, token_sha256=token_digest(TOKEN)) as c:
+        big = {"x-padding": "a" * MAX_HEADER_BYTES}  # no token: still 431, not 401
+        r = c.post("/v1/search", headers={**JSON, **big}, content=b"{}")
+        assert_error(r, 431, "headers_too_large")
+        assert str(MAX_HEADER_BYTES) in r.json()["error"]["message"]
+        many = {f"x-h{i}": "b" * 1000 for i in range(80)}  # the total counts
+        r = c.get("/v1/health", headers=many)
+        assert_error(r, 431, "headers_too_large")
+        r = c.get("/v1/health", headers={"x-small": "c" * 1000})
+        assert r.status_code == 200

@@ -46,3 +46,22 @@ def test_a_stale_backend_does_not_overwrite_another_writer(path, svc_data):
         assert store.version == 3 and store.ntotal == 4004
     ids = store.live_ids()
     assert np.isin(np.arange(20_000, 20_002), ids).all()
+
+
+def test_reload_of_a_missing_version_is_404(path):
+    import warnings
+
+    from shardann.service import SearchService, create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    service = SearchService({"path": str(path), "backend": "local"}, LocalBackend(path=path),
+                            environ={})
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        r = client.post("/v1/admin/reload", json={"version": 999})
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "version_not_found"
+        assert "999" in r.json()["error"]["message"]
+        r = client.get("/v1/stats")
+        assert r.json()["version"] == 1, r.text  # still serving
