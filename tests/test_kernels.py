@@ -637,8 +637,18 @@ def _run_pq_scan(fn, s, mode, k):
     nq = s["probes"].shape[0]
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
-    fn(*args, k, s["nbits"], mode, *tail, out_d, out_p)
+    width = () if fn in (kivf.ivfpq8_scan_serial, kivf.ivfpq8_scan_parallel) else (s["nbits"],)
+    fn(*args, k, *width, mode, *tail, out_d, out_p)
     return out_d, out_p
+
+
+def _check_ivfpq8(s, mode, k, ds, ps):
+    # the 8-bit kernels return what the any-width kernel does
+    if s["nbits"] == 8:
+        for fn in (kivf.ivfpq8_scan_serial, kivf.ivfpq8_scan_parallel):
+            d8, p8 = _run_pq_scan(fn, s, mode, k)
+            np.testing.assert_array_equal(d8, ds)
+            np.testing.assert_array_equal(p8, ps)
 
 
 def _brute_adc(s, mode, k):
@@ -665,6 +675,7 @@ def test_ivfpq_scan_exact_on_integers(mode, nbits, M):
     dp, pp = _run_pq_scan(kivf.ivfpq_scan_parallel, s, mode, k)
     np.testing.assert_array_equal(ds, dp)
     np.testing.assert_array_equal(ps, pp)
+    _check_ivfpq8(s, mode, k, ds, ps)
     Dr, Ir = _brute_adc(s, mode, k)
     np.testing.assert_array_equal(ds, Dr.astype(np.float32))
     np.testing.assert_array_equal(_pos_to_ids(ps, s["ids"]), Ir)
@@ -680,6 +691,7 @@ def test_ivfpq_scan_real_data(mode, nbits):
     dp, pp = _run_pq_scan(kivf.ivfpq_scan_parallel, s, mode, k)
     np.testing.assert_array_equal(ds, dp)
     np.testing.assert_array_equal(ps, pp)
+    _check_ivfpq8(s, mode, k, ds, ps)
     Dr, Ir = _brute_adc(s, mode, k)
     found = _pos_to_ids(ps, s["ids"])
     assert ((found == -1) == (Ir == -1)).all()

@@ -136,6 +136,36 @@ def _scan_bytes(T, codes, ids, start, end, base, hd, hi, hid, k):
         r += 1
 
 
+def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
+                 k, mode, queries, centroids, codebooks, out_d, out_pos):
+    # _ivfpq_body for nbits=8 (a code byte is a sub-code: the ADC table is the
+    # byte table), without the other widths' paths: it compiles in less time
+    nq, nprobe = probes.shape
+    M = qlut.shape[1]
+    ksub = qlut.shape[2]
+    for q in prange(nq):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        hid = np.empty(k, np.int64)
+        heap_init(hd, hi, hid)
+        L = np.empty((M, ksub), np.float32)
+        have_table = False
+        for p in range(nprobe):
+            lst = probes[q, p]
+            if lst < 0 or list_size[lst] == 0:
+                continue
+            _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+                        centroids, codebooks, L)
+            have_table = True
+            start = list_start[lst]
+            _scan_bytes(L, codes, ids, start, start + list_size[lst], dis0[q, p],
+                        hd, hi, hid, k)
+        heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
+
+
+ivfpq8_scan_serial, ivfpq8_scan_parallel = serial_and_parallel(_ivfpq8_body)
+
+
 def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
                 k, nbits, mode, queries, centroids, codebooks, out_d, out_pos):
     nq, nprobe = probes.shape
