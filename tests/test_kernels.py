@@ -958,3 +958,28 @@ def test_finite_rows_flags_every_non_finite_row_and_returns_the_largest_finite_v
     ok = np.empty(4, bool)
     assert finite_rows(edge, ok) == np.finfo(np.float32).max
     np.testing.assert_array_equal(ok, [True, False, True, True])
+
+
+def test_first_compile_in_a_process_is_logged_once(tmp_path):
+    # an INFO record on "shardann.kernels" when a kernel misses the cache (the
+    # CLI shows it; library users see nothing unless they ask for INFO), none
+    # when every kernel loads from the cache
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "import numpy as np\n"
+        "h = logging.StreamHandler(sys.stdout)\n"
+        "log = logging.getLogger('shardann.kernels')\n"
+        "log.addHandler(h); log.setLevel(logging.INFO)\n"
+        "from shardann._kernels import pq\n"
+        "raw = np.zeros((3, 2), np.uint8)\n"
+        "pq.pack_codes(raw, 4, 1); pq.unpack_codes(pq.pack_codes(raw, 4, 1), 2, 4)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, check=True).stdout for _ in range(2)]
+    assert runs[0].count("compiling Numba kernels") == 1, runs[0]
+    assert runs[1] == "", runs[1]
