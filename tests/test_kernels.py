@@ -603,7 +603,13 @@ def _pq_slab(seed, M, nbits, dsub, integer):
                 probes=probes, ids=ids, owner=owner, start=start, size=size, nbits=nbits)
 
 
+# the ADC table kinds; a scan kernel is told which by the inputs given (None for
+# the others): list_terms for L2 precomputed, codebooks for L2 residual, neither for ip
+L2_PRECOMPUTED, IP, L2_RESIDUAL = "l2_precomputed", "ip", "l2_residual"
+
+
 def _pq_inputs(s, mode):
+    """``qlut, list_terms, codebooks, dis0`` of the scan kernels for a table kind."""
     q, c, cb, probes = s["queries"], s["centroids"], s["cb"], s["probes"]
     nq, nprobe = probes.shape
     M, ksub, dsub = cb.shape
@@ -611,34 +617,37 @@ def _pq_inputs(s, mode):
                      cb.astype(np.float64))
     cp = c[np.maximum(probes, 0)].astype(np.float64)  # (nq, nprobe, d)
     qq = q.astype(np.float64)[:, None, :]
-    no_terms = np.empty((0, 1, 1), np.float32)
-    if mode == kivf.MODE_L2_PRECOMPUTED:
+    terms = books = None
+    if mode == L2_PRECOMPUTED:
         qlut = (-2.0 * dots).astype(np.float32)
         norms = np.einsum("mkd,mkd->mk", cb.astype(np.float64), cb.astype(np.float64))
         cross = np.einsum("lmd,mkd->lmk", c.reshape(-1, M, dsub).astype(np.float64), cb)
         terms = (norms[None] + 2.0 * cross).astype(np.float32)
         dis0 = ((qq - cp) ** 2).sum(-1).astype(np.float32)
-    elif mode == kivf.MODE_IP:
+    elif mode == IP:
         qlut = (-dots).astype(np.float32)
-        terms = no_terms
         dis0 = (-(qq * cp).sum(-1)).astype(np.float32)
     else:
-        qlut = np.full((nq, M, ksub), np.nan, np.float32)  # unused in this mode
-        terms = no_terms
+        qlut = np.full((nq, M, ksub), np.nan, np.float32)  # only its shape is read
+        books = cb
         dis0 = np.zeros((nq, nprobe), np.float32)
-    return qlut, terms, dis0
+    return qlut, terms, books, dis0
+
+
+def _readonly_or_none(a):
+    return None if a is None else readonly(a)
 
 
 def _run_pq_scan(fn, s, mode, k):
-    qlut, terms, dis0 = _pq_inputs(s, mode)
-    args = readonly(qlut, terms, dis0, s["probes"], s["codes"], s["ids"], s["start"],
-                    s["size"])
-    tail = readonly(s["queries"], s["centroids"], s["cb"])
+    qlut, terms, books, dis0 = _pq_inputs(s, mode)
+    args = (readonly(qlut), _readonly_or_none(terms),
+            *readonly(dis0, s["probes"], s["codes"], s["ids"], s["start"], s["size"]))
+    tail = (*readonly(s["queries"], s["centroids"]), _readonly_or_none(books))
     nq = s["probes"].shape[0]
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
     width = () if fn in (kivf.ivfpq8_scan_serial, kivf.ivfpq8_scan_parallel) else (s["nbits"],)
-    fn(*args, k, *width, mode, *tail, out_d, out_p)
+    fn(*args, k, *width, *tail, out_d, out_p)
     return out_d, out_p
 
 
@@ -656,13 +665,13 @@ def _brute_adc(s, mode, k):
     recon = pq_decode_numpy(s["raw"], s["cb"]).astype(np.float64)
     recon += s["centroids"][np.maximum(s["owner"], 0)]
     q = s["queries"].astype(np.float64)
-    metric = "ip" if mode == kivf.MODE_IP else "l2"
+    metric = "ip" if mode == IP else "l2"
     return _reference_scan(lambda i, rows: exact_keys(q[i:i + 1], recon[rows], metric)[0],
                            s["probes"], s["start"], s["size"], s["ids"], k)
 
 
-MODES = [kivf.MODE_L2_PRECOMPUTED, kivf.MODE_IP, kivf.MODE_L2_RESIDUAL]
-MODE_NAMES = ["l2_precomputed", "ip", "l2_residual"]
+MODES = [L2_PRECOMPUTED, IP, L2_RESIDUAL]
+MODE_NAMES = MODES
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_NAMES)
@@ -701,8 +710,8 @@ def test_ivfpq_scan_real_data(mode, nbits):
 
 def test_ivfpq_modes_agree_for_l2():
     s = _pq_slab(3000, 8, 8, 3, integer=False)
-    a = _run_pq_scan(kivf.ivfpq_scan_serial, s, kivf.MODE_L2_PRECOMPUTED, 10)
-    b = _run_pq_scan(kivf.ivfpq_scan_serial, s, kivf.MODE_L2_RESIDUAL, 10)
+    a = _run_pq_scan(kivf.ivfpq_scan_serial, s, L2_PRECOMPUTED, 10)
+    b = _run_pq_scan(kivf.ivfpq_scan_serial, s, L2_RESIDUAL, 10)
     np.testing.assert_allclose(a[0][2:], b[0][2:], rtol=1e-4, atol=1e-4)
     assert (a[1] == b[1]).mean() > 0.98
 
@@ -815,14 +824,15 @@ def test_quantized_tables_bound_every_sum(M, quantize):
 
 def _run_fastscan(fn, s, mode, k):
     # scans the slab re-laid in tiles; returns positions in the row-major slab
-    qlut, terms, dis0 = _pq_inputs(s, mode)
+    qlut, terms, books, dis0 = _pq_inputs(s, mode)
     tiles, tstart, plain_row = _tiled(s["codes"], s["start"], s["size"])
     ids = np.where(plain_row >= 0, s["ids"][np.maximum(plain_row, 0)], -1)
     nq = s["probes"].shape[0]
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
-    fn(*readonly(qlut, terms, dis0, s["probes"], tiles, ids, tstart, s["size"]), k, mode,
-       *readonly(s["queries"], s["centroids"], s["cb"]), out_d, out_p)
+    fn(readonly(qlut), _readonly_or_none(terms),
+       *readonly(dis0, s["probes"], tiles, ids, tstart, s["size"]), k,
+       *readonly(s["queries"], s["centroids"]), _readonly_or_none(books), out_d, out_p)
     return out_d, np.where(out_p >= 0, plain_row[np.maximum(out_p, 0)], -1)
 
 

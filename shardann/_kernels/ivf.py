@@ -20,11 +20,15 @@ from .distances import exact_key
 from .pq import unpack_one
 from .topk import heap_init, heap_replace_top, heap_sort_into
 
-# ADC table modes
-MODE_L2_PRECOMPUTED = 0  # table = list_terms[list] + qlut[q]; dis0 = |q - c|^2
-MODE_IP = 1  # table = qlut[q]; dis0 = -<q, c>
-MODE_L2_RESIDUAL = 2  # table = |(q - c)_m - codeword|^2 built per (query, list)
-
+# The three kinds of ADC table. A scan kernel is told which by the inputs it
+# is given (None for the others), so each kind compiles as a specialisation
+# of its own, without the other kinds' code (Numba drops a branch on an
+# argument that is None before typing it):
+#   list_terms given: L2 with precomputed terms, table = list_terms[list] + qlut[q],
+#       dis0 = |q - c|^2
+#   codebooks given: L2 residual, table = |(q - c)_m - codeword|^2 built per
+#       (query, list), dis0 = 0
+#   neither: inner product, table = qlut[q], dis0 = -<q, c>
 
 @njit(inline="always")
 def _offer(hd, hi, hid, k, s, r, ident):
@@ -85,15 +89,17 @@ def _residual_table(query, centroid, codebooks, L):
 
 
 @njit(inline="always")
-def _fill_table(mode, have_table, qlut_q, list_terms, lst, query, centroids, codebooks, L):
+def _fill_table(have_table, qlut_q, list_terms, lst, query, centroids, codebooks, L):
     # ADC table of one (query, list) into the first M rows of L; False when
-    # the table already there is still right (MODE_IP does not depend on the list).
+    # the table already there is still right (the inner product's does not
+    # depend on the list). The kind follows from which of list_terms and
+    # codebooks is not None (see above).
     M, ksub = qlut_q.shape
-    if mode == MODE_L2_PRECOMPUTED:
+    if list_terms is not None:
         for m in range(M):
             for j in range(ksub):
                 L[m, j] = list_terms[lst, m, j] + qlut_q[m, j]
-    elif mode == MODE_L2_RESIDUAL:
+    elif codebooks is not None:
         _residual_table(query, centroids[lst], codebooks, L)
     elif have_table:
         return False
@@ -137,7 +143,7 @@ def _scan_bytes(T, codes, ids, start, end, base, hd, hi, hid, k):
 
 
 def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                 k, mode, queries, centroids, codebooks, out_d, out_pos):
+                 k, queries, centroids, codebooks, out_d, out_pos):
     # _ivfpq_body for nbits=8 (a code byte is a sub-code: the ADC table is the
     # byte table), without the other widths' paths: it compiles in less time
     nq, nprobe = probes.shape
@@ -154,7 +160,7 @@ def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_si
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
-            _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+            _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
                         centroids, codebooks, L)
             have_table = True
             start = list_start[lst]
@@ -167,7 +173,7 @@ ivfpq8_scan_serial, ivfpq8_scan_parallel = serial_and_parallel(_ivfpq8_body)
 
 
 def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                k, nbits, mode, queries, centroids, codebooks, out_d, out_pos):
+                k, nbits, queries, centroids, codebooks, out_d, out_pos):
     nq, nprobe = probes.shape
     M = qlut.shape[1]
     ksub = qlut.shape[2]
@@ -186,7 +192,7 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
-            fresh = _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+            fresh = _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
                                 centroids, codebooks, L)
             if bytewise and nbits != 8 and fresh:
                 _byte_tables(L, nbits, code_size, T)
@@ -210,7 +216,7 @@ ivfpq_scan_serial, ivfpq_scan_parallel = serial_and_parallel(_ivfpq_body)
 
 
 def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
-                          k, mode, queries, centroids, codebooks, out_d, out_pos):
+                          k, queries, centroids, codebooks, out_d, out_pos):
     # The 4-bit scan of _ivfpq_body with the SIMD pre-filter of fastscan.py:
     # a row is scored (exactly as there: base + byte terms in byte order) only
     # when its quantized lower bound can still enter the heap. The codes are
@@ -236,11 +242,11 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
-            if mode == MODE_L2_PRECOMPUTED:  # the common case, in SIMD
+            if list_terms is not None:  # L2 precomputed, the common case, in SIMD
                 fastscan.add_rows(L, list_terms[lst], qlut[q])
                 fresh = True
             else:
-                fresh = _fill_table(mode, have_table, qlut[q], list_terms, lst, queries[q],
+                fresh = _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
                                     centroids, codebooks, L)
             if fresh:
                 offset, scale, magnitude = fastscan.table_bounds(L, M)

@@ -8,9 +8,6 @@ import numpy as np
 from .._kernels import fastscan
 from .._kernels.distances import rerank_exact
 from .._kernels.ivf import (
-    MODE_IP,
-    MODE_L2_PRECOMPUTED,
-    MODE_L2_RESIDUAL,
     gathered_keys,
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
@@ -506,35 +503,36 @@ class IVFPQIndex(IVFIndex):
         L = self._lists
         nq = q.shape[0]
         cb = self.pq.codebooks
+        # the table kind is told by which of list_terms / codebooks is given
+        # (see shardann._kernels.ivf): each compiles without the others' code
         if self._ip:
-            mode, qlut = MODE_IP, pq_dot_tables(q, cb)
+            qlut = pq_dot_tables(q, cb)
             np.negative(qlut, out=qlut)
-            terms = np.empty((0, 1, 1), np.float32)
+            terms = books = None
         elif self._list_terms is not None:
-            mode, qlut = MODE_L2_PRECOMPUTED, pq_dot_tables(q, cb)
+            qlut = pq_dot_tables(q, cb)
             qlut *= -2.0
-            terms = self._list_terms
-        else:
-            mode = MODE_L2_RESIDUAL
+            terms, books = self._list_terms, None
+        else:  # L2 residual tables, built per (query, list)
             qlut = np.empty((nq, self.M, self.pq.ksub), np.float32)
-            terms = np.empty((0, 1, 1), np.float32)
+            terms, books = None, cb
             dis0 = np.zeros_like(dis0)
         out_d = np.empty((nq, k), np.float32)
         out_p = np.empty((nq, k), np.int64)
         if "codes" in L.tiled:
             fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
             # its SIMD table code reads whole rows: C-contiguous tables (no copy here)
-            fn(np.ascontiguousarray(qlut), np.ascontiguousarray(terms), dis0, probes,
-               L.data["codes"].tiles, L.ids, L.start, L.size, k, mode, q, self.centroids,
-               cb, out_d, out_p)
+            fn(np.ascontiguousarray(qlut), None if terms is None else np.ascontiguousarray(terms),
+               dis0, probes, L.data["codes"].tiles, L.ids, L.start, L.size, k, q,
+               self.centroids, books, out_d, out_p)
         elif self.nbits == 8:  # its own kernel: compiles in less time than any width's
             fn = ivfpq8_scan_parallel if _parallel(nq) else ivfpq8_scan_serial
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
-               mode, q, self.centroids, cb, out_d, out_p)
+               q, self.centroids, books, out_d, out_p)
         else:
             fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
-               self.nbits, mode, q, self.centroids, cb, out_d, out_p)
+               self.nbits, q, self.centroids, books, out_d, out_p)
         return out_d, out_p
 
     def __setstate__(self, state):
