@@ -46,6 +46,9 @@ def configure_logging(level_name):
     logging.basicConfig(level=max(level, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("shardann").setLevel(level)
+    # the one "compiling Numba kernels, once per install" line of a first run shows at
+    # every level (shardann._kernels.COMPILE_LOGGER logs it at INFO for library users)
+    logging.getLogger("shardann.kernels").setLevel(min(level, logging.INFO))
 
 
 def is_debug(args):
