@@ -48,3 +48,20 @@ class StaleShardError(ShardannError, RuntimeError):
     restarted, or another coordinator moved it). The coordinator loads the
     version it serves into that actor and retries; it never merges answers of
     two versions."""
+
+
+class FutureFormatError(CorruptIndexError):
+    """A store (or file) written by a newer shardann, in a format this one does not
+    read; never skipped silently."""
+
+
+class DeploymentError(ShardannError, RuntimeError):
+    """The Serve application did not start; ``cause`` is the reason Serve recorded
+    (e.g. the exception the replica's constructor raised), ``details`` the full
+    status messages (with the replica's traceback)."""
+
+    def __init__(self, app_name, cause, details=""):
+        super().__init__(f"the Serve application {app_name!r} failed to start: {cause}")
+        self.app_name = app_name
+        self.cause = cause
+        self.details = details

@@ -28,6 +28,7 @@ import logging
 import socket
 import time
 
+from ..errors import DeploymentError  # noqa: F401  (raised here; importable from here too)
 from .config import ServiceConfig
 
 logger = logging.getLogger(__name__)
@@ -35,18 +36,6 @@ logger = logging.getLogger(__name__)
 INGRESS = ("direct", "proxy")
 _DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 _FAILED = ("UNHEALTHY", "DEPLOY_FAILED")  # Serve deployment statuses of a failed start
-
-
-class DeploymentError(RuntimeError):
-    """The Serve application did not start; ``cause`` is the reason Serve recorded
-    (e.g. the exception the replica's constructor raised), ``details`` the full
-    status messages (with the replica's traceback)."""
-
-    def __init__(self, app_name, cause, details=""):
-        super().__init__(f"the Serve application {app_name!r} failed to start: {cause}")
-        self.app_name = app_name
-        self.cause = cause
-        self.details = details
 
 
 def _last_line(text):

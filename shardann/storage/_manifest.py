@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 
-from ..errors import CommitConflictError, CorruptIndexError
+from ..errors import CommitConflictError, CorruptIndexError, FutureFormatError
 from ._crash import crash_point
 from ._files import fast_crc32, fsync_dir
 
@@ -66,10 +66,6 @@ def check_format_version(found, where):
             f"{where}: written in shardann storage format version {found}, newer than "
             f"this shardann understands (format version {FORMAT_VERSION}); upgrade shardann "
             "to open it")
-
-
-class FutureFormatError(CorruptIndexError):
-    """A manifest written by a newer shardann (never skipped silently)."""
 
 
 def decode(data, path, version=None):
