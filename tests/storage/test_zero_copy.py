@@ -93,7 +93,9 @@ def test_load_work_in_python_does_not_grow_with_rows(tmp_path, make_index, sdata
         load_index(store)  # first-use imports, caches and kernel dispatch
         store = IndexStore.open(tmp_path / name)
         got[name] = _calls_during(lambda: load_index(store))  # noqa: B023
-    assert got["big"][0] == got["small"][0], got
+    # a per-row loop over the 6000 extra rows would add thousands of calls; a few
+    # first-use calls (caches, kernel dispatch) may fall in either load, so allow those
+    assert got["big"][0] <= got["small"][0] + 20, got
     for n in ("to_pylist", "as_py", "to_numpy", "to_pandas", "tolist"):
         assert n not in got["big"][1]
 
