@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 #: name of the logger of the one "compiling kernels" record per process
 COMPILE_LOGGER = "shardann.kernels"
 #: wall seconds a typical first run spends compiling (IVF-PQ train, add and
-#: search on 2 cores: 12-15 s measured); said in the record, not enforced
-_COMPILE_SECONDS = 15
+#: search on 2 cores: 9-13 s measured); said in the record, not enforced
+_COMPILE_SECONDS = 10
 
 
 def serial_and_parallel(body):
