@@ -47,7 +47,8 @@ QUICK = {"n": 50_000, "nlist": 256, "nq": 200, "train_size": 65_536}
 # --------------------------------------------------------------------------
 # arguments
 # --------------------------------------------------------------------------
-def _int_list(text):
+def positive_int_list(text):
+    """argparse type: comma-separated integers >= 1, in the order given."""
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -55,7 +56,11 @@ def _int_list(text):
             f"expected comma-separated integers, got {text!r}") from None
     if not vals or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return sorted(set(vals))
+    return vals
+
+
+def _int_list(text):
+    return sorted(set(positive_int_list(text)))
 
 
 def _kind_list(text):

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from . import _timing
+from .core import positive_int_list
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +31,6 @@ JSON_NAME = "distributed.json"
 PNG_NAME = "distributed.png"
 DEFAULTS = {"n": 200_000, "nlist": 1024, "nq": 1024, "single": 300}
 QUICK = {"n": 30_000, "nlist": 128, "nq": 512, "single": 100}
-
-
-def _shard_list(text):
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return vals
 
 
 def add_arguments(p):
@@ -62,7 +52,7 @@ def add_arguments(p):
                    help="queries per search call in the QPS runs (default 256)")
     p.add_argument("--single", type=int, default=None,
                    help=f"single-query latency samples (default {DEFAULTS['single']})")
-    p.add_argument("--shards", type=_shard_list, default=[1, 2, 4],
+    p.add_argument("--shards", type=positive_int_list, default=[1, 2, 4],
                    help="comma-separated shard counts, one sharded setup each (default 1,2,4)")
     p.add_argument("--num-cpus", type=int, default=2,
                    help="ray.init(num_cpus=...) for local Ray mode (default 2)")
