@@ -116,7 +116,8 @@ def test_searches_stay_right_through_kills_and_foreign_commits(ray_local, data, 
         assert committer.returncode == 0
         assert counts["failed"] == 0, errors[:5]
         assert counts["wrong"] == 0
-        assert counts["kills"] >= seconds / 3 and len(commits) >= 10
+        # a kill waits for the last victim to be back (about 1-3 s here)
+        assert counts["kills"] >= seconds / 6 and len(commits) >= 10, (counts, len(commits))
         assert counts["searches"] > 100
         assert sharded.version == served  # no switch without a reload
 
