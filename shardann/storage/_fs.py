@@ -146,6 +146,15 @@ class LocalLocation:
                 out[name] = os.stat(os.path.join(self.path(rel), name)).st_size
         return out
 
+    def total_size(self):
+        """Bytes of every file under the root."""
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.path.getsize(os.path.join(folder, name))
+        return total
+
     def read(self, rel):
         with open(self.path(rel), "rb") as f:
             return f.read()
@@ -404,6 +413,13 @@ class ObjectLocation:
         import pyarrow.fs as pafs
 
         return {i.base_name: i.size for i in self._infos(rel) if i.type == pafs.FileType.File}
+
+    def total_size(self):
+        """Bytes of every object under the root (one recursive listing)."""
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(self._key(""), allow_not_found=True, recursive=True)
+        return sum(i.size for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File)
 
     def exists(self, rel=""):
         import pyarrow.fs as pafs
