@@ -88,7 +88,9 @@ def location(path, storage_options=None):
     ``AWS_ALLOW_HTTP=true``, instance roles), plus shardann's
     ``conditional_writes=False`` (the backend ignores create-only puts) and
     ``single_writer=True`` (then commit anyway, by check-then-put: only safe
-    when a single process writes). Options stay in memory: they are never
+    when a single process writes) and ``cache_dir`` (a local directory that
+    keeps the byte ranges read from data files, which never change: a shard
+    reloading on the same node reads them from there). Options stay in memory: they are never
     written to the store, logged or put in messages.
 
     Raises ``ValueError`` for an unsupported scheme (``foo://x``) or an

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
 SCHEMES = ("file",) + REMOTE_SCHEMES
 #: storage_options keys that are shardann's own (the rest go to the filesystems)
-OWN_OPTIONS = ("single_writer", "conditional_writes")
+OWN_OPTIONS = ("single_writer", "conditional_writes", "cache_dir")
 _UPLOAD_CHUNK = 8 << 20
 _MEMORY_LOCK = threading.Lock()
 _TRUE = ("1", "true", "yes", "on")
@@ -63,8 +63,10 @@ def location(path, storage_options=None):
     ``aws_secret_access_key``, ``aws_region``, ``aws_endpoint``,
     ``allow_http``), plus shardann's own ``single_writer`` (commit on a backend
     without conditional writes, trusting that nobody else writes) and
-    ``conditional_writes`` (False: the backend does not honour create-only puts).
-    Raises ``ValueError`` for an unsupported scheme.
+    ``conditional_writes`` (False: the backend does not honour create-only puts)
+    and ``cache_dir`` (a local directory keeping the byte ranges read from data
+    files, which never change, so a shard reloading on the same node reads them
+    locally). Raises ``ValueError`` for an unsupported scheme.
     """
     if isinstance(path, (LocalLocation, ObjectLocation)):
         if storage_options:
@@ -272,6 +274,7 @@ class ObjectLocation:
         self.single_writer = _truthy(options.pop("single_writer", False))
         cond = options.pop("conditional_writes", None)
         self.conditional_writes = cond is None or _truthy(cond)
+        self.cache_dir = options.pop("cache_dir", None)
         self._options = options  # credentials: memory only, never in repr or messages
         self._fs = None
         self._base = None
@@ -284,7 +287,8 @@ class ObjectLocation:
         # travels to Ray workers as its URI and options; clients are rebuilt there
         return {"scheme": self.scheme, "rest": self._rest,
                 "options": dict(self._options, single_writer=self.single_writer,
-                                conditional_writes=self.conditional_writes)}
+                                conditional_writes=self.conditional_writes,
+                                cache_dir=self.cache_dir)}
 
     def __setstate__(self, state):
         self.__init__(state["scheme"], state["rest"], state["options"])
@@ -394,8 +398,37 @@ class ObjectLocation:
             self.read_requests += 1
 
     def stats(self):
-        """{"bytes_read", "read_requests"} since this location object was made."""
+        """{"bytes_read", "read_requests"} from the store since this location object
+        was made (ranges served by ``cache_dir`` are not counted)."""
         return {"bytes_read": self.bytes_read, "read_requests": self.read_requests}
+
+    def _cache_file(self, rel, start, length):
+        """Where ``cache_dir`` keeps bytes ``start:start+length`` of ``rel`` (None:
+        not cached). Data files are written once under fresh names and never
+        changed, so a cached range stays valid; manifests are not cached (a
+        repaired store may publish a version number again). The bytes are still
+        checked against the manifest's CRCs when used."""
+        if self.cache_dir is None or rel.startswith("_"):  # _manifests/ and the like
+            return None
+        import hashlib
+
+        key = hashlib.sha256(f"{self.root}/{rel}".encode()).hexdigest()[:32]
+        return os.path.join(self.cache_dir, key, f"{start}-{length}")
+
+    def _cached(self, rel, start, length, fetch):
+        path = self._cache_file(rel, start, length)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                with open(path, "rb") as f:
+                    return f.read()
+        data = fetch()
+        if path is not None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # whole or absent, also with other processes
+        return data
 
     def _infos(self, rel):
         import pyarrow.fs as pafs
@@ -439,23 +472,31 @@ class ObjectLocation:
         return info.size, mtime
 
     def read(self, rel):
-        try:
-            with self.fs.open_input_stream(self._key(rel)) as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "no such object", self.path(rel)) from None
-        self._count(len(data))
-        return data
+        def fetch():
+            try:
+                with self.fs.open_input_stream(self._key(rel)) as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "no such object",
+                                        self.path(rel)) from None
+            self._count(len(data))
+            return data
+
+        return self._cached(rel, 0, "all", fetch)
 
     def read_range(self, rel, start, length):
         """``length`` bytes at ``start`` (fewer at the end of the object): one ranged GET."""
-        try:
-            with self.fs.open_input_file(self._key(rel)) as f:
-                data = f.read_at(length, start)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "no such object", self.path(rel)) from None
-        self._count(len(data))
-        return data
+        def fetch():
+            try:
+                with self.fs.open_input_file(self._key(rel)) as f:
+                    data = f.read_at(length, start)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "no such object",
+                                        self.path(rel)) from None
+            self._count(len(data))
+            return data
+
+        return self._cached(rel, start, length, fetch)
 
     def open_file(self, rel):
         """A ``pyarrow`` random-access file on ``rel`` (ranged reads)."""

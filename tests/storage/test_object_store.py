@@ -361,3 +361,21 @@ def test_writer_sigkilled_at_random_points_on_s3(s3_env, make_index):
     IndexStore.open(uri).vacuum(keep=1, grace_seconds=0)
     after = IndexStore.open(uri)
     assert after.verify()["ntotal"] == live_before.size  # vacuum never removed a live file
+
+
+def test_cache_dir_serves_a_reload_locally(tmp_path, s3_env, make_index):
+    uri = f"s3://{s3_env.new_bucket()}/cached"
+    IndexStore.save(uri, make_index("ivfpq"), row_group_rows=1)
+    opts = {"cache_dir": str(tmp_path / "cache")}
+    lists = np.arange(0, 16, 4)
+    first = IndexStore.open(uri, storage_options=opts)
+    want = content(first.read_lists(lists))
+    cold = first.location.stats()
+    again = IndexStore.open(uri, storage_options=opts)  # a new location: nothing in memory
+    assert content(again.read_lists(lists)) == want
+    warm = again.location.stats()
+    manifest = len(location(uri).read("_manifests/v00000001.json"))
+    assert cold["bytes_read"] > 2 * manifest
+    assert warm["bytes_read"] == manifest and warm["read_requests"] == 1  # the manifest only
+    # other lists are read from the store, and the cache never changes what is read
+    assert content(again.read_lists([1, 2])) == content(IndexStore.open(uri).read_lists([1, 2]))
