@@ -75,9 +75,13 @@ class ShardedIndex:
     @classmethod
     def create(cls, path, *, d, nlist, M=None, nbits=8, metric="l2", sample, opq=False,
                keep_vectors=False, seed=0, niter=25, pq_niter=25, column="embedding",
-               sample_size=None, num_shards=1, replicas=1, **open_kwargs):
+               sample_size=None, num_shards=1, replicas=1, storage_options=None,
+               **open_kwargs):
         """Train a new index on ``sample`` on the coordinator, store it at
         ``path`` (no vectors yet) and open it on ``num_shards`` shards.
+
+        ``path`` is a directory every node can read, or a URI (``s3://``,
+        ``gs://``, ``az://``, ...) with ``storage_options`` as in :meth:`open`.
 
         ``M=None`` makes an IVF-Flat index, otherwise IVF-PQ with ``M``
         sub-quantizers of ``nbits``. ``sample`` is float32 (n, d) or a Ray
@@ -96,14 +100,22 @@ class ShardedIndex:
             sample = sample_dataset(sample, sample_size or 256 * nlist, column=column,
                                     seed=seed)
         index.train(sample)
-        IndexStore.create(path, index)
-        return cls.open(path, num_shards=num_shards, replicas=replicas, **open_kwargs)
+        IndexStore.create(path, index, storage_options=storage_options)
+        return cls.open(path, num_shards=num_shards, replicas=replicas,
+                        storage_options=storage_options, **open_kwargs)
 
     @classmethod
     def open(cls, path, *, num_shards=1, replicas=1, version=None, timeout_s=30.0,
              max_restarts=-1, name=None, detached=False, shard_num_cpus=0,
-             shard_threads=None, replace_after_s=_REPLACE_AFTER_S):
+             shard_threads=None, replace_after_s=_REPLACE_AFTER_S, storage_options=None):
         """Open the index at ``path`` on ``num_shards`` shards x ``replicas``.
+
+        ``path`` is a directory every node can read (a shared file system), or
+        a URI of an object store (``s3://``, ``gs://``, ``az://``/``abfs[s]://``;
+        see :func:`shardann.storage.location`): each shard actor then reads only
+        the row groups of its lists, with ranged reads, wherever it runs.
+        ``storage_options`` (credentials, endpoint) travel to the actors in
+        memory, never into the store.
 
         Shard actors are named ``<name>/v<version>/s<num_shards>/shard-<i>/r<j>``
         in the ``shardann`` namespace; live actors of that name are attached to
@@ -120,17 +132,17 @@ class ShardedIndex:
         shards scanning at once do not oversubscribe the cores.
         """
         from ..index import load_index
-        from ..storage import IndexStore
+        from ..storage import IndexStore, location
 
         self = object.__new__(cls)
-        self.path = os.fspath(path)
+        self._loc = location(path, storage_options)
+        self.path = self._loc.root
         self.num_shards = check_int("num_shards", num_shards, low=1)
         self.replicas = check_int("replicas", replicas, low=1)
         self.timeout_s = float(timeout_s)
-        store = IndexStore.open(self.path, version=version)
+        store = IndexStore.open(self._loc, version=version)
         self.read_only = version is not None and store.version != max(store.versions())
         self.version = store.version
-        self._store_path = self.path
         self._write_lock = threading.Lock()
         self.model = load_index(store, lists=np.zeros(0, np.int64))
         self.metric = self.model.metric
@@ -184,7 +196,7 @@ class ShardedIndex:
             name=actor_name, namespace=NAMESPACE, max_restarts=opts["max_restarts"],
             max_task_retries=0, num_cpus=opts["num_cpus"],
             lifetime="detached" if opts["detached"] else None, scheduling_strategy="SPREAD",
-        ).remote(self.path, np.flatnonzero(self.owner == s), self.version, s, r,
+        ).remote(self._loc, np.flatnonzero(self.owner == s), self.version, s, r,
                  threads=opts["threads"])
         self._owned.append(actor)
         return actor
@@ -462,7 +474,7 @@ class ShardedIndex:
         from ..storage import IndexStore
 
         base = self.version
-        txn = IndexStore.open(self.path, version=base).transaction()
+        txn = IndexStore.open(self._loc, version=base).transaction()
         stage(txn)
         new = int(txn.commit().version)
         self.version = new
@@ -552,7 +564,7 @@ class ShardedIndex:
         from ..storage import IndexStore
 
         with self._write_lock:
-            store = IndexStore.open(self.path, version=version)
+            store = IndexStore.open(self._loc, version=version)
             model = load_index(store, lists=np.zeros(0, np.int64))
             if model.d != self.d or model.nlist != self.nlist or model.metric != self.metric:
                 raise ValueError(f"version {store.version} of {self.path} has d={model.d}, "
