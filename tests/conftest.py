@@ -121,3 +121,7 @@ def ray_local():
              configure_logging=False)
     yield
     ray.shutdown()
+
+
+# a real PostgreSQL server for the SQL source tests (skipped when no binaries exist)
+from pg_support import postgresql_dsn  # noqa: E402, F401

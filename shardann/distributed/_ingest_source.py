@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError
+from ._ingest_read import plain_vector_column, vectors_from_arrow
 from ._ingest_work import read_json, replace_into, write_json
 
 logger = logging.getLogger(__name__)
@@ -49,35 +50,13 @@ def is_dataset(obj):
     return isinstance(obj, Dataset)
 
 
-def _vector_column(arr, column):
-    """The vector column of a staged batch, as a type the file plan reads.
-
-    Ray tensor columns (``ArrowTensorType``, what a ``map_batches`` returning
-    NumPy ``(n, d)`` arrays makes) become ``fixed_size_list`` of their float
-    type (integers become float32); ``fixed_size_list`` / ``list`` of floats
-    and float32 binary columns are kept as they are (the plan checks them).
-    """
-    t = arr.type
-    if isinstance(t, pa.ExtensionType):
-        x = arr.to_numpy() if hasattr(arr, "to_numpy") else None
-        if not isinstance(x, np.ndarray) or x.dtype == object or x.ndim != 2:
-            shape = getattr(x, "shape", None)
-            raise InputError(f"dataset column {column!r}: tensor column of type {t} "
-                             f"(shape {shape}); expected one vector of d numbers per row")
-        if x.dtype.kind not in "f":
-            x = x.astype(np.float32)
-        return pa.FixedSizeListArray.from_arrays(
-            pa.array(np.ascontiguousarray(x).reshape(-1)), x.shape[1])
-    return arr
-
-
 def _staged_table(batch, column, id_column):
     names = batch.column_names
     for name, what in ((column, "vector"), (id_column, "id")):
         if name is not None and name not in names:
             raise InputError(f"dataset has no {what} column {name!r} "
                              f"(columns: {', '.join(names)})")
-    cols = {column: _vector_column(batch.column(column).combine_chunks(), column)}
+    cols = {column: plain_vector_column(batch.column(column), f"dataset column {column!r}")}
     if id_column is not None:
         cols[id_column] = batch.column(id_column).combine_chunks()
     return pa.table(cols)
@@ -157,3 +136,64 @@ def dataset_dimension(ds, column):
     if isinstance(t, pa.ExtensionType) and shape and len(shape) == 1 and shape[0]:
         return int(shape[0])
     return None
+
+
+def sample_dataset(ds, size, *, column="embedding", d=None, seed=0, batch_size=4096):
+    """A uniform random sample of ``size`` vectors of a ``ray.data.Dataset`` (for
+    training a :class:`shardann.ProductQuantizer` or an index on a sample of a
+    table or a pipeline).
+
+    The Dataset is streamed once, in order, through the driver; every row gets
+    a random key from ``seed`` and the ``size`` smallest keys are kept (bounded
+    memory: the sample plus one batch). Same Dataset (same order) and seed:
+    same sample.
+
+    Parameters
+    ----------
+    ds : ray.data.Dataset with a vector column ``column`` (fixed-size list,
+        list of floats, float32 binary or a Ray tensor column).
+    size : int >= 1, rows to draw (all rows when the Dataset holds fewer).
+    d : the dimension (default: the first batch's).
+
+    Returns
+    -------
+    float32 (min(size, rows), d), in the Dataset's row order.
+    """
+    from .._validation import check_int
+
+    check_int("size", size, low=1)
+    rng = np.random.default_rng(seed)
+    keys = np.zeros(0)
+    rows = np.zeros(0, np.int64)
+    kept = None
+    seen = 0
+    ctx = ds.context.execution_options
+    saved = ctx.preserve_order
+    ctx.preserve_order = True
+    try:
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+            n = batch.num_rows
+            if not n:
+                continue
+            if column not in batch.column_names:
+                raise InputError(f"dataset has no vector column {column!r} "
+                                 f"(columns: {', '.join(batch.column_names)})")
+            arr = plain_vector_column(batch.column(column), f"dataset column {column!r}")
+            if d is None:
+                d = arr.type.list_size if isinstance(arr.type, pa.FixedSizeListType) else len(
+                    arr[0].as_py()) // (4 if pa.types.is_binary(arr.type) else 1)
+            x = vectors_from_arrow(arr, d, f"dataset column {column!r}")
+            k = np.concatenate([keys, rng.random(n)])
+            r = np.concatenate([rows, np.arange(seen, seen + n, dtype=np.int64)])
+            xs = x if kept is None else np.concatenate([kept, x])
+            if k.size > size:
+                top = np.argpartition(k, size - 1)[:size]
+                k, r, xs = k[top], r[top], xs[top]
+            keys, rows, kept = k, r, xs
+            seen += n
+    finally:
+        ctx.preserve_order = saved
+    if kept is None:
+        raise InputError("the dataset holds no rows")
+    order = np.argsort(rows, kind="stable")
+    return np.ascontiguousarray(kept[order], np.float32)
