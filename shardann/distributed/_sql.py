@@ -55,7 +55,7 @@ def connection_factory(connection):
     or already a zero-argument callable (returned as is)."""
     if callable(connection):
         return connection
-    if isinstance(connection, str) and connection.strip():
+    if isinstance(connection, str):  # "" : libpq's PG* variables say everything
         return functools.partial(_psycopg_connect, connection)
     raise TypeError("connection must be a DSN string or a zero-argument DB-API connection "
                     f"factory; got {type(connection).__name__}")

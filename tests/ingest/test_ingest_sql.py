@@ -117,3 +117,54 @@ def test_sql_errors(table):
         read_sql_vectors("SELECT id, embedding FROM vec", dsn, key="id; DROP TABLE vec")
     with pytest.raises(InputError, match="no rows"):
         read_sql_vectors("SELECT id, embedding FROM vec WHERE id < 0", dsn, key="id")
+
+
+def _parse(argv):
+    import argparse
+
+    from shardann.cli import ingest as ingest_command
+
+    parser = argparse.ArgumentParser()
+    ingest_command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_sql(tmp_path, table, capsys, monkeypatch):
+    from shardann.cli import ingest as ingest_command
+    from shardann.cli._common import CommandError, UsageError
+
+    dsn, ids, x = table
+    ref = str(tmp_path / "ref")
+    ingest(ref, read_sql_vectors("SELECT id, embedding FROM vec", dsn, key="id"),
+           id_column="id", **TRAIN)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TABLE IF EXISTS cli_codes")
+        conn.execute("CREATE TABLE cli_codes (id bigint PRIMARY KEY, list int, code bytea)")
+    path = str(tmp_path / "idx")
+    monkeypatch.setenv("SHARDANN_DSN", dsn)  # the DSN stays off the command line
+    args = _parse([path, "--sql", "SELECT id, embedding FROM vec", "--id-column", "id",
+                   "--nlist", "16", "--M", "8", "--niter", "6", "--no-progress",
+                   "--rows-per-read", "20000", "--write-codes",
+                   "INSERT INTO cli_codes (id, list, code) VALUES (%s, %s, %s)",
+                   "--code-fields", "id,list,code"])
+    assert ingest_command.run(args) == 0
+    out = capsys.readouterr().out
+    assert f"ingested {N:,} vectors" in out and "wrote the codes" in out
+    assert_same_store(ref, path)
+    index = load_index(IndexStore.open(path), lists=np.zeros(0, np.int64))
+    lists, payload = index.encode(index.prepare(x))
+    with psycopg.connect(dsn) as conn:
+        back = conn.execute("SELECT id, list, code FROM cli_codes ORDER BY id").fetchall()
+    assert [r[0] for r in back] == ids.tolist()
+    np.testing.assert_array_equal([r[1] for r in back], lists)
+    got = np.frombuffer(b"".join(bytes(r[2]) for r in back), np.uint8).reshape(N, -1)
+    np.testing.assert_array_equal(got, payload["codes"])
+
+    with pytest.raises(UsageError, match="not both"):
+        ingest_command.run(_parse([path, "x.parquet", "--sql", "SELECT 1"]))
+    with pytest.raises(UsageError, match="go with --sql"):
+        ingest_command.run(_parse([path, "x.parquet", "--dsn", dsn]))
+    with pytest.raises(CommandError, match="UndefinedTable"):
+        ingest_command.run(_parse([str(tmp_path / "other"), "--sql",
+                                   "SELECT id, embedding FROM nope", "--id-column", "id",
+                                   "--nlist", "16", "--M", "8", "--no-progress"]))
