@@ -12,6 +12,9 @@ at import, ingest only when a job runs).
     :mod:`shardann.distributed.placement` — lists onto shards by size.
 ``ingest``, ``IngestJob``, ``IngestSummary``, ``clean_ingest_jobs``
     large offline ingest on Ray Data (``shardann ingest``).
+``read_sql_vectors``, ``write_codes``, ``sample_dataset``
+    a SQL table as an ingest source (``ray.data.read_sql``), PQ codes written
+    back to a table (``write_sql``), a uniform sample of a Dataset.
 ``InputError``, ``IngestJobBusyError``
     its errors (from :mod:`shardann.errors`).
 """
@@ -22,7 +25,8 @@ _EXPORTS = {
     "NAMESPACE": ".coordinator", "SearchResult": ".coordinator", "ShardedIndex": ".coordinator",
     "ShardWorker": ".shard", "place_lists": ".placement",
     "ingest": "._ingest_job", "IngestJob": "._ingest_job", "IngestSummary": "._ingest_job",
-    "clean_ingest_jobs": "._ingest_state",
+    "clean_ingest_jobs": "._ingest_state", "sample_dataset": "._ingest_source",
+    "read_sql_vectors": "._sql", "write_codes": "._sql",
     "InputError": "..errors", "IngestJobBusyError": "..errors",
 }
 
