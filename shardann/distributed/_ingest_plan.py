@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError  # noqa: F401  (raised here; importable from here too)
@@ -181,8 +182,9 @@ def _sniff_dim(path, pf, column, encoding, rows=1024):
     for batch in pf.iter_batches(batch_size=rows, columns=[column], use_threads=False):
         arr = batch.column(0)
         valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
-        offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), np.int64)
-        lens = np.diff(offsets)[valid]
+        length = pc.list_value_length if encoding == "list" else pc.binary_length
+        lens = np.asarray(length(arr).fill_null(0).to_numpy(zero_copy_only=False),
+                          np.int64)[valid]
         if lens.size:
             lengths, first = lens, np.flatnonzero(valid)
             break
