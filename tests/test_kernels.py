@@ -19,11 +19,13 @@ from core_support import (
     unpack_numpy,
 )
 
+from shardann import sq
 from shardann._kernels import distances as kd
 from shardann._kernels import fastscan as kfs
 from shardann._kernels import ivf as kivf
 from shardann._kernels import kmeans as kkm
 from shardann._kernels import pq as kpq
+from shardann._kernels import refine as kref
 from shardann._kernels import topk as ktopk
 from shardann._kernels import transform as ktr
 
@@ -868,19 +870,44 @@ def test_fastscan_equals_scalar_scan_on_long_lists():
 
 
 @pytest.mark.parametrize("ip", [False, True])
-def test_gathered_keys(ip):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_shortlist_keys(ip, dtype):
+    """Refine keys read in place from the slab match NumPy on the decoded rows
+    (float16 widened, int8 through its per-dimension scale); -1 gives +inf;
+    the serial and parallel twins agree bit for bit."""
     rng = np.random.default_rng(22)
-    nq, c, d = 5, 7, 9
+    nq, c, d, n = 5, 7, 9, 30
     q = rng.standard_normal((nq, d)).astype(np.float32)
-    g = rng.standard_normal((nq, c, d)).astype(np.float32)
-    valid = rng.random((nq, c)) < 0.7
-    out = kivf.gathered_keys(*readonly(q, g, valid), ip)
-    assert out.dtype == np.float32 and out.shape == (nq, c)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    pos = rng.integers(0, n, (nq, c)).astype(np.int64)
+    pos[rng.random((nq, c)) < 0.3] = -1
+    if dtype == "int8":
+        scale = sq.train_scale(x)
+        stored = sq.encode(x, scale)
+        rows = sq.decode(stored, scale)
+        u, const = sq.query_frame(q, scale, ip)
+        args = (*readonly(u, const, stored, np.ascontiguousarray(scale[1]), pos), ip)
+        fns = (kref.int8_keys_serial, kref.int8_keys_parallel)
+    else:
+        stored = x.astype(dtype)
+        rows = stored.astype(np.float32)
+        bits = stored.view(np.uint16) if dtype == "float16" else stored
+        args = (*readonly(q, bits, pos), ip)
+        fns = ((kref.float16_keys_serial, kref.float16_keys_parallel) if dtype == "float16"
+               else (kref.float32_keys_serial, kref.float32_keys_parallel))
+    outs = []
+    for fn in fns:
+        out = np.empty((nq, c), np.float32)
+        fn(*args, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    out = outs[0]
     metric = "ip" if ip else "l2"
     for i in range(nq):
-        ref = exact_keys(q[i:i + 1], g[i], metric)[0]
-        np.testing.assert_allclose(out[i][valid[i]], ref[valid[i]], rtol=1e-5, atol=1e-5)
-        assert np.isposinf(out[i][~valid[i]]).all()
+        ok = pos[i] >= 0
+        ref = exact_keys(q[i:i + 1], rows[pos[i][ok]], metric)[0]
+        np.testing.assert_allclose(out[i][ok], ref, rtol=1e-4, atol=1e-4)
+        assert np.isposinf(out[i][~ok]).all()
 
 
 def test_scatter_rows():

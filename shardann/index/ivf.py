@@ -8,7 +8,6 @@ import numpy as np
 from .._kernels import fastscan
 from .._kernels.distances import rerank_exact
 from .._kernels.ivf import (
-    gathered_keys,
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
     ivfpq4_fastscan_parallel,
@@ -19,12 +18,23 @@ from .._kernels.ivf import (
     ivfpq_scan_serial,
 )
 from .._kernels.pq import pq_dot_tables
+from .._kernels.refine import (
+    float16_keys_parallel,
+    float16_keys_serial,
+    float32_keys_parallel,
+    float32_keys_serial,
+    int8_keys_parallel,
+    int8_keys_serial,
+)
 from .._kernels.topk import topk_from_dots
 from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
 from ..results import empty_results, merge_results
+from ..sq import decode as sq_decode
+from ..sq import encode as sq_encode
+from ..sq import query_frame, train_scale
 from ._lists import InvertedLists
 from .base import BaseIndex
 
@@ -317,8 +327,25 @@ class IVFIndex(BaseIndex):
         ids = np.where(pos >= 0, self._lists.ids[safe], -1)
         if not exact:
             return keys, ids, None
-        gathered = np.ascontiguousarray(vectors[safe], dtype=np.float32)
-        return keys, ids, gathered_keys(q, gathered, pos >= 0, self._ip)
+        return keys, ids, self._shortlist_keys(q, vectors, pos)
+
+    def _shortlist_keys(self, q, vectors, pos):
+        """Exact keys float32 (nq, c) of the slab rows ``pos`` int64 (nq, c)
+        (-1: +inf) on the kept ``vectors``, read in place (no gathered copy)."""
+        out = np.empty(pos.shape, np.float32)
+        par = _parallel(q.shape[0])
+        if vectors.dtype == np.float32:
+            fn = float32_keys_parallel if par else float32_keys_serial
+            fn(q, vectors, pos, self._ip, out)
+        elif vectors.dtype == np.float16:
+            fn = float16_keys_parallel if par else float16_keys_serial
+            fn(q, vectors.view(np.uint16), pos, self._ip, out)
+        else:  # int8 with a per-dimension scale (IVFPQIndex keep_vectors="int8")
+            u, const = query_frame(q, self._vector_scale, self._ip)
+            fn = int8_keys_parallel if par else int8_keys_serial
+            fn(u, const, vectors, np.ascontiguousarray(self._vector_scale[1]), pos,
+               self._ip, out)
+        return out
 
     def get_config(self):
         return {**super().get_config(), "nlist": self.nlist, "nprobe": self.nprobe,
@@ -390,8 +417,12 @@ class IVFPQIndex(IVFIndex):
     metric : "l2", "ip" or "cosine".
     seed : int, seeds all training.
     opq : bool, learn an OPQ rotation in front of the index.
-    keep_vectors : False, True/"float32" or "float16" — keep raw vectors so
-        ``search(..., refine_factor=r)`` can re-rank ``k * r`` candidates exactly.
+    keep_vectors : False, True/"float32", "float16" or "int8" — keep the vectors so
+        ``search(..., refine_factor=r)`` can re-rank ``k * r`` candidates by their
+        distance to them. "float16" halves them, "int8" quarters them (each
+        dimension scaled by its range in the training sample, see
+        :mod:`shardann.sq`; the scale is saved with the codebooks); re-ranking
+        then uses those approximations.
     nprobe : default lists scanned per query.
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
@@ -425,8 +456,10 @@ class IVFPQIndex(IVFIndex):
         self.opq = OPQ(self.d, self.M, nbits=self.nbits, seed=self.seed) if opq else None
         if keep_vectors is True:
             keep_vectors = "float32"
-        self.keep_vectors = (check_choice("keep_vectors", keep_vectors, ("float32", "float16"))
+        self.keep_vectors = (check_choice("keep_vectors", keep_vectors,
+                                          ("float32", "float16", "int8"))
                              if keep_vectors else None)
+        self._vector_scale = None  # (2, d) int8 scale of kept vectors (keep_vectors="int8")
         self.precompute_max_bytes = check_int("precompute_max_bytes", precompute_max_bytes,
                                               low=0)
         self._list_terms = None
@@ -458,6 +491,8 @@ class IVFPQIndex(IVFIndex):
         labels = self._assign(x)
         self.pq.train(x - self.centroids[labels])
         self._precompute()
+        if self.keep_vectors == "int8":
+            self._vector_scale = train_scale(x)
 
     def _precompute(self):
         """L2 precomputed term per (list, sub-quantizer, code):
@@ -494,7 +529,9 @@ class IVFPQIndex(IVFIndex):
 
     def _payload(self, x, labels):
         cols = {"codes": self.pq._encode(x, self.centroids, labels)}
-        if self.keep_vectors:
+        if self.keep_vectors == "int8":
+            cols["vectors"] = sq_encode(x, self._vector_scale)
+        elif self.keep_vectors:
             cols["vectors"] = x.astype(self.keep_vectors, copy=False)
         return cols
 
@@ -555,22 +592,29 @@ class IVFPQIndex(IVFIndex):
         out = {"centroids": self.centroids, "codebooks": self.pq.codebooks}
         if self.opq is not None:
             out["opq_rotation"] = self.opq.rotation
+        if self.keep_vectors == "int8":
+            out["vector_scale"] = self._vector_scale
         return out
 
     def _trained_arrays_names(self):
-        return ("centroids", "codebooks") + (("opq_rotation",) if self.opq is not None else ())
+        return (("centroids", "codebooks") + (("opq_rotation",) if self.opq is not None else ())
+                + (("vector_scale",) if self.keep_vectors == "int8" else ()))
 
     def _set_trained_arrays(self, arrays):
         self.pq.codebooks = np.ascontiguousarray(arrays["codebooks"], dtype=np.float32)
         self.pq._derived = None
         if self.opq is not None:
             self.opq.rotation = np.ascontiguousarray(arrays["opq_rotation"], dtype=np.float32)
+        if self.keep_vectors == "int8":
+            self._vector_scale = np.ascontiguousarray(arrays["vector_scale"], dtype=np.float32)
         super()._set_trained_arrays(arrays)
         self._precompute()
 
     def _decode_rows(self, pos):
         L = self._lists
-        if self.keep_vectors:
+        if self.keep_vectors == "int8":
+            x = sq_decode(L.data["vectors"][pos], self._vector_scale)
+        elif self.keep_vectors:
             x = L.data["vectors"][pos].astype(np.float32)
         else:
             x = self.pq.decode(L.data["codes"][pos]) + self.centroids[L.owners(pos)]
