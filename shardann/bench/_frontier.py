@@ -145,10 +145,10 @@ def run_frontier(cfg, faiss=None, scann=None, skipped=()):
         gt, gt_info = ground_truth(faiss, xb_n, xq_n, k, "l2" if cfg["metric"] == "l2"
                                    else "ip")
     cfg["shardann_pq"] = cfg["shardann_pq"] or default_pq_configs(d)
-    cfg["faiss_pq"] = cfg["faiss_pq"] or [c for c in default_pq_configs(d) if c[0] == 8][:1] \
-        + [c for c in default_pq_configs(d) if c[0] == 4][:1]
-    for nbits, M in cfg["shardann_pq"] + cfg["faiss_pq"]:
-        if d % M:
+    # FAISS by default: its 8-bit IVFPQ and its 4-bit fast scan at 2 dims per sub-quantizer
+    cfg["faiss_pq"] = cfg["faiss_pq"] or [(8, d // 4), (4, d // 2)]
+    for _, M in cfg["shardann_pq"] + cfg["faiss_pq"]:
+        if M < 1 or d % M:
             raise ValueError(f"M={M} does not divide d={d}")
     fd = (faiss_defaults(faiss, d, cfg["nlist"], cfg["shardann_pq"][0][1],
                          "l2" if cfg["metric"] == "l2" else "ip")
