@@ -19,7 +19,7 @@ from ._kernels.pq import (
     pq_assign,
     pq_assign_residual,
     pq_decode,
-    pq_dot_tables,
+    pq_dot_tables_serial,
     pq_l2_tables,
     unpack_codes,
 )
@@ -207,7 +207,7 @@ class ProductQuantizer:
         if kind == "l2":
             return pq_l2_tables(q, self.codebooks)
         if kind == "ip":
-            return pq_dot_tables(q, self.codebooks)
+            return pq_dot_tables_serial(q, self.codebooks)
         raise ValueError(f"kind must be 'l2' or 'ip'; got {kind!r}")
 
     # -- persistence -------------------------------------------------------

@@ -43,7 +43,7 @@ def _run_topk(dist, ids, k):
     ids = np.broadcast_to(ids, dist.shape)
     zeros = readonly(np.zeros(n, np.float32))
     for q in range(nq):
-        ktopk.topk_from_dots(dist[q:q + 1], zeros, np.float32(-1), np.zeros(1, np.float32),
+        ktopk.topk_from_dots_serial(dist[q:q + 1], zeros, np.float32(-1), np.zeros(1, np.float32),
                              False, ids[q], k, out_d[q:q + 1], out_i[q:q + 1])
     return out_d, out_i
 
@@ -71,11 +71,12 @@ def test_topk_from_dots_rounds_like_numpy(clamp, integer):
     for k in (1, 7, 70, 80):
         D = np.empty((13, k), np.float32)
         I = np.empty((13, k), np.int64)
-        ktopk.topk_from_dots(*readonly(dots, base), np.float32(2), readonly(qadd), clamp,
-                             readonly(ids), k, D, I)
         Dr, Ir = topk_smallest(keys, ids, k)
-        np.testing.assert_array_equal(I, Ir)
-        np.testing.assert_array_equal(D, Dr.astype(np.float32))
+        for fn in (ktopk.topk_from_dots_serial, ktopk.topk_from_dots_parallel):
+            fn(*readonly(dots, base), np.float32(2), readonly(qadd), clamp, readonly(ids), k,
+               D, I)
+            np.testing.assert_array_equal(I, Ir)
+            np.testing.assert_array_equal(D, Dr.astype(np.float32))
 
 
 @pytest.mark.parametrize("k", [1, 5, 37, 50])
@@ -221,7 +222,8 @@ def test_nearest_exact(ip):
 
 
 @pytest.mark.parametrize("ip", [False, True])
-def test_rerank_exact(ip):
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+def test_rerank_exact(ip, twin):
     rng = np.random.default_rng(18)
     q = rng.integers(-3, 4, (6, 5)).astype(np.float32)
     c = rng.integers(-3, 4, (12, 5)).astype(np.float32)
@@ -231,7 +233,7 @@ def test_rerank_exact(ip):
     nkeep = 3
     keys = np.empty((6, nkeep), np.float32)
     lists = np.empty((6, nkeep), np.int64)
-    kd.rerank_exact(*readonly(q, c, cand), ip, keys, lists)
+    getattr(kd, f"rerank_exact_{twin}")(*readonly(q, c, cand), ip, keys, lists)
     full = exact_keys(q, c, "ip" if ip else "l2")
     for i in range(6):
         ids = np.arange(12) if cand[i, 0] == -2 else np.unique(cand[i][cand[i] >= 0])
@@ -458,7 +460,8 @@ def test_pq_tables(nbits):
     cb = rng.standard_normal((M, 1 << nbits, dsub)).astype(np.float32)
     q = rng.standard_normal((7, M * dsub)).astype(np.float32)
     qr, cbr = readonly(q, cb)
-    dots = kpq.pq_dot_tables(qr, cbr)
+    dots = kpq.pq_dot_tables_serial(qr, cbr)
+    np.testing.assert_array_equal(kpq.pq_dot_tables_parallel(qr, cbr), dots)
     l2 = kpq.pq_l2_tables(qr, cbr)
     qs = q.reshape(7, M, dsub).astype(np.float64)
     ref_dots = np.einsum("qmd,mkd->qmk", qs, cb.astype(np.float64))

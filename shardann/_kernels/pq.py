@@ -7,8 +7,9 @@ holds sub-code ``m`` in its low (even ``m``) or high (odd ``m``) nibble.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from . import serial_and_parallel
 from .kmeans import SIMD_ROWS, _argmin_any, nearest_rows
 
 
@@ -165,7 +166,14 @@ def pq_decode(raw, codebooks):
 
 
 @njit(cache=True, fastmath=True)
-def pq_dot_tables(q, codebooks):
+def _sub_dot(x, at, c):
+    s = np.float32(0.0)
+    for t in range(c.shape[0]):
+        s += x[at + t] * c[t]
+    return s
+
+
+def _pq_dot_tables_body(q, codebooks):
     """Inner products of query sub-vectors with every sub-centroid.
 
     q : float32 (nq, d); codebooks : float32 (M, ksub, dsub).
@@ -174,14 +182,15 @@ def pq_dot_tables(q, codebooks):
     nq = q.shape[0]
     M, ksub, dsub = codebooks.shape
     out = np.empty((nq, M, ksub), np.float32)
-    for i in range(nq):
+    for i in prange(nq):
         for m in range(M):
             for j in range(ksub):
-                s = np.float32(0.0)
-                for t in range(dsub):
-                    s += q[i, m * dsub + t] * codebooks[m, j, t]
-                out[i, m, j] = s
+                out[i, m, j] = _sub_dot(q[i], m * dsub, codebooks[m, j])
     return out
+
+
+# queries are independent: the parallel twin gives the same tables
+pq_dot_tables_serial, pq_dot_tables_parallel = serial_and_parallel(_pq_dot_tables_body)
 
 
 @njit(cache=True, fastmath=True)

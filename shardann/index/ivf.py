@@ -1,12 +1,13 @@
 """Inverted-file indexes: IVF-Flat and IVF-PQ (with optional OPQ and refine)."""
 
+import contextlib
 import logging
 
 import numba
 import numpy as np
 
 from .._kernels import fastscan
-from .._kernels.distances import rerank_exact
+from .._kernels.distances import rerank_exact_parallel, rerank_exact_serial
 from .._kernels.ivf import (
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
@@ -17,7 +18,7 @@ from .._kernels.ivf import (
     ivfpq_scan_parallel,
     ivfpq_scan_serial,
 )
-from .._kernels.pq import pq_dot_tables
+from .._kernels.pq import pq_dot_tables_parallel, pq_dot_tables_serial
 from .._kernels.refine import (
     float16_keys_parallel,
     float16_keys_serial,
@@ -26,7 +27,7 @@ from .._kernels.refine import (
     int8_keys_parallel,
     int8_keys_serial,
 )
-from .._kernels.topk import topk_from_dots
+from .._kernels.topk import topk_from_dots_parallel, topk_from_dots_serial
 from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
@@ -51,7 +52,7 @@ def _parallel(nq):
 _PROBE_SPARE = 8
 
 
-def coarse_probe(q, centroids, cnorms, nprobe, ip):
+def coarse_probe(q, centroids, cnorms, nprobe, ip, parallel=False):
     """The ``nprobe`` closest lists of each query.
 
     BLAS picks ``nprobe`` + a few candidates; their exact keys (the kernels'
@@ -61,10 +62,14 @@ def coarse_probe(q, centroids, cnorms, nprobe, ip):
     distances in any batch (BLAS rounds a row differently by the product's
     shape and the row's place in it).
 
+    ``parallel`` splits the queries over Numba's threads (same results).
+
     Returns ``dis0`` float32 (nq, nprobe) — squared L2 to the centroid, or its
     negated inner product — and ``probes`` int64 (nq, nprobe), closest first
     (ties by the smaller list number).
     """
+    topk_from_dots = topk_from_dots_parallel if parallel else topk_from_dots_serial
+    rerank_exact = rerank_exact_parallel if parallel else rerank_exact_serial
     nq = q.shape[0]
     nlist = centroids.shape[0]
     kk = min(nlist, nprobe + _PROBE_SPARE)
@@ -102,8 +107,9 @@ class IVFIndex(BaseIndex):
     """
 
     def __init__(self, d, nlist, metric="l2", *, nprobe=1, seed=0, niter=25,
-                 max_points_per_centroid=256, verbose=False):
+                 max_points_per_centroid=256, verbose=False, num_threads=None):
         super().__init__(d, metric)
+        self.num_threads = num_threads
         self.nlist = check_int("nlist", nlist, low=1)
         self.seed = check_int("seed", seed)
         self.niter = check_int("niter", niter, low=0)
@@ -123,6 +129,32 @@ class IVFIndex(BaseIndex):
     @nprobe.setter
     def nprobe(self, value):
         self._nprobe = check_int("nprobe", value, low=1, high=self.nlist)
+
+    @property
+    def num_threads(self):
+        """Threads a batch search uses (None: Numba's current setting, by default
+        every core). A single query always runs on one thread; results do not
+        depend on the thread count. Not saved with the index (it is about the
+        machine, not the data)."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = None if value is None else check_int("num_threads", value, low=1)
+
+    @contextlib.contextmanager
+    def _threads(self):
+        # Numba's thread count is per calling thread: set it for this search only
+        n = self._num_threads
+        if n is None:
+            yield
+            return
+        old = numba.get_num_threads()
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(old)
 
     @property
     def is_trained(self):
@@ -246,11 +278,13 @@ class IVFIndex(BaseIndex):
             negated inner product (ip, cosine).
         probes : int64 (nq, nprobe), list numbers, closest first.
         """
-        return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip)
+        return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip,
+                            parallel=_parallel(q.shape[0]))
 
     def _search_keys(self, q, k, nprobe, refine_factor=0):
-        dis0, probes = self.probe(q, nprobe)
-        return self._scan_keys(q, dis0, probes, k, refine_factor)
+        with self._threads():
+            dis0, probes = self.probe(q, nprobe)
+            return self._scan_keys(q, dis0, probes, k, refine_factor)
 
     def search_preassigned(self, q, dis0, probes, k, refine_factor=0):
         """Search prepared queries in the given lists: the scan half of
@@ -285,8 +319,9 @@ class IVFIndex(BaseIndex):
                 f"{dis0.shape}, probes {probes.dtype} {probes.shape}")
         if nq == 0 or self.ntotal == 0:
             return empty_results(nq, k, self.metric)
-        keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
-                                    np.ascontiguousarray(probes), k, refine_factor)
+        with self._threads():
+            keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
+                                        np.ascontiguousarray(probes), k, refine_factor)
         return keys_to_distances(keys, self.metric), ids
 
     def _scan_keys(self, q, dis0, probes, k, refine_factor=0):
@@ -377,6 +412,8 @@ class IVFFlatIndex(IVFIndex):
     d, nlist : dimension and number of lists.
     metric : "l2", "ip" or "cosine".
     nprobe : default lists scanned per query. seed, niter : coarse k-means.
+    num_threads : threads of a batch search (None: Numba's setting; see
+        :attr:`num_threads`).
 
     Examples
     --------
@@ -431,6 +468,8 @@ class IVFPQIndex(IVFIndex):
         32-row blocks and scan them with the SIMD pre-filter (same results,
         several times faster; lists are padded to whole blocks). False keeps
         them row-major for the scalar scan.
+    num_threads : threads of a batch search (None: Numba's setting, every core
+        by default); results do not depend on it.
 
     Examples
     --------
@@ -445,9 +484,10 @@ class IVFPQIndex(IVFIndex):
     def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
                  max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
-                 fast_scan=True, verbose=False):
+                 fast_scan=True, verbose=False, num_threads=None):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
-                         max_points_per_centroid=max_points_per_centroid, verbose=verbose)
+                         max_points_per_centroid=max_points_per_centroid, verbose=verbose,
+                         num_threads=num_threads)
         self._fast_scan = check_bool("fast_scan", fast_scan)
         self.pq = ProductQuantizer(self.d, M, nbits, niter=pq_niter, seed=self.seed,
                                    max_points_per_centroid=max_points_per_centroid,
@@ -542,6 +582,7 @@ class IVFPQIndex(IVFIndex):
         cb = self.pq.codebooks
         # the table kind is told by which of list_terms / codebooks is given
         # (see shardann._kernels.ivf): each compiles without the others' code
+        pq_dot_tables = pq_dot_tables_parallel if _parallel(nq) else pq_dot_tables_serial
         if self._ip:
             qlut = pq_dot_tables(q, cb)
             np.negative(qlut, out=qlut)
