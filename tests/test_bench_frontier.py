@@ -70,3 +70,14 @@ def test_bench_frontier_smoke(tmp_path, capsys):
     assert "configuration to pick for a recall target" in text
     if not any("plot" in s["what"] for s in report["skipped"]):  # matplotlib installed
         assert (out / "frontier-recall-qps.png").stat().st_size > 0
+
+
+def test_bench_threads_smoke(tmp_path, capsys):
+    """Every thread count returns the same results (the command checks it)."""
+    status = main(["bench", "threads", "--n", "3000", "--d", "16", "--train-size", "1000",
+                   "--nlist", "16", "--M", "8", "--refine-factor", "2", "--keep", "int8",
+                   "--batch", "64", "--threads", "1,2", "--reps", "1", "--latency-queries",
+                   "5", "--out", str(tmp_path)])
+    assert status == 0, capsys.readouterr().out
+    rows = json.loads((tmp_path / "threads.json").read_text())["rows"]
+    assert [r["threads"] for r in rows] == [1, 2] and all(r["identical"] for r in rows)

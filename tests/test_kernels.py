@@ -222,8 +222,8 @@ def test_nearest_exact(ip):
 
 
 @pytest.mark.parametrize("ip", [False, True])
-@pytest.mark.parametrize("twin", ["serial", "parallel"])
-def test_rerank_exact(ip, twin):
+@pytest.mark.parametrize("fn", [kd.rerank_exact_serial, kd.rerank_exact_parallel])
+def test_rerank_exact(ip, fn):
     rng = np.random.default_rng(18)
     q = rng.integers(-3, 4, (6, 5)).astype(np.float32)
     c = rng.integers(-3, 4, (12, 5)).astype(np.float32)
@@ -233,7 +233,7 @@ def test_rerank_exact(ip, twin):
     nkeep = 3
     keys = np.empty((6, nkeep), np.float32)
     lists = np.empty((6, nkeep), np.int64)
-    getattr(kd, f"rerank_exact_{twin}")(*readonly(q, c, cand), ip, keys, lists)
+    fn(*readonly(q, c, cand), ip, keys, lists)
     full = exact_keys(q, c, "ip" if ip else "l2")
     for i in range(6):
         ids = np.arange(12) if cand[i, 0] == -2 else np.unique(cand[i][cand[i] >= 0])
@@ -460,8 +460,9 @@ def test_pq_tables(nbits):
     cb = rng.standard_normal((M, 1 << nbits, dsub)).astype(np.float32)
     q = rng.standard_normal((7, M * dsub)).astype(np.float32)
     qr, cbr = readonly(q, cb)
-    dots = kpq.pq_dot_tables_serial(qr, cbr)
-    np.testing.assert_array_equal(kpq.pq_dot_tables_parallel(qr, cbr), dots)
+    cbt = readonly(np.ascontiguousarray(cb.transpose(0, 2, 1)))
+    dots = kpq.pq_dot_tables_serial(qr, cbt)
+    np.testing.assert_array_equal(kpq.pq_dot_tables_parallel(qr, cbt), dots)
     l2 = kpq.pq_l2_tables(qr, cbr)
     qs = q.reshape(7, M, dsub).astype(np.float64)
     ref_dots = np.einsum("qmd,mkd->qmk", qs, cb.astype(np.float64))
@@ -942,7 +943,7 @@ def test_every_kernel_has_a_twin():
 
     source = pathlib.Path(__file__).read_text()
     aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk",
-               ktr: "ktr"}
+               ktr: "ktr", kref: "kref"}
     missing = []
     for mod, alias in aliases.items():
         for name, obj in inspect.getmembers(mod):
@@ -962,7 +963,7 @@ def test_serial_and_parallel_kernels_are_cached_apart():
 
     from numba.core.registry import CPUDispatcher
 
-    for mod in (kivf,):
+    for mod in (kivf, kref, ktopk, kd, kpq):
         kernels = dict(inspect.getmembers(mod, lambda o: isinstance(o, CPUDispatcher)))
         pairs = [name[:-len("_serial")] for name in kernels if name.endswith("_serial")]
         assert pairs

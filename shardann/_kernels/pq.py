@@ -165,27 +165,31 @@ def pq_decode(raw, codebooks):
     return out
 
 
-@njit(cache=True, fastmath=True)
-def _sub_dot(x, at, c):
-    s = np.float32(0.0)
-    for t in range(c.shape[0]):
-        s += x[at + t] * c[t]
-    return s
-
-
-def _pq_dot_tables_body(q, codebooks):
+def _pq_dot_tables_body(q, cbt):
     """Inner products of query sub-vectors with every sub-centroid.
 
-    q : float32 (nq, d); codebooks : float32 (M, ksub, dsub).
+    q : float32 (nq, d); cbt : float32 (M, dsub, ksub), the codebooks
+    transposed (``codebooks.transpose(0, 2, 1)``, C-contiguous).
     Returns float32 (nq, M, ksub).
+
+    The sub-centroids run along the innermost loop (contiguous in ``cbt``), so
+    it is vectorised across them while each entry still sums its ``dsub``
+    products in order, without fastmath: the same bits in any batch and for
+    either twin.
     """
     nq = q.shape[0]
-    M, ksub, dsub = codebooks.shape
+    M, dsub, ksub = cbt.shape
     out = np.empty((nq, M, ksub), np.float32)
     for i in prange(nq):
         for m in range(M):
+            o = out[i, m]
+            x = q[i, m * dsub]
             for j in range(ksub):
-                out[i, m, j] = _sub_dot(q[i], m * dsub, codebooks[m, j])
+                o[j] = x * cbt[m, 0, j]
+            for t in range(1, dsub):
+                x = q[i, m * dsub + t]
+                for j in range(ksub):
+                    o[j] += x * cbt[m, t, j]
     return out
 
 

@@ -538,6 +538,7 @@ class IVFPQIndex(IVFIndex):
         """L2 precomputed term per (list, sub-quantizer, code):
         ``|c_mj|^2 + 2 <centroid_l,m, c_mj>`` (FAISS's "term 1")."""
         self._list_terms = None
+        self._codebooks_t = self.pq.codebooks_t  # the query-table kernel's layout
         if self._ip:
             return
         M, ksub, dsub = self.pq.codebooks.shape
@@ -584,11 +585,11 @@ class IVFPQIndex(IVFIndex):
         # (see shardann._kernels.ivf): each compiles without the others' code
         pq_dot_tables = pq_dot_tables_parallel if _parallel(nq) else pq_dot_tables_serial
         if self._ip:
-            qlut = pq_dot_tables(q, cb)
+            qlut = pq_dot_tables(q, self._codebooks_t)
             np.negative(qlut, out=qlut)
             terms = books = None
         elif self._list_terms is not None:
-            qlut = pq_dot_tables(q, cb)
+            qlut = pq_dot_tables(q, self._codebooks_t)
             qlut *= -2.0
             terms, books = self._list_terms, None
         else:  # L2 residual tables, built per (query, list)
