@@ -28,6 +28,7 @@ Usage::
 import argparse
 import logging
 import sys
+import types
 
 from . import _timing
 from ._frontier import run_frontier
@@ -145,7 +146,9 @@ def add_arguments(parser):
 
 def _resolve(args):
     preset = QUICK if args.quick else DEFAULTS
-    cfg = {k: v for k, v in vars(args).items() if not callable(v) and not hasattr(v, "run")}
+    # the settings alone: not the CLI's handler function or the suite's module
+    cfg = {k: v for k, v in vars(args).items()
+           if not callable(v) and not isinstance(v, types.ModuleType)}
     for key, val in preset.items():
         if cfg.get(key) is None:
             cfg[key] = val
