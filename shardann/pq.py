@@ -19,7 +19,7 @@ from ._kernels.pq import (
     pq_assign,
     pq_assign_residual,
     pq_decode,
-    pq_dot_tables,
+    pq_dot_tables_serial,
     pq_l2_tables,
     unpack_codes,
 )
@@ -194,6 +194,12 @@ class ProductQuantizer:
                 f"codes must have shape (n, {self.code_size}); got {codes.shape}")
         return np.ascontiguousarray(codes)
 
+    @property
+    def codebooks_t(self):
+        """The codebooks transposed, float32 (M, dsub, 2**nbits) C-contiguous:
+        the layout the inner-product table kernel reads."""
+        return np.ascontiguousarray(self.codebooks.transpose(0, 2, 1))
+
     # -- distance tables ---------------------------------------------------
     def distance_tables(self, queries, kind="l2"):
         """Per-query lookup tables float32 (nq, M, 2**nbits).
@@ -207,7 +213,7 @@ class ProductQuantizer:
         if kind == "l2":
             return pq_l2_tables(q, self.codebooks)
         if kind == "ip":
-            return pq_dot_tables(q, self.codebooks)
+            return pq_dot_tables_serial(q, self.codebooks_t)
         raise ValueError(f"kind must be 'l2' or 'ip'; got {kind!r}")
 
     # -- persistence -------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from shardann.cli import main
 
-SUITES = ("core", "distributed")
+SUITES = ("core", "distributed", "frontier", "threads")
 OPTIONAL = ("faiss", "matplotlib", "threadpoolctl")
 
 

@@ -19,11 +19,13 @@ from core_support import (
     unpack_numpy,
 )
 
+from shardann import sq
 from shardann._kernels import distances as kd
 from shardann._kernels import fastscan as kfs
 from shardann._kernels import ivf as kivf
 from shardann._kernels import kmeans as kkm
 from shardann._kernels import pq as kpq
+from shardann._kernels import refine as kref
 from shardann._kernels import topk as ktopk
 from shardann._kernels import transform as ktr
 
@@ -41,7 +43,7 @@ def _run_topk(dist, ids, k):
     ids = np.broadcast_to(ids, dist.shape)
     zeros = readonly(np.zeros(n, np.float32))
     for q in range(nq):
-        ktopk.topk_from_dots(dist[q:q + 1], zeros, np.float32(-1), np.zeros(1, np.float32),
+        ktopk.topk_from_dots_serial(dist[q:q + 1], zeros, np.float32(-1), np.zeros(1, np.float32),
                              False, ids[q], k, out_d[q:q + 1], out_i[q:q + 1])
     return out_d, out_i
 
@@ -69,11 +71,12 @@ def test_topk_from_dots_rounds_like_numpy(clamp, integer):
     for k in (1, 7, 70, 80):
         D = np.empty((13, k), np.float32)
         I = np.empty((13, k), np.int64)
-        ktopk.topk_from_dots(*readonly(dots, base), np.float32(2), readonly(qadd), clamp,
-                             readonly(ids), k, D, I)
         Dr, Ir = topk_smallest(keys, ids, k)
-        np.testing.assert_array_equal(I, Ir)
-        np.testing.assert_array_equal(D, Dr.astype(np.float32))
+        for fn in (ktopk.topk_from_dots_serial, ktopk.topk_from_dots_parallel):
+            fn(*readonly(dots, base), np.float32(2), readonly(qadd), clamp, readonly(ids), k,
+               D, I)
+            np.testing.assert_array_equal(I, Ir)
+            np.testing.assert_array_equal(D, Dr.astype(np.float32))
 
 
 @pytest.mark.parametrize("k", [1, 5, 37, 50])
@@ -219,7 +222,8 @@ def test_nearest_exact(ip):
 
 
 @pytest.mark.parametrize("ip", [False, True])
-def test_rerank_exact(ip):
+@pytest.mark.parametrize("fn", [kd.rerank_exact_serial, kd.rerank_exact_parallel])
+def test_rerank_exact(ip, fn):
     rng = np.random.default_rng(18)
     q = rng.integers(-3, 4, (6, 5)).astype(np.float32)
     c = rng.integers(-3, 4, (12, 5)).astype(np.float32)
@@ -229,7 +233,7 @@ def test_rerank_exact(ip):
     nkeep = 3
     keys = np.empty((6, nkeep), np.float32)
     lists = np.empty((6, nkeep), np.int64)
-    kd.rerank_exact(*readonly(q, c, cand), ip, keys, lists)
+    fn(*readonly(q, c, cand), ip, keys, lists)
     full = exact_keys(q, c, "ip" if ip else "l2")
     for i in range(6):
         ids = np.arange(12) if cand[i, 0] == -2 else np.unique(cand[i][cand[i] >= 0])
@@ -456,7 +460,9 @@ def test_pq_tables(nbits):
     cb = rng.standard_normal((M, 1 << nbits, dsub)).astype(np.float32)
     q = rng.standard_normal((7, M * dsub)).astype(np.float32)
     qr, cbr = readonly(q, cb)
-    dots = kpq.pq_dot_tables(qr, cbr)
+    cbt = readonly(np.ascontiguousarray(cb.transpose(0, 2, 1)))
+    dots = kpq.pq_dot_tables_serial(qr, cbt)
+    np.testing.assert_array_equal(kpq.pq_dot_tables_parallel(qr, cbt), dots)
     l2 = kpq.pq_l2_tables(qr, cbr)
     qs = q.reshape(7, M, dsub).astype(np.float64)
     ref_dots = np.einsum("qmd,mkd->qmk", qs, cb.astype(np.float64))
@@ -868,19 +874,44 @@ def test_fastscan_equals_scalar_scan_on_long_lists():
 
 
 @pytest.mark.parametrize("ip", [False, True])
-def test_gathered_keys(ip):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_shortlist_keys(ip, dtype):
+    """Refine keys read in place from the slab match NumPy on the decoded rows
+    (float16 widened, int8 through its per-dimension scale); -1 gives +inf;
+    the serial and parallel twins agree bit for bit."""
     rng = np.random.default_rng(22)
-    nq, c, d = 5, 7, 9
+    nq, c, d, n = 5, 7, 9, 30
     q = rng.standard_normal((nq, d)).astype(np.float32)
-    g = rng.standard_normal((nq, c, d)).astype(np.float32)
-    valid = rng.random((nq, c)) < 0.7
-    out = kivf.gathered_keys(*readonly(q, g, valid), ip)
-    assert out.dtype == np.float32 and out.shape == (nq, c)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    pos = rng.integers(0, n, (nq, c)).astype(np.int64)
+    pos[rng.random((nq, c)) < 0.3] = -1
+    if dtype == "int8":
+        scale = sq.train_scale(x)
+        stored = sq.encode(x, scale)
+        rows = sq.decode(stored, scale)
+        u, const = sq.query_frame(q, scale, ip)
+        args = (*readonly(u, const, stored, np.ascontiguousarray(scale[1]), pos), ip)
+        fns = (kref.int8_keys_serial, kref.int8_keys_parallel)
+    else:
+        stored = x.astype(dtype)
+        rows = stored.astype(np.float32)
+        bits = stored.view(np.uint16) if dtype == "float16" else stored
+        args = (*readonly(q, bits, pos), ip)
+        fns = ((kref.float16_keys_serial, kref.float16_keys_parallel) if dtype == "float16"
+               else (kref.float32_keys_serial, kref.float32_keys_parallel))
+    outs = []
+    for fn in fns:
+        out = np.empty((nq, c), np.float32)
+        fn(*args, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    out = outs[0]
     metric = "ip" if ip else "l2"
     for i in range(nq):
-        ref = exact_keys(q[i:i + 1], g[i], metric)[0]
-        np.testing.assert_allclose(out[i][valid[i]], ref[valid[i]], rtol=1e-5, atol=1e-5)
-        assert np.isposinf(out[i][~valid[i]]).all()
+        ok = pos[i] >= 0
+        ref = exact_keys(q[i:i + 1], rows[pos[i][ok]], metric)[0]
+        np.testing.assert_allclose(out[i][ok], ref, rtol=1e-4, atol=1e-4)
+        assert np.isposinf(out[i][~ok]).all()
 
 
 def test_scatter_rows():
@@ -912,7 +943,7 @@ def test_every_kernel_has_a_twin():
 
     source = pathlib.Path(__file__).read_text()
     aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk",
-               ktr: "ktr"}
+               ktr: "ktr", kref: "kref"}
     missing = []
     for mod, alias in aliases.items():
         for name, obj in inspect.getmembers(mod):
@@ -932,7 +963,7 @@ def test_serial_and_parallel_kernels_are_cached_apart():
 
     from numba.core.registry import CPUDispatcher
 
-    for mod in (kivf,):
+    for mod in (kivf, kref, ktopk, kd, kpq):
         kernels = dict(inspect.getmembers(mod, lambda o: isinstance(o, CPUDispatcher)))
         pairs = [name[:-len("_serial")] for name in kernels if name.endswith("_serial")]
         assert pairs

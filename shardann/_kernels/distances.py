@@ -4,7 +4,9 @@ Keys are minimised: squared L2, or the negated inner product.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from . import serial_and_parallel
 
 
 @njit(cache=True, fastmath=True)
@@ -57,8 +59,7 @@ def nearest_exact(x, rows, centroids, ip, labels):
         labels[r] = arg
 
 
-@njit(cache=True, nogil=True)
-def rerank_exact(q, centroids, cand, ip, keys, lists):
+def _rerank_exact_body(q, centroids, cand, ip, keys, lists):
     """The ``nkeep = keys.shape[1]`` best of each query's candidate centroids by
     :func:`exact_key`, ties by the smaller centroid number.
 
@@ -70,7 +71,7 @@ def rerank_exact(q, centroids, cand, ip, keys, lists):
     nq = q.shape[0]
     nkeep = keys.shape[1]
     nlist = centroids.shape[0]
-    for i in range(nq):
+    for i in prange(nq):
         everything = cand.shape[1] > 0 and cand[i, 0] == -2
         n = nlist if everything else cand.shape[1]
         for t in range(nkeep):
@@ -92,3 +93,6 @@ def rerank_exact(q, centroids, cand, ip, keys, lists):
                 p -= 1
             keys[i, p] = v
             lists[i, p] = c
+
+
+rerank_exact_serial, rerank_exact_parallel = serial_and_parallel(_rerank_exact_body)

@@ -288,24 +288,6 @@ ivfpq4_fastscan_serial, ivfpq4_fastscan_parallel = serial_and_parallel(_ivfpq4_f
 
 
 @njit(cache=True)
-def gathered_keys(queries, gathered, valid, ip):
-    """Exact keys of each query against its own candidate rows.
-
-    queries : float32 (nq, d); gathered : float32 (nq, c, d) candidate vectors;
-    valid : bool (nq, c). Returns float32 (nq, c), +inf where not valid.
-    """
-    nq, c, _ = gathered.shape
-    out = np.empty((nq, c), np.float32)
-    for q in range(nq):
-        for j in range(c):
-            if valid[q, j]:
-                out[q, j] = exact_key(queries[q], gathered[q, j], ip)
-            else:
-                out[q, j] = np.inf
-    return out
-
-
-@njit(cache=True)
 def scatter_rows(dst, dst_rows, src):
     """dst[dst_rows[i]] = src[i] for 2-D arrays (append into the list slab)."""
     for i in range(src.shape[0]):

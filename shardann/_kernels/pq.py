@@ -7,8 +7,9 @@ holds sub-code ``m`` in its low (even ``m``) or high (odd ``m``) nibble.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from . import serial_and_parallel
 from .kmeans import SIMD_ROWS, _argmin_any, nearest_rows
 
 
@@ -164,24 +165,36 @@ def pq_decode(raw, codebooks):
     return out
 
 
-@njit(cache=True, fastmath=True)
-def pq_dot_tables(q, codebooks):
+def _pq_dot_tables_body(q, cbt):
     """Inner products of query sub-vectors with every sub-centroid.
 
-    q : float32 (nq, d); codebooks : float32 (M, ksub, dsub).
+    q : float32 (nq, d); cbt : float32 (M, dsub, ksub), the codebooks
+    transposed (``codebooks.transpose(0, 2, 1)``, C-contiguous).
     Returns float32 (nq, M, ksub).
+
+    The sub-centroids run along the innermost loop (contiguous in ``cbt``), so
+    it is vectorised across them while each entry still sums its ``dsub``
+    products in order, without fastmath: the same bits in any batch and for
+    either twin.
     """
     nq = q.shape[0]
-    M, ksub, dsub = codebooks.shape
+    M, dsub, ksub = cbt.shape
     out = np.empty((nq, M, ksub), np.float32)
-    for i in range(nq):
+    for i in prange(nq):
         for m in range(M):
+            o = out[i, m]
+            x = q[i, m * dsub]
             for j in range(ksub):
-                s = np.float32(0.0)
-                for t in range(dsub):
-                    s += q[i, m * dsub + t] * codebooks[m, j, t]
-                out[i, m, j] = s
+                o[j] = x * cbt[m, 0, j]
+            for t in range(1, dsub):
+                x = q[i, m * dsub + t]
+                for j in range(ksub):
+                    o[j] += x * cbt[m, t, j]
     return out
+
+
+# queries are independent: the parallel twin gives the same tables
+pq_dot_tables_serial, pq_dot_tables_parallel = serial_and_parallel(_pq_dot_tables_body)
 
 
 @njit(cache=True, fastmath=True)

@@ -1,7 +1,9 @@
 """Bounded max-heaps keyed by (distance, id) and row-wise top-k selection."""
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from . import serial_and_parallel
 
 
 @njit(inline="always")
@@ -80,8 +82,7 @@ def heap_sort_into(hd, hi, hid, out_d, out_i):
         heap_replace_top(hd, hi, hid, n, d, i, ident)
 
 
-@njit(cache=True)
-def topk_from_dots(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
+def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
     """Row-wise k smallest keys ``base[j] - scale * dots[q, j] + qadd[q]``.
 
     The keys are formed on the fly: one pass over the dot products instead of
@@ -101,11 +102,11 @@ def topk_from_dots(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
         padded with (+inf, -1).
     """
     nq, n = dots.shape
-    hd = np.empty(k, np.float32)
-    hi = np.empty(k, np.int64)
-    hid = np.empty(k, np.int64)
     zero = np.float32(0.0)
-    for q in range(nq):
+    for q in prange(nq):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        hid = np.empty(k, np.int64)
         heap_init(hd, hi, hid)
         add = qadd[q]
         for j in range(n):
@@ -114,3 +115,7 @@ def topk_from_dots(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
                 v = zero
             heap_push(hd, hi, hid, k, v, ids[j], ids[j])
         heap_sort_into(hd, hi, hid, out_d[q], out_i[q])
+
+
+# rows are independent: the parallel twin (prange over rows) gives the same results
+topk_from_dots_serial, topk_from_dots_parallel = serial_and_parallel(_topk_from_dots_body)

@@ -178,3 +178,25 @@ def ratios(fres, sres):
         "recall", "qps", "qps_cpu", "train_s", "train_cpu_s", "add_vps", "add_vps_cpu",
         "first_call_ms")} | {"latency_p50": r(lat_s["p50"], lat_f["p50"]),
                              "latency_p99": r(lat_s["p99"], lat_f["p99"])}
+
+
+def pareto_frontier(points):
+    """The points no other point beats on both recall and QPS.
+
+    ``points``: dicts with ``recall`` and ``qps``. Returns those on the
+    frontier, highest recall first (QPS then rises down the list).
+    """
+    best = -math.inf
+    out = []
+    for p in sorted(points, key=lambda p: (-p["recall"], -p["qps"])):
+        if p["qps"] > best:
+            out.append(p)
+            best = p["qps"]
+    return out
+
+
+def best_at_recall(points, target):
+    """The fastest point whose recall is at least ``target`` (None if none is):
+    a measured point, never interpolated."""
+    ok = [p for p in points if p["recall"] >= target]
+    return max(ok, key=lambda p: p["qps"]) if ok else None

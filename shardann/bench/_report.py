@@ -1,5 +1,5 @@
-"""Output of ``shardann bench core``: the printed summary, the recall-QPS plot
-and the JSON file."""
+"""Output of ``shardann bench core`` and ``bench frontier``: the printed
+summaries, the recall-QPS plots and the JSON files."""
 
 import json
 import math
@@ -13,6 +13,10 @@ from ._runners import KIND_LABELS, LIBS
 
 JSON_NAME = "core.json"
 PNG_NAME = "core-recall-qps.png"
+FRONTIER_JSON = "frontier.json"
+FRONTIER_PNG = "frontier-recall-qps.png"
+_SYSTEM_STYLE = {"shardann": ("tab:orange", "o", "shardann"), "faiss": ("tab:blue", "s", "FAISS"),
+                 "scann": ("tab:green", "^", "ScaNN")}
 
 
 def _fmt(v, kind):
@@ -246,14 +250,15 @@ def plot(report, path):
     recall_qps_figure(report).savefig(path, dpi=120)
 
 
-def write_outputs(report, out_dir, make_plot=True):
-    """Write the JSON (and the PNG when ``make_plot`` and matplotlib is
-    installed); return their paths."""
+def write_outputs(report, out_dir, make_plot=True, *, names=(JSON_NAME, PNG_NAME),
+                  figure=recall_qps_figure):
+    """Write the JSON (and the PNG of ``figure(report)`` when ``make_plot`` and
+    matplotlib is installed) under the file ``names``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, JSON_NAME)}
+    paths = {"json": os.path.join(out_dir, names[0])}
     if make_plot and _timing.optional_import("matplotlib")[0] is not None:
-        paths["png"] = os.path.join(out_dir, PNG_NAME)
-        plot(report, paths["png"])
+        paths["png"] = os.path.join(out_dir, names[1])
+        figure(report).savefig(paths["png"], dpi=120)
     report["outputs"] = paths
     with open(paths["json"], "w") as f:
         json.dump(report, f, indent=1, default=json_default)
@@ -266,3 +271,88 @@ def json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+# --------------------------------------------------------------------------
+# bench frontier
+# --------------------------------------------------------------------------
+def format_frontier(report):
+    """The printed summary of a ``bench frontier`` report (a string)."""
+    c, ds, env = report["config"], report["dataset"], report["environment"]
+    systems = report["systems"]
+    names = {s: _SYSTEM_STYLE[s][2] for s in systems}
+    la = [v for v in (report.get("load_avg_start"), report.get("load_avg_end")) if v is not None]
+    lines = [
+        f"shardann bench frontier: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
+        f"ntrain={ds['ntrain']:,} metric={c['metric']} nlist={c['nlist']} k={c['k']}; "
+        f"1 thread each; best of {c['reps']} interleaved repetitions per point",
+        f"data: {ds['source']}; ground truth: {report['ground_truth']['method']}",
+        f"machine: {env['cpu']}, {env['os_cpu_count']} CPUs, flags "
+        f"{' '.join(env.get('cpu_flags') or ['?'])}"
+        + (f"; 1-min load average {min(la):.1f}..{max(la):.1f}" if la else ""),
+        "builds: " + "; ".join(
+            f"{names[b['system']]} {b['config']} "
+            + (f"train {b['train_s']:.1f} s" if "train_s" in b else
+               f"build {b['build_s']:.1f} s" if "build_s" in b else "(twin: same training)")
+            for b in report["builds"]),
+        "",
+        "Pareto frontier per system (no other point of that system is both faster and "
+        "more accurate):",
+    ]
+    for s in systems:
+        lines.append(f"  {names[s]}:")
+        for p in report["frontier"][s]:
+            lines.append(f"    recall {p['recall']:.4f}  QPS {p['qps']:>9,.0f}  {p['label']}")
+    lines += ["", "best QPS at recall@{k} >= target (a measured point; ratio = shardann QPS "
+              "/ that system's):".format(k=c["k"])]
+    head = f"{'target':>7}  {'shardann':>9}  {'(configuration)':<44}"
+    for s in systems[1:]:
+        head += f"{names[s]:>10} {'shardann/' + names[s]:>17}"
+    lines += [head, "-" * len(head)]
+    for row in report["at_recall"]:
+        ref = row["shardann"]
+        line = (f"{row['target']:>7.2f}  {_fmt(ref and ref['qps'], 'int'):>9}  "
+                f"{(ref['label'] if ref else 'not reached'):<44}")
+        for s in systems[1:]:
+            p = row[s]
+            line += (f"{_fmt(p and p['qps'], 'int'):>10} "
+                     f"{_fmt(row['shardann_over_' + s], 'ratio'):>17}")
+        lines.append(line)
+    lines.append("")
+    lines.append("configuration to pick for a recall target (shardann's fastest point above "
+                 "it, from this run):")
+    for row in report["at_recall"]:
+        ref = row["shardann"]
+        lines.append(f"  recall >= {row['target']:.2f}: "
+                     + (f"{ref['label']} (recall {ref['recall']:.3f}, {ref['qps']:,.0f} QPS)"
+                        if ref else "not reached in this sweep"))
+    return "\n".join(lines)
+
+
+def frontier_figure(report):
+    """Recall-QPS scatter of every point and each system's frontier (needs matplotlib)."""
+    from matplotlib.figure import Figure
+
+    c, ds = report["config"], report["dataset"]
+    fig = Figure(figsize=(9, 6))
+    ax = fig.subplots()
+    for s in report["systems"]:
+        color, marker, label = _SYSTEM_STYLE[s]
+        pts = [p for p in report["points"] if p["system"] == s]
+        ax.scatter([p["recall"] for p in pts], [p["qps"] for p in pts], color=color,
+                   marker=marker, alpha=0.25, s=14)
+        fr = report["frontier"][s]
+        ax.plot([p["recall"] for p in fr], [p["qps"] for p in fr], color=color, marker=marker,
+                label=f"{label} frontier")
+    for t in (row["target"] for row in report["at_recall"]):
+        ax.axvline(t, color="grey", alpha=0.3, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall@{c['k']}")
+    ax.set_ylabel("QPS (1 thread, batch)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    title = (f"recall-QPS frontier, 1 thread: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
+             f"metric={c['metric']} nlist={c['nlist']} (faint: every configuration point)")
+    ax.set_title(textwrap.fill(title, width=100), fontsize=10)
+    fig.tight_layout()
+    return fig

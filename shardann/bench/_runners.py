@@ -1,9 +1,12 @@
-"""The two libraries of ``shardann bench core`` behind one interface.
+"""The libraries of ``shardann bench core`` and ``bench frontier`` behind one interface.
 
 :class:`FaissRunner` and :class:`ShardannRunner` build, train, fill, search,
 time the parts of and describe one index kind each, with the same nlist / M /
 nbits / metric and training iterations; :func:`make_runners` gives the pair
-(or shardann's alone when FAISS is not installed).
+(or shardann's alone when FAISS is not installed). :class:`ScannRunner` (ScaNN,
+for ``bench frontier``) builds and searches a ScaNN tree + AH searcher the same way.
+``search(..., refine_factor=r)`` overrides a refining runner's shortlist factor
+(r = 0: the plain scan, without re-ranking).
 """
 
 import numpy as np
@@ -12,7 +15,9 @@ from . import _timing
 
 KINDS = ("ivfflat", "ivfpq8", "ivfpq4", "ivfpq8-refine")
 KIND_LABELS = {"ivfflat": "IVF-Flat", "ivfpq8": "IVF-PQ 8-bit", "ivfpq4": "IVF-PQ 4-bit",
-               "ivfpq8-refine": "IVF-PQ 8-bit + refine"}
+               "ivfpq8-refine": "IVF-PQ 8-bit + refine", "ivfpq4-refine": "IVF-PQ 4-bit + refine"}
+#: kinds whose runners re-rank a shortlist (``refine_factor``)
+REFINE_KINDS = ("ivfpq8-refine", "ivfpq4-refine")
 LIBS = ("faiss", "shardann")
 
 # training settings mirrored from FAISS when it is not installed to read them
@@ -75,13 +80,14 @@ class FaissRunner:
             "ivfpq8": f"IVF{nlist},PQ{M}x8np",
             "ivfpq4": f"IVF{nlist},PQ{M}x4fs" + ("r" if fs_residual else ""),
             "ivfpq8-refine": f"IVF{nlist},PQ{M}x8np,RFlat",
+            "ivfpq4-refine": f"IVF{nlist},PQ{M}x4fs" + ("r" if fs_residual else "") + ",RFlat",
         }[kind]
 
     def make(self, nlist=None, warm_up=False):
         key = self.key if nlist is None else self.key.replace(f"IVF{self.nlist},",
                                                               f"IVF{nlist},", 1)
         index = self.faiss.index_factory(self.d, key, _faiss_metric(self.faiss, self.metric))
-        if self.kind == "ivfpq8-refine":
+        if self.kind in REFINE_KINDS:
             index.k_factor = float(self.refine_factor)
         if warm_up:  # one k-means iteration is enough to exercise the code
             ivf = self.faiss.extract_index_ivf(index)
@@ -97,13 +103,17 @@ class FaissRunner:
     def add(self, index, x):
         index.add(x)
 
-    def search(self, index, q, k, nprobe):
+    def search(self, index, q, k, nprobe, refine_factor=None):
         self.faiss.extract_index_ivf(index).nprobe = nprobe
+        if self.kind in REFINE_KINDS and refine_factor is not None:
+            if not refine_factor:  # the IVF-PQ index under the refine stage
+                return self.faiss.downcast_index(index.base_index).search(q, k)
+            index.k_factor = float(refine_factor)
         return index.search(q, k)
 
     def split(self, index, q, k, nprobe):
         """CPU seconds of the parts of a batch search (coarse, scan), or None."""
-        if self.kind == "ivfpq8-refine":
+        if self.kind in REFINE_KINDS:
             return None
         ivf = self.faiss.extract_index_ivf(index)
         ivf.nprobe = nprobe
@@ -127,7 +137,7 @@ class FaissRunner:
             out["polysemous_ht"] = int(inner.polysemous_ht)
         if hasattr(inner, "do_polysemous_training"):
             out["do_polysemous_training"] = bool(inner.do_polysemous_training)
-        if self.kind == "ivfpq8-refine":
+        if self.kind in REFINE_KINDS:
             out["k_factor"] = float(index.k_factor)
         return out
 
@@ -138,8 +148,9 @@ class ShardannRunner:
     lib = "shardann"
 
     def __init__(self, kind, d, nlist, M, metric, refine_factor, seed, niter, pq_niter,
-                 max_points_per_centroid):
+                 max_points_per_centroid, keep_vectors="float32"):
         self.kind, self.d, self.nlist, self.M = kind, d, nlist, M
+        self.keep_vectors = keep_vectors  # the dtype refine kinds keep
         self.metric, self.refine_factor, self.seed = metric, refine_factor, seed
         self.niter, self.pq_niter = niter, pq_niter
         self.mppc = max_points_per_centroid
@@ -151,13 +162,14 @@ class ShardannRunner:
                   "max_points_per_centroid": self.mppc}
         if self.kind == "ivfflat":
             return IVFFlatIndex(self.d, nlist, self.metric, **common)
-        return IVFPQIndex(self.d, nlist, self.M, 4 if self.kind == "ivfpq4" else 8,
+        return IVFPQIndex(self.d, nlist, self.M, 4 if self.kind.startswith("ivfpq4") else 8,
                           self.metric, pq_niter=1 if warm_up else self.pq_niter,
-                          keep_vectors=self.kind == "ivfpq8-refine", **common)
+                          keep_vectors=self.kind in REFINE_KINDS and self.keep_vectors,
+                          **common)
 
     @property
     def _rf(self):
-        return self.refine_factor if self.kind == "ivfpq8-refine" else 0
+        return self.refine_factor if self.kind in REFINE_KINDS else 0
 
     def train(self, index, x):
         index.train(x)
@@ -165,8 +177,28 @@ class ShardannRunner:
     def add(self, index, x):
         index.add(x)
 
-    def search(self, index, q, k, nprobe):
-        return index.search(q, k, nprobe=nprobe, refine_factor=self._rf)
+    def search(self, index, q, k, nprobe, refine_factor=None):
+        rf = self._rf if refine_factor is None else refine_factor
+        return index.search(q, k, nprobe=nprobe, refine_factor=rf)
+
+    def with_kept_vectors(self, index, keep_vectors, xt, xb):
+        """A copy of the trained ``index`` (same centroids and codebooks) that
+        keeps ``keep_vectors`` ("float32", "float16" or "int8"; the int8 scale
+        trained on ``xt`` as ``index.train`` would), filled with ``xb``: one
+        training for several kept-vector types."""
+        from .. import sq
+        from ..index import index_from_state
+        from ..storage import IndexState
+
+        state = index.to_state(lists=False)
+        arrays = {k: v for k, v in state.arrays.items() if k != "vector_scale"}
+        if keep_vectors == "int8":
+            arrays["vector_scale"] = sq.train_scale(index.prepare(xt))
+        twin = index_from_state(IndexState(state.kind, {**state.config,
+                                                        "keep_vectors": keep_vectors},
+                                           True, arrays, state.nlist))
+        twin.add(xb)
+        return twin
 
     def split(self, index, q, k, nprobe):
         """CPU seconds of the parts of a batch search: coarse (``index.probe``),
@@ -209,3 +241,50 @@ def make_runners(faiss, kind, cfg, fd):
         return (srun,)
     return (FaissRunner(faiss, kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
                         cfg["refine_factor"], cfg["faiss_fs_residual"]), srun)
+
+
+class ScannRunner:
+    """Builds and queries a ScaNN searcher: a k-means tree of ``nlist`` leaves,
+    anisotropic hashing with 2 dimensions per 4-bit block ("lut16", the
+    configuration ScaNN's documentation recommends), and exact re-ordering of
+    ``k * refine_factor`` candidates. ``nprobe`` is ``leaves_to_search``.
+
+    ScaNN samples its own training set from the database
+    (``training_sample_size`` = the size of the shared sample); for inner
+    product / cosine the anisotropic threshold is 0.2, as in ScaNN's examples
+    (for l2 ScaNN has none).
+    """
+
+    lib = "scann"
+    kind = "scann-ah2"
+
+    def __init__(self, scann, d, nlist, metric, refine_factor, k, ntrain, dims_per_block=2):
+        self.scann, self.d, self.nlist, self.metric = scann, d, nlist, metric
+        self.refine_factor, self.k, self.ntrain = refine_factor, k, ntrain
+        self.dims_per_block = dims_per_block
+
+    def build(self, xb):
+        """The searcher over float32 (n, d) ``xb`` (normalised already for cosine)."""
+        measure = "squared_l2" if self.metric == "l2" else "dot_product"
+        threshold = float("nan") if self.metric == "l2" else 0.2
+        builder = self.scann.scann_ops_pybind.builder(xb, self.k, measure)
+        searcher = (builder.tree(num_leaves=self.nlist, num_leaves_to_search=1,
+                                 training_sample_size=min(self.ntrain, xb.shape[0]))
+                    .score_ah(self.dims_per_block, anisotropic_quantization_threshold=threshold)
+                    .reorder(self.k * max(1, self.refine_factor)).build())
+        searcher.set_num_threads(1)
+        return searcher
+
+    def search(self, searcher, q, k, nprobe, refine_factor=None):
+        rf = self.refine_factor if refine_factor is None else refine_factor
+        ids, dist = searcher.search_batched(q, final_num_neighbors=k,
+                                            pre_reorder_num_neighbors=k * max(1, rf),
+                                            leaves_to_search=nprobe)
+        return dist, ids.astype(np.int64)
+
+    def describe(self):
+        return {"library": "scann", "version": getattr(self.scann, "__version__", None),
+                "tree.num_leaves": self.nlist, "score_ah.dimensions_per_block":
+                self.dims_per_block, "hash_type": "lut16",
+                "anisotropic_quantization_threshold": None if self.metric == "l2" else 0.2,
+                "reorder": "exact float32, k * refine_factor"}

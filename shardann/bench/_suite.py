@@ -76,15 +76,21 @@ def environment(faiss):
 
     import shardann
     cpu = None
+    flags = None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu is None:
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and flags is None:
+                    have = set(line.split(":", 1)[1].split())
+                    # the SIMD extensions the kernels (and FAISS / ScaNN) can use
+                    flags = sorted(f for f in have if f.startswith(("avx", "amx"))
+                                   or f in ("fma", "f16c", "sse4_2", "popcnt", "bmi2"))
     except OSError:
         pass
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu,
+            "cpu_flags": flags,
             "os_cpu_count": os.cpu_count(), "numpy": np.__version__,
             "numba": numba.__version__, "shardann": shardann.__version__,
             "faiss": getattr(faiss, "__version__", None),

@@ -16,10 +16,11 @@ import numpy as np
 
 _clock = time.perf_counter
 
-#: how to get the optional packages the benchmarks use (the ``bench`` extra)
+#: how to get the optional packages the benchmarks use (the ``bench`` extra: faiss-cpu,
+#: matplotlib, threadpoolctl, and ScaNN for ``bench frontier``)
 BENCH_EXTRA = 'pip install -e ".[bench]"'
 #: module name -> the name pip installs it by
-_DISTRIBUTION = {"faiss": "faiss-cpu", "matplotlib": "matplotlib",
+_DISTRIBUTION = {"faiss": "faiss-cpu", "matplotlib": "matplotlib", "scann": "scann",
                  "threadpoolctl": "threadpoolctl"}
 
 

@@ -70,7 +70,8 @@ def synthetic_split(nb, nq, d, *, nt=0, seed=0, **kwargs):
 
 
 def read_vectors(path, mmap=True):
-    """Read ``.npy`` (memory-mapped), ``.fvecs``, ``.bvecs`` or ``.ivecs``.
+    """Read ``.npy`` (memory-mapped), ``.fvecs``, ``.bvecs``, ``.ivecs`` or
+    ``.parquet`` (its first list column, e.g. an embedding column).
 
     Returns an (n, d) array: float32 for npy/fvecs, uint8 for bvecs, int32 for ivecs.
     """
@@ -93,7 +94,34 @@ def read_vectors(path, mmap=True):
             raise ValueError(f"{path}: rows of different dimensions")
         dtype = {".fvecs": np.float32, ".ivecs": np.int32, ".bvecs": np.uint8}[ext]
         return np.ascontiguousarray(rows[:, 4:]).view(dtype)
-    raise ValueError(f"{path}: unsupported extension {ext!r} (.npy, .fvecs, .bvecs, .ivecs)")
+    if ext == ".parquet":
+        return _read_parquet_vectors(path)
+    raise ValueError(f"{path}: unsupported extension {ext!r} (.npy, .fvecs, .bvecs, .ivecs, "
+                     ".parquet)")
+
+
+def _read_parquet_vectors(path):
+    # the first list / fixed-size-list column (an embedding column) as (n, d)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        t = col.type
+        if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t)
+                or pa.types.is_large_list(t)):
+            continue
+        arr = col.combine_chunks()
+        if pa.types.is_fixed_size_list(t):
+            d = t.list_size
+        else:
+            lengths = np.diff(np.asarray(arr.offsets))
+            if lengths.size and (lengths != lengths[0]).any():
+                raise ValueError(f"{path}: column {name!r} holds lists of different lengths")
+            d = int(lengths[0]) if lengths.size else 0
+        values = arr.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(len(arr), d)
+    raise ValueError(f"{path}: no list column of vectors in {table.column_names}")
 
 
 def write_fvecs(path, x):

@@ -1,5 +1,7 @@
 """``shardann bench SUITE``: benchmarks from ``shardann.bench.SUITE``: ``core``
-(kernels, local indexes vs FAISS) and ``distributed`` (sharded vs local).
+(kernels, local indexes vs FAISS), ``distributed`` (sharded vs local) and
+``frontier`` (recall-QPS frontier vs FAISS and ScaNN) and ``threads`` (scaling
+over cores).
 
 A suite takes its options from ``shardann.bench.<suite>``, imported only when it
 runs: everything after the suite's name is handed to that module's
@@ -15,6 +17,8 @@ HELP = "Benchmarks (speed is measured here, not in the tests)."
 SUITES = {
     "core": "kernel and single-process index benchmarks against FAISS",
     "distributed": "the sharded index in Ray local mode against the local index",
+    "frontier": "the recall-QPS frontier of shardann's configurations against FAISS and ScaNN",
+    "threads": "batch QPS and single-query latency of a local index by thread count",
 }
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._kernels.topk import topk_from_dots
+from .._kernels.topk import topk_from_dots_serial as topk_from_dots
 from ..metric import uses_ip
 from ..results import merge_results
 from ._lists import InvertedLists

@@ -1,14 +1,14 @@
 """Inverted-file indexes: IVF-Flat and IVF-PQ (with optional OPQ and refine)."""
 
+import contextlib
 import logging
 
 import numba
 import numpy as np
 
 from .._kernels import fastscan
-from .._kernels.distances import rerank_exact
+from .._kernels.distances import rerank_exact_parallel, rerank_exact_serial
 from .._kernels.ivf import (
-    gathered_keys,
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
     ivfpq4_fastscan_parallel,
@@ -18,13 +18,24 @@ from .._kernels.ivf import (
     ivfpq_scan_parallel,
     ivfpq_scan_serial,
 )
-from .._kernels.pq import pq_dot_tables
-from .._kernels.topk import topk_from_dots
+from .._kernels.pq import pq_dot_tables_parallel, pq_dot_tables_serial
+from .._kernels.refine import (
+    float16_keys_parallel,
+    float16_keys_serial,
+    float32_keys_parallel,
+    float32_keys_serial,
+    int8_keys_parallel,
+    int8_keys_serial,
+)
+from .._kernels.topk import topk_from_dots_parallel, topk_from_dots_serial
 from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
 from ..results import empty_results, merge_results
+from ..sq import decode as sq_decode
+from ..sq import encode as sq_encode
+from ..sq import query_frame, train_scale
 from ._lists import InvertedLists
 from .base import BaseIndex
 
@@ -37,11 +48,31 @@ def _parallel(nq):
     return nq > 1 and numba.get_num_threads() > 1
 
 
+_blas = None  # threadpoolctl's controller of the loaded BLAS, made on first use
+
+
+def _one_blas_thread(parallel):
+    """Context keeping BLAS on one thread for a batch the Numba threads scan.
+
+    OpenBLAS's workers spin for a while after a matrix product, on the cores
+    Numba's threads then need: measured on 2 cores, a batch on 2 Numba threads
+    ran at 0.92x the speed of 1 thread while the coarse product had used both.
+    """
+    global _blas
+    if not parallel:
+        return contextlib.nullcontext()
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
 #: candidates beyond ``nprobe`` that the coarse quantizer re-ranks with exact keys
 _PROBE_SPARE = 8
 
 
-def coarse_probe(q, centroids, cnorms, nprobe, ip):
+def coarse_probe(q, centroids, cnorms, nprobe, ip, parallel=False):
     """The ``nprobe`` closest lists of each query.
 
     BLAS picks ``nprobe`` + a few candidates; their exact keys (the kernels'
@@ -51,10 +82,14 @@ def coarse_probe(q, centroids, cnorms, nprobe, ip):
     distances in any batch (BLAS rounds a row differently by the product's
     shape and the row's place in it).
 
+    ``parallel`` splits the queries over Numba's threads (same results).
+
     Returns ``dis0`` float32 (nq, nprobe) — squared L2 to the centroid, or its
     negated inner product — and ``probes`` int64 (nq, nprobe), closest first
     (ties by the smaller list number).
     """
+    topk_from_dots = topk_from_dots_parallel if parallel else topk_from_dots_serial
+    rerank_exact = rerank_exact_parallel if parallel else rerank_exact_serial
     nq = q.shape[0]
     nlist = centroids.shape[0]
     kk = min(nlist, nprobe + _PROBE_SPARE)
@@ -92,8 +127,9 @@ class IVFIndex(BaseIndex):
     """
 
     def __init__(self, d, nlist, metric="l2", *, nprobe=1, seed=0, niter=25,
-                 max_points_per_centroid=256, verbose=False):
+                 max_points_per_centroid=256, verbose=False, num_threads=None):
         super().__init__(d, metric)
+        self.num_threads = num_threads
         self.nlist = check_int("nlist", nlist, low=1)
         self.seed = check_int("seed", seed)
         self.niter = check_int("niter", niter, low=0)
@@ -113,6 +149,32 @@ class IVFIndex(BaseIndex):
     @nprobe.setter
     def nprobe(self, value):
         self._nprobe = check_int("nprobe", value, low=1, high=self.nlist)
+
+    @property
+    def num_threads(self):
+        """Threads a batch search uses (None: Numba's current setting, by default
+        every core). A single query always runs on one thread; results do not
+        depend on the thread count. Not saved with the index (it is about the
+        machine, not the data)."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = None if value is None else check_int("num_threads", value, low=1)
+
+    @contextlib.contextmanager
+    def _threads(self):
+        # Numba's thread count is per calling thread: set it for this search only
+        n = self._num_threads
+        if n is None:
+            yield
+            return
+        old = numba.get_num_threads()
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(old)
 
     @property
     def is_trained(self):
@@ -236,11 +298,14 @@ class IVFIndex(BaseIndex):
             negated inner product (ip, cosine).
         probes : int64 (nq, nprobe), list numbers, closest first.
         """
-        return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip)
+        return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip,
+                            parallel=_parallel(q.shape[0]))
 
     def _search_keys(self, q, k, nprobe, refine_factor=0):
-        dis0, probes = self.probe(q, nprobe)
-        return self._scan_keys(q, dis0, probes, k, refine_factor)
+        with self._threads():
+            with _one_blas_thread(_parallel(q.shape[0])):
+                dis0, probes = self.probe(q, nprobe)
+            return self._scan_keys(q, dis0, probes, k, refine_factor)
 
     def search_preassigned(self, q, dis0, probes, k, refine_factor=0):
         """Search prepared queries in the given lists: the scan half of
@@ -275,8 +340,9 @@ class IVFIndex(BaseIndex):
                 f"{dis0.shape}, probes {probes.dtype} {probes.shape}")
         if nq == 0 or self.ntotal == 0:
             return empty_results(nq, k, self.metric)
-        keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
-                                    np.ascontiguousarray(probes), k, refine_factor)
+        with self._threads():
+            keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
+                                        np.ascontiguousarray(probes), k, refine_factor)
         return keys_to_distances(keys, self.metric), ids
 
     def _scan_keys(self, q, dis0, probes, k, refine_factor=0):
@@ -317,8 +383,25 @@ class IVFIndex(BaseIndex):
         ids = np.where(pos >= 0, self._lists.ids[safe], -1)
         if not exact:
             return keys, ids, None
-        gathered = np.ascontiguousarray(vectors[safe], dtype=np.float32)
-        return keys, ids, gathered_keys(q, gathered, pos >= 0, self._ip)
+        return keys, ids, self._shortlist_keys(q, vectors, pos)
+
+    def _shortlist_keys(self, q, vectors, pos):
+        """Exact keys float32 (nq, c) of the slab rows ``pos`` int64 (nq, c)
+        (-1: +inf) on the kept ``vectors``, read in place (no gathered copy)."""
+        out = np.empty(pos.shape, np.float32)
+        par = _parallel(q.shape[0])
+        if vectors.dtype == np.float32:
+            fn = float32_keys_parallel if par else float32_keys_serial
+            fn(q, vectors, pos, self._ip, out)
+        elif vectors.dtype == np.float16:
+            fn = float16_keys_parallel if par else float16_keys_serial
+            fn(q, vectors.view(np.uint16), pos, self._ip, out)
+        else:  # int8 with a per-dimension scale (IVFPQIndex keep_vectors="int8")
+            u, const = query_frame(q, self._vector_scale, self._ip)
+            fn = int8_keys_parallel if par else int8_keys_serial
+            fn(u, const, vectors, np.ascontiguousarray(self._vector_scale[1]), pos,
+               self._ip, out)
+        return out
 
     def get_config(self):
         return {**super().get_config(), "nlist": self.nlist, "nprobe": self.nprobe,
@@ -350,6 +433,8 @@ class IVFFlatIndex(IVFIndex):
     d, nlist : dimension and number of lists.
     metric : "l2", "ip" or "cosine".
     nprobe : default lists scanned per query. seed, niter : coarse k-means.
+    num_threads : threads of a batch search (None: Numba's setting; see
+        :attr:`num_threads`).
 
     Examples
     --------
@@ -390,8 +475,12 @@ class IVFPQIndex(IVFIndex):
     metric : "l2", "ip" or "cosine".
     seed : int, seeds all training.
     opq : bool, learn an OPQ rotation in front of the index.
-    keep_vectors : False, True/"float32" or "float16" — keep raw vectors so
-        ``search(..., refine_factor=r)`` can re-rank ``k * r`` candidates exactly.
+    keep_vectors : False, True/"float32", "float16" or "int8" — keep the vectors so
+        ``search(..., refine_factor=r)`` can re-rank ``k * r`` candidates by their
+        distance to them. "float16" halves them, "int8" quarters them (each
+        dimension scaled by its range in the training sample, see
+        :mod:`shardann.sq`; the scale is saved with the codebooks); re-ranking
+        then uses those approximations.
     nprobe : default lists scanned per query.
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
@@ -400,6 +489,8 @@ class IVFPQIndex(IVFIndex):
         32-row blocks and scan them with the SIMD pre-filter (same results,
         several times faster; lists are padded to whole blocks). False keeps
         them row-major for the scalar scan.
+    num_threads : threads of a batch search (None: Numba's setting, every core
+        by default); results do not depend on it.
 
     Examples
     --------
@@ -414,9 +505,10 @@ class IVFPQIndex(IVFIndex):
     def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
                  max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
-                 fast_scan=True, verbose=False):
+                 fast_scan=True, verbose=False, num_threads=None):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
-                         max_points_per_centroid=max_points_per_centroid, verbose=verbose)
+                         max_points_per_centroid=max_points_per_centroid, verbose=verbose,
+                         num_threads=num_threads)
         self._fast_scan = check_bool("fast_scan", fast_scan)
         self.pq = ProductQuantizer(self.d, M, nbits, niter=pq_niter, seed=self.seed,
                                    max_points_per_centroid=max_points_per_centroid,
@@ -425,8 +517,10 @@ class IVFPQIndex(IVFIndex):
         self.opq = OPQ(self.d, self.M, nbits=self.nbits, seed=self.seed) if opq else None
         if keep_vectors is True:
             keep_vectors = "float32"
-        self.keep_vectors = (check_choice("keep_vectors", keep_vectors, ("float32", "float16"))
+        self.keep_vectors = (check_choice("keep_vectors", keep_vectors,
+                                          ("float32", "float16", "int8"))
                              if keep_vectors else None)
+        self._vector_scale = None  # (2, d) int8 scale of kept vectors (keep_vectors="int8")
         self.precompute_max_bytes = check_int("precompute_max_bytes", precompute_max_bytes,
                                               low=0)
         self._list_terms = None
@@ -458,11 +552,14 @@ class IVFPQIndex(IVFIndex):
         labels = self._assign(x)
         self.pq.train(x - self.centroids[labels])
         self._precompute()
+        if self.keep_vectors == "int8":
+            self._vector_scale = train_scale(x)
 
     def _precompute(self):
         """L2 precomputed term per (list, sub-quantizer, code):
         ``|c_mj|^2 + 2 <centroid_l,m, c_mj>`` (FAISS's "term 1")."""
         self._list_terms = None
+        self._codebooks_t = self.pq.codebooks_t  # the query-table kernel's layout
         if self._ip:
             return
         M, ksub, dsub = self.pq.codebooks.shape
@@ -494,7 +591,9 @@ class IVFPQIndex(IVFIndex):
 
     def _payload(self, x, labels):
         cols = {"codes": self.pq._encode(x, self.centroids, labels)}
-        if self.keep_vectors:
+        if self.keep_vectors == "int8":
+            cols["vectors"] = sq_encode(x, self._vector_scale)
+        elif self.keep_vectors:
             cols["vectors"] = x.astype(self.keep_vectors, copy=False)
         return cols
 
@@ -505,12 +604,13 @@ class IVFPQIndex(IVFIndex):
         cb = self.pq.codebooks
         # the table kind is told by which of list_terms / codebooks is given
         # (see shardann._kernels.ivf): each compiles without the others' code
+        pq_dot_tables = pq_dot_tables_parallel if _parallel(nq) else pq_dot_tables_serial
         if self._ip:
-            qlut = pq_dot_tables(q, cb)
+            qlut = pq_dot_tables(q, self._codebooks_t)
             np.negative(qlut, out=qlut)
             terms = books = None
         elif self._list_terms is not None:
-            qlut = pq_dot_tables(q, cb)
+            qlut = pq_dot_tables(q, self._codebooks_t)
             qlut *= -2.0
             terms, books = self._list_terms, None
         else:  # L2 residual tables, built per (query, list)
@@ -555,22 +655,29 @@ class IVFPQIndex(IVFIndex):
         out = {"centroids": self.centroids, "codebooks": self.pq.codebooks}
         if self.opq is not None:
             out["opq_rotation"] = self.opq.rotation
+        if self.keep_vectors == "int8":
+            out["vector_scale"] = self._vector_scale
         return out
 
     def _trained_arrays_names(self):
-        return ("centroids", "codebooks") + (("opq_rotation",) if self.opq is not None else ())
+        return (("centroids", "codebooks") + (("opq_rotation",) if self.opq is not None else ())
+                + (("vector_scale",) if self.keep_vectors == "int8" else ()))
 
     def _set_trained_arrays(self, arrays):
         self.pq.codebooks = np.ascontiguousarray(arrays["codebooks"], dtype=np.float32)
         self.pq._derived = None
         if self.opq is not None:
             self.opq.rotation = np.ascontiguousarray(arrays["opq_rotation"], dtype=np.float32)
+        if self.keep_vectors == "int8":
+            self._vector_scale = np.ascontiguousarray(arrays["vector_scale"], dtype=np.float32)
         super()._set_trained_arrays(arrays)
         self._precompute()
 
     def _decode_rows(self, pos):
         L = self._lists
-        if self.keep_vectors:
+        if self.keep_vectors == "int8":
+            x = sq_decode(L.data["vectors"][pos], self._vector_scale)
+        elif self.keep_vectors:
             x = L.data["vectors"][pos].astype(np.float32)
         else:
             x = self.pq.decode(L.data["codes"][pos]) + self.centroids[L.owners(pos)]

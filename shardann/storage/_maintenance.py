@@ -256,6 +256,8 @@ def _check_arrays(arrays, m, path):
         want["codebooks"] = (M, 1 << nbits, cfg["d"] // M)
         if cfg.get("opq"):
             want["opq_rotation"] = (cfg["d"], cfg["d"])
+        if cfg.get("keep_vectors") == "int8":
+            want["vector_scale"] = (2, cfg["d"])
     if shapes != want:
         raise CorruptIndexError(f"{path}: arrays {shapes} do not match the config ({want})")
     for k, v in arrays.items():

@@ -103,7 +103,13 @@ class Transaction:
                 raise ValueError(f"{name} must have shape ({n}, {c['width']}); got {arr.shape}")
             if name == "codes" and arr.dtype != np.uint8:
                 raise TypeError(f"codes must be uint8; got dtype {arr.dtype}")
-            if name == "vectors" and arr.dtype.kind != "f":
+            if name == "vectors" and np.dtype(c["dtype"]) == np.int8:
+                # int8 rows are codes of the index's per-dimension scale: a cast
+                # of floats would be garbage
+                if arr.dtype != np.int8:
+                    raise TypeError("this store keeps int8 vectors: pass the index's "
+                                    f"encoded rows (int8), not {arr.dtype}")
+            elif name == "vectors" and arr.dtype.kind != "f":
                 raise TypeError(f"vectors must be floating point; got dtype {arr.dtype}")
             data[name] = arr.astype(c["dtype"], copy=False)
         return data

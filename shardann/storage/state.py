@@ -12,7 +12,7 @@ import numpy as np
 
 #: the index kinds the format knows (docs/format.md)
 KINDS = ("flat", "ivfflat", "ivfpq")
-#: payload columns a state may hold: codes (uint8) and vectors (float32 / float16)
+#: payload columns a state may hold: codes (uint8) and vectors (float32 / float16 / int8)
 PAYLOAD_NAMES = ("codes", "vectors")
 
 
@@ -26,7 +26,8 @@ class IndexState:
     config : dict, the index's constructor arguments (JSON-able).
     trained : bool. An untrained state has no arrays and no rows.
     arrays : dict name -> float32 ndarray, the trained model: ``centroids``
-        (nlist, d), ``codebooks`` (M, 2**nbits, d/M), ``opq_rotation`` (d, d).
+        (nlist, d), ``codebooks`` (M, 2**nbits, d/M), ``opq_rotation`` (d, d),
+        ``vector_scale`` (2, d) (int8 kept vectors).
     nlist : int, number of inverted lists (1 for ``flat``).
     columns : dict payload name -> (width, numpy dtype), e.g.
         ``{"codes": (16, dtype("uint8")), "vectors": (128, dtype("float16"))}``;

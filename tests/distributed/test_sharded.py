@@ -77,6 +77,18 @@ def test_one_and_three_shards_equal_local(ray_local, data, tmp_path, metric):
                 assert_same(sharded.search(xq, 10, nprobe=6, refine_factor=rf), want)
 
 
+@pytest.mark.parametrize("keep,metric", [("int8", "l2"), ("int8", "cosine"), ("float16", "ip")])
+def test_compact_kept_vectors_shards_equal_local(ray_local, data, tmp_path, keep, metric):
+    # refine on float16 / int8 rows (read in place, int8 through the saved scale)
+    xb, xq, xt = data
+    local = build_local(tmp_path / "idx", xt, xb, metric, nbits=4, keep_vectors=keep)
+    want = local.search(xq, 10, nprobe=6, refine_factor=3)
+    with ShardedIndex.open(tmp_path / "idx", num_shards=2) as sharded:
+        assert_same(sharded.search(xq, 10, nprobe=6, refine_factor=3), want)
+        assert_same(sharded.search(xq[:1], 10, nprobe=6, refine_factor=3),
+                    local.search(xq[:1], 10, nprobe=6, refine_factor=3))
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_four_bit_shards_equal_local(ray_local, data, tmp_path, metric):
     # shards scan 4-bit codes with the SIMD fast scan where the CPU has it

@@ -1,0 +1,212 @@
+"""The ``shardann bench frontier`` run: build every configuration of every
+system, time every (configuration, nprobe, refine factor) point, interleaved,
+and reduce the points to each system's recall-QPS Pareto frontier.
+
+Builds go through the runners of :mod:`._runners` (the ones ``bench core``
+uses); data and ground truth through :mod:`._suite`; the frontier and the
+best point at a recall through :mod:`._measure`. Every point is searched once
+untimed (this also compiles or loads shardann's kernels and gives the recall),
+then ``reps`` times; each repetition visits every point of every system once,
+in the same order, so a change of machine load during the run hits all
+systems alike. A point's QPS is the best of its repetitions.
+"""
+
+import gc
+import logging
+import time
+
+import numpy as np
+
+from ..metric import normalize_rows
+from ..results import recall_at_k
+from . import _timing
+from ._measure import best_at_recall, pareto_frontier
+from ._runners import (
+    FAISS_TRAIN_FALLBACK,
+    FaissRunner,
+    ScannRunner,
+    ShardannRunner,
+    as_f32,
+    faiss_defaults,
+)
+from ._suite import environment, ground_truth, load_data
+
+logger = logging.getLogger(__name__)
+
+SYSTEMS = ("shardann", "faiss", "scann")
+SYSTEM_LABELS = {"shardann": "shardann", "faiss": "FAISS", "scann": "ScaNN"}
+TARGETS = (0.7, 0.8, 0.9, 0.95)
+
+
+def default_pq_configs(d):
+    """(nbits, M) pairs swept by default for dimension ``d``: 4-bit with 2 and 4
+    dimensions per sub-quantizer, 8-bit with 4 (each kept only if M divides d)."""
+    out = [(4, d // 2), (4, d // 4), (8, d // 4)]
+    return [(b, m) for b, m in out if m >= 1 and d % m == 0]
+
+
+def _read_gt(path, nq, k):
+    from .datasets import read_vectors
+
+    gt = np.asarray(read_vectors(path), dtype=np.int64)
+    if gt.ndim != 2 or gt.shape[0] < nq or gt.shape[1] < k:
+        raise ValueError(f"{path}: ground truth of shape {gt.shape} does not cover {nq} "
+                         f"queries x k={k}")
+    return gt[:nq, :k]
+
+
+class _Point:
+    """One searchable setting: a system's index at one nprobe and refine factor."""
+
+    def __init__(self, system, config, search, queries, nprobe, refine_factor):
+        self.system, self.config, self.search = system, config, search
+        self.queries, self.nprobe, self.refine_factor = queries, nprobe, refine_factor
+        self.walls, self.cpus, self.recall = [], [], None
+
+    def label(self):
+        rf = f", refine x{self.refine_factor}" if self.refine_factor else ""
+        return f"{self.config}, nprobe {self.nprobe}{rf}"
+
+    def result(self, nq):
+        return {"system": self.system, "config": self.config, "nprobe": self.nprobe,
+                "refine_factor": self.refine_factor, "recall": self.recall,
+                "qps": nq / min(self.walls), "qps_cpu": nq / min(self.cpus),
+                "label": self.label()}
+
+
+def _shardann_builds(cfg, fd, xt, xb, builds):
+    """Train one shardann index per (nbits, M), twins for the other kept-vector
+    types. Appends ``(config label, search fn, refine factors)`` to builds."""
+    keeps = cfg["keep"]
+    for nbits, M in cfg["shardann_pq"]:
+        kind = f"ivfpq{nbits}" + ("-refine" if keeps else "")
+        runner = ShardannRunner(kind, xb.shape[1], cfg["nlist"], M, cfg["metric"], 0,
+                                cfg["seed"], fd["ivf.cp.niter"], fd["pq.cp.niter"],
+                                fd["ivf.cp.max_points_per_centroid"],
+                                keep_vectors=keeps[0] if keeps else None)
+        index = runner.make()
+        wall, cpu, _ = _timing.timed(runner.train, index, xt)
+        runner.add(index, xb)
+        base = f"{nbits}-bit M={M}"
+        logger.info("shardann %s: trained in %.1f s (%.1f s CPU)", base, wall, cpu)
+        builds.append({"system": "shardann", "config": base, "train_s": wall,
+                       "train_cpu_s": cpu, "refine": [0],
+                       "search": lambda q, k, p, r, ix=index, ru=runner: ru.search(ix, q, k, p, r)})
+        for i, keep in enumerate(keeps):
+            twin = index if i == 0 else runner.with_kept_vectors(index, keep, xt, xb)
+            builds.append({"system": "shardann", "config": f"{base} + {keep}",
+                           "refine": [r for r in cfg["refine_factors"] if r],
+                           "search": lambda q, k, p, r, ix=twin, ru=runner:
+                           ru.search(ix, q, k, p, r)})
+
+
+def _faiss_builds(cfg, faiss, xt, xb, builds):
+    metric = "l2" if cfg["metric"] == "l2" else "ip"
+    for nbits, M in cfg["faiss_pq"]:
+        kind = f"ivfpq{nbits}-refine"
+        runner = FaissRunner(faiss, kind, xb.shape[1], cfg["nlist"], M, metric,
+                             max(cfg["refine_factors"]))
+        index = runner.make()
+        wall, cpu, _ = _timing.timed(runner.train, index, xt)
+        runner.add(index, xb)
+        logger.info("FAISS %s: trained in %.1f s", runner.key, wall)
+        builds.append({"system": "faiss", "config": runner.key.replace(",RFlat", ""),
+                       "train_s": wall, "train_cpu_s": cpu, "refine": [0],
+                       "search": lambda q, k, p, r, ix=index, ru=runner: ru.search(ix, q, k, p, r)})
+        builds.append({"system": "faiss", "config": runner.key,
+                       "refine": [r for r in cfg["refine_factors"] if r],
+                       "search": lambda q, k, p, r, ix=index, ru=runner: ru.search(ix, q, k, p, r)})
+
+
+def _scann_builds(cfg, scann, xt, xb, builds):
+    runner = ScannRunner(scann, xb.shape[1], cfg["nlist"], cfg["metric"],
+                         max(cfg["refine_factors"]), cfg["k"], xt.shape[0])
+    wall, cpu, searcher = _timing.timed(runner.build, xb)
+    logger.info("ScaNN: built in %.1f s", wall)
+    builds.append({"system": "scann", "config": "AH 2-dim + reorder", "build_s": wall,
+                   "build_cpu_s": cpu, "describe": runner.describe(),
+                   "refine": [r for r in cfg["refine_factors"] if r],
+                   "search": lambda q, k, p, r, s=searcher: runner.search(s, q, k, p, r)})
+
+
+def run_frontier(cfg, faiss=None, scann=None, skipped=()):
+    """Build, sweep and reduce; return the report dict (see :mod:`.frontier`)."""
+    xb, xq, xt, desc = load_data(cfg)
+    d = xb.shape[1]
+    if cfg["metric"] == "cosine":  # FAISS and ScaNN rank normalised rows by inner product
+        xb_n, xq_n, xt_n = (as_f32(normalize_rows(x.copy())) for x in (xb, xq, xt))
+    else:
+        xb_n, xq_n, xt_n = xb, xq, xt
+    k, nq = cfg["k"], xq.shape[0]
+    if cfg["gt"]:
+        gt = _read_gt(cfg["gt"], nq, k)
+        gt_info = {"method": f"read from {cfg['gt']}"}
+    else:
+        gt, gt_info = ground_truth(faiss, xb_n, xq_n, k, "l2" if cfg["metric"] == "l2"
+                                   else "ip")
+    cfg["shardann_pq"] = cfg["shardann_pq"] or default_pq_configs(d)
+    # FAISS by default: its 8-bit IVFPQ and its 4-bit fast scan at 2 dims per sub-quantizer
+    cfg["faiss_pq"] = cfg["faiss_pq"] or [(8, d // 4), (4, d // 2)]
+    for _, M in cfg["shardann_pq"] + cfg["faiss_pq"]:
+        if M < 1 or d % M:
+            raise ValueError(f"M={M} does not divide d={d}")
+    fd = (faiss_defaults(faiss, d, cfg["nlist"], cfg["shardann_pq"][0][1],
+                         "l2" if cfg["metric"] == "l2" else "ip")
+          if faiss is not None else dict(FAISS_TRAIN_FALLBACK))
+    report = {"benchmark": "shardann bench frontier",
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "config": dict(cfg), "dataset": desc, "ground_truth": gt_info,
+              "environment": environment(faiss),
+              "systems": [s for s, m in (("shardann", True), ("faiss", faiss),
+                                         ("scann", scann)) if m is not None and m is not False],
+              "skipped": [{"what": w, "why": y} for w, y in skipped]}
+    builds = []
+    with _timing.single_thread(faiss):
+        _shardann_builds(cfg, fd, xt, xb, builds)
+        gc.collect()
+        if faiss is not None:
+            _faiss_builds(cfg, faiss, xt_n, xb_n, builds)
+        if scann is not None:
+            _scann_builds(cfg, scann, xt_n, xb_n, builds)
+        points = []
+        for b in builds:
+            q = xq if b["system"] == "shardann" else xq_n
+            for p in cfg["nprobe_sweep"]:
+                for r in b["refine"]:
+                    points.append(_Point(b["system"], b["config"], b["search"], q, p, r))
+        logger.info("%d points over %d builds; %d repetitions, interleaved", len(points),
+                    len(builds), cfg["reps"])
+        for pt in points:  # untimed: kernels compiled or loaded, lists touched, recall
+            _, ids = pt.search(pt.queries, k, pt.nprobe, pt.refine_factor)
+            pt.recall = recall_at_k(np.asarray(ids), gt, k)
+        report["load_avg_start"] = _timing.load_average()
+        for rep in range(cfg["reps"]):
+            for pt in points:
+                w, c, _ = _timing.timed(pt.search, pt.queries, k, pt.nprobe, pt.refine_factor)
+                pt.walls.append(w)
+                pt.cpus.append(c)
+            logger.info("repetition %d of %d done", rep + 1, cfg["reps"])
+        report["load_avg_end"] = _timing.load_average()
+    report["builds"] = [{k_: v for k_, v in b.items() if k_ not in ("search", "refine")}
+                        for b in builds]
+    report["points"] = [pt.result(nq) for pt in points]
+    report["frontier"], report["at_recall"] = summarize(report["points"], report["systems"])
+    return report
+
+
+def summarize(points, systems, targets=TARGETS):
+    """Each system's Pareto frontier, and at each target recall its fastest
+    point with the ratio shardann / that system."""
+    frontier = {s: pareto_frontier([p for p in points if p["system"] == s]) for s in systems}
+    rows = []
+    for t in targets:
+        row = {"target": t}
+        for s in systems:
+            row[s] = best_at_recall([p for p in points if p["system"] == s], t)
+        ref = row.get("shardann")
+        for s in systems:
+            if s != "shardann":
+                row[f"shardann_over_{s}"] = (ref["qps"] / row[s]["qps"]
+                                             if ref and row[s] else None)
+        rows.append(row)
+    return frontier, rows

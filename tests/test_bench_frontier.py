@@ -1,0 +1,83 @@
+"""`shardann bench frontier`: a tiny run of every installed system end to end,
+the frontier arithmetic, and the Parquet input."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardann.bench._measure import best_at_recall, pareto_frontier
+from shardann.bench.datasets import read_vectors, synthetic
+from shardann.cli import main
+
+
+def _dominated(p, points):
+    return any(o["recall"] >= p["recall"] and o["qps"] > p["qps"] for o in points)
+
+
+def test_pareto_frontier_and_best_at_recall():
+    pts = [{"recall": r, "qps": q} for r, q in
+           [(0.5, 100), (0.6, 90), (0.6, 80), (0.7, 95), (0.9, 10), (0.85, 5)]]
+    front = pareto_frontier(pts)
+    assert [(p["recall"], p["qps"]) for p in front] == [(0.9, 10), (0.7, 95), (0.5, 100)]
+    assert best_at_recall(pts, 0.6) == {"recall": 0.7, "qps": 95}
+    assert best_at_recall(pts, 0.95) is None
+
+
+def test_read_vectors_parquet(tmp_path):
+    x = synthetic(50, 8, seed=1)
+    for name, typ in (("fixed", pa.list_(pa.float32(), 8)), ("var", pa.list_(pa.float32()))):
+        col = pa.array(list(x), type=typ)
+        pq.write_table(pa.table({"id": np.arange(50), "embedding": col}),
+                       tmp_path / f"{name}.parquet")
+        np.testing.assert_array_equal(read_vectors(tmp_path / f"{name}.parquet"), x)
+    pq.write_table(pa.table({"id": np.arange(3)}), tmp_path / "none.parquet")
+    with pytest.raises(ValueError, match="no list column"):
+        read_vectors(tmp_path / "none.parquet")
+
+
+def test_bench_frontier_smoke(tmp_path, capsys):
+    out = tmp_path / "results"
+    status = main(["bench", "frontier", "--n", "2000", "--d", "16", "--nq", "30",
+                   "--train-size", "1000", "--nlist", "16", "--shardann-pq", "4x8,8x4",
+                   "--faiss-pq", "4x8", "--nprobe-sweep", "2,4", "--refine-factors", "0,2",
+                   "--reps", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0
+    report = json.loads((out / "frontier.json").read_text())
+    systems = report["systems"]
+    assert systems[0] == "shardann"
+    pts = report["points"]
+    # shardann: 2 configurations x 2 nprobe x (no refine + 3 kept types x refine 2)
+    assert len([p for p in pts if p["system"] == "shardann"]) == 2 * 2 * 4
+    assert {p["config"] for p in pts if p["system"] == "shardann"} >= {
+        "4-bit M=8 + int8", "8-bit M=4 + float16", "4-bit M=8"}
+    assert all(0.0 <= p["recall"] <= 1.0 and p["qps"] > 0 for p in pts)
+    for s in systems:
+        mine = [p for p in pts if p["system"] == s]
+        front = report["frontier"][s]
+        assert front and not any(_dominated(p, mine) for p in front)
+        assert f"  {dict(shardann='shardann', faiss='FAISS', scann='ScaNN')[s]}:" in text
+    for row in report["at_recall"]:
+        best = best_at_recall([p for p in pts if p["system"] == "shardann"], row["target"])
+        assert row["shardann"] == best
+    # refine on kept vectors reaches a recall the plain 4-bit scan does not (observed .97 vs .65)
+    sh = [p for p in pts if p["system"] == "shardann"]
+    assert max(p["recall"] for p in sh if p["refine_factor"]) > \
+        max(p["recall"] for p in sh if not p["refine_factor"])
+    assert "configuration to pick for a recall target" in text
+    if not any("plot" in s["what"] for s in report["skipped"]):  # matplotlib installed
+        assert (out / "frontier-recall-qps.png").stat().st_size > 0
+
+
+def test_bench_threads_smoke(tmp_path, capsys):
+    """Every thread count returns the same results (the command checks it)."""
+    status = main(["bench", "threads", "--n", "3000", "--d", "16", "--train-size", "1000",
+                   "--nlist", "16", "--M", "8", "--refine-factor", "2", "--keep", "int8",
+                   "--batch", "64", "--threads", "1,2", "--reps", "1", "--latency-queries",
+                   "5", "--out", str(tmp_path)])
+    assert status == 0, capsys.readouterr().out
+    rows = json.loads((tmp_path / "threads.json").read_text())["rows"]
+    assert [r["threads"] for r in rows] == [1, 2] and all(r["identical"] for r in rows)
