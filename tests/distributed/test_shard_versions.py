@@ -25,6 +25,19 @@ def _wait_alive(actor, timeout_s=60.0):
     raise AssertionError("the killed actor did not restart")
 
 
+def _kill_for_good(actor, timeout_s=30.0):
+    """ray.kill returns before the actor is gone: wait until a call to it fails."""
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_restarted_shard_keeps_the_served_version(ray_local, data, tmp_path):
     xb, xq, xt = data
     path = tmp_path / "idx"
@@ -142,7 +155,7 @@ def test_dead_replicas_are_skipped_and_logged_once(ray_local, data, tmp_path, ca
     build_local(path, xt, xb[:2000])
     want = shardann.open_index(path).search(xq, 10, nprobe=6)
     with ShardedIndex.open(path, num_shards=2, replicas=2, max_restarts=0) as sharded:
-        ray.kill(sharded._actors[0][0], no_restart=True)  # gone for good
+        _kill_for_good(sharded._actors[0][0])
         with caplog.at_level(logging.INFO, logger="shardann.distributed.coordinator"):
             for _ in range(10):
                 assert_same(sharded.search(xq, 10, nprobe=6), want)
@@ -159,7 +172,7 @@ def test_dead_replicas_are_skipped_and_logged_once(ray_local, data, tmp_path, ca
 
     with ShardedIndex.open(path, num_shards=2, replicas=1, max_restarts=0,
                            replace_after_s=600) as sharded:
-        ray.kill(sharded._actors[1][0], no_restart=True)
+        _kill_for_good(sharded._actors[1][0])
         with pytest.raises(shardann.ShardUnavailableError):
             sharded.search(xq, 10, nprobe=32, timeout_s=3)
         for _ in range(3):  # known dead: fail fast instead of waiting the timeout
@@ -179,7 +192,7 @@ def test_a_replica_dead_for_good_is_replaced(ray_local, data, tmp_path):
     with ShardedIndex.open(path, num_shards=2, replicas=2, max_restarts=0,
                            replace_after_s=1.0) as sharded:
         dead = sharded._actors[1][1]
-        ray.kill(dead, no_restart=True)
+        _kill_for_good(dead)
         assert sharded.health()["status"] == "degraded"  # health marks it down too
         deadline = time.monotonic() + 60
         while sharded.health()["status"] != "ok":
