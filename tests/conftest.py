@@ -141,3 +141,7 @@ def s3_env(moto_s3, monkeypatch):
     for key, value in moto_s3.env.items():
         monkeypatch.setenv(key, value)
     return moto_s3
+
+
+# a real PostgreSQL server for the SQL source tests (skipped when no binaries exist)
+from pg_support import postgresql_dsn  # noqa: E402, F401

@@ -13,6 +13,9 @@ at import, ingest only when a job runs).
     or as contiguous runs for stores on object storage).
 ``ingest``, ``IngestJob``, ``IngestSummary``, ``clean_ingest_jobs``
     large offline ingest on Ray Data (``shardann ingest``).
+``read_sql_vectors``, ``write_codes``, ``sample_dataset``
+    a SQL table as an ingest source (``ray.data.read_sql``), PQ codes written
+    back to a table (``write_sql``), a uniform sample of a Dataset.
 ``InputError``, ``IngestJobBusyError``
     its errors (from :mod:`shardann.errors`).
 """
@@ -24,7 +27,8 @@ _EXPORTS = {
     "ShardWorker": ".shard", "place_lists": ".placement",
     "place_list_ranges": ".placement",
     "ingest": "._ingest_job", "IngestJob": "._ingest_job", "IngestSummary": "._ingest_job",
-    "clean_ingest_jobs": "._ingest_state",
+    "clean_ingest_jobs": "._ingest_state", "sample_dataset": "._ingest_source",
+    "read_sql_vectors": "._sql", "write_codes": "._sql",
     "InputError": "..errors", "IngestJobBusyError": "..errors",
 }
 

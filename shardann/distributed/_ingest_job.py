@@ -92,10 +92,11 @@ from ._ingest_commit import commit_stage
 from ._ingest_encode import aggregate, check_ids, encode_stage
 from ._ingest_merge import merge_stage
 from ._ingest_model import codebooks_source, model_stage, new_model
-from ._ingest_plan import plan_inputs
+from ._ingest_plan import default_block_rows, plan_inputs
 from ._ingest_runtime import JobRun, run_on_ray
+from ._ingest_source import dataset_dimension, dataset_job_id, is_dataset, stage_dataset
 from ._ingest_state import JobScratch, check_empty_dir, clean_ingest_jobs
-from ._ingest_work import SEGMENT_PREFIX
+from ._ingest_work import SEGMENT_PREFIX, STAGE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class IngestSummary:
         if self.already_committed:
             lines.append("  (this job had been committed already; nothing was redone)")
         if self.stage_seconds:
-            order = ("sample", "train", "encode", "check_ids", "merge", "commit", "check")
+            order = ("stage", "sample", "train", "encode", "check_ids", "merge", "commit", "check")
             stages = sorted(self.stage_seconds.items(),
                             key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
             lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages))
@@ -254,22 +255,53 @@ class _Job:
                 raise ValueError(f"d={o['d']} but the index at {root} has d={d}")
         elif o["codebooks"] is not None:
             d = codebooks_source(o["codebooks"])[1]["d"]
-        self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
-                                block_rows=o["block_rows"], skip_bad_files=o["skip_bad_rows"])
-        # the parameters are checked before anything runs
-        if existing is not None:
-            self._check_append_options(existing)
-        elif o["codebooks"] is None and o["nlist"] is not None:
-            new_model(self.plan.d, o)
-        inside = [f.path for f in self.plan.files
-                  if os.path.commonpath([f.path, root]) == root]
-        if inside:
-            raise InputError(f"{inside[0]}: an input inside the index directory {root}")
-        self.job_id = o["job_id"] or self._job_hash()
+        self.existing, self.d = existing, d
+        # a Dataset is staged (executed) when the job runs; files are planned now
+        self.dataset = inputs if is_dataset(inputs) else None
+        if self.dataset is None:
+            self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
+                                    block_rows=o["block_rows"],
+                                    skip_bad_files=o["skip_bad_rows"])
+            inside = [f.path for f in self.plan.files
+                      if os.path.commonpath([f.path, root]) == root]
+            if inside:
+                raise InputError(f"{inside[0]}: an input inside the index directory {root}")
+            self._check_model_options(self.plan.d)
+            self.job_id = o["job_id"] or self._job_hash()
+        else:
+            self.plan = None
+            self._check_model_options(d or dataset_dimension(self.dataset, o["column"]))
+            self.job_id = o["job_id"] or dataset_job_id()
         self.scratch = JobScratch(root, self.job_id)
         self.job_dir = self.scratch.dir
         self.run_state = JobRun(root, self.job_id, self.plan, opts, self.scratch, progress,
                                 t0=t0)
+
+    def _check_model_options(self, d):
+        """The parameters are checked before anything runs (``d`` None: not known yet)."""
+        o = self.opts
+        if self.existing is not None:
+            self._check_append_options(self.existing)
+        elif o["codebooks"] is None and o["nlist"] is not None and d is not None:
+            new_model(d, o)
+
+    def _stage(self):
+        """Stage the Dataset input as Parquet in the job directory and plan it (driver)."""
+        o = self.opts
+        t = time.perf_counter()
+        run = self.run_state
+        bar = run.bar("stage", None)
+        try:
+            rows = o["block_rows"] or default_block_rows(self.d or 128)
+            files = stage_dataset(self.dataset, self.scratch.path(STAGE_DIR), column=o["column"],
+                                  id_column=o["id_column"], rows_per_file=rows, bar=bar)
+        finally:
+            bar.close()
+        self.plan = run.plan = plan_inputs(
+            files, column=o["column"], id_column=o["id_column"], d=self.d,
+            block_rows=o["block_rows"], skip_bad_files=o["skip_bad_rows"])
+        self._check_model_options(self.plan.d)
+        run.timed("stage", t)
 
     def _job_hash(self):
         o = self.opts
@@ -306,6 +338,8 @@ class _Job:
             if record is not None:  # finished by another process meanwhile
                 return self._finished(record)
             scratch.warn_abandoned()
+            if self.dataset is not None:
+                self._stage()
             state = scratch.resume_or_start(self._fresh_state)
             if state.get("committed_version"):
                 return self._after_commit(state, IndexStore.open(self.root,

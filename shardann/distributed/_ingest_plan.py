@@ -153,7 +153,7 @@ def find_files(inputs):
 
 
 # -- metadata ------------------------------------------------------------------------------
-def _embedding_encoding(path, field_type):
+def embedding_encoding(path, field_type):
     """("fsl"|"list"|"fsb"|"binary", dim or None) for an embedding column type."""
     t = field_type
     if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type):
@@ -215,7 +215,7 @@ def _parquet_info(path, column, id_column):
         raise InputError(f"{path}: cannot read Parquet file ({exc})") from None
     if column not in schema.names:
         raise InputError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)})")
-    encoding, dim = _embedding_encoding(path, schema.field(column).type)
+    encoding, dim = embedding_encoding(path, schema.field(column).type)
     if id_column is not None:
         if id_column not in schema.names:
             raise InputError(f"{path}: no id column {id_column!r} "

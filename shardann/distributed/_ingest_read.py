@@ -13,6 +13,7 @@ memory-mapped.
 import logging
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from .._kernels.checks import finite_rows
 from .._parquet import FixedListColumn, Unsupported, chunk_range, embedding_leaf
 from .._validation import MAX_ID
-from ._ingest_plan import VECS_EXTS, InputError
+from ._ingest_plan import VECS_EXTS, InputError, embedding_encoding
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ _READ_BUFFER = 4 << 20
 #: bytes asked of the kernel per ``posix_fadvise(WILLNEED)`` (see :func:`prefetch_block`)
 _WILLNEED_PIECE = 1 << 20
 
-__all__ = ["InputError", "Part", "prefetch_block", "read_block"]
+__all__ = ["InputError", "Part", "prefetch_block", "read_block", "vectors_from_arrow"]
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -165,6 +166,43 @@ def _arrow_part(start, emb, ids_arr, f, d):
     nulls = np.asarray(emb.is_null().to_numpy(zero_copy_only=False), bool) \
         if emb.null_count else None
     return _checked_part(start, x, ids_arr, np.zeros(n, bool), lengths, nulls)
+
+
+def plain_vector_column(arr, what="vectors"):
+    """An Arrow vector column as a type the readers take.
+
+    Ray tensor columns (``ArrowTensorType``: what a ``map_batches`` returning
+    NumPy ``(n, d)`` arrays makes) become ``fixed_size_list`` of their float
+    type (integers become float32); other columns are returned as they are
+    (the readers check them). ``what`` names the column in errors.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not isinstance(arr.type, pa.ExtensionType):
+        return arr
+    x = arr.to_numpy() if hasattr(arr, "to_numpy") else None
+    if not isinstance(x, np.ndarray) or x.dtype == object or x.ndim != 2:
+        raise InputError(f"{what}: tensor column of type {arr.type} (shape "
+                         f"{getattr(x, 'shape', None)}); expected one vector of d numbers "
+                         "per row")
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).reshape(-1)),
+                                             x.shape[1])
+
+
+def vectors_from_arrow(arr, d, what="vectors"):
+    """float32 (n, d) from an Arrow vector column of any type ingest reads
+    (``fixed_size_list`` / ``list`` of floats, float32 binary, a Ray tensor
+    column); raises :class:`InputError` naming the first bad row (null, wrong
+    length, NaN/inf). ``what`` names the column in the message."""
+    arr = plain_vector_column(arr, what)
+    encoding, _ = embedding_encoding(what, arr.type)
+    part = _arrow_part(0, arr, None, SimpleNamespace(encoding=encoding), d)
+    if part.bad.any():
+        i = int(np.flatnonzero(part.bad)[0])
+        raise InputError(f"{what}: row {i}: {part.reasons.get(i, 'bad row')}")
+    return np.ascontiguousarray(part.x, np.float32)
 
 
 def _checked_part(start, x, ids_arr, bad, lengths=None, nulls=None):

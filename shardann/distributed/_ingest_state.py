@@ -21,7 +21,14 @@ import uuid
 from .._text import format_bytes
 from ..errors import IngestJobBusyError
 from ..storage import IndexStore, list_versions, read_manifest
-from ._ingest_work import ITEMS_DIR, RANGES_DIR, SEGMENT_PREFIX, read_json, write_json
+from ._ingest_work import (
+    ITEMS_DIR,
+    RANGES_DIR,
+    SEGMENT_PREFIX,
+    STAGE_DIR,
+    read_json,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +139,13 @@ class JobScratch:
     # -- cleanup ------------------------------------------------------------------------
     def cleanup(self, keep_record, keep_lock=False):
         """Remove the job's scratch (all but ``committed.json`` with ``keep_record``,
-        and the lock with ``keep_lock``); without ``keep_record`` the empty
+        and the lock and a staged Dataset with ``keep_lock``); without ``keep_record`` the empty
         directories of a new start are made again."""
         if not os.path.isdir(self.dir):
             return
         for name in os.listdir(self.dir):
-            if (keep_record and name == RECORD) or (keep_lock and name == "lock"):
+            # a restart (keep_lock) keeps a staged Dataset: the input did not change
+            if (keep_record and name == RECORD) or (keep_lock and name in ("lock", STAGE_DIR)):
                 continue
             p = self.path(name)
             if os.path.isdir(p):

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 ITEMS_DIR = "blocks"
 RANGES_DIR = "ranges"
+#: a Dataset input staged as Parquet (see ``_ingest_source``)
+STAGE_DIR = "stage"
 SEGMENT_PREFIX = "ingest-"
 #: bad rows named in a block's report (the count is always exact)
 MAX_EXAMPLES = 10
