@@ -8,8 +8,9 @@ at import, ingest only when a job runs).
     :mod:`shardann.distributed.coordinator` — the sharded index.
 ``ShardWorker``
     :mod:`shardann.distributed.shard` — what a shard actor runs.
-``place_lists``
-    :mod:`shardann.distributed.placement` — lists onto shards by size.
+``place_lists``, ``place_list_ranges``
+    :mod:`shardann.distributed.placement` — lists onto shards by size (scattered,
+    or as contiguous runs for stores on object storage).
 ``ingest``, ``IngestJob``, ``IngestSummary``, ``clean_ingest_jobs``
     large offline ingest on Ray Data (``shardann ingest``).
 ``read_sql_vectors``, ``write_codes``, ``sample_dataset``
@@ -24,6 +25,7 @@ import importlib
 _EXPORTS = {
     "NAMESPACE": ".coordinator", "SearchResult": ".coordinator", "ShardedIndex": ".coordinator",
     "ShardWorker": ".shard", "place_lists": ".placement",
+    "place_list_ranges": ".placement",
     "ingest": "._ingest_job", "IngestJob": "._ingest_job", "IngestSummary": "._ingest_job",
     "clean_ingest_jobs": "._ingest_state", "sample_dataset": "._ingest_source",
     "read_sql_vectors": "._sql", "write_codes": "._sql",

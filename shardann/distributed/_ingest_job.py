@@ -86,7 +86,7 @@ from .._text import format_bytes as _human
 from .._validation import check_int
 from ..errors import InputError
 from ..index import load_index
-from ..storage import IndexStore
+from ..storage import IndexStore, is_uri, location
 from ._ingest_check import spot_check
 from ._ingest_commit import commit_stage
 from ._ingest_encode import aggregate, check_ids, encode_stage
@@ -236,6 +236,14 @@ class _Job:
 
     def __init__(self, path, inputs, *, progress, **opts):
         t0 = time.perf_counter()
+        if is_uri(os.fspath(path)):
+            location(path)  # an unsupported scheme: its own error
+            # the job's state and segments are local files (written, then committed)
+            raise ValueError(
+                f"ingest writes to a store in a directory (local, or shared by the "
+                f"cluster's nodes), not yet to {os.fspath(path)!r}: ingest into a directory, "
+                "then copy it: shardann.open_index(dir).save(uri), or "
+                "shardann.storage.IndexStore.save(uri, IndexStore.open(dir).load_state())")
         root = os.path.abspath(os.fspath(path))
         self.root = root
         self.opts = o = opts

@@ -22,7 +22,7 @@ from .._validation import MAX_ID, as_id_array, as_ids, check_int
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
-from .placement import health_status, place_lists, shard_loads
+from .placement import health_status, place_list_ranges, place_lists, shard_loads
 from .shard import ShardWorker, pack, unpack, warm_up
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,10 @@ class ShardedIndex:
         self.d = self.model.d
         self.nlist = self.model.nlist
         self.list_sizes = np.asarray(store.list_sizes(), np.int64)
-        self.owner = place_lists(self.list_sizes, self.num_shards)
+        # on an object store a shard reads whole row groups (cut at list boundaries):
+        # runs of consecutive lists keep its reads to its share of the segments
+        place = place_lists if self._loc.local else place_list_ranges
+        self.owner = place(self.list_sizes, self.num_shards)
         self.name = name or _index_name(self.path)
         if not ray.is_initialized():
             ray.init()

@@ -13,7 +13,8 @@ a fresh process each (no caches shared):
 
 * ``whole``: ``IndexStore.open`` + ``load_state()`` of every list;
 * ``shard i``: what a shard actor does on load (``ShardWorker._load`` without Ray):
-  open, the model, then ``read_lists`` of the lists ``place_lists`` gives shard i,
+  open, the model, then ``read_lists`` of the lists shard i owns (as a
+  ``ShardedIndex`` on an object store places them: ``place_list_ranges``),
   with the bytes and GET requests it read from the store (counted by the store's
   location object).
 """
@@ -68,7 +69,7 @@ def main():
 
     import shardann
     from shardann.bench.datasets import synthetic_split
-    from shardann.distributed.placement import place_lists
+    from shardann.distributed.placement import place_list_ranges
     from shardann.storage import IndexStore
 
     xb, _, xt = synthetic_split(args.n, 10, args.d, nt=50_000, seed=1)
@@ -99,7 +100,7 @@ def main():
                              f", {r['bytes_read'] / 1e6:.2f} MB in {r['read_requests']} GETs")
                     print(f"  whole  {name:5s} open+load {r['seconds']:.3f}s "
                           f"({r['rows']} rows{extra})")
-                owner = place_lists(store.list_sizes(), args.shards)
+                owner = place_list_ranges(store.list_sizes(), args.shards)
                 for s in range(args.shards):
                     lists = np.flatnonzero(owner == s).tolist()
                     for name, where in (("local", local), ("s3", uri)):
