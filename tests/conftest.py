@@ -125,3 +125,5 @@ def ray_local():
 
 # a real PostgreSQL server for the SQL source tests (skipped when no binaries exist)
 from pg_support import postgresql_dsn  # noqa: E402, F401
+# a real S3-compatible server (moto's, in a subprocess) for the s3:// input tests
+from moto_s3_support import moto_s3  # noqa: E402, F401

@@ -90,6 +90,7 @@ from ..storage import IndexStore
 from ._ingest_check import spot_check
 from ._ingest_commit import commit_stage
 from ._ingest_encode import aggregate, check_ids, encode_stage
+from ._ingest_fs import is_uri
 from ._ingest_merge import merge_stage
 from ._ingest_model import codebooks_source, model_stage, new_model
 from ._ingest_plan import default_block_rows, plan_inputs
@@ -262,8 +263,8 @@ class _Job:
             self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
                                     block_rows=o["block_rows"],
                                     skip_bad_files=o["skip_bad_rows"])
-            inside = [f.path for f in self.plan.files
-                      if os.path.commonpath([f.path, root]) == root]
+            inside = [f.path for f in self.plan.files if not is_uri(f.path)
+                      and os.path.commonpath([f.path, root]) == root]
             if inside:
                 raise InputError(f"{inside[0]}: an input inside the index directory {root}")
             self._check_model_options(self.plan.d)
