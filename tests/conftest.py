@@ -123,7 +123,7 @@ def ray_local():
     ray.shutdown()
 
 
-# a real PostgreSQL server for the SQL source tests (skipped when no binaries exist)
-from pg_support import postgresql_dsn  # noqa: E402, F401
-# a real S3-compatible server (moto's, in a subprocess) for the s3:// input tests
+# real servers for the ingest source tests, started by session fixtures: moto's S3 server
+# in a subprocess (s3:// inputs) and PostgreSQL (SQL sources; skipped without its binaries)
 from moto_s3_support import moto_s3  # noqa: E402, F401
+from pg_support import postgresql_dsn  # noqa: E402, F401
