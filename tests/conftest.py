@@ -123,7 +123,25 @@ def ray_local():
     ray.shutdown()
 
 
-# real servers for the ingest source tests, started by session fixtures: moto's S3 server
-# in a subprocess (s3:// inputs) and PostgreSQL (SQL sources; skipped without its binaries)
-from moto_s3_support import moto_s3  # noqa: E402, F401
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3-compatible server (moto's standalone server in its own process on
+    127.0.0.1), shared by the session; ``moto_s3.new_bucket()`` makes a bucket."""
+    from s3_support import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_s3, monkeypatch):
+    """``moto_s3`` with the standard AWS environment pointing at it (``AWS_ENDPOINT_URL``,
+    ``AWS_ALLOW_HTTP``, keys, region) for this test and the processes it starts."""
+    for key, value in moto_s3.env.items():
+        monkeypatch.setenv(key, value)
+    return moto_s3
+
+
+# a real PostgreSQL server for the SQL source tests (skipped when no binaries exist)
 from pg_support import postgresql_dsn  # noqa: E402, F401

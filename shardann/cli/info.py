@@ -1,7 +1,5 @@
 """``shardann info PATH``: describe an index written by ``index.save(PATH)``."""
 
-import os
-
 import numpy as np
 
 from .._text import format_bytes
@@ -12,7 +10,8 @@ HELP = "Describe an index saved with index.save(PATH)."
 
 def add_arguments(parser):
     common_options(parser, in_subcommand=True)
-    parser.add_argument("path", metavar="PATH", help="index directory")
+    parser.add_argument("path", metavar="PATH",
+                        help="index directory or URI (s3://, gs://, az://, file://)")
     return parser
 
 
@@ -23,7 +22,7 @@ def run(args):
     store = IndexStore.open(args.path)
     cfg = store.config
     d = cfg["d"]
-    rows = [("path", os.path.abspath(args.path)),
+    rows = [("path", store.path),
             ("kind", store.kind),
             ("d", d),
             ("metric", cfg["metric"])]
@@ -51,15 +50,9 @@ def run(args):
                          f"{len(store.history())} readable version(s)"),
              ("files", f"{len(m['files']['segments'])} segment(s), "
                        f"{len(m['files']['tombstones'])} tombstone file(s), "
-                       f"{format_bytes(_dir_size(args.path))} on disk")]
+                       f"{format_bytes(store.location.total_size())} stored")]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return EXIT_OK
 
-
-def _dir_size(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total

@@ -1,7 +1,6 @@
 """``shardann repair PATH --rollback | --supersede VERSION``: deal with a damaged
 newest manifest deliberately (``shardann.storage.repair``)."""
 
-import os
 
 from ._common import EXIT_OK, CommandError, common_options
 
@@ -11,7 +10,8 @@ HELP = ("Repair a store whose newest manifest is damaged: set it aside (--rollba
 
 def add_arguments(parser):
     common_options(parser, in_subcommand=True)
-    parser.add_argument("path", metavar="PATH", help="index directory")
+    parser.add_argument("path", metavar="PATH",
+                        help="index directory or URI (s3://, gs://, az://, file://)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--rollback", action="store_true",
                       help="rename the damaged newest manifest(s) to "
@@ -25,9 +25,12 @@ def add_arguments(parser):
 
 def run(args):
     """Handler of ``shardann repair``."""
-    from shardann.storage import repair
+    from shardann.storage import location, repair
 
-    root = os.path.abspath(args.path)
+    try:
+        root = location(args.path).root
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
     try:
         report = repair(root, rollback=args.rollback, supersede=args.supersede)
     except ValueError as exc:

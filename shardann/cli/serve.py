@@ -47,7 +47,9 @@ def add_arguments(parser):
     """Add the ``serve`` options (and the common ones) to an argparse (sub)parser."""
     d = ServiceConfig()
     common_options(parser, in_subcommand=True, log_level_help=LOG_LEVEL_HELP)
-    parser.add_argument("path", metavar="PATH", help="index store (directory)")
+    parser.add_argument("path", metavar="PATH",
+                        help="index store: a directory or a URI (s3://, gs://, az://, "
+                             "file://; credentials from the environment)")
     parser.add_argument("--shards", type=int, default=1, metavar="N",
                         help="shard actors (default 1)")
     parser.add_argument("--replicas", type=int, default=1, metavar="R",
@@ -109,8 +111,7 @@ def add_arguments(parser):
 def config_from_args(args):
     """The :class:`ServiceConfig` for parsed ``serve`` arguments."""
     return ServiceConfig(
-        path=os.path.abspath(args.path) if args.backend == "local" or "://" not in args.path
-        else args.path,
+        path=args.path if "://" in args.path else os.path.abspath(args.path),
         backend=args.backend, num_shards=args.shards, replicas=args.replicas, name=args.name,
         token_file=os.path.abspath(args.token_file) if args.token_file else None,
         host=args.host, max_batch_size=args.max_vectors_per_request, max_k=args.max_k,

@@ -1,7 +1,5 @@
 """``shardann verify PATH [--version V]``: check every file of one stored version."""
 
-import os
-
 from .._text import format_bytes
 from ._common import EXIT_ERROR, EXIT_OK, common_options
 
@@ -11,7 +9,8 @@ HELP = ("Check every byte of a stored version (default: the newest): checksums, 
 
 def add_arguments(parser):
     common_options(parser, in_subcommand=True)
-    parser.add_argument("path", metavar="PATH", help="index directory")
+    parser.add_argument("path", metavar="PATH",
+                        help="index directory or URI (s3://, gs://, az://, file://)")
     parser.add_argument("--version", type=int, default=None, metavar="V",
                         help="the version to check (default: the newest; a damaged newest "
                              "manifest is reported as damage)")
@@ -21,9 +20,9 @@ def add_arguments(parser):
 def run(args):
     """Handler of ``shardann verify``: ``IndexStore.verify()`` of one version, printed."""
     from shardann.errors import CorruptIndexError
-    from shardann.storage import IndexStore
+    from shardann.storage import IndexStore, location
 
-    root = os.path.abspath(args.path)
+    root = location(args.path).root
     which = "newest version" if args.version is None else f"version {args.version}"
     try:
         store = IndexStore.open(root, args.version)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError  # noqa: F401  (raised here; importable from here too)
@@ -181,15 +182,39 @@ def embedding_encoding(path, field_type):
                      "list<float> or binary (float32 bytes)")
 
 
-def _sniff_dim(path, pf, column, encoding):
-    """Dimension of the first non-null vector of a list/binary column."""
-    for batch in pf.iter_batches(batch_size=1024, columns=[column], use_threads=False):
+def _sniff_dim(path, pf, column, encoding, rows=1024):
+    """Dimension of the vectors of a list/binary column, from its first ``rows``
+    non-null rows: the length most of them have. A few rows of another length
+    are rejected one by one when read (with their row and length); when no
+    length has a majority the file is refused, naming the rows and lengths."""
+    lengths, first = [], None
+    for batch in pf.iter_batches(batch_size=rows, columns=[column], use_threads=False):
         arr = batch.column(0)
-        valid = np.flatnonzero(~np.asarray(arr.is_null().to_numpy(zero_copy_only=False)))
-        if valid.size:
-            n = len(arr[int(valid[0])].as_py())
-            return n if encoding == "list" else n // 4
-    return None
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+        length = pc.list_value_length if encoding == "list" else pc.binary_length
+        lens = np.asarray(length(arr).fill_null(0).to_numpy(zero_copy_only=False),
+                          np.int64)[valid]
+        if lens.size:
+            lengths, first = lens, np.flatnonzero(valid)
+            break
+    if not len(lengths):
+        return None
+    values, counts = np.unique(lengths, return_counts=True)
+    best = int(np.argmax(counts))
+    unit = 1 if encoding == "list" else 4
+    if counts[best] * 2 <= lengths.size:
+        seen = ", ".join(f"row {int(first[np.flatnonzero(lengths == v)[0]])} has {int(v) // unit}"
+                         for v in values[:5])
+        raise InputError(f"{path}: the rows of column {column!r} have different lengths "
+                         f"({seen}{', ...' if values.size > 5 else ''}); pass d= to say which "
+                         "is right (rows of another length are then skipped)")
+    odd = np.flatnonzero(lengths != values[best])
+    if odd.size:
+        logger.warning("%s: %d of the first %d rows of %r do not have %d values (row %d has "
+                       "%d); they will be rejected", path, odd.size, lengths.size, column,
+                       int(values[best]) // unit, int(first[odd[0]]),
+                       int(lengths[odd[0]]) // unit)
+    return int(values[best]) // unit
 
 
 def _parquet_info(path, column, id_column):
@@ -352,7 +377,11 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
         files.append(f)
         offset += f.rows
     if d is None:
-        raise InputError("cannot tell the vector dimension: the inputs hold no vectors")
+        said = [f"{f.path} ({'no rows' if not f.rows else 'only null vectors'})"
+                for f in files if not f.skipped]
+        said += [f"{f.path} (skipped: {f.skipped})" for f in files if f.skipped]
+        raise InputError("cannot tell the vector dimension: the inputs hold no vectors: "
+                         + "; ".join(said[:5]) + (" ..." if len(said) > 5 else ""))
     _note_conversions(files)
     block_rows = int(block_rows or default_block_rows(d))
     if block_rows < 1:

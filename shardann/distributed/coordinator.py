@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from .._validation import MAX_ID, as_id_array, as_ids, check_int
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
@@ -32,6 +32,7 @@ _ACTOR_ERRORS = (RayActorError, ActorUnavailableError)
 _PROBE_INTERVAL_S = 0.5  # at most one ping this often to a replica that is down
 _PROBE_WAIT_S = 0.2  # how long a call waits for a ping when every replica of a shard is down
 _STALE_RETRIES = 3  # loads of the served version into one replica before trying the next
+_REPLACE_AFTER_S = 10.0  # a replica dead for good this long is replaced by a new actor
 
 
 class _VersionChanged(Exception):
@@ -74,9 +75,13 @@ class ShardedIndex:
     @classmethod
     def create(cls, path, *, d, nlist, M=None, nbits=8, metric="l2", sample, opq=False,
                keep_vectors=False, seed=0, niter=25, pq_niter=25, column="embedding",
-               sample_size=None, num_shards=1, replicas=1, **open_kwargs):
+               sample_size=None, num_shards=1, replicas=1, storage_options=None,
+               **open_kwargs):
         """Train a new index on ``sample`` on the coordinator, store it at
         ``path`` (no vectors yet) and open it on ``num_shards`` shards.
+
+        ``path`` is a directory every node can read, or a URI (``s3://``,
+        ``gs://``, ``az://``, ...) with ``storage_options`` as in :meth:`open`.
 
         ``M=None`` makes an IVF-Flat index, otherwise IVF-PQ with ``M``
         sub-quantizers of ``nbits``. ``sample`` is float32 (n, d) or a Ray
@@ -95,14 +100,22 @@ class ShardedIndex:
             sample = sample_dataset(sample, sample_size or 256 * nlist, column=column,
                                     seed=seed)
         index.train(sample)
-        IndexStore.create(path, index)
-        return cls.open(path, num_shards=num_shards, replicas=replicas, **open_kwargs)
+        IndexStore.create(path, index, storage_options=storage_options)
+        return cls.open(path, num_shards=num_shards, replicas=replicas,
+                        storage_options=storage_options, **open_kwargs)
 
     @classmethod
     def open(cls, path, *, num_shards=1, replicas=1, version=None, timeout_s=30.0,
              max_restarts=-1, name=None, detached=False, shard_num_cpus=0,
-             shard_threads=None):
+             shard_threads=None, replace_after_s=_REPLACE_AFTER_S, storage_options=None):
         """Open the index at ``path`` on ``num_shards`` shards x ``replicas``.
+
+        ``path`` is a directory every node can read (a shared file system), or
+        a URI of an object store (``s3://``, ``gs://``, ``az://``/``abfs[s]://``;
+        see :func:`shardann.storage.location`): each shard actor then reads only
+        the row groups of its lists, with ranged reads, wherever it runs.
+        ``storage_options`` (credentials, endpoint) travel to the actors in
+        memory, never into the store.
 
         Shard actors are named ``<name>/v<version>/s<num_shards>/shard-<i>/r<j>``
         in the ``shardann`` namespace; live actors of that name are attached to
@@ -111,23 +124,25 @@ class ShardedIndex:
         ``max_restarts`` times (-1: forever) and reload from the store at the
         version this coordinator serves (every call names it; a restarted
         actor is told to load it before it answers). Only :meth:`reload`, or
-        this coordinator's own writes, move the served version.
+        this coordinator's own writes, move the served version. A replica
+        that is dead for good (its restarts used up, or killed) is replaced by
+        a new actor once it has been down ``replace_after_s`` seconds.
         ``shard_threads`` is the number of kernel threads per shard actor
         (default: the cluster's CPUs divided among the shards, at least 1), so
         shards scanning at once do not oversubscribe the cores.
         """
         from ..index import load_index
-        from ..storage import IndexStore
+        from ..storage import IndexStore, location
 
         self = object.__new__(cls)
-        self.path = os.fspath(path)
+        self._loc = location(path, storage_options)
+        self.path = self._loc.root
         self.num_shards = check_int("num_shards", num_shards, low=1)
         self.replicas = check_int("replicas", replicas, low=1)
         self.timeout_s = float(timeout_s)
-        store = IndexStore.open(self.path, version=version)
+        store = IndexStore.open(self._loc, version=version)
         self.read_only = version is not None and store.version != max(store.versions())
         self.version = store.version
-        self._store_path = self.path
         self._write_lock = threading.Lock()
         self.model = load_index(store, lists=np.zeros(0, np.int64))
         self.metric = self.model.metric
@@ -138,36 +153,26 @@ class ShardedIndex:
         self.name = name or _index_name(self.path)
         if not ray.is_initialized():
             ray.init()
-        worker = ray.remote(ShardWorker)
         if shard_threads is None:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             shard_threads = max(1, cpus // self.num_shards)
-        shard_threads = check_int("shard_threads", shard_threads, low=1)
+        self._actor_options = dict(
+            max_restarts=max_restarts, detached=detached, num_cpus=shard_num_cpus,
+            threads=check_int("shard_threads", shard_threads, low=1))
+        self.replace_after_s = float(replace_after_s)
         self._actors, self._owned = [], []
         for s in range(self.num_shards):
-            lists = np.flatnonzero(self.owner == s)
             group = []
             for r in range(self.replicas):
                 actor_name = f"{self.name}/v{self.version}/s{self.num_shards}/shard-{s}/r{r}"
                 try:
                     actor = ray.get_actor(actor_name, namespace=NAMESPACE)
                 except ValueError:
-                    if not self._owned:
-                        # compile (or load) the scan kernels here, once: shard actors
-                        # starting together on a cold Numba cache would each compile
-                        # them on the same cores; they then load this process's cache
-                        warm_up(self.model)
-                    actor = worker.options(
-                        name=actor_name, namespace=NAMESPACE, max_restarts=max_restarts,
-                        max_task_retries=0, num_cpus=shard_num_cpus,
-                        lifetime="detached" if detached else None,
-                        scheduling_strategy="SPREAD",
-                    ).remote(self.path, lists, self.version, s, r, threads=shard_threads)
-                    self._owned.append(actor)
+                    actor = self._start_actor(s, r, actor_name)
                 group.append(actor)
             self._actors.append(group)
         self._rr = [itertools.count(s) for s in range(self.num_shards)]
-        self._down = {}  # (shard, replica) -> [ping in flight or None, when it was sent]
+        self._down = {}  # (shard, replica) -> see _mark_down
         self._down_lock = threading.Lock()
         # wait until every shard has loaded, so the first query is not a cold start;
         # attached actors may hold another version: they load this one
@@ -178,6 +183,44 @@ class ShardedIndex:
                     self.path, self.version, self.ntotal, self.nlist, self.num_shards,
                     self.replicas)
         return self
+
+    def _start_actor(self, s, r, actor_name):
+        """Start replica ``r`` of shard ``s`` at the served version; this object owns it."""
+        if not self._owned:
+            # compile (or load) the scan kernels here, once: shard actors starting
+            # together on a cold Numba cache would each compile them on the same
+            # cores; they then load this process's cache
+            warm_up(self.model)
+        opts = self._actor_options
+        actor = ray.remote(ShardWorker).options(
+            name=actor_name, namespace=NAMESPACE, max_restarts=opts["max_restarts"],
+            max_task_retries=0, num_cpus=opts["num_cpus"],
+            lifetime="detached" if opts["detached"] else None, scheduling_strategy="SPREAD",
+        ).remote(self._loc, np.flatnonzero(self.owner == s), self.version, s, r,
+                 threads=opts["threads"])
+        self._owned.append(actor)
+        return actor
+
+    def _dead_for_good(self, s, r):
+        """Replica ``r`` of shard ``s`` (marked down) will not restart: replace it
+        once it has been down :attr:`replace_after_s` (a replica that is merely
+        slow to come back gets that long)."""
+        with self._down_lock:  # concurrent callers: one replaces it
+            entry = self._down.get((s, r))
+            if entry is not None and time.monotonic() - entry[2] >= self.replace_after_s:
+                self._replace(s, r)
+                entry[2] = time.monotonic()
+
+    def _replace(self, s, r):
+        """Start a new actor in place of replica ``r`` of shard ``s``, dead for good."""
+        old = self._actors[s][r]
+        self._owned = [a for a in self._owned if a is not old]
+        self._replaced = getattr(self, "_replaced", 0) + 1
+        name = (f"{self.name}/v{self.version}/s{self.num_shards}/shard-{s}/r{r}"
+                f"/n{self._replaced}")
+        self._actors[s][r] = self._start_actor(s, r, name)
+        logger.warning("shard %d replica %d was dead for good; started a new actor for it",
+                       s, r)
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self):
@@ -205,7 +248,8 @@ class ShardedIndex:
         with self._down_lock:
             if (s, r) in self._down:
                 return
-            self._down[(s, r)] = [None, 0.0]
+            # [ping in flight or None, when it was sent, since when it is down]
+            self._down[(s, r)] = [None, 0.0, time.monotonic()]
         logger.warning("shard %d replica %d is down (%s); skipping it until it answers a ping",
                        s, r, why)
 
@@ -222,14 +266,17 @@ class ShardedIndex:
         entry = self._down.get((s, r))
         if entry is None:
             return True
-        ref, sent = entry
+        ref, sent, _ = entry
         if ref is not None:
             ready, _ = ray.wait([ref], timeout=0)
             if not ready:
                 return False
             try:
                 ray.get(ref, timeout=0)
-            except Exception:  # still down (or dead for good)
+            except ActorDiedError:  # dead for good: no restart will bring it back
+                entry[0] = None
+                self._dead_for_good(s, r)
+            except Exception:  # still down
                 entry[0] = None
             else:
                 self._mark_up(s, r)
@@ -427,7 +474,7 @@ class ShardedIndex:
         from ..storage import IndexStore
 
         base = self.version
-        txn = IndexStore.open(self.path, version=base).transaction()
+        txn = IndexStore.open(self._loc, version=base).transaction()
         stage(txn)
         new = int(txn.commit().version)
         self.version = new
@@ -517,7 +564,7 @@ class ShardedIndex:
         from ..storage import IndexStore
 
         with self._write_lock:
-            store = IndexStore.open(self.path, version=version)
+            store = IndexStore.open(self._loc, version=version)
             model = load_index(store, lists=np.zeros(0, np.int64))
             if model.d != self.d or model.nlist != self.nlist or model.metric != self.metric:
                 raise ValueError(f"version {store.version} of {self.path} has d={model.d}, "
@@ -545,17 +592,23 @@ class ShardedIndex:
         """Ping every replica: ``{"status": "ok"|"degraded"|"unavailable", "shards":
         [{"shard", "replicas", "alive"}]}`` — degraded when some replica of a shard
         is down, unavailable when a shard has no live replica."""
-        refs = [(s, a.ping.remote()) for s, g in enumerate(self._actors) for a in g]
-        ready, _ = ray.wait([r for _, r in refs], num_returns=len(refs), timeout=timeout_s)
+        refs = [(s, r, a.ping.remote()) for s, g in enumerate(self._actors)
+                for r, a in enumerate(g)]
+        ready, _ = ray.wait([ref for *_, ref in refs], num_returns=len(refs), timeout=timeout_s)
         ready = set(ready)
         alive = [0] * self.num_shards
-        for s, ref in refs:
-            if ref in ready:
-                try:
-                    ray.get(ref, timeout=0)
-                    alive[s] += 1
-                except (*_ACTOR_ERRORS, GetTimeoutError):
-                    pass
+        for s, r, ref in refs:
+            try:
+                if ref not in ready:
+                    raise GetTimeoutError(f"no answer in {timeout_s} s")
+                ray.get(ref, timeout=0)
+            except (*_ACTOR_ERRORS, GetTimeoutError) as exc:
+                self._mark_down(s, r, type(exc).__name__)  # searches skip it too
+                if isinstance(exc, ActorDiedError):
+                    self._dead_for_good(s, r)
+            else:
+                alive[s] += 1
+                self._mark_up(s, r)
         shards = [{"shard": s, "replicas": self.replicas, "alive": alive[s]}
                   for s in range(self.num_shards)]
         return {"status": health_status(alive, self.replicas), "shards": shards}

@@ -21,7 +21,8 @@ class ShardWorker:
 
     Parameters
     ----------
-    path : index store location.
+    path : the store: a directory, a URI or a location object
+        (:func:`shardann.storage.location`, which carries its storage options).
     lists : int64 array of the list numbers this shard owns.
     version : store version to load, or None for the newest. A restarted
         actor is constructed again with the same arguments, so it comes back at
@@ -51,6 +52,7 @@ class ShardWorker:
 
         t0 = time.perf_counter()
         store = IndexStore.open(self.path, version=version)
+        read0 = store.location.stats()
         self.index = None
         # the model (centroids, codebooks, L2 term tables) first: its size does not
         # depend on the lists, and load_rss_bytes below is what the lists cost
@@ -64,6 +66,12 @@ class ShardWorker:
         self.loads += 1
         self.load_rss_bytes = None if rss0 is None else _rss_bytes() - rss0
         self.load_seconds = time.perf_counter() - t0
+        read1 = store.location.stats()
+        # what this load read from an object store (None for a local directory)
+        self.load_bytes_read = (None if read1["bytes_read"] is None
+                                else read1["bytes_read"] - read0["bytes_read"])
+        self.load_read_requests = (None if read1["read_requests"] is None
+                                   else read1["read_requests"] - read0["read_requests"])
         t1 = time.perf_counter()
         warm_up(self.index)
         self.warmup_seconds = time.perf_counter() - t1
@@ -157,6 +165,8 @@ class ShardWorker:
             "allocated_bytes": memory["allocated_bytes"],
             "rss_bytes": _rss_bytes(),
             "load_rss_bytes": self.load_rss_bytes,
+            "load_bytes_read": self.load_bytes_read,
+            "load_read_requests": self.load_read_requests,
             "threads": numba.get_num_threads(), "load_seconds": self.load_seconds,
             "warmup_seconds": self.warmup_seconds,
         }

@@ -13,7 +13,6 @@ else writes the whole index, as it always did.
 
 import json
 import logging
-import os
 
 import numpy as np
 
@@ -70,14 +69,15 @@ def net_changes(log):
     return flush(added), removed
 
 
-def save(index, path, merge=False):
+def save(index, path, merge=False, storage_options=None):
     """See :meth:`shardann.index.BaseIndex.save`."""
-    from ..storage import FutureFormatError, IndexStore, list_versions
+    from ..storage import FutureFormatError, IndexStore, list_versions, location
 
-    root = os.path.abspath(os.fspath(path))
+    loc = location(path, storage_options)  # ValueError for an unsupported scheme
+    root = loc.root
     origin = getattr(index, "_origin", None)
     if origin is None or origin["root"] != root:
-        store = IndexStore.save(root, index.to_state())  # another store: the whole index
+        store = IndexStore.save(loc, index.to_state())  # another store: the whole index
         adopt(index, store)
         return store.version
     partial = origin["lists"] is not None
@@ -88,20 +88,20 @@ def save(index, path, merge=False):
             "drop the other lists. index.save(path, merge=True) commits its adds and "
             "removes; or save it to another path")
     try:
-        newest = IndexStore.open(root)
+        newest = IndexStore.open(loc)
     except FutureFormatError:
         raise
     except FileNotFoundError:
-        if partial or list_versions(root):
+        if partial or list_versions(loc):
             raise
-        store = IndexStore.create(root, index.to_state())  # the store was deleted
+        store = IndexStore.create(loc, index.to_state())  # the store was deleted
         adopt(index, store)
         return store.version
     except CorruptIndexError:
-        versions = list_versions(root)
+        versions = list_versions(loc)
         if not partial and versions and versions[-1] == origin["version"]:
             # the damaged version is the one this index holds (plus its changes)
-            store = IndexStore.save(root, index.to_state())  # supersedes, with a warning
+            store = IndexStore.save(loc, index.to_state())  # supersedes, with a warning
             adopt(index, store)
             return store.version
         raise  # it cannot know what the damaged version held: repair first
@@ -110,13 +110,13 @@ def save(index, path, merge=False):
             store = newest.save_state(index.to_state())
         except CommitConflictError:
             if not merge:
-                raise _conflict(index, root, list_versions(root)[-1]) from None
+                raise _conflict(index, root, list_versions(loc)[-1]) from None
         else:
             adopt(index, store)
             return store.version
     elif not merge:
         raise _conflict(index, root, newest.version)
-    return _merge(index, root)
+    return _merge(index, loc)
 
 
 def _short(lists):
@@ -147,16 +147,17 @@ def _conflict(index, root, newest):
         "shardann.storage.IndexStore.save(path, index).")
 
 
-def _merge(index, root):
+def _merge(index, loc):
     from ..storage import IndexStore, Transaction
 
+    root = loc.root
     origin = index._origin
     log = getattr(index, "_changes", None)
     if log is None:
-        raise _conflict(index, root, IndexStore.open(root).version)
+        raise _conflict(index, root, IndexStore.open(loc).version)
     added, removed = net_changes(log)
     for _ in range(MERGE_ATTEMPTS):
-        newest = IndexStore.open(root)
+        newest = IndexStore.open(loc)
         if model_key(newest) != origin["model"]:
             raise CommitConflictError(
                 f"{root}: version {newest.version} has another model (kind, parameters or "

@@ -436,9 +436,15 @@ class BaseIndex:
         """Names of the arrays a trained index of this config has."""
         return ()
 
-    def save(self, path, *, merge=False):
+    def save(self, path, *, merge=False, storage_options=None):
         """Write the index to directory ``path`` as a new version of the store there
         (read it back with :func:`shardann.open_index`).
+
+        ``path`` is a local directory or a URI: ``file://``, ``s3://``, ``gs://``,
+        ``az://``/``abfs[s]://``, ``memory://``; ``storage_options`` passes
+        credentials and settings for object stores (see
+        :func:`shardann.storage.location`). An unsupported scheme is a
+        ``ValueError``.
 
         An index opened from ``path`` (or created or last saved there) commits
         only on top of that version: if another writer committed since, this
@@ -470,7 +476,7 @@ class BaseIndex:
         """
         from ._saving import save
 
-        return save(self, path, merge=merge)
+        return save(self, path, merge=merge, storage_options=storage_options)
 
     # -- description -------------------------------------------------------------
     def __repr__(self):

@@ -34,7 +34,7 @@ def index_from_state(state):
     return BaseIndex.from_state(state)
 
 
-def save_index(index, path, *, merge=False):
+def save_index(index, path, *, merge=False, storage_options=None):
     """Write ``index`` to directory ``path``; return the committed version number (int).
 
     A new path becomes a store at version 1; an existing store gets a new
@@ -55,18 +55,22 @@ def save_index(index, path, *, merge=False):
     """
     if not isinstance(index, BaseIndex):
         raise TypeError(f"expected a shardann index; got {type(index).__name__}")
-    return index.save(path, merge=merge)
+    return index.save(path, merge=merge, storage_options=storage_options)
 
 
-def open_index(path, version=None, *, lists=None):
+def open_index(path, version=None, *, lists=None, storage_options=None):
     """Open an index written by ``index.save(path)``.
 
     Parameters
     ----------
-    path : str or os.PathLike, the index directory.
+    path : str or os.PathLike, the index directory, or a URI (``file://``,
+        ``s3://``, ``gs://``, ``az://``/``abfs[s]://``, ``memory://``).
     version : int, optional. A committed version to open; default the newest.
     lists : int array, optional. Load only these inverted lists (a shard's
         share); the model is always complete. Default: all.
+    storage_options : dict, optional. Credentials and settings for object
+        stores (see :func:`shardann.storage.location`); default: the cloud
+        SDKs' environment.
 
     Returns a FlatIndex, IVFFlatIndex or IVFPQIndex (trained, if it was saved
     trained) with its lists loaded; ``index.save(path)`` later commits on top
@@ -78,7 +82,7 @@ def open_index(path, version=None, *, lists=None):
     """
     from ..storage import IndexStore
 
-    return load_index(IndexStore.open(path, version), lists)
+    return load_index(IndexStore.open(path, version, storage_options=storage_options), lists)
 
 
 def load_index(store, lists=None):

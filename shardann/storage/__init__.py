@@ -23,6 +23,8 @@ from ._crash import ENV_VAR as CRASH_ENV_VAR
 from ._crash import POINTS as CRASH_POINTS
 from ._crash import crash_point
 from ._files import fast_crc32, fsync_dir
+from ._fs import SCHEMES, is_uri
+from ._fs import location as _location
 from ._manifest import FORMAT_VERSION, FutureFormatError
 from ._manifest import list_versions as _list_versions
 from ._manifest import read as _read_manifest
@@ -69,19 +71,47 @@ def decode_codebooks(data, path):
     return _decode_codebooks(data, os.fspath(path))
 
 
-def list_versions(path):
+def location(path, storage_options=None):
+    """Where a store lives, from a local path or a URI.
+
+    ``path``: a directory (str or PathLike), ``file:///abs/dir``,
+    ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``az://container/prefix``
+    or ``abfs[s]://container@account.dfs.core.windows.net/prefix``, or
+    ``memory://name`` (process-local, for tests). Every ``path`` argument of
+    the store accepts such a string or the object returned here.
+
+    ``storage_options`` (dict), for object stores: credentials and settings as
+    obstore's configuration keys (``aws_access_key_id``,
+    ``aws_secret_access_key``, ``aws_session_token``, ``aws_region``,
+    ``aws_endpoint``, ``allow_http``, ...; by default the cloud SDKs' own
+    environment is used: ``AWS_*`` variables, ``AWS_ENDPOINT_URL``,
+    ``AWS_ALLOW_HTTP=true``, instance roles), plus shardann's
+    ``conditional_writes=False`` (the backend ignores create-only puts) and
+    ``single_writer=True`` (then commit anyway, by check-then-put: only safe
+    when a single process writes) and ``cache_dir`` (a local directory that
+    keeps the byte ranges read from data files, which never change: a shard
+    reloading on the same node reads them from there). Options stay in memory: they are never
+    written to the store, logged or put in messages.
+
+    Raises ``ValueError`` for an unsupported scheme (``foo://x``) or an
+    unusable URI.
+    """
+    return _location(path, storage_options)
+
+
+def list_versions(path, *, storage_options=None):
     """Version numbers of every manifest under ``path`` (readable or not), ascending."""
-    return _list_versions(os.path.abspath(os.fspath(path)))
+    return _list_versions(_location(path, storage_options))
 
 
-def read_manifest(path, version):
+def read_manifest(path, version, *, storage_options=None):
     """The manifest (a dict, see docs/format.md) of ``version`` of the store at
     ``path``, checksum checked. Raises ``FileNotFoundError`` or
     :class:`shardann.CorruptIndexError`."""
-    return _read_manifest(os.path.abspath(os.fspath(path)), int(version))
+    return _read_manifest(_location(path, storage_options), int(version))
 
 
-def repair(path, *, rollback=False, supersede=None):
+def repair(path, *, rollback=False, supersede=None, storage_options=None):
     """Repair a store whose newest manifest is damaged (opening its newest
     version, and every commit on it, raise :class:`shardann.CorruptIndexError`
     naming that manifest until then). Exactly one of:
@@ -108,10 +138,12 @@ def repair(path, *, rollback=False, supersede=None):
     From the command line: ``shardann repair PATH --rollback`` or
     ``--supersede VERSION``; ``shardann verify PATH --version V`` checks a version.
     """
-    return IndexStore.repair(path, rollback=rollback, supersede=supersede)
+    return IndexStore.repair(path, rollback=rollback, supersede=supersede,
+                             storage_options=storage_options)
 
 
 __all__ = ["CRASH_ENV_VAR", "CRASH_POINTS", "FORMAT_VERSION", "FutureFormatError",
-           "IndexState", "IndexStore", "MAX_SEGMENT_ROWS", "ROW_GROUP_ROWS", "Transaction",
-           "crash_point", "decode_codebooks", "encode_codebooks", "fast_crc32", "fsync_dir",
-           "list_versions", "read_manifest", "repair", "write_segment"]
+           "IndexState", "IndexStore", "MAX_SEGMENT_ROWS", "ROW_GROUP_ROWS", "SCHEMES",
+           "Transaction", "crash_point", "decode_codebooks", "encode_codebooks", "fast_crc32",
+           "fsync_dir", "is_uri", "list_versions", "location", "read_manifest", "repair",
+           "write_segment"]

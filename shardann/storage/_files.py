@@ -1,4 +1,4 @@
-"""Durable local file writes with checksums.
+"""Durable local file writes and checked reads.
 
 Every data file is written once under a fresh name (``open(..., "xb")``),
 fsynced, and never modified; its size and CRC-32 go into the manifest.
@@ -107,11 +107,12 @@ def write_bytes(path, data):
     return len(data), fast_crc32(data)
 
 
-def read_checked(path, size, crc32, what="file"):
-    """Read a whole small file and check it against its manifest entry."""
+def read_checked(loc, rel, size, crc32, what="file"):
+    """Read a whole small file ``rel`` of location ``loc`` and check it against its
+    manifest entry."""
+    path = loc.path(rel)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = loc.read(rel)
     except FileNotFoundError:
         raise CorruptIndexError(f"{path}: {what} named by the manifest is missing") from None
     except OSError as exc:
@@ -127,10 +128,10 @@ def read_checked(path, size, crc32, what="file"):
     return data
 
 
-def file_crc32(path, chunk=1 << 22):
-    """(size, crc32) of a whole file, read in chunks."""
+def file_crc32(loc, rel, chunk=1 << 22):
+    """(size, crc32) of a whole file ``rel`` of location ``loc``, read in chunks."""
     crc, size = 0, 0
-    with open(path, "rb") as f:
+    with loc.open_stream(rel) as f:
         while True:
             block = f.read(chunk)
             if not block:
@@ -140,12 +141,13 @@ def file_crc32(path, chunk=1 << 22):
     return size, crc
 
 
-def check_size(path, size, what="file"):
+def check_size(loc, rel, size, what="file"):
     try:
-        got = os.stat(path).st_size
+        got = loc.stat(rel)[0]
     except FileNotFoundError:
-        raise CorruptIndexError(f"{path}: {what} named by the manifest is missing") from None
+        raise CorruptIndexError(f"{loc.path(rel)}: {what} named by the manifest is "
+                                "missing") from None
     if got != size:
         raise CorruptIndexError(
-            f"{path}: {what} has {got} bytes but the manifest says {size} "
+            f"{loc.path(rel)}: {what} has {got} bytes but the manifest says {size} "
             "(truncated or replaced)")

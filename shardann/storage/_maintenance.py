@@ -3,14 +3,14 @@ damaged newest manifest."""
 
 import copy
 import datetime
-import os
 import time
 
 import numpy as np
 
 from ..errors import CorruptIndexError
 from . import _manifest
-from ._files import file_crc32, fsync_dir
+from ._files import file_crc32
+from ._fs import location
 from ._grouping import group_by_list, hits
 from ._manifest import DAMAGED_PREFIX, FORMAT_VERSION, MANIFEST_DIR, FutureFormatError
 from ._segments import SegmentFile
@@ -29,7 +29,7 @@ def compact(view, *, min_rows=None, max_segment_rows=MAX_SEGMENT_ROWS):
     has_deleted = any(s.get("deleted", 0) for s in picked)
     if len(picked) < 2 and not has_deleted:
         return view
-    _manifest.check_unpublished(view.path, view.version + 1, _manifest.TRANSACTION_ADVICE)
+    _manifest.check_unpublished(view.location, view.version + 1, _manifest.TRANSACTION_ADVICE)
     txn = Transaction(view, operation="compact")
     names = view._payload_names()
     parts = view._live_rows(picked, None, names)
@@ -53,14 +53,14 @@ def vacuum(view, keep=1, *, grace_seconds=3600.0):
     """See :meth:`IndexStore.vacuum`."""
     if int(keep) < 1:
         raise ValueError(f"keep must be >= 1; got {keep}")
-    root = view.path
+    loc = view.location
     # a damaged (or newer-format) newest manifest may name files no readable one does:
     # deleting them would make it unrecoverable; the operator repairs first
-    _manifest.read_newest(root)
+    _manifest.read_newest(loc)
     readable = {}
-    for v in _manifest.list_versions(root):
+    for v in _manifest.list_versions(loc):
         try:
-            readable[v] = _manifest.read(root, v)
+            readable[v] = _manifest.read(loc, v)
         except (CorruptIndexError, FileNotFoundError):
             pass
     ordered = sorted(readable)
@@ -78,34 +78,32 @@ def vacuum(view, keep=1, *, grace_seconds=3600.0):
     known = set().union(*(files_of(m) for m in readable.values())) if readable else set()
     removed_files, freed = [], 0
     for v in dropped:
-        os.unlink(_manifest.manifest_path(root, v))
+        loc.delete(_manifest.manifest_rel(v))
     if dropped:
-        fsync_dir(os.path.join(root, MANIFEST_DIR))
+        loc.sync_dir(MANIFEST_DIR)
     now = time.time()
     candidates = []
     for sub in (SEGMENT_DIR, TOMBSTONE_DIR):
-        d = os.path.join(root, sub)
-        if os.path.isdir(d):
-            candidates += [f"{sub}/{n}" for n in os.listdir(d)]
-    candidates += [n for n in os.listdir(root) if n.startswith("codebooks")]
-    candidates += [f"{MANIFEST_DIR}/{n}" for n in os.listdir(os.path.join(root, MANIFEST_DIR))
+        candidates += [f"{sub}/{n}" for n in loc.listdir(sub)]
+    candidates += [n for n in loc.listdir() if n.startswith("codebooks")]
+    candidates += [f"{MANIFEST_DIR}/{n}" for n in loc.listdir(MANIFEST_DIR)
                    if n.startswith(".tmp-")]
     for rel in candidates:
         if rel in keep_files:
             continue
-        path = os.path.join(root, rel)
         try:
-            st = os.stat(path)
+            size, mtime = loc.stat(rel)
         except FileNotFoundError:
             continue
-        if rel not in known and now - st.st_mtime < grace_seconds:
+        # a file no manifest names may belong to a commit still in flight
+        if rel not in known and now - mtime < grace_seconds:
             continue
         try:
-            os.unlink(path)
+            loc.delete(rel)
         except FileNotFoundError:
             continue
         removed_files.append(rel)
-        freed += st.st_size
+        freed += size
     return {"removed_versions": dropped, "removed_files": sorted(removed_files),
             "bytes_freed": freed}
 
@@ -113,15 +111,15 @@ def vacuum(view, keep=1, *, grace_seconds=3600.0):
 def verify(view):
     """See :meth:`IndexStore.verify`."""
     problems = []
-    root, m = view.path, view._m
+    loc, m = view.location, view._m
     files = m["files"]
     report = {"version": view.version, "files": 0, "bytes": 0, "segments": 0,
               "rows": 0, "ntotal": 0, "duplicate_live_ids": 0}
 
     def whole(entry, what):
-        path = os.path.join(root, entry["path"])
+        path = loc.path(entry["path"])
         try:
-            size, crc = file_crc32(path)
+            size, crc = file_crc32(loc, entry["path"])
         except FileNotFoundError:
             problems.append(f"{path}: {what} named by the manifest is missing")
             return False
@@ -141,7 +139,7 @@ def verify(view):
     if cb is not None and whole(cb, "codebooks file"):
         try:
             view._arrays = None
-            _check_arrays(view._codebook_arrays(), m, os.path.join(root, cb["path"]))
+            _check_arrays(view._codebook_arrays(), m, loc.path(cb["path"]))
         except CorruptIndexError as exc:
             problems.append(str(exc))
     for t in files["tombstones"]:
@@ -158,7 +156,7 @@ def verify(view):
             continue
         report["segments"] += 1
         view._segment_files.pop(s["path"], None)
-        f = SegmentFile(root, s, m["columns"], check_chunks=True)
+        f = SegmentFile(loc, s, m["columns"], check_chunks=True)
         try:
             live = _check_segment(f, s, view.nlist, view._dead_for(s["seq"]) if tomb_ok else None)
         except CorruptIndexError as exc:
@@ -182,18 +180,20 @@ def verify(view):
     return report
 
 
-def repair(root, *, rollback=False, supersede=None):
-    """See :func:`shardann.storage.repair`."""
+def repair(loc, *, rollback=False, supersede=None):
+    """See :func:`shardann.storage.repair` (``loc``: the store's location)."""
+    loc = location(loc)
     if bool(rollback) == (supersede is not None):
         raise ValueError("repair needs exactly one of rollback=True or supersede=VERSION; "
                          f"got rollback={rollback!r}, supersede={supersede!r}")
-    versions = _manifest.list_versions(root)
+    root = loc.root
+    versions = _manifest.list_versions(loc)
     if not versions:
         raise FileNotFoundError(f"no shardann index at {root!r} (no {MANIFEST_DIR}/v*.json)")
     damaged, errors, readable = [], [], None
     for v in reversed(versions):
         try:
-            _manifest.read(root, v)
+            _manifest.read(loc, v)
         except FutureFormatError:
             if not damaged:
                 raise  # not damage: a newer shardann wrote it
@@ -208,7 +208,6 @@ def repair(root, *, rollback=False, supersede=None):
     if not damaged:
         raise ValueError(f"{root}: nothing to repair: the newest manifest "
                          f"({_manifest.manifest_name(versions[-1])}) is readable")
-    mdir = os.path.join(root, MANIFEST_DIR)
     report = {"path": root, "damaged": sorted(damaged), "errors": errors}
     if rollback:
         if readable is None:
@@ -220,12 +219,12 @@ def repair(root, *, rollback=False, supersede=None):
         for v in damaged:
             name = _manifest.manifest_name(v)
             dest, n = f"{DAMAGED_PREFIX}{name}", 1
-            while os.path.lexists(os.path.join(mdir, dest)):
+            while loc.exists(f"{MANIFEST_DIR}/{dest}"):
                 n += 1
                 dest = f"{DAMAGED_PREFIX}{name[:-len('.json')]}.{n}.json"
-            os.rename(os.path.join(mdir, name), os.path.join(mdir, dest))
+            loc.rename(f"{MANIFEST_DIR}/{name}", f"{MANIFEST_DIR}/{dest}")
             moved[f"{MANIFEST_DIR}/{name}"] = f"{MANIFEST_DIR}/{dest}"
-        fsync_dir(mdir)
+        loc.sync_dir(MANIFEST_DIR)
         return {**report, "action": "rollback", "moved": moved, "version": readable}
     version = int(supersede)
     if version in damaged:
@@ -234,13 +233,13 @@ def repair(root, *, rollback=False, supersede=None):
                          + (f" (the newest readable is {readable})" if readable else ""))
     if version not in versions:
         raise FileNotFoundError(f"{root}: no version {version}; versions present: {versions}")
-    old = StoreView.open(root, version)  # its manifest, codebooks and file sizes checked
+    old = StoreView.open(loc, version)  # its manifest, codebooks and file sizes checked
     body = copy.deepcopy(old._m)
     new = versions[-1] + 1
     body.update(format_version=FORMAT_VERSION, version=new, parent_version=version,
                 operation="supersede",
                 created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"))
-    _manifest.publish(root, body, "Another writer published it meanwhile; open the store "
+    _manifest.publish(loc, body, "Another writer published it meanwhile; open the store "
                                   "(or run shardann verify) to see where it stands.")
     return {**report, "action": "supersede", "superseded_with": version, "version": new}
 

@@ -6,16 +6,13 @@ carries a CRC-32 of its own canonical JSON, so a damaged manifest is never
 mistaken for a valid one.
 """
 
-import errno
 import json
 import logging
-import os
 import re
-import uuid
 
 from ..errors import CommitConflictError, CorruptIndexError, FutureFormatError
-from ._crash import crash_point
-from ._files import fast_crc32, fsync_dir
+from ._files import fast_crc32
+from ._fs import location
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +30,20 @@ def manifest_name(version):
     return f"v{version:08d}.json"
 
 
-def manifest_path(root, version):
-    return os.path.join(root, MANIFEST_DIR, manifest_name(version))
+def manifest_rel(version):
+    return f"{MANIFEST_DIR}/{manifest_name(version)}"
 
 
-def list_versions(root):
+def manifest_path(loc, version):
+    """The full path (or URI) of ``version``'s manifest in location ``loc``."""
+    loc = location(loc)  # a location, or a path / URI of one
+    return loc.path(manifest_rel(version))
+
+
+def list_versions(loc):
     """Version numbers of every manifest file present (readable or not), ascending."""
-    try:
-        names = os.listdir(os.path.join(root, MANIFEST_DIR))
-    except FileNotFoundError:
-        return []
+    loc = location(loc)  # a location, or a path / URI of one
+    names = loc.listdir(MANIFEST_DIR)
     return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
 
 
@@ -98,20 +99,22 @@ def decode(data, path, version=None):
     return body
 
 
-def read(root, version):
-    path = manifest_path(root, version)
+def read(loc, version):
+    loc = location(loc)  # a location, or a path / URI of one
+    path = manifest_path(loc, version)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = loc.read(manifest_rel(version))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{root}: no version {version} (missing {path})") from None
+        raise FileNotFoundError(f"{loc.root}: no version {version} (missing {path})") from None
     return decode(data, path, version)
 
 
-def damaged_newest_error(root, version, exc):
+def damaged_newest_error(loc, version, exc):
     """The error for a store whose newest manifest (of ``version``) cannot be read:
     names the file, says which versions are left and how to repair."""
-    older = [v for v in list_versions(root) if v < version]
+    loc = location(loc)  # a location, or a path / URI of one
+    root = loc.root
+    older = [v for v in list_versions(loc) if v < version]
     if not older:
         left = "no older version is left"
     else:
@@ -129,45 +132,50 @@ def damaged_newest_error(root, version, exc):
         "shardann.storage.repair(path, rollback=True) or (path, supersede=V)")
 
 
-def read_newest(root, versions=None):
+def read_newest(loc, versions=None):
     """The newest manifest of the store at ``root`` (a dict). Raises
     ``FileNotFoundError`` when there is none, :class:`FutureFormatError` for one
     written by a newer shardann, and :class:`CorruptIndexError` naming it when it
     is damaged: never an older version in its place."""
-    versions = list_versions(root) if versions is None else versions
+    loc = location(loc)  # a location, or a path / URI of one
+    versions = list_versions(loc) if versions is None else versions
     if not versions:
-        raise FileNotFoundError(f"no shardann index at {root!r} (no {MANIFEST_DIR}/v*.json)")
+        raise FileNotFoundError(f"no shardann index at {loc.root!r} "
+                                f"(no {MANIFEST_DIR}/v*.json)")
     try:
-        return read(root, versions[-1])
+        return read(loc, versions[-1])
     except FutureFormatError:
         raise
     except CorruptIndexError as exc:
-        raise damaged_newest_error(root, versions[-1], exc) from None
+        raise damaged_newest_error(loc, versions[-1], exc) from None
 
 
-def check_unpublished(root, version, advice):
+def check_unpublished(loc, version, advice):
     """Raise unless ``version`` is still free to publish: a
     :class:`CommitConflictError` (with ``advice``) when another writer took it,
     a :class:`CorruptIndexError` naming its manifest when that file is damaged
     (the store needs ``repair``; a retry would never succeed)."""
-    if os.path.exists(manifest_path(root, version)):
-        raise taken_error(root, version, advice)
+    loc = location(loc)  # a location, or a path / URI of one
+    loc.check_writable()
+    if loc.exists(manifest_rel(version)):
+        raise taken_error(loc, version, advice)
 
 
-def taken_error(root, version, advice):
+def taken_error(loc, version, advice):
     """Why ``version`` cannot be published: it exists (a conflict) or is damaged."""
+    loc = location(loc)  # a location, or a path / URI of one
     try:
-        read(root, version)
+        read(loc, version)
     except FutureFormatError:
         pass  # a newer shardann committed it: a conflict like any other
     except FileNotFoundError:
         pass
     except CorruptIndexError as exc:
-        if list_versions(root)[-1] == version:
-            return damaged_newest_error(root, version, exc)
+        if list_versions(loc)[-1] == version:
+            return damaged_newest_error(loc, version, exc)
         # a damaged version with newer ones above it: this commit's base is stale anyway
     return CommitConflictError(
-        f"{root}: version {version} was committed by another writer while this commit "
+        f"{loc.root}: version {version} was committed by another writer while this commit "
         f"(based on version {version - 1}) was being prepared; nothing was written. "
         f"{advice}")
 
@@ -177,54 +185,20 @@ TRANSACTION_ADVICE = ("Open the newest version (IndexStore.open) and apply this 
                       "transaction's changes to it again.")
 
 
-def _link(tmp, final, data):
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise
-    except OSError as exc:  # a file system without hard links: exclusive create
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                             errno.ENOSYS):
-            raise
-        logger.warning("os.link failed on %s (%s); publishing with O_EXCL create",
-                       final, exc)
-        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def publish(root, body, advice=TRANSACTION_ADVICE):
+def publish(loc, body, advice=TRANSACTION_ADVICE):
     """Publish ``body`` as version ``body["version"]`` if that version does not exist.
 
-    Writes a temporary file, fsyncs it, then ``os.link``s it to its final name
-    (create-if-absent: atomic, and fails if another writer got there first),
-    then fsyncs the directory. Raises :class:`CommitConflictError` (its message
-    ending with ``advice``) when the version already exists, and
-    :class:`CorruptIndexError` naming the file when the manifest there is damaged.
+    The location's create-if-absent write is the commit point: locally a
+    temporary file fsynced and ``os.link``-ed to its name, then the directory
+    fsynced; on an object store a conditional put (see :mod:`._fs`). Raises
+    :class:`CommitConflictError` (its message ending with ``advice``) when the
+    version already exists, and :class:`CorruptIndexError` naming the file
+    when the manifest there is damaged.
     """
+    loc = location(loc)  # a location, or a path / URI of one
     version = body["version"]
-    mdir = os.path.join(root, MANIFEST_DIR)
-    final = os.path.join(mdir, manifest_name(version))
-    tmp = os.path.join(mdir, f".tmp-{uuid.uuid4().hex}.json")
     data = encode(body)
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    crash_point("manifest.after_tmp_write")
     try:
-        _link(tmp, final, data)
+        loc.publish(manifest_rel(version), data)
     except FileExistsError:
-        raise taken_error(root, version, advice) from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    crash_point("manifest.after_publish")
-    fsync_dir(mdir)
+        raise taken_error(loc, version, advice) from None

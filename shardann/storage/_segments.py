@@ -14,6 +14,8 @@ version 1 have no chunk CRCs; they carry Parquet page CRCs, which Arrow checks
 as it decodes (``page_checksum_verification``).
 """
 
+import contextlib
+import io
 import json
 import mmap
 import os
@@ -234,18 +236,21 @@ class SegmentFile:
     sizes and schema are still checked).
     """
 
-    def __init__(self, root, entry, spec, check_chunks=True):
-        self.path = os.path.join(root, entry["path"])
+    def __init__(self, loc, entry, spec, check_chunks=True):
+        self.loc = loc
+        self.path = loc.path(entry["path"])
         self.entry = entry
         self.spec = spec
         self.check_chunks = check_chunks
         self._pf = None
-        self._map = None  # the whole file, memory-mapped
+        self._map = None  # local: the whole file, memory-mapped; remote: fetched ranges
         self._crcs = None  # chunk CRCs from the manifest (None: a version-1 segment)
 
     def _open(self):
         if self._pf is not None:
             return self._pf
+        if not self.loc.local:
+            return self._open_remote()
         e = self.entry
         try:
             with open(self.path, "rb") as f:
@@ -273,14 +278,50 @@ class SegmentFile:
             with pa.memory_map(self.path) as f:
                 self._map = f.read_buffer()
             pf = pq.ParquetFile(pa.BufferReader(self._map))
+        except Exception as exc:
+            raise CorruptIndexError(f"{self.path}: unreadable segment ({exc})") from exc
+        if self._map[:len(MAGIC)].to_pybytes() != MAGIC:
+            raise CorruptIndexError(f"{self.path}: does not start with Parquet's {MAGIC!r}")
+        return self._check_opened(pf)
+
+    def _open_remote(self):
+        """Open a segment on an object store: one ranged read of the footer (its
+        CRC checked), no more until row groups are read (see :class:`_Ranges`)."""
+        e = self.entry
+        try:
+            footer = self.loc.read_range(e["path"], e["size"] - e["footer_size"],
+                                         e["footer_size"])
+        except FileNotFoundError:
+            raise CorruptIndexError(
+                f"{self.path}: segment named by the manifest is missing") from None
+        except OSError as exc:
+            raise CorruptIndexError(f"{self.path}: cannot read segment ({exc})") from exc
+        if (len(footer) != e["footer_size"] or footer[-4:] != MAGIC
+                or int.from_bytes(footer[-8:-4], "little") + 8 != e["footer_size"]
+                or fast_crc32(footer) != e["footer_crc32"]):
+            raise CorruptIndexError(
+                f"{self.path}: Parquet footer does not match its checksum in the manifest")
+        try:
+            md = pq.read_metadata(pa.BufferReader(MAGIC + footer))
+            self._map = _Ranges(self.loc, e["path"], e["size"])
+            pf = pq.ParquetFile(pa.PythonFile(self._map, mode="r"), metadata=md)
+        except Exception as exc:
+            raise CorruptIndexError(f"{self.path}: unreadable segment ({exc})") from exc
+        if self._map.get(0, len(MAGIC)) != MAGIC:
+            raise CorruptIndexError(f"{self.path}: does not start with Parquet's {MAGIC!r}")
+        return self._check_opened(pf)
+
+    def _check_opened(self, pf):
+        """Check an opened segment's metadata, schema and row groups against the
+        manifest entry; keep it open."""
+        e = self.entry
+        try:
             meta = json.loads(pf.schema_arrow.metadata[META_KEY])
         except Exception as exc:
             raise CorruptIndexError(f"{self.path}: unreadable segment ({exc})") from exc
         if meta.get("format") != FILE_FORMAT:
             raise CorruptIndexError(f"{self.path}: not a shardann segment")
         check_format_version(meta.get("format_version"), self.path)
-        if self._map[:len(MAGIC)].to_pybytes() != MAGIC:
-            raise CorruptIndexError(f"{self.path}: does not start with Parquet's {MAGIC!r}")
         want = arrow_schema(self.spec)
         got = pf.schema_arrow.remove_metadata()
         if not got.equals(want, check_metadata=False):
@@ -301,7 +342,9 @@ class SegmentFile:
             self._crcs = crcs
         elif self.check_chunks:
             # version 1: page CRCs, checked by Arrow as it decodes
-            pf = pq.ParquetFile(pa.BufferReader(self._map), page_checksum_verification=True)
+            source = (pa.BufferReader(self._map) if self.loc.local
+                      else pa.PythonFile(self._map, mode="r"))
+            pf = pq.ParquetFile(source, metadata=md, page_checksum_verification=True)
         self._pf = pf
         return pf
 
@@ -323,12 +366,18 @@ class SegmentFile:
             return
         md = self._pf.metadata
         names = self._pf.schema_arrow.names
-        with memoryview(self._map) as view, view.cast("B") as buf:
+        with contextlib.ExitStack() as stack:
+            if self.loc.local:
+                view = stack.enter_context(memoryview(self._map))
+                buf = stack.enter_context(view.cast("B"))
+                size = len(buf)
+            else:
+                buf, size = self._map, self.entry["size"]
             for g in row_groups:
                 rg = md.row_group(g)
                 for c in columns:
                     start, end = chunk_range(rg.column(c))
-                    if end > len(buf):
+                    if end > size:
                         raise CorruptIndexError(
                             f"{self.path}: row group {g}, column {names[c]}: column chunk "
                             "runs past the end of the file")
@@ -391,12 +440,26 @@ class SegmentFile:
                 raise CorruptIndexError(
                     f"{self.path}: corrupt segment data ({exc})") from exc
 
-        if not self.check_chunks or self._crcs is None:
-            return decode()
         # the schema is flat: a column's position is its Parquet leaf index
         names = pf.schema_arrow.names
         leaves = [names.index(c) for c in columns]
         md = pf.metadata
+        if not self.loc.local:
+            # fetch exactly the chunks needed (a ranged read per contiguous run), check
+            # them, decode them from memory; then let them go
+            try:
+                self._map.fetch([chunk_range(md.row_group(g).column(c))
+                                 for g in row_groups for c in leaves])
+            except OSError as exc:
+                raise CorruptIndexError(f"{self.path}: cannot read segment ({exc})") from exc
+            try:
+                if self.check_chunks:
+                    self.check_chunks_of(row_groups, leaves)
+                return decode()
+            finally:
+                self._map.clear()
+        if not self.check_chunks or self._crcs is None:
+            return decode()
         nbytes = sum(md.row_group(g).column(c).total_compressed_size
                      for g in row_groups for c in leaves)
         if nbytes < PARALLEL_CHECK_BYTES:
@@ -435,3 +498,76 @@ class SegmentFile:
                 c = self.spec[name]
                 out[TO_INDEX[name]] = _numpy_column(col, np.dtype(c["dtype"]), c["width"])
         return out
+
+
+class _Ranges(io.RawIOBase):
+    """A remote segment as a read-only file for Arrow, serving the byte ranges
+    :meth:`fetch` read (one ranged GET per contiguous run, several at once);
+    any other read goes to the object store as it is asked for. ``get(start,
+    end)`` / ``[start:end]`` give fetched bytes for the chunk checks."""
+
+    #: concurrent ranged reads of one fetch
+    PARALLEL = 8
+
+    def __init__(self, loc, rel, size):
+        super().__init__()
+        self._loc, self._rel, self._size = loc, rel, size
+        self._pos = 0
+        self._runs = []  # (start, bytes), sorted, disjoint
+
+    def fetch(self, ranges):
+        """Read the byte ranges ``[(start, end)]``, merged where they touch."""
+        merged = []
+        for start, end in sorted(ranges):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        if len(merged) == 1:
+            parts = [self._loc.read_range(self._rel, merged[0][0], merged[0][1] - merged[0][0])]
+        else:
+            with ThreadPoolExecutor(min(self.PARALLEL, len(merged)),
+                                    thread_name_prefix="shardann-fetch") as pool:
+                parts = list(pool.map(lambda r: self._loc.read_range(self._rel, r[0],
+                                                                     r[1] - r[0]), merged))
+        self._runs = [(s, p) for (s, _), p in zip(merged, parts, strict=True)]
+
+    def clear(self):
+        self._runs = []
+
+    def get(self, start, end):
+        for s, data in self._runs:
+            if s <= start and end <= s + len(data):
+                return memoryview(data)[start - s:end - s]
+        return memoryview(self._loc.read_range(self._rel, start, end - start))
+
+    def __getitem__(self, item):
+        return self.get(item.start, item.stop)
+
+    # the file protocol pyarrow's PythonFile needs
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def read(self, n=-1):
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = bytes(self.get(self._pos, end))
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)

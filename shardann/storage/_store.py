@@ -18,6 +18,7 @@ import os
 
 from ..errors import CorruptIndexError
 from . import _maintenance, _manifest
+from ._fs import location
 from ._manifest import MANIFEST_DIR, FutureFormatError
 from ._segments import ROW_GROUP_ROWS
 from ._transaction import MAX_SEGMENT_ROWS, Transaction, as_state, write_state
@@ -47,30 +48,32 @@ class IndexStore(StoreView):
 
     # -- creating ----------------------------------------------------------------------
     @classmethod
-    def create(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS):
+    def create(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS, storage_options=None):
         """Create a store at ``path`` holding ``state`` as version 1.
 
         ``state`` is an :class:`~shardann.storage.IndexState` (trained or not),
-        or an index (its ``to_state()`` is stored). ``path`` may exist but must
-        not hold a store. Raises ``FileExistsError`` if it does, or if it is a
-        non-empty directory of something else.
+        or an index (its ``to_state()`` is stored). ``path`` is a directory or a
+        URI (``s3://``, ``gs://``, ``az://``, ``memory://``, ``file://``;
+        ``storage_options``: see :func:`shardann.storage.location`); it may exist
+        but must not hold a store. Raises ``FileExistsError`` if it does, or if
+        it is a non-empty directory (prefix) of something else.
         """
-        root = os.path.abspath(os.fspath(path))
-        if os.path.exists(root):
-            if not os.path.isdir(root):
-                raise FileExistsError(f"{root} exists and is not a directory")
-            if _manifest.list_versions(root):
-                raise FileExistsError(f"{root} already holds a shardann index; open it")
-            foreign = set(os.listdir(root)) - {MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR}
-            foreign = {f for f in foreign if not f.startswith("codebooks-")}
-            if foreign:
-                raise FileExistsError(
-                    f"{root} is a non-empty directory that is not a shardann index "
-                    f"(holds {sorted(foreign)[:5]})")
-        return write_state(cls, root, state, None, "create", row_group_rows)
+        loc = location(path, storage_options)
+        root = loc.root
+        if loc.local and os.path.exists(root) and not os.path.isdir(root):
+            raise FileExistsError(f"{root} exists and is not a directory")
+        if _manifest.list_versions(loc):
+            raise FileExistsError(f"{root} already holds a shardann index; open it")
+        foreign = set(loc.listdir()) - {MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR}
+        foreign = {f for f in foreign if not f.startswith("codebooks-")}
+        if foreign:
+            raise FileExistsError(
+                f"{root} is a non-empty directory that is not a shardann index "
+                f"(holds {sorted(foreign)[:5]})")
+        return write_state(cls, loc, state, None, "create", row_group_rows)
 
     @classmethod
-    def create_from_segments(cls, path, state, segments):
+    def create_from_segments(cls, path, state, segments, *, storage_options=None):
         """Create a store whose version 1 holds ``state``'s model and segment
         files already written under ``path/segments/``, in one commit.
 
@@ -82,14 +85,14 @@ class IndexStore(StoreView):
         entries as described in :meth:`Transaction.add_segments`. ``path`` may
         hold unreferenced files but no manifest (else ``FileExistsError``).
         """
-        root = os.path.abspath(os.fspath(path))
-        if _manifest.list_versions(root):
-            raise FileExistsError(f"{root} already holds a shardann index; open it")
+        loc = location(path, storage_options)
+        if _manifest.list_versions(loc):
+            raise FileExistsError(f"{loc.root} already holds a shardann index; open it")
         state = as_state(state)
         if not state.trained or state.ntotal:
             raise ValueError("create_from_segments needs a trained, empty index (its model); "
                              f"got trained={state.trained}, ntotal={state.ntotal}")
-        return write_state(cls, root, state, None, "create", segments=list(segments))
+        return write_state(cls, loc, state, None, "create", segments=list(segments))
 
     def save_state(self, state, *, row_group_rows=ROW_GROUP_ROWS):
         """Commit a new version holding exactly ``state`` (an ``IndexState`` or an
@@ -102,10 +105,10 @@ class IndexStore(StoreView):
         changes), or :class:`shardann.CorruptIndexError` naming the manifest if
         the next version's manifest is there but damaged (see :meth:`repair`).
         """
-        return write_state(type(self), self._root, state, self._m, "save", row_group_rows)
+        return write_state(type(self), self._loc, state, self._m, "save", row_group_rows)
 
     @classmethod
-    def save(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS):
+    def save(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS, storage_options=None):
         """Store ``state`` (an ``IndexState`` or an index) at ``path``: a new store
         at version 1, or the next version of the store there holding exactly
         ``state``, whatever the newest version held (earlier versions stay
@@ -117,19 +120,20 @@ class IndexStore(StoreView):
         data file, or no readable manifest at all) is superseded: the new
         version gets the next number above the damaged one, which stays on disk,
         and a warning names it. A store written by a newer shardann is an
-        error. Returns the new view.
+        error. ``path`` and ``storage_options`` as in :meth:`create`. Returns
+        the new view.
         """
-        root = os.path.abspath(os.fspath(path))
-        if not cls.exists(root):
-            return cls.create(root, state, row_group_rows=row_group_rows)
+        loc = location(path, storage_options)
+        if not cls.exists(loc):
+            return cls.create(loc, state, row_group_rows=row_group_rows)
         try:
-            store = cls.open(root)
+            store = cls.open(loc)
         except FutureFormatError:
             raise
         except CorruptIndexError as exc:
             logger.warning("saving a new version of %s over its damaged newest version "
-                           "(left on disk, superseded): %s", root, exc)
-            return write_state(cls, root, state, None, "save", row_group_rows)
+                           "(left on disk, superseded): %s", loc.root, exc)
+            return write_state(cls, loc, state, None, "save", row_group_rows)
         return store.save_state(state, row_group_rows=row_group_rows)
 
     # -- writing -------------------------------------------------------------------------
@@ -165,10 +169,10 @@ class IndexStore(StoreView):
         return _maintenance.vacuum(self, keep, grace_seconds=grace_seconds)
 
     @classmethod
-    def repair(cls, path, *, rollback=False, supersede=None):
+    def repair(cls, path, *, rollback=False, supersede=None, storage_options=None):
         """Repair a store whose newest manifest is damaged; see
         :func:`shardann.storage.repair`. Returns its report."""
-        return _maintenance.repair(os.path.abspath(os.fspath(path)), rollback=rollback,
+        return _maintenance.repair(location(path, storage_options), rollback=rollback,
                                    supersede=supersede)
 
     # -- checking ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ point. See ``docs/format.md`` ("Commit protocol").
 
 import copy
 import datetime
-import os
 import uuid
 
 import numpy as np
@@ -16,7 +15,8 @@ import numpy as np
 from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
 from . import _codebooks, _manifest, _segments, _tombstones
 from ._crash import crash_point
-from ._files import check_size, fast_crc32, fsync_dir, write_bytes
+from ._files import check_size, fast_crc32
+from ._fs import location
 from ._grouping import as_ids, hits
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST_DIR
 from ._segments import ROW_GROUP_ROWS, TO_FILE, SegmentFile, column_spec
@@ -63,6 +63,7 @@ class Transaction:
 
     def __init__(self, store, operation=None, *, advice=None):
         self._store = store
+        self._loc = store.location
         self._root = store.path
         self._base = store._m
         self.base_version = store.version
@@ -172,16 +173,18 @@ class Transaction:
         return n
 
     def _write_rows(self, list_no, ids, data, max_rows, row_group_rows=ROW_GROUP_ROWS):
-        os.makedirs(os.path.join(self._root, SEGMENT_DIR), exist_ok=True)
+        self._loc.check_writable()
+        self._loc.makedirs(SEGMENT_DIR)
         list_no, ids, data = _segments.sort_rows(np.asarray(list_no, np.int32), ids, data)
         cuts = _segments.row_group_cuts(list_no, max_rows) if ids.size else [0, 0]
         for s, e in zip(cuts[:-1], cuts[1:], strict=True):
             rel = f"{SEGMENT_DIR}/{uuid.uuid4().hex}.parquet"
-            path = os.path.join(self._root, rel)
-            self._written.append(path)
-            entry = _segments.write_segment(
-                path, list_no[s:e], ids[s:e], {k: v[s:e] for k, v in data.items()},
-                self._spec, format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
+            self._written.append(rel)
+            # written in place locally; on an object store written locally, then uploaded
+            with self._loc.staged(rel) as path:
+                entry = _segments.write_segment(
+                    path, list_no[s:e], ids[s:e], {k: v[s:e] for k, v in data.items()},
+                    self._spec, format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
             self._new_segments.append({"path": rel, **entry})
 
     def add_segments(self, entries):
@@ -207,8 +210,8 @@ class Transaction:
                 raise ValueError(f"segment entry lacks {missing}: {entry!r}")
             e = {k: copy.deepcopy(entry[k]) for k in SEGMENT_ENTRY_KEYS}
             rel = e["path"]
-            if (not isinstance(rel, str) or os.path.dirname(rel) != SEGMENT_DIR
-                    or not rel.endswith(".parquet") or os.path.basename(rel).startswith(".")):
+            if (not isinstance(rel, str) or rel.rpartition("/")[0] != SEGMENT_DIR
+                    or not rel.endswith(".parquet") or rel.rpartition("/")[2].startswith(".")):
                 raise ValueError(f"segment path must be '{SEGMENT_DIR}/<name>.parquet' "
                                  f"relative to the store; got {rel!r}")
             if rel in seen:
@@ -218,9 +221,9 @@ class Transaction:
                     not 0 <= g["first_list"] <= g["last_list"] < nlist for g in groups):
                 raise ValueError(f"{rel}: row groups {groups} do not hold {e['rows']} rows "
                                  f"of lists in 0..{nlist - 1}")
-            check_size(os.path.join(self._root, rel), e["size"], "segment")
+            check_size(self._loc, rel, e["size"], "segment")
             # footer, schema, row groups, chunk CRCs present
-            SegmentFile(self._root, e, self._spec)._open()
+            SegmentFile(self._loc, e, self._spec)._open()
             seen.add(rel)
             staged.append(e)
         self._new_segments += staged
@@ -263,15 +266,15 @@ class Transaction:
             data = _codebooks.encode(state.arrays, state.kind, state.config)
             crc = fast_crc32(data)
             old = self._base["files"].get("codebooks")
-            if old and old["size"] == len(data) and old["crc32"] == crc and os.path.exists(
-                    os.path.join(self._root, old["path"])):
+            if old and old["size"] == len(data) and old["crc32"] == crc and self._loc.exists(
+                    old["path"]):
                 cb_entry = dict(old)
             else:
+                self._loc.check_writable()
                 rel = f"codebooks-{uuid.uuid4().hex}.parquet"
-                path = os.path.join(self._root, rel)
                 crash_point("codebooks.before_write")
-                self._written.append(path)
-                size, crc = write_bytes(path, data)
+                self._written.append(rel)
+                size, crc = self._loc.write_new(rel, data)
                 crash_point("codebooks.after_write")
                 cb_entry = {"path": rel, "size": size, "crc32": crc}
         arrays = {k: np.array(v, np.float32) for k, v in state.arrays.items()}
@@ -292,9 +295,9 @@ class Transaction:
     # -- finishing -----------------------------------------------------------------------
     def abort(self):
         """Delete the files this transaction wrote; nothing was published."""
-        for path in self._written:
+        for rel in self._written:
             try:
-                os.unlink(path)
+                self._loc.delete(rel)
             except OSError:
                 pass
         self._written = []
@@ -321,9 +324,9 @@ class Transaction:
         return store
 
     def _commit(self):
-        root, base = self._root, self._base
+        loc, base = self._loc, self._base
         version = self.base_version + 1
-        _manifest.check_unpublished(root, version, self._advice)  # before writing more
+        _manifest.check_unpublished(loc, version, self._advice)  # before writing more
         if self._replace is not None:
             kind, config, trained, nlist, spec, cb_entry, arrays = self._replace
             tombstones = []
@@ -340,13 +343,12 @@ class Transaction:
             dead = np.unique(np.concatenate(self._deletes))
             hidden = self._count_hidden(segments, dead)
             if any(hidden):
-                os.makedirs(os.path.join(root, TOMBSTONE_DIR), exist_ok=True)
+                loc.makedirs(TOMBSTONE_DIR)
                 rel = f"{TOMBSTONE_DIR}/{uuid.uuid4().hex}.arrow"
-                path = os.path.join(root, rel)
                 data, count = _tombstones.encode(dead, FORMAT_VERSION)
                 crash_point("tombstone.before_write")
-                self._written.append(path)
-                size, crc = write_bytes(path, data)
+                self._written.append(rel)
+                size, crc = loc.write_new(rel, data)
                 crash_point("tombstone.after_write")
                 tombstones.append({"path": rel, "size": size, "crc32": crc, "count": count,
                                    "seq": version})
@@ -356,9 +358,8 @@ class Transaction:
         # a tombstone matters only to older segments that have deleted rows
         min_seq = min((s["seq"] for s in segments if s["deleted"]), default=version)
         tombstones = [t for t in tombstones if t["seq"] > min_seq]
-        for sub in (SEGMENT_DIR, TOMBSTONE_DIR, "."):
-            if os.path.isdir(os.path.join(root, sub)):
-                fsync_dir(os.path.join(root, sub))
+        for sub in (SEGMENT_DIR, TOMBSTONE_DIR, ""):
+            loc.sync_dir(sub)
         ntotal = int(sum(s["rows"] - s["deleted"] for s in segments))
         next_id = max([self._next_id if self._replace is not None else base.get("next_id", 0)]
                       + [s["max_id"] + 1 for s in self._new_segments])
@@ -373,9 +374,9 @@ class Transaction:
             "files": {"codebooks": cb_entry, "segments": segments, "tombstones": tombstones},
         }
         crash_point("commit.before_manifest")
-        _manifest.publish(root, body, self._advice)
+        _manifest.publish(loc, body, self._advice)
         crash_point("commit.after_publish")
-        store = type(self._store)(root, body, self._store._check_chunks)
+        store = type(self._store)(loc, body, self._store._check_chunks)
         # reuse what is known already: the arrays just written, or the base view's
         if arrays is not None:
             store._arrays = arrays
@@ -422,7 +423,8 @@ SAVE_ADVICE = ("Saving this state on top of the newest version instead would dro
 
 def write_state(view_cls, root, state, base, operation, row_group_rows=None, segments=(),
                 advice=SAVE_ADVICE):
-    """Commit ``state``'s whole content as a new version of the store at ``root``.
+    """Commit ``state``'s whole content as a new version of the store at ``root``
+    (a location, or a path / URI of one).
 
     ``base`` is the manifest the new version follows; None means the newest
     version number present (its manifest read if possible, to reuse its
@@ -432,15 +434,17 @@ def write_state(view_cls, root, state, base, operation, row_group_rows=None, seg
     :class:`CommitConflictError`. Returns the new view (of ``view_cls``).
     """
     state = as_state(state)
+    loc = location(root)
+    loc.check_writable()
     for sub in (MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        loc.makedirs(sub)
     if base is None:
-        versions = _manifest.list_versions(root)
+        versions = _manifest.list_versions(loc)
         base_version = versions[-1] if versions else 0
         readable = None
         if versions:
             try:
-                readable = _manifest.read(root, base_version)
+                readable = _manifest.read(loc, base_version)
             except (CorruptIndexError, FileNotFoundError):
                 pass
         base = {"version": base_version, "kind": state.kind, "config": state.config,
@@ -448,8 +452,8 @@ def write_state(view_cls, root, state, base, operation, row_group_rows=None, seg
                 "files": {"codebooks": (readable or {}).get("files", {}).get("codebooks"),
                           "segments": [], "tombstones": []}}
     # before writing anything: is the next version still free?
-    _manifest.check_unpublished(root, base["version"] + 1, advice)
-    txn = Transaction(view_cls(root, base), operation=operation, advice=advice)
+    _manifest.check_unpublished(loc, base["version"] + 1, advice)
+    txn = Transaction(view_cls(loc, base), operation=operation, advice=advice)
     try:
         txn.replace_all(state, row_group_rows=row_group_rows or ROW_GROUP_ROWS)
         extra = txn.add_segments(segments) if segments else 0
@@ -459,6 +463,6 @@ def write_state(view_cls, root, state, base, operation, row_group_rows=None, seg
             txn.abort()
         raise
     if store.ntotal != state.ntotal + extra:
-        raise CorruptIndexError(f"{root}: wrote {store.ntotal} rows for an index of "
+        raise CorruptIndexError(f"{loc.root}: wrote {store.ntotal} rows for an index of "
                                 f"{state.ntotal + extra}")
     return store

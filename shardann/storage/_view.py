@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import CorruptIndexError
 from . import _codebooks, _manifest, _tombstones
 from ._files import check_size, read_checked
+from ._fs import location
 from ._grouping import as_ids, group_by_list, hits, sorted_counts
 from ._manifest import MANIFEST_DIR
 from ._segments import TO_FILE, TO_INDEX, SegmentFile, payload_columns
@@ -30,7 +31,8 @@ class StoreView:
     """An immutable view of one committed version of a store (see ``IndexStore``)."""
 
     def __init__(self, root, manifest, check_chunks=True):
-        self._root = root
+        self._loc = location(root)  # a location, or a path / URI of one
+        self._root = self._loc.root
         self._m = manifest
         self._check_chunks = bool(check_chunks)
         self._arrays = None
@@ -40,19 +42,19 @@ class StoreView:
 
     def __getstate__(self):
         # a view travels as (path, manifest); open files and caches are rebuilt on use
-        return {"root": self._root, "manifest": self._m, "check_chunks": self._check_chunks}
+        return {"root": self._loc, "manifest": self._m, "check_chunks": self._check_chunks}
 
     def __setstate__(self, state):
         self.__init__(state["root"], state["manifest"], state.get("check_chunks", True))
 
     # -- opening ---------------------------------------------------------------------
     @staticmethod
-    def exists(path):
-        """True when ``path`` holds at least one manifest."""
-        return bool(_manifest.list_versions(os.path.abspath(os.fspath(path))))
+    def exists(path, *, storage_options=None):
+        """True when ``path`` (a directory or URI) holds at least one manifest."""
+        return bool(_manifest.list_versions(location(path, storage_options)))
 
     @classmethod
-    def open(cls, path, version=None, *, check_chunks=True):
+    def open(cls, path, version=None, *, check_chunks=True, storage_options=None):
         """Open version ``version`` of the store at ``path`` (default: the newest).
 
         The newest manifest is current. If it is damaged (or written by a newer
@@ -70,15 +72,21 @@ class StoreView:
         then goes unnoticed; footers and sizes are still checked, and
         :meth:`verify` always checks everything).
 
+        ``path`` is a directory or a URI (``s3://``, ``gs://``, ``az://``,
+        ``memory://``, ``file://``); ``storage_options`` passes credentials and
+        settings for object stores (see :func:`shardann.storage.location`).
+
         Raises ``FileNotFoundError`` (no store / no such version) or
-        :class:`shardann.CorruptIndexError` (naming the damaged file).
+        :class:`shardann.CorruptIndexError` (naming the damaged file);
+        ``ValueError`` for an unsupported URI scheme.
         """
-        root = os.path.abspath(os.fspath(path))
-        if not os.path.isdir(root):
+        loc = location(path, storage_options)
+        root = loc.root
+        if loc.local and not os.path.isdir(root):
             raise FileNotFoundError(f"no shardann index at {root!r}")
-        versions = _manifest.list_versions(root)
+        versions = _manifest.list_versions(loc)
         if not versions:
-            if all(os.path.exists(os.path.join(root, f)) for f in _INTERIM_FILES):
+            if all(loc.exists(f) for f in _INTERIM_FILES):
                 raise CorruptIndexError(
                     f"{root}: written in the interim index.json + arrays.npz format, which "
                     "this shardann no longer reads; rebuild and save the index")
@@ -89,30 +97,52 @@ class StoreView:
             if version not in versions:
                 raise FileNotFoundError(
                     f"{root}: no version {version}; versions present: {versions}")
-            body = _manifest.read(root, version)
+            body = _manifest.read(loc, version)
         else:
-            body = _manifest.read_newest(root, versions)
-        store = cls(root, body, check_chunks)
+            body = _manifest.read_newest(loc, versions)
+        store = cls(loc, body, check_chunks)
         store._check_files()
         return store
 
     def checkout(self, version=None):
         """Open another version (default: the newest) of the same store."""
-        return type(self).open(self._root, version, check_chunks=self._check_chunks)
+        return type(self).open(self._loc, version, check_chunks=self._check_chunks)
 
     def _check_files(self):
         files = self._m["files"]
         if files.get("codebooks") is not None:
             self._codebook_arrays()  # small: read and checksummed whole
-        for s in files["segments"]:
-            check_size(os.path.join(self._root, s["path"]), s["size"], "segment")
-        for t in files["tombstones"]:
-            check_size(os.path.join(self._root, t["path"]), t["size"], "tombstone file")
+        checks = [(s, "segment") for s in files["segments"]]
+        checks += [(t, "tombstone file") for t in files["tombstones"]]
+        if self._loc.local:
+            for entry, what in checks:
+                check_size(self._loc, entry["path"], entry["size"], what)
+            return
+        # an object store: one listing per directory instead of a request per file
+        listed = {}
+        for entry, what in checks:
+            folder, _, name = entry["path"].rpartition("/")
+            if folder not in listed:
+                listed[folder] = self._loc.sizes(folder)
+            got = listed[folder].get(name)
+            if got is None:
+                raise CorruptIndexError(f"{self._loc.path(entry['path'])}: {what} named by "
+                                        "the manifest is missing")
+            if got != entry["size"]:
+                raise CorruptIndexError(
+                    f"{self._loc.path(entry['path'])}: {what} has {got} bytes but the "
+                    f"manifest says {entry['size']} (truncated or replaced)")
 
     # -- properties ----------------------------------------------------------------------
     @property
     def path(self):
+        """The store's directory (absolute) or URI."""
         return self._root
+
+    @property
+    def location(self):
+        """Where the store lives (a location object: see :func:`shardann.storage.location`)."""
+        return self._loc
 
     @property
     def version(self):
@@ -126,7 +156,7 @@ class StoreView:
     @property
     def manifest_path(self):
         """The file of this version's manifest (for messages)."""
-        return _manifest.manifest_path(self._root, self.version)
+        return _manifest.manifest_path(self._loc, self.version)
 
     @property
     def codebooks_file(self):
@@ -175,14 +205,14 @@ class StoreView:
 
     def versions(self):
         """Version numbers present in the store (ascending), including newer ones."""
-        return _manifest.list_versions(self._root)
+        return _manifest.list_versions(self._loc)
 
     def history(self):
         """[{version, parent_version, created_at, operation, ntotal}] of readable versions."""
         out = []
         for v in self.versions():
             try:
-                m = _manifest.read(self._root, v)
+                m = _manifest.read(self._loc, v)
             except (CorruptIndexError, FileNotFoundError):
                 continue
             out.append({k: m.get(k) for k in
@@ -201,8 +231,9 @@ class StoreView:
             if cb is None:
                 self._arrays = {}
             else:
-                path = os.path.join(self._root, cb["path"])
-                data = read_checked(path, cb["size"], cb["crc32"], "codebooks file")
+                path = self._loc.path(cb["path"])
+                data = read_checked(self._loc, cb["path"], cb["size"], cb["crc32"],
+                                    "codebooks file")
                 self._arrays, _ = _codebooks.decode(data, path, checked=True)
         return self._arrays
 
@@ -215,14 +246,15 @@ class StoreView:
         f = self._segment_files.get(entry["path"])
         if f is None:
             f = self._segment_files[entry["path"]] = SegmentFile(
-                self._root, entry, self._m["columns"], self._check_chunks)
+                self._loc, entry, self._m["columns"], self._check_chunks)
         return f
 
     def _tombstone_ids(self, entry):
         ids = self._tomb_ids.get(entry["path"])
         if ids is None:
-            path = os.path.join(self._root, entry["path"])
-            data = read_checked(path, entry["size"], entry["crc32"], "tombstone file")
+            path = self._loc.path(entry["path"])
+            data = read_checked(self._loc, entry["path"], entry["size"], entry["crc32"],
+                                "tombstone file")
             ids = _tombstones.decode(data, path)
             if ids.size != entry["count"]:
                 raise CorruptIndexError(
@@ -359,7 +391,7 @@ class StoreView:
         body = {**self._m, "files": {**self._m["files"], "segments": entries,
                                      "tombstones": []},
                 "ntotal": int(sum(e["rows"] for e in entries))}
-        view = type(self)(self._root, body, self._check_chunks)
+        view = type(self)(self._loc, body, self._check_chunks)
         view._arrays = self._arrays
         return view
 

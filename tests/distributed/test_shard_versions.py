@@ -157,7 +157,8 @@ def test_dead_replicas_are_skipped_and_logged_once(ray_local, data, tmp_path, ca
         for _ in range(4):
             assert_same(sharded.search(xq, 10, nprobe=6), want2)
 
-    with ShardedIndex.open(path, num_shards=2, replicas=1, max_restarts=0) as sharded:
+    with ShardedIndex.open(path, num_shards=2, replicas=1, max_restarts=0,
+                           replace_after_s=600) as sharded:
         ray.kill(sharded._actors[1][0], no_restart=True)
         with pytest.raises(shardann.ShardUnavailableError):
             sharded.search(xq, 10, nprobe=32, timeout_s=3)
@@ -168,3 +169,25 @@ def test_dead_replicas_are_skipped_and_logged_once(ray_local, data, tmp_path, ca
             res = sharded.search(xq, 10, nprobe=32, timeout_s=3, allow_partial=True)
             assert res.missing_shards == [1]
             assert time.monotonic() - t0 < 1.5
+
+
+def test_a_replica_dead_for_good_is_replaced(ray_local, data, tmp_path):
+    xb, xq, xt = data
+    path = tmp_path / "idx"
+    build_local(path, xt, xb[:2000])
+    want = shardann.open_index(path).search(xq, 10, nprobe=6)
+    with ShardedIndex.open(path, num_shards=2, replicas=2, max_restarts=0,
+                           replace_after_s=1.0) as sharded:
+        dead = sharded._actors[1][1]
+        ray.kill(dead, no_restart=True)
+        assert sharded.health()["status"] == "degraded"  # health marks it down too
+        deadline = time.monotonic() + 60
+        while sharded.health()["status"] != "ok":
+            assert time.monotonic() < deadline, "the dead replica was not replaced"
+            assert_same(sharded.search(xq, 10, nprobe=6), want)
+            time.sleep(0.2)
+        assert sharded._actors[1][1] is not dead
+        for _ in range(4):  # both replicas answer, at the served version
+            assert_same(sharded.search(xq, 10, nprobe=6), want)
+        stats = sharded.stats()["shards"]
+        assert all("error" not in st and st["version"] == sharded.version for st in stats)

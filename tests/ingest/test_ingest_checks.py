@@ -81,3 +81,33 @@ def test_float64_inputs_are_converted_and_said_once(tmp_path, caplog):
     notes = [r.getMessage() for r in caplog.records if "converted to float32" in r.getMessage()]
     assert notes == [f"3 input file(s) hold float64 values (e.g. {tmp_path / 'a.npy'}); they "
                      "are converted to float32"]
+
+
+def _write_lists(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"embedding": pa.array(rows, pa.list_(pa.float32()))}), path)
+    return str(path)
+
+
+def test_an_empty_parquet_file_is_named(tmp_path, no_ray, capsys):
+    empty = _write_lists(tmp_path / "empty.parquet", [])
+    assert main(["ingest", str(tmp_path / "idx"), empty, "--nlist", "4", "--M", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "empty.parquet (no rows)" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ragged_rows_say_which_row_has_which_length(tmp_path, no_ray, capsys, caplog):
+    from shardann.distributed._ingest_plan import plan_inputs
+
+    # the first row is the odd one: the dimension is the one most rows have
+    one_odd = _write_lists(tmp_path / "one.parquet", [[0.5] * 31] + [[0.5] * 32] * 9)
+    with caplog.at_level(logging.WARNING):
+        assert plan_inputs([one_odd]).d == 32
+    assert "row 0 has 31" in caplog.text
+    # no majority: refused, naming rows and lengths, not "d must be a multiple of M"
+    split = _write_lists(tmp_path / "split.parquet", [[0.5] * 31] * 2 + [[0.5] * 32] * 2)
+    assert main(["ingest", str(tmp_path / "idx"), split, "--nlist", "4", "--M", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "row 0 has 31, row 2 has 32" in err and "multiple of M" not in err, err

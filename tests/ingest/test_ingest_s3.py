@@ -1,4 +1,5 @@
-"""Ingest inputs on S3 (a real moto server process, ``moto_s3``): Parquet, .npy and
+"""Ingest inputs on S3 (a real moto server process, ``moto_s3`` of tests/s3_support.py):
+Parquet, .npy and
 .fvecs from ``s3://`` globs build exactly the index the same local files build;
 the job is named by the objects' paths, sizes and modification times, so a killed
 job resumes."""
@@ -14,10 +15,20 @@ from shardann.bench.datasets import write_fvecs
 from shardann.distributed import IngestJob, InputError, ingest
 from shardann.storage import IndexStore
 
-# moto_s3 first: the Ray workers inherit its environment (AWS_ENDPOINT_URL, ...)
-pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("moto_s3", "ray_local")]
+# the S3 environment first: the Ray workers inherit it (AWS_ENDPOINT_URL, keys, ...)
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("s3_module_env", "ray_local")]
 
 N = 8000
+
+
+@pytest.fixture(scope="module")
+def s3_module_env(moto_s3):
+    """The standard AWS environment pointing at the moto server, for this module's
+    Ray (started after it) and the child processes its tests start."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in moto_s3.env.items():
+            mp.setenv(key, value)
+        yield moto_s3
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +42,7 @@ def uploaded(moto_s3, tmp_path_factory):
     write_mixed(local / "emb", x, [3000, 2500, 2500], row_groups=[700, 1200, None])
     np.save(local / "arr" / "a.npy", x[:5000])
     write_fvecs(str(local / "arr" / "b.fvecs"), x[5000:])
-    bucket = moto_s3.make_bucket()
+    bucket = moto_s3.new_bucket()
     for sub in ("emb", "arr"):
         for name in sorted(os.listdir(local / sub)):
             moto_s3.upload(str(local / sub / name), bucket, f"data/{sub}/{name}")

@@ -1,8 +1,13 @@
 """Helpers of the service tests (imported as ``service_support``, a unique name)."""
 
 import contextlib
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -102,3 +107,36 @@ def serving(path, port=None, ingress="proxy", **settings):
     finally:
         stop(name, shutdown_serve=True)
         assert list_index_actors(name) == []
+
+
+@contextlib.contextmanager
+def serve_command(argv, port, env=None, timeout_s=180):
+    """``python -m shardann.cli serve ARGV --port PORT`` in a subprocess (its own
+    local Ray); yields the process once ``/v1/health`` answers 200. On exit it is
+    stopped with SIGINT, and ``proc.output`` holds everything it printed."""
+    import httpx
+
+    env = {k: v for k, v in (os.environ if env is None else env).items()
+           if not k.startswith("SHARDANN_TOKEN")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardann.cli", "serve", *map(str, argv), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the service did not come up"
+            time.sleep(1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.output, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.output, _ = proc.communicate()

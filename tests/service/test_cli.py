@@ -5,13 +5,12 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from service_support import TOKEN, build_store, free_port
+from service_support import TOKEN, build_store, free_port, serve_command
 
 from shardann.cli import serve
 from shardann.cli.serve import config_from_args
@@ -227,24 +226,10 @@ def test_serve_command_runs_and_stops(tmp_path, svc_data):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shardann.cli", "serve", str(path), "--shards", "2",
-         "--port", str(port), "--num-cpus", "2", "--token-file", str(token_file),
-         "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SHARDANN_TOKEN")})
-    try:
+    with serve_command([path, "--shards", "2", "--num-cpus", "2", "--token-file", token_file,
+                        "--log-level", "WARNING"], port) as proc:
         import httpx
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up"
-            time.sleep(1)
+
         from shardann.service import Client
         with Client(f"http://127.0.0.1:{port}", TOKEN) as client:
             D, I = client.search(xq[:4], 5, nprobe=4)
@@ -253,13 +238,7 @@ def test_serve_command_runs_and_stops(tmp_path, svc_data):
         r = httpx.post(f"http://127.0.0.1:{port}/v1/search",
                        json={"vectors": xq[:1].tolist()})
         assert r.status_code == 401
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+    out = proc.output
     assert proc.returncode == 0, out
     assert "bearer token required" in out and "stopping" in out
     # exactly one URL line, and it is the true one
