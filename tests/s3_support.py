@@ -66,6 +66,17 @@ class MotoServer:
         fs.create_dir(name)
         return name
 
+    def upload(self, local, bucket, key):
+        """Copy the local file ``local`` to ``s3://bucket/key``; returns that URI."""
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
+                               access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION)
+        with open(local, "rb") as src, fs.open_output_stream(f"{bucket}/{key}") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        return f"s3://{bucket}/{key}"
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()

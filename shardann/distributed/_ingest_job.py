@@ -3,8 +3,12 @@
 Builds an index from tens of millions to billions of embeddings in Parquet
 (a file, a directory or a glob; the embedding column ``fixed_size_list<float>``,
 ``list<float>`` or float32 bytes; an optional int64 id column), ``.npy``
-(memory-mapped) or ``.fvecs`` / ``.bvecs`` / ``.ivecs`` files — or appends
-such files to an existing index with its codebooks, as a new version.
+(memory-mapped) or ``.fvecs`` / ``.bvecs`` / ``.ivecs`` files — local, or on
+any filesystem URI pyarrow reads (``s3://bucket/emb/*.parquet``, ``gs://``;
+``_ingest_fs``) — or from a ``ray.data.Dataset`` (the output of an embedding
+``map_batches``, ``ray.data.read_sql``; staged once as local Parquet in the job
+directory, ``_ingest_source``) — or appends such inputs to an existing index
+with its codebooks, as a new version.
 
 Stages, each with a progress bar (vectors/s, ETA):
 
@@ -62,8 +66,10 @@ segment files are debris that ``IndexStore.vacuum`` removes, and
 The job is spread over modules of one task each; each imports only modules
 above it in this list:
 
+- ``_ingest_fs``: list and open inputs on filesystem URIs (pyarrow filesystems).
 - ``_ingest_plan / _ingest_read``: plan the inputs, read blocks (files, Parquet, NumPy, vecs).
 - ``_ingest_work``: the work Ray Data workers do (sample, encode, merge a unit).
+- ``_ingest_source``: a ``ray.data.Dataset`` input staged as Parquet; ``sample_dataset``.
 - ``_ingest_state``: the job directory, its lock, ``state.json``, resume, cleanup.
 - ``_ingest_runtime``: what the stages share (``JobRun``: progress, timings, Ray Data).
 - ``_ingest_model`` (sample, train), ``_ingest_encode`` (encode, check_ids),
@@ -90,6 +96,7 @@ from ..storage import IndexStore, is_uri, location
 from ._ingest_check import spot_check
 from ._ingest_commit import commit_stage
 from ._ingest_encode import aggregate, check_ids, encode_stage
+from ._ingest_fs import is_uri
 from ._ingest_merge import merge_stage
 from ._ingest_model import codebooks_source, model_stage, new_model
 from ._ingest_plan import default_block_rows, plan_inputs
@@ -179,10 +186,18 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
         appended with its codebooks (no retraining) as a new version; the
         index parameters below must then be left unset (or match).
     inputs : str or list of str — Parquet files, directories or globs,
-        ``.npy``, ``.fvecs``, ``.bvecs``, ``.ivecs`` files.
-    column : Parquet column holding the vectors: ``fixed_size_list<float>``,
+        ``.npy``, ``.fvecs``, ``.bvecs``, ``.ivecs`` files; local paths or URIs
+        (``s3://bucket/emb/*.parquet``, read with pyarrow's filesystems and the
+        environment's credentials; a job is named by the objects' paths, sizes
+        and modification times, so it resumes) — or a ``ray.data.Dataset`` with
+        the vector column ``column`` (fixed-size list, list of floats, float32
+        binary or a Ray tensor column) and optionally ``id_column``; it is run
+        once, in order, and staged as Parquet in the job directory (bounded
+        memory; local disk of about its float bytes until the job ends). A
+        Dataset job resumes only when ``job_id`` names it.
+    column : Parquet (or Dataset) column holding the vectors: ``fixed_size_list<float>``,
         ``list<float>`` or binary (little-endian float32).
-    id_column : Parquet int64 column of ids; default ids are the global row
+    id_column : Parquet (or Dataset) int64 column of ids; default ids are the global row
         order (plus the index's ``next_id`` when appending), stable across runs.
     d : expected dimension (default: the first file's).
     nlist, M, nbits, metric, opq, keep_vectors, seed, niter, pq_niter : the
@@ -270,8 +285,8 @@ class _Job:
             self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
                                     block_rows=o["block_rows"],
                                     skip_bad_files=o["skip_bad_rows"])
-            inside = [f.path for f in self.plan.files
-                      if os.path.commonpath([f.path, root]) == root]
+            inside = [f.path for f in self.plan.files if not is_uri(f.path)
+                      and os.path.commonpath([f.path, root]) == root]
             if inside:
                 raise InputError(f"{inside[0]}: an input inside the index directory {root}")
             self._check_model_options(self.plan.d)

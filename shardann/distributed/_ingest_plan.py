@@ -15,6 +15,7 @@ the driver, and travels to the workers with the plan.
 
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError  # noqa: F401  (raised here; importable from here too)
+from ._ingest_fs import is_uri, list_uri, local_path, open_input
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +120,21 @@ def find_files(inputs):
 
     ``inputs`` is a path, a directory (searched recursively for supported
     files; names starting with ``.`` or ``_`` are ignored), a glob pattern, or
-    a list of those.
+    a list of those; each may be a URI (``s3://bucket/emb/*.parquet``, see
+    ``_ingest_fs``). Returns ``(paths, stats)``: ``stats`` maps each URI to its
+    ``(size, mtime_ns)`` from the listing.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files = []
+    stats = {}
     for item in inputs:
-        item = os.fspath(item)
-        if os.path.isdir(item):
+        item = local_path(item)
+        if is_uri(item):
+            found = list_uri(item, SUPPORTED, _hidden)
+            stats.update({p: (size, mtime) for p, size, mtime in found})
+            found = [p for p, _, _ in found]
+        elif os.path.isdir(item):
             found = _walk(item)
             if not found:
                 raise InputError(f"{item}: directory holds no input files ({', '.join(SUPPORTED)})")
@@ -142,7 +151,7 @@ def find_files(inputs):
         for p in found:
             if _ext(p) not in SUPPORTED:
                 raise InputError(f"{p}: unsupported input (expected {', '.join(SUPPORTED)})")
-        files += [os.path.abspath(p) for p in found]
+        files += [p if is_uri(p) else os.path.abspath(p) for p in found]
     if not files:
         raise InputError("no input files given")
     seen = set()
@@ -150,7 +159,7 @@ def find_files(inputs):
         if p in seen:
             raise InputError(f"{p}: given twice; every input file must appear once")
         seen.add(p)
-    return files
+    return files, stats
 
 
 # -- metadata ------------------------------------------------------------------------------
@@ -210,7 +219,7 @@ def _sniff_dim(path, pf, column, encoding, rows=1024):
 
 def _parquet_info(path, column, id_column):
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_input(path) if is_uri(path) else path)
         schema = pf.schema_arrow
         md = pf.metadata
     except Exception as exc:
@@ -229,7 +238,55 @@ def _parquet_info(path, column, id_column):
     return pf, encoding, dim, groups
 
 
+def npy_header(path):
+    """``(shape, dtype, fortran_order, data offset)`` of a ``.npy`` file (any URI),
+    read from its first bytes; raises :class:`InputError` for anything else."""
+    with open_input(path) as f:
+        head = f.read_at(min(f.size(), 1 << 16), 0)
+    if not head.startswith(b"\x93NUMPY"):
+        raise InputError(f"{path}: not a valid .npy file (it does not start with the .npy "
+                         "magic bytes; write it with numpy.save)")
+    try:
+        bio = io.BytesIO(head)
+        version = np.lib.format.read_magic(bio)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(bio)
+    except Exception as exc:
+        raise InputError(f"{path}: not a valid .npy file ({exc})") from None
+    return shape, dtype, fortran, bio.tell()
+
+
+def _remote_array_info(path, kind):
+    if kind == "npy":
+        shape, dtype, fortran, _ = npy_header(path)
+        if len(shape) != 2 or dtype.kind not in "fiu" or fortran:
+            raise InputError(f"{path}: expected a 2-D C-order array of numbers; got shape "
+                             f"{shape} dtype {dtype}{' (Fortran order)' if fortran else ''}")
+        return shape[0], shape[1], str(dtype)
+    dtype, item = VECS_EXTS[kind]
+    with open_input(path) as f:
+        size = f.size()
+        head = f.read_at(4, 0) if size else b""
+    if size == 0:
+        return 0, None, str(np.dtype(dtype))
+    return _vecs_rows(path, kind, size, head, item) + (str(np.dtype(dtype)),)
+
+
+def _vecs_rows(path, kind, size, head, item):
+    if len(head) < 4:
+        raise InputError(f"{path}: truncated {kind} file ({size} bytes)")
+    d = int(np.frombuffer(head, np.int32)[0])
+    row = 4 + d * item
+    if d <= 0 or size % row:
+        raise InputError(f"{path}: size {size} is not a multiple of the row size {row} implied "
+                         f"by d={d}; truncated or not a {kind} file")
+    return size // row, d
+
+
 def _array_info(path, kind):
+    if is_uri(path):
+        return _remote_array_info(path, kind)
     if kind == "npy":
         with open(path, "rb") as f:
             magic = f.read(6)
@@ -250,14 +307,7 @@ def _array_info(path, kind):
         return 0, None, str(np.dtype(dtype))
     with open(path, "rb") as f:
         head = f.read(4)
-    if len(head) < 4:
-        raise InputError(f"{path}: truncated {kind} file ({size} bytes)")
-    d = int(np.frombuffer(head, np.int32)[0])
-    row = 4 + d * item
-    if d <= 0 or size % row:
-        raise InputError(f"{path}: size {size} is not a multiple of the row size {row} implied "
-                         f"by d={d}; truncated or not a {kind} file")
-    return size // row, d, str(np.dtype(dtype))
+    return _vecs_rows(path, kind, size, head, item) + (str(np.dtype(dtype)),)
 
 
 def default_block_rows(d):
@@ -288,18 +338,20 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
     """
     if fast_parquet is None:
         fast_parquet = fast_parquet_default()
-    paths = find_files(inputs)
+    paths, stats = find_files(inputs)
     if id_column is not None:
         for p in paths:
             if _ext(p) not in PARQUET_EXTS:
                 raise InputError(f"{p}: id_column={id_column!r} applies to Parquet inputs only")
     files, offset, d_from = [], 0, None
     for p in paths:
-        st = os.stat(p)
+        # a job is named by its inputs' paths, sizes and modification times (remote
+        # files: from the listing; pyarrow's filesystems do not expose ETags)
+        size, mtime = stats[p] if p in stats else (lambda st: (st.st_size, st.st_mtime_ns))(
+            os.stat(p))
         kind = "parquet" if _ext(p) in PARQUET_EXTS else ("npy" if _ext(p) == ".npy"
                                                         else _ext(p))
-        f = InputFile(path=p, kind=kind, rows=0, offset=offset, size=st.st_size,
-                      mtime_ns=st.st_mtime_ns)
+        f = InputFile(path=p, kind=kind, rows=0, offset=offset, size=size, mtime_ns=mtime)
         try:
             if kind == "parquet":
                 pf, f.encoding, f.dim, f.row_groups = _parquet_info(p, column, id_column)

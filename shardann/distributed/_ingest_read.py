@@ -22,12 +22,15 @@ import pyarrow.parquet as pq
 from .._kernels.checks import finite_rows
 from .._parquet import FixedListColumn, Unsupported, chunk_range, embedding_leaf
 from .._validation import MAX_ID
-from ._ingest_plan import VECS_EXTS, InputError, embedding_encoding
+from ._ingest_fs import is_uri, open_input
+from ._ingest_plan import VECS_EXTS, InputError, embedding_encoding, npy_header
 
 logger = logging.getLogger(__name__)
 
 #: Parquet read buffer: column chunks are streamed, never read whole
 _READ_BUFFER = 4 << 20
+#: sampled rows of a remote file closer than this are read in one request
+_REMOTE_GAP = 1 << 20
 #: bytes asked of the kernel per ``posix_fadvise(WILLNEED)`` (see :func:`prefetch_block`)
 _WILLNEED_PIECE = 1 << 20
 
@@ -222,8 +225,9 @@ def _wanted(rows, pos, n):
 
 
 def _fast_reader(f, pf, plan):
-    """A :class:`FixedListColumn` for this file's embedding column, or None (Arrow reads it)."""
-    if not plan.fast_parquet or f.encoding not in ("fsl", "list"):
+    """A :class:`FixedListColumn` for this file's embedding column, or None (Arrow reads it).
+    Only local files: the fast reader reads them with ``pread``."""
+    if not plan.fast_parquet or f.encoding not in ("fsl", "list") or is_uri(f.path):
         return None
     leaf = embedding_leaf(pf.metadata, plan.column)
     return None if leaf is None else FixedListColumn(f.path, pf.metadata, leaf, plan.d)
@@ -255,7 +259,8 @@ def _fast_part(ids_of, g, start, x, rows_in_group):
 
 def _parquet_parts(f, block, plan, rows=None):
     columns = [plan.column] + ([plan.id_column] if plan.id_column else [])
-    pf = pq.ParquetFile(f.path, pre_buffer=False, buffer_size=_READ_BUFFER)
+    source = open_input(f.path) if is_uri(f.path) else f.path
+    pf = pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER)
     fast = _fast_reader(f, pf, plan)
     ids_of = _id_reader(pf, plan.id_column) if plan.id_column else None
     pos = block.start
@@ -319,9 +324,43 @@ def _parquet_parts(f, block, plan, rows=None):
                          f"{list(block.row_groups)}; the footer says {block.stop - block.start}")
 
 
+class _RemoteRows:
+    """Rows of a remote ``.npy`` / ``.*vecs`` file, read by ``read_at`` of the spans
+    they cover: ``rows[sel]`` (a slice or sorted int64 rows) is a uint8 (n, row_bytes)
+    array. Sorted rows are read in spans joined across gaps under
+    :data:`_REMOTE_GAP` bytes (one request each), so a sample costs few requests."""
+
+    def __init__(self, f, d):
+        self.file = open_input(f.path)
+        if f.kind == "npy":
+            shape, self.dtype, _, self.base = npy_header(f.path)
+            self.row_bytes = shape[1] * self.dtype.itemsize
+        else:
+            self.base, self.row_bytes = 0, 4 + d * VECS_EXTS[f.kind][1]
+
+    def _span(self, a, b):
+        data = self.file.read_at((b - a) * self.row_bytes, self.base + a * self.row_bytes)
+        return np.frombuffer(data, np.uint8).reshape(b - a, self.row_bytes)
+
+    def __getitem__(self, sel):
+        if isinstance(sel, slice):
+            return self._span(sel.start, sel.stop)
+        sel = np.asarray(sel, np.int64)
+        gap = max(1, _REMOTE_GAP // self.row_bytes)
+        cuts = np.flatnonzero(np.diff(sel) > gap) + 1
+        out = []
+        for run in np.split(sel, cuts):
+            a = int(run[0])
+            out.append(self._span(a, int(run[-1]) + 1)[run - a])
+        return np.concatenate(out)
+
+
 def _array_parts(f, block, plan, rows=None):
     d = plan.d
-    if f.kind == "npy":
+    if is_uri(f.path):
+        mm = _RemoteRows(f, d)
+        header = None
+    elif f.kind == "npy":
         mm = np.load(f.path, mmap_mode="r")
         header = None
     else:
@@ -340,13 +379,21 @@ def _array_parts(f, block, plan, rows=None):
         else:
             sel = slice(s, e)
         raw = np.asarray(mm[sel])
+        if is_uri(f.path):  # raw bytes of whole rows: the .npy dtype, or a vecs header + values
+            if f.kind == "npy":
+                raw = raw.view(mm.dtype)
+            else:
+                header, raw = raw[:, :4], raw[:, 4:]
+            header_sel = slice(None)
+        else:
+            header_sel = sel
         if f.kind in VECS_EXTS:
             raw = np.ascontiguousarray(raw).view(VECS_EXTS[f.kind][0])
         x = np.ascontiguousarray(raw, dtype=np.float32)
         bad = np.zeros(x.shape[0], bool)
         reasons = {}
         if header is not None:
-            dims = np.ascontiguousarray(header[sel]).view(np.int32).reshape(-1)
+            dims = np.ascontiguousarray(header[header_sel]).view(np.int32).reshape(-1)
             wrong = dims != d
             for r in np.flatnonzero(wrong):
                 reasons[int(r)] = f"row header says dimension {int(dims[r])}; expected {d}"
@@ -382,7 +429,7 @@ def prefetch_block(plan, block):
     that the disk works while the CPU encodes (the read itself still checks
     everything). Never raises: a file that cannot be read is reported by the
     read."""
-    if not hasattr(os, "posix_fadvise"):
+    if not hasattr(os, "posix_fadvise") or is_uri(plan.files[block.file].path):
         return
     try:
         ranges = _byte_ranges(plan, block)

@@ -114,3 +114,62 @@ def test_dataset_bad_column(tmp_path):
     with pytest.raises(InputError, match="no vector column 'embedding'"):
         ingest(str(tmp_path / "idx"), ds, **TRAIN)
     assert not IndexStore.exists(str(tmp_path / "idx"))
+
+
+DS_CHILD = """
+import json, sys
+import ray, ray.data
+from shardann.distributed import ingest
+path, files, tmp, opts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+         configure_logging=False, _temp_dir=tmp)
+ingest(path, ray.data.read_parquet(files), **opts)
+"""
+
+
+def _never(batch):
+    raise AssertionError("the staged copy should have been reused")
+
+
+@pytest.mark.slow
+def test_dataset_job_resumes_from_its_staged_copy(tmp_path, xb):
+    """A Dataset job SIGKILLed after two encoded blocks resumes under the same job_id
+    from its staged copy: the Dataset is not run again, finished blocks are skipped."""
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import ray.data
+    from test_resume import _ray_processes
+
+    from shardann.storage import CRASH_ENV_VAR
+
+    files = tmp_path / "pq"
+    files.mkdir()
+    write_mixed(files, xb, [N], encodings=("fsl",))
+    path = str(tmp_path / "idx")
+    opts = {**TRAIN, "block_rows": 1000, "job_id": "emb-2026-12-07"}
+    tmp = tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")
+    try:
+        proc = subprocess.run([sys.executable, "-c", DS_CHILD, path, str(files), tmp,
+                               json.dumps(opts)], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, CRASH_ENV_VAR: "ingest.block_done@2"})
+        deadline = time.monotonic() + 20  # the child's Ray processes share its fate
+        while _ray_processes(tmp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _ray_processes(tmp)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"Ray processes outlived the killed ingest: {left}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert not IndexStore.exists(path)
+    ds = ray.data.read_parquet(str(files)).map_batches(_never)
+    s = ingest(path, ds, **opts)
+    assert s.resumed_blocks >= 2 and s.vectors == N
+    assert_same_index(path, xb)

@@ -68,16 +68,19 @@ def test_rayservice_manifest():
     cluster = svc["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"]] + [
         g["template"] for g in cluster["workerGroupSpecs"]]
+    account = docs["ServiceAccount"]
+    # the store's credentials: the pods' cloud identity (an IAM role bound to the account)
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
+        "arn:aws:iam::")
     for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
         (container,) = pod["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
         assert env["SHARDANN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "shardann-token"
-        mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert "/data" in mounts
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
-                  if "persistentVolumeClaim" in v]
-        assert claims == [docs["PersistentVolumeClaim"]["metadata"]["name"]]
-    assert "ReadWriteMany" in docs["PersistentVolumeClaim"]["spec"]["accessModes"]
+        # the default store is object storage: no shared volume is mounted
+        assert not any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+        assert "/data" not in {m["mountPath"] for m in container["volumeMounts"]}
+    assert "PersistentVolumeClaim" not in docs  # the shared volume is the commented alternative
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     base = re.search(r"^FROM rayproject/ray:([0-9.]+)-", dockerfile, re.M).group(1)
     assert cluster["rayVersion"] == base
@@ -89,8 +92,53 @@ def test_cluster_launcher_config():
                 "head_start_ray_commands", "worker_start_ray_commands"):
         assert key in cfg, key
     assert cfg["head_node_type"] in cfg["available_node_types"]
-    assert any("/data" in opt for opt in cfg["docker"]["run_options"])
     assert any("SHARDANN_TOKEN" in opt for opt in cfg["docker"]["run_options"])
+    # every node reads the s3:// store with its instance profile; nothing is mounted
+    for node in cfg["available_node_types"].values():
+        assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+    assert not cfg["initialization_commands"]
+    assert not any("/data" in opt for opt in cfg["docker"]["run_options"])
+
+
+@pytest.mark.parametrize("name,config", list(_serve_configs()),
+                         ids=["serve-config", "rayservice"])
+def test_default_store_is_object_storage(name, config):
+    (app,) = config["applications"]
+    assert app["args"]["path"].startswith(("s3://", "gs://")), name
+
+
+@pytest.mark.parametrize("name", ["serve-config.yaml", "ray-cluster.yaml", "rayservice.yaml"])
+def test_no_credentials_in_files(name):
+    """Credentials come from the cloud identity: no keys, passwords or tokens in YAML."""
+    text = (CLUSTER / name).read_text()
+    for bad in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "aws_access_key_id", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY",
+                "AZURE_CLIENT_SECRET", "private_key"):
+        assert bad not in text, (name, bad)
+    assert not re.search(r"\bAKIA[0-9A-Z]{16}\b", text), name  # an AWS access key id
+    docs = _load(name)
+    if name == "rayservice.yaml":
+        docs = docs + [yaml.safe_load(next(d for d in docs if d["kind"] == "RayService")
+                                      ["spec"]["serveConfigV2"])]
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(k, str) and re.search(r"(secret|password|token)$", k, re.I):
+                    # only references (a Secret's name) or settings, never a literal value
+                    assert not isinstance(v, str) or len(v) < 20, (name, k)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    for doc in docs:
+        walk(doc)
+
+
+def test_readme_documents_both_stores():
+    text = (CLUSTER / "README.md").read_text()
+    assert "s3://" in text and "shared filesystem" in text
+    assert "IRSA" in text and "instance profile" in text
 
 
 def test_dockerfile_matches_installed_ray():
