@@ -56,7 +56,9 @@ def test_version_1_store_searches_identically(name, version, queries):
     index = shardann.open_index(os.path.join(FIXTURES, name), version=version)
     got_D, got_I = index.search(queries, k, **kw)
     np.testing.assert_array_equal(got_I, I)
-    np.testing.assert_array_equal(got_D, D)
+    # The same ids prove the store reads as written; distances may differ in the last
+    # bit when a kernel sums in a new order (the LUT kernel of issue 23 did).
+    np.testing.assert_allclose(got_D, D, rtol=1e-6, atol=1e-6)
     store = IndexStore.open(os.path.join(FIXTURES, name), version)
     assert store.verify()["ntotal"] == store.ntotal == index.ntotal
 
