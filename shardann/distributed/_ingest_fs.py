@@ -25,7 +25,7 @@ _FILESYSTEMS = {}
 _LOCK = threading.Lock()
 
 
-def is_uri(path):
+def is_remote(path):
     """Whether ``path`` is a URI of a non-local filesystem (``file://`` is local)."""
     m = _SCHEME.match(str(path))
     return bool(m) and m.group(1).lower() != "file"
@@ -62,7 +62,7 @@ def filesystem(uri):
 
 def open_input(path):
     """A seekable input file (a pyarrow ``NativeFile``) of a URI or a local path."""
-    if not is_uri(path):
+    if not is_remote(path):
         from pyarrow import fs as pafs
 
         return pafs.LocalFileSystem().open_input_file(local_path(path))

@@ -92,11 +92,11 @@ from .._text import format_bytes as _human
 from .._validation import check_int
 from ..errors import InputError
 from ..index import load_index
-from ..storage import IndexStore, is_uri, location
+from ..storage import IndexStore, location
 from ._ingest_check import spot_check
 from ._ingest_commit import commit_stage
 from ._ingest_encode import aggregate, check_ids, encode_stage
-from ._ingest_fs import is_uri
+from ._ingest_fs import is_remote
 from ._ingest_merge import merge_stage
 from ._ingest_model import codebooks_source, model_stage, new_model
 from ._ingest_plan import default_block_rows, plan_inputs
@@ -251,7 +251,7 @@ class _Job:
 
     def __init__(self, path, inputs, *, progress, **opts):
         t0 = time.perf_counter()
-        if is_uri(os.fspath(path)):
+        if is_remote(os.fspath(path)):
             location(path)  # an unsupported scheme: its own error
             # the job's state and segments are local files (written, then committed)
             raise ValueError(
@@ -285,7 +285,7 @@ class _Job:
             self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
                                     block_rows=o["block_rows"],
                                     skip_bad_files=o["skip_bad_rows"])
-            inside = [f.path for f in self.plan.files if not is_uri(f.path)
+            inside = [f.path for f in self.plan.files if not is_remote(f.path)
                       and os.path.commonpath([f.path, root]) == root]
             if inside:
                 raise InputError(f"{inside[0]}: an input inside the index directory {root}")

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError  # noqa: F401  (raised here; importable from here too)
-from ._ingest_fs import is_uri, list_uri, local_path, open_input
+from ._ingest_fs import is_remote, list_uri, local_path, open_input
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def find_files(inputs):
     stats = {}
     for item in inputs:
         item = local_path(item)
-        if is_uri(item):
+        if is_remote(item):
             found = list_uri(item, SUPPORTED, _hidden)
             stats.update({p: (size, mtime) for p, size, mtime in found})
             found = [p for p, _, _ in found]
@@ -151,7 +151,7 @@ def find_files(inputs):
         for p in found:
             if _ext(p) not in SUPPORTED:
                 raise InputError(f"{p}: unsupported input (expected {', '.join(SUPPORTED)})")
-        files += [p if is_uri(p) else os.path.abspath(p) for p in found]
+        files += [p if is_remote(p) else os.path.abspath(p) for p in found]
     if not files:
         raise InputError("no input files given")
     seen = set()
@@ -219,7 +219,7 @@ def _sniff_dim(path, pf, column, encoding, rows=1024):
 
 def _parquet_info(path, column, id_column):
     try:
-        pf = pq.ParquetFile(open_input(path) if is_uri(path) else path)
+        pf = pq.ParquetFile(open_input(path) if is_remote(path) else path)
         schema = pf.schema_arrow
         md = pf.metadata
     except Exception as exc:
@@ -285,7 +285,7 @@ def _vecs_rows(path, kind, size, head, item):
 
 
 def _array_info(path, kind):
-    if is_uri(path):
+    if is_remote(path):
         return _remote_array_info(path, kind)
     if kind == "npy":
         with open(path, "rb") as f:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from .._kernels.checks import finite_rows
 from .._parquet import FixedListColumn, Unsupported, chunk_range, embedding_leaf
 from .._validation import MAX_ID
-from ._ingest_fs import is_uri, open_input
+from ._ingest_fs import is_remote, open_input
 from ._ingest_plan import VECS_EXTS, InputError, embedding_encoding, npy_header
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _wanted(rows, pos, n):
 def _fast_reader(f, pf, plan):
     """A :class:`FixedListColumn` for this file's embedding column, or None (Arrow reads it).
     Only local files: the fast reader reads them with ``pread``."""
-    if not plan.fast_parquet or f.encoding not in ("fsl", "list") or is_uri(f.path):
+    if not plan.fast_parquet or f.encoding not in ("fsl", "list") or is_remote(f.path):
         return None
     leaf = embedding_leaf(pf.metadata, plan.column)
     return None if leaf is None else FixedListColumn(f.path, pf.metadata, leaf, plan.d)
@@ -259,7 +259,7 @@ def _fast_part(ids_of, g, start, x, rows_in_group):
 
 def _parquet_parts(f, block, plan, rows=None):
     columns = [plan.column] + ([plan.id_column] if plan.id_column else [])
-    source = open_input(f.path) if is_uri(f.path) else f.path
+    source = open_input(f.path) if is_remote(f.path) else f.path
     pf = pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER)
     fast = _fast_reader(f, pf, plan)
     ids_of = _id_reader(pf, plan.id_column) if plan.id_column else None
@@ -357,7 +357,7 @@ class _RemoteRows:
 
 def _array_parts(f, block, plan, rows=None):
     d = plan.d
-    if is_uri(f.path):
+    if is_remote(f.path):
         mm = _RemoteRows(f, d)
         header = None
     elif f.kind == "npy":
@@ -379,7 +379,7 @@ def _array_parts(f, block, plan, rows=None):
         else:
             sel = slice(s, e)
         raw = np.asarray(mm[sel])
-        if is_uri(f.path):  # raw bytes of whole rows: the .npy dtype, or a vecs header + values
+        if is_remote(f.path):  # raw bytes of whole rows: the .npy dtype, or a vecs header + values
             if f.kind == "npy":
                 raw = raw.view(mm.dtype)
             else:
@@ -429,7 +429,7 @@ def prefetch_block(plan, block):
     that the disk works while the CPU encodes (the read itself still checks
     everything). Never raises: a file that cannot be read is reported by the
     read."""
-    if not hasattr(os, "posix_fadvise") or is_uri(plan.files[block.file].path):
+    if not hasattr(os, "posix_fadvise") or is_remote(plan.files[block.file].path):
         return
     try:
         ranges = _byte_ranges(plan, block)
