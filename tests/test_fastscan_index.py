@@ -39,8 +39,11 @@ def _assert_same(a, b):
 
 
 @needs_avx2
-@pytest.mark.parametrize("metric,M,kw", [("l2", 8, {}), ("ip", 8, {}), ("cosine", 16, {}),
-                                         ("l2", 16, {"precompute_max_bytes": 0})])
+@pytest.mark.parametrize("metric,M,kw", [
+    ("l2", 8, {}), ("cosine", 16, {}),
+    # each compiles kernels of its own: opt-in, to keep the default suite under 10 minutes
+    pytest.param("ip", 8, {}, marks=pytest.mark.slow),
+    pytest.param("l2", 16, {"precompute_max_bytes": 0}, marks=pytest.mark.slow)])
 def test_fast_scan_tracks_adds_and_removes(data, metric, M, kw):
     x, q = data
     fast, scalar = _pair(x, metric, M, **kw)

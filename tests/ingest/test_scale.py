@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
 D = 64
 
 
-@pytest.mark.parametrize("n", [60_000, pytest.param(300_000, marks=pytest.mark.slow)])
+@pytest.mark.slow  # 18 s; tests/ingest/test_ingest.py covers many files in the default suite
+@pytest.mark.parametrize("n", [60_000, 300_000])
 def test_many_files_mixed_row_groups(tmp_path, n):
     x = data(n, D, seed=11)
     sizes = [n // 10, n // 4, n // 20, n // 5, n // 10]

@@ -114,6 +114,7 @@ def test_add_search_delete_equals_sharded_index(store, svc_data, direct_port):
     assert shardann.open_index(store).ntotal == len(xb) + 5 - 202
 
 
+@pytest.mark.slow  # 11 s: a whole failed Serve deployment
 def test_failed_deployment_names_its_cause(tmp_path):
     """A replica that cannot open its index: the error says why (Serve's own said only
     "Deploying application shardann failed: Failed to update the deployments")."""
@@ -308,6 +309,7 @@ def test_version_rollover_without_failed_requests(store, svc_data, direct_port):
         assert all(f"/v{v2}/" in n for n in list_index_actors("idx"))
 
 
+@pytest.mark.slow  # 12 s: fills a real deployment's queue
 def test_overload_answers_503_fast(store, svc_data, direct_port):
     _, xq, _ = svc_data
     with serving(store, direct_port, "direct", num_shards=2, max_ongoing_requests=2,
