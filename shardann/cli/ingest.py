@@ -30,7 +30,9 @@ DSN_ENV = "SHARDANN_DSN"
 
 def add_arguments(parser):
     common_options(parser, in_subcommand=True)
-    parser.add_argument("path", metavar="INDEX", help="index directory (created, or appended to)")
+    parser.add_argument("path", metavar="INDEX",
+                        help="index directory or store URI (s3://bucket/idx, gs://, az://; "
+                             "created, or appended to)")
     parser.add_argument("inputs", metavar="INPUT", nargs="*",
                         help="Parquet files/directories/globs, .npy, .fvecs, .bvecs, .ivecs")
     g = parser.add_argument_group("inputs")
@@ -88,6 +90,11 @@ def add_arguments(parser):
                    help="nprobe of the recall check (default min(nlist, 16))")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--job-id", default=None, help="name the job (default: hash of inputs+options)")
+    r.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="the job's scratch and resume state (default INDEX/_ingest, or for a "
+                        "store URI ~/.cache/shardann/ingest/, and then the job runs on this "
+                        "node only: on a multi-node cluster give a directory every node "
+                        "mounts)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.add_argument("--clean", action="store_true",
                    help="remove the scratch of interrupted ingest jobs of INDEX and exit")
@@ -101,7 +108,7 @@ def run(args):
     from shardann.storage import IndexStore
 
     if args.clean:
-        removed, freed = clean_ingest_jobs(args.path, committed=False)
+        removed, freed = clean_ingest_jobs(args.path, committed=False, work_dir=args.work_dir)
         print(f"removed {len(removed)} interrupted ingest job(s), {format_bytes(freed)}")
         return EXIT_OK
     dsn = _check_sql_args(args)
@@ -122,7 +129,8 @@ def run(args):
             sample_size=args.sample_size, seed=args.seed, niter=args.niter,
             pq_niter=args.niter, skip_bad_rows=args.skip_bad_rows, block_rows=args.block_rows,
             num_workers=args.workers, spot_check=args.spot_check, spot_check_k=10,
-            spot_check_nprobe=args.nprobe, progress=not args.no_progress, job_id=args.job_id)
+            spot_check_nprobe=args.nprobe, progress=not args.no_progress, job_id=args.job_id,
+            work_dir=args.work_dir)
 
     job = None
     if args.sql is None:

@@ -24,17 +24,17 @@ def commit_stage(run, state, model, entries):
     t = time.perf_counter()
     crash_point("ingest.before_commit")
     if state["mode"] == "create":
-        store = IndexStore.create_from_segments(run.root, model.to_state(lists=False), entries)
+        store = IndexStore.create_from_segments(run.loc, model.to_state(lists=False), entries)
     else:
         for attempt in range(COMMIT_ATTEMPTS):
-            store = IndexStore.open(run.root)
+            store = IndexStore.open(run.loc)
             if store.version != state["base_version"]:
                 cb = store.manifest["files"]["codebooks"]
                 if cb is None or cb["crc32"] != state["codebooks_crc"]:
                     raise RuntimeError(
                         f"the model of {run.root} changed (version {store.version}) while "
                         "this ingest ran; its codes no longer fit. Rerun the ingest.")
-                check_new_commits(run.root, state, store, entries)
+                check_new_commits(run.loc, state, store, entries)
             txn = store.transaction()
             txn.add_segments(entries)
             try:
@@ -50,9 +50,9 @@ def commit_stage(run, state, model, entries):
     return store
 
 
-def check_new_commits(root, state, store, entries):
+def check_new_commits(loc, state, store, entries):
     """Ids of rows committed since the job started must not meet the job's ids."""
-    base = read_manifest(root, state["base_version"])
+    base = read_manifest(loc, state["base_version"])
     old = {s["path"] for s in base["files"]["segments"]}
     new = [s for s in store.manifest["files"]["segments"] if s["path"] not in old]
     if not new:
@@ -65,5 +65,5 @@ def check_new_commits(root, state, store, entries):
     theirs = store.live_ids(near)
     ours = store.segment_view(entries).live_ids()
     if np.isin(ours, theirs).any():
-        raise RuntimeError(f"{root} gained rows with this job's ids while it ran; "
+        raise RuntimeError(f"{loc.root} gained rows with this job's ids while it ran; "
                            "rerun the ingest (it will start over with fresh ids)")

@@ -121,7 +121,7 @@ def check_ids(run, state, agg, store=None):
             raise InputError(f"id {x} appears more than once in the inputs "
                              f"({', '.join(sorted(set(where)))}); ids must be unique")
     if store is None and state["mode"] == "append":
-        store = IndexStore.open(run.root, state["base_version"])
+        store = IndexStore.open(run.loc, state["base_version"])
     if store is not None:
         segs = store.manifest["files"]["segments"]
         for lo, hi, b, names in ivs:

@@ -102,7 +102,7 @@ from ._ingest_model import codebooks_source, model_stage, new_model
 from ._ingest_plan import default_block_rows, plan_inputs
 from ._ingest_runtime import JobRun, run_on_ray
 from ._ingest_source import dataset_dimension, dataset_job_id, is_dataset, stage_dataset
-from ._ingest_state import JobScratch, check_empty_dir, clean_ingest_jobs
+from ._ingest_state import STATE, JobScratch, check_empty_dir, clean_ingest_jobs, jobs_dir
 from ._ingest_work import SEGMENT_PREFIX, STAGE_DIR
 
 logger = logging.getLogger(__name__)
@@ -177,12 +177,15 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
            nbits=8, metric="l2", opq=False, keep_vectors=False, codebooks=None,
            sample_size=None, seed=0, niter=25, pq_niter=25, skip_bad_rows=False,
            block_rows=None, num_workers=None, merge_bytes=MERGE_BYTES, spot_check=100,
-           spot_check_k=10, spot_check_nprobe=None, progress=True, job_id=None):
+           spot_check_k=10, spot_check_nprobe=None, progress=True, job_id=None,
+           work_dir=None, storage_options=None):
     """Build (or append to) the index at ``path`` from files of vectors, on Ray Data.
 
     Parameters
     ----------
-    path : str, the index directory. If it holds an index, the inputs are
+    path : str, the index: a directory, or a store URI (``s3://bucket/idx``,
+        ``gs://``, ``az://``, ``file://``; see :func:`shardann.storage.location`).
+        If it holds an index, the inputs are
         appended with its codebooks (no retraining) as a new version; the
         index parameters below must then be left unset (or match).
     inputs : str or list of str — Parquet files, directories or globs,
@@ -217,6 +220,17 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
         check), k and nprobe (default ``min(nlist, 16)``) of the recall check.
     progress : show progress bars (tqdm, on stderr).
     job_id : name the job yourself (default: a hash of the inputs and options).
+    work_dir : directory for the job's scratch (encode runs, markers, state for
+        resume; about the size of the new segments until the commit). Default:
+        ``path/_ingest/`` for a directory store; for an object store
+        ``~/.cache/shardann/ingest/<store>/`` on this machine, and then the
+        job's tasks run on this node only. On a multi-node cluster pass a
+        directory every node mounts to use all nodes. A killed job resumes when
+        run again with the same ``work_dir``.
+    storage_options : dict, credentials and settings of an object store
+        ``path`` (see :func:`shardann.storage.location`; default the
+        environment's); they travel to the Ray workers in memory, never to the
+        store or the logs.
 
     Returns
     -------
@@ -239,28 +253,32 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
                pq_niter=pq_niter, skip_bad_rows=skip_bad_rows, block_rows=block_rows,
                num_workers=num_workers, merge_bytes=merge_bytes, spot_check=spot_check,
                spot_check_k=spot_check_k, spot_check_nprobe=spot_check_nprobe,
-               progress=progress, job_id=job_id)
+               progress=progress, job_id=job_id, work_dir=work_dir,
+               storage_options=storage_options)
     return run_on_ray(job.run)
 
 
 
 # -- the job -----------------------------------------------------------------------------------
+def _inside(path, loc):
+    """Whether the input file ``path`` (a local path or a URI) lies inside the
+    store at location ``loc``."""
+    if loc.local:
+        return not is_remote(path) and os.path.commonpath([path, loc.root]) == loc.root
+    return path.startswith(loc.root.rstrip("/") + "/")
+
+
 class _Job:
     """One ingest job: its options checked and its inputs planned (in the
     constructor, without Ray); :meth:`run` runs the stages in order."""
 
-    def __init__(self, path, inputs, *, progress, **opts):
+    def __init__(self, path, inputs, *, progress, work_dir, storage_options, **opts):
         t0 = time.perf_counter()
-        if is_remote(os.fspath(path)):
-            location(path)  # an unsupported scheme: its own error
-            # the job's state and segments are local files (written, then committed)
-            raise ValueError(
-                f"ingest writes to a store in a directory (local, or shared by the "
-                f"cluster's nodes), not yet to {os.fspath(path)!r}: ingest into a directory, "
-                "then copy it: shardann.open_index(dir).save(uri), or "
-                "shardann.storage.IndexStore.save(uri, IndexStore.open(dir).load_state())")
-        root = os.path.abspath(os.fspath(path))
-        self.root = root
+        # ValueError for an unsupported scheme; credentials stay in the location
+        loc = self.loc = location(path, storage_options)
+        if not loc.local:
+            loc.check_writable()  # a backend that cannot commit: say so before the work
+        root = self.root = loc.root
         self.opts = o = opts
         for name in ("spot_check", "spot_check_k", "seed", "niter", "pq_niter"):
             check_int(name, o[name], low=0 if name != "spot_check_k" else 1)
@@ -270,7 +288,7 @@ class _Job:
                 check_int(name, o[name], low=1)
         if o["keep_vectors"] is True:
             o["keep_vectors"] = "float32"
-        existing = IndexStore.open(root).config if IndexStore.exists(root) else None
+        existing = IndexStore.open(loc).config if IndexStore.exists(loc) else None
         d = o["d"]
         if existing is not None:
             d = existing["d"]
@@ -285,8 +303,7 @@ class _Job:
             self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
                                     block_rows=o["block_rows"],
                                     skip_bad_files=o["skip_bad_rows"])
-            inside = [f.path for f in self.plan.files if not is_remote(f.path)
-                      and os.path.commonpath([f.path, root]) == root]
+            inside = [f.path for f in self.plan.files if _inside(f.path, loc)]
             if inside:
                 raise InputError(f"{inside[0]}: an input inside the index directory {root}")
             self._check_model_options(self.plan.d)
@@ -295,10 +312,12 @@ class _Job:
             self.plan = None
             self._check_model_options(d or dataset_dimension(self.dataset, o["column"]))
             self.job_id = o["job_id"] or dataset_job_id()
-        self.scratch = JobScratch(root, self.job_id)
+        jobs = jobs_dir(loc, work_dir)
+        self.scratch = JobScratch(loc, jobs, self.job_id)
         self.job_dir = self.scratch.dir
-        self.run_state = JobRun(root, self.job_id, self.plan, opts, self.scratch, progress,
-                                t0=t0)
+        # the default scratch of an object store is on this machine only
+        self.run_state = JobRun(loc, self.job_id, self.plan, opts, self.scratch, progress,
+                                t0=t0, local_scratch=not loc.local and work_dir is None)
 
     def _check_model_options(self, d):
         """The parameters are checked before anything runs (``d`` None: not known yet)."""
@@ -361,11 +380,15 @@ class _Job:
             if record is not None:  # finished by another process meanwhile
                 return self._finished(record)
             scratch.warn_abandoned()
+            if not os.path.exists(scratch.path(STATE)):
+                found = scratch.committed_in_store()
+                if found is not None:  # committed from another work directory
+                    return self._committed_elsewhere(*found)
             if self.dataset is not None:
                 self._stage()
             state = scratch.resume_or_start(self._fresh_state)
             if state.get("committed_version"):
-                return self._after_commit(state, IndexStore.open(self.root,
+                return self._after_commit(state, IndexStore.open(self.loc,
                                                                  state["committed_version"]))
             model = model_stage(run, state)
             agg = encode_stage(run, state, model)
@@ -377,8 +400,8 @@ class _Job:
     def _fresh_state(self):
         """The fields of a new job's ``state.json``: create or append, and from what."""
         o = self.opts
-        if IndexStore.exists(self.root):
-            store = IndexStore.open(self.root)
+        if IndexStore.exists(self.loc):
+            store = IndexStore.open(self.loc)
             if store.kind not in ("ivfpq", "ivfflat") or not store.is_trained:
                 raise ValueError(f"{self.root}: can append only to a trained IVF index; "
                                  f"it holds a {'trained' if store.is_trained else 'untrained'}"
@@ -388,7 +411,7 @@ class _Job:
                      "id_base": store.next_id if self.plan.id_column is None else 0,
                      "codebooks_crc": store.manifest["files"]["codebooks"]["crc32"]}
         else:
-            check_empty_dir(self.root)
+            check_empty_dir(self.loc)
             if o["codebooks"] is None and o["nlist"] is None:
                 raise ValueError(f"no index at {self.root}: give nlist (and M) to train a new "
                                  "one, or codebooks= to reuse a trained model")
@@ -404,6 +427,22 @@ class _Job:
         record["already_committed"] = True
         fields = {f.name for f in dataclasses.fields(IngestSummary)}
         return IngestSummary(**{k: v for k, v in record.items() if k in fields})
+
+    def _committed_elsewhere(self, version, ours):
+        """The summary of this job found committed in the store (as ``version``) by
+        a run with another work directory; nothing is redone."""
+        logger.info("ingest job %s was committed as version %d of %s (by a run with "
+                    "another work directory); nothing to do", self.job_id, version, self.root)
+        summary = IngestSummary(
+            path=self.root, version=version, job_id=self.job_id,
+            mode="create" if version == 1 else "append",
+            vectors=int(sum(s["rows"] for s in ours)),
+            bytes_written=int(sum(s["size"] for s in ours)), segments=len(ours),
+            blocks=len(self.plan.blocks) if self.plan is not None else 0,
+            already_committed=True)
+        self.scratch.write_record(summary.to_dict())
+        self.scratch.cleanup(keep_record=True)
+        return summary
 
     # -- after the commit ------------------------------------------------------------------
     def _after_commit(self, state, store, agg=None):

@@ -1,8 +1,9 @@
 """The **merge** stage of an ingest job: the lists are cut into contiguous
 ranges of about ``merge_bytes`` (saved in ``ranges.json``, so a resumed job
 cuts them the same), and one Ray Data task per range gathers that range from
-every run into one store segment (``_ingest_work.merge_range``). Returns the
-segments' manifest entries, for the commit.
+every run into one store segment (``_ingest_work.merge_range``), written into
+the store's ``segments/`` (uploaded, for a store on an object store). Returns
+the segments' manifest entries, for the commit.
 """
 
 import os
@@ -28,10 +29,10 @@ def merge_stage(run, state, model, agg):
         write_json(rpath, [list(r) for r in ranges])
     done = [r for r in range(len(ranges)) if os.path.exists(range_marker(run.job_dir, r))]
     todo = sorted(set(range(len(ranges))) - set(done))
-    ctx = {"root": run.root, "job_dir": run.job_dir, "job_id": run.job_id,
+    ctx = {"store": run.loc, "job_dir": run.job_dir, "job_id": run.job_id,
            "attempt": state["attempt"], "ranges": ranges, "counts": agg["counts"],
            "columns": columns, "runs": agg["runs"]}
-    os.makedirs(os.path.join(run.root, "segments"), exist_ok=True)
+    run.loc.makedirs("segments")
     rows_of = [int(agg["counts"][a:b + 1].sum()) for a, b in ranges]
     bar = run.bar("merge", int(sum(rows_of)), int(sum(rows_of[r] for r in done)))
     try:

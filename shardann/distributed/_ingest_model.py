@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import IndexStore, decode_codebooks, encode_codebooks, fast_crc32
+from ._ingest_fs import is_remote, local_path
 from ._ingest_work import build_model, draw_rows, replace_into, sample_block
 
 logger = logging.getLogger(__name__)
@@ -28,9 +29,15 @@ SAMPLE_RUN_BYTES = 4096
 
 def codebooks_source(path):
     """``(kind, config, arrays, identity)`` of ``codebooks=path``: an index
-    directory or a codebooks file; ``identity`` names its content (for the job hash)."""
-    src = os.path.abspath(os.fspath(path))
-    if os.path.isdir(src):
+    (a directory or a store URI) or a local codebooks file; ``identity`` names
+    its content (for the job hash)."""
+    src = os.fspath(path)
+    if is_remote(src):  # an index on an object store (a codebooks file must be local)
+        if not IndexStore.exists(src):
+            raise FileNotFoundError(f"codebooks={src!r}: no index there")
+    else:
+        src = os.path.abspath(local_path(src))
+    if is_remote(src) or os.path.isdir(src):
         store = IndexStore.open(src)
         if not store.is_trained:
             raise ValueError(f"codebooks={src!r}: that index is not trained")
@@ -75,7 +82,7 @@ def model_stage(run, state):
     o = run.opts
     source = None
     if state["mode"] == "append":
-        store = IndexStore.open(run.root, state["base_version"])
+        store = IndexStore.open(run.loc, state["base_version"])
         source = (store.kind, store.config, store.trained_arrays())
     elif o["codebooks"] is not None:
         source = codebooks_source(o["codebooks"])[:3]

@@ -17,7 +17,9 @@ class JobRun:
 
     Attributes
     ----------
-    root : str, the index directory (absolute).
+    loc : the store's location (``shardann.storage.location``: a local
+        directory or an object-store prefix, with its storage options).
+    root : str, the store's absolute directory or URI (for messages).
     job_id : str.
     plan : the input plan (files, blocks, d, total rows).
     opts : dict, the options of :func:`shardann.distributed.ingest`.
@@ -28,10 +30,16 @@ class JobRun:
         model stage).
     resumed_blocks : blocks an earlier run had encoded (set by the encode stage).
     t0 : ``time.perf_counter()`` when the job was made (its summary's wall time).
+    local_scratch : the scratch is on this machine's disk only (not a directory
+        every node sees): the tasks run on the driver's node (see :meth:`map`).
     """
 
-    def __init__(self, root, job_id, plan, opts, scratch, progress, *, t0=None):
-        self.root = root
+    def __init__(self, loc, job_id, plan, opts, scratch, progress, *, t0=None,
+                 local_scratch=False):
+        self.loc = loc
+        self.root = loc.root
+        self.local_scratch = bool(local_scratch)
+        self._node = None
         self.job_id = job_id
         self.plan = plan
         self.opts = opts
@@ -58,19 +66,51 @@ class JobRun:
                     smoothing=0.05, mininterval=0.5)
 
     def workers(self):
-        """Ray Data tasks at once: ``num_workers``, default the cluster's CPUs."""
+        """Ray Data tasks at once: ``num_workers``, default the cluster's CPUs
+        (the driver node's when the tasks run there)."""
         import ray
         n = self.opts["num_workers"]
         if n is None:
-            n = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            node = self.node()
+            cpus = (node[1] if node is not None
+                    else ray.cluster_resources().get("CPU", 1))
+            n = max(1, int(cpus))
         return n
+
+    def node(self):
+        """``(node id, CPUs)`` of the driver's node when the tasks must run there
+        (the scratch is on its disk only and the cluster has other nodes), else None."""
+        if not self.local_scratch:
+            return None
+        if self._node is None:
+            import ray
+
+            me = ray.get_runtime_context().get_node_id()
+            alive = [n for n in ray.nodes() if n.get("Alive")]
+            cpus = next((n["Resources"].get("CPU", 0) for n in alive if n["NodeID"] == me), 0)
+            if len(alive) <= 1:
+                self._node = ()  # one node: nothing to pin
+            elif cpus < 1:
+                raise ValueError(
+                    f"ingest into {self.root} keeps its scratch in {self.scratch.jobs}, on "
+                    "this node's disk, so its tasks must run on this node, which has no "
+                    "CPUs in the Ray cluster; pass work_dir= (--work-dir) on a volume "
+                    "every node mounts, or run the ingest on a node with CPUs")
+            else:
+                self._node = (me, cpus)
+                logger.info("ingest into %s: the scratch (%s) is on this node's disk, so "
+                            "its tasks run on this node only (%d CPUs); work_dir= on a "
+                            "volume every node mounts uses the whole cluster", self.root,
+                            self.scratch.jobs, int(cpus))
+        return self._node or None
 
     def work_context(self, model):
         """The context every worker task gets (see ``_ingest_work.job_context``):
         the plan, the options they use and the model (kind, config, arrays)."""
         o = self.opts
         ctx = {"plan": self.plan, "skip_bad_rows": o["skip_bad_rows"], "threads": 1,
-               "id_base": 0, "root": self.root, "job_dir": self.job_dir, "job_id": self.job_id}
+               "id_base": 0, "store": self.loc, "job_dir": self.job_dir,
+               "job_id": self.job_id}
         if model is None:  # sampling needs no model; give a trivial one
             ctx.update(kind=None)
         else:
@@ -107,10 +147,17 @@ class JobRun:
         try:
             ds = ray.data.from_items([{"group": i} for i in range(len(groups))],
                                      override_num_blocks=len(groups))
+            remote_args = {}
+            node = self.node()
+            if node is not None:
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                remote_args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                    node[0], soft=False)
             ds = ds.map_batches(
                 fn, batch_size=1, batch_format="numpy", num_cpus=1,
                 compute=ray.data.TaskPoolStrategy(size=min(self.workers(), len(groups))),
-                fn_kwargs={"ctx": [ray.put(ctx)]})
+                fn_kwargs={"ctx": [ray.put(ctx)]}, **remote_args)
             rows = ds.iter_rows()
             try:
                 for row in rows:

@@ -1,7 +1,16 @@
-"""The state of an ingest job on disk: its scratch directory under
-``INDEX/_ingest/<job>/``, the lock that keeps one process on a job,
-``state.json`` (started afresh or resumed), the record of a committed job
+"""The state of an ingest job on disk: its scratch directory (:func:`jobs_dir`:
+``INDEX/_ingest/<job>/`` for a store in a local directory; a local work
+directory for a store on an object store), the lock that keeps one process on a
+job, ``state.json`` (started afresh or resumed), the record of a committed job
 (``committed.json``), cleanup, and :func:`clean_ingest_jobs`.
+
+The scratch is always a filesystem directory, never objects: the encode runs
+are written once and read back once by the merge, at local-disk speed and
+without object-store requests, ``flock`` keeps one process on a job, and the
+store itself only ever receives the job's segments, codebooks and manifest.
+A job committed to an object store is still recognised when its work directory
+is gone (another machine, a wiped cache): the newest manifest names its
+segments (:meth:`JobScratch.committed_in_store`).
 
 A job directory holds ``state.json`` (mode, base version, id base, attempt),
 the model checkpoint (``model.parquet``, ``queries.npz``), the encode runs and
@@ -12,15 +21,17 @@ block markers (``blocks/``), the merge ranges and their markers
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
 
 from .._text import format_bytes
 from ..errors import IngestJobBusyError
-from ..storage import IndexStore, list_versions, read_manifest
+from ..storage import IndexStore, list_versions, location, read_manifest
 from ._ingest_work import (
     ITEMS_DIR,
     RANGES_DIR,
@@ -32,10 +43,39 @@ from ._ingest_work import (
 
 logger = logging.getLogger(__name__)
 
-#: job directories live in ``INDEX/_ingest/``
+#: job directories of a local store live in ``INDEX/_ingest/``
 JOBS_DIR = "_ingest"
 STATE = "state.json"
 RECORD = "committed.json"
+
+
+def default_work_root():
+    """Where the job directories of stores on object stores go by default:
+    ``$XDG_CACHE_HOME/shardann/ingest`` (``~/.cache/shardann/ingest``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "shardann", "ingest")
+
+
+def store_key(loc):
+    """A directory name for the store at location ``loc``: readable and unique
+    (its URI with other characters replaced, plus a hash of the URI)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", loc.root).strip("-")[-80:]
+    return f"{name}-{hashlib.sha256(loc.root.encode()).hexdigest()[:12]}"
+
+
+def jobs_dir(loc, work_dir=None):
+    """The directory holding the job directories of the store at location ``loc``.
+
+    ``work_dir`` given: ``work_dir/<store key>/`` (one work directory serves many
+    stores). Else ``INDEX/_ingest`` for a store in a local directory (as always),
+    and ``~/.cache/shardann/ingest/<store key>/`` (:func:`default_work_root`)
+    for a store on an object store.
+    """
+    if work_dir is not None:
+        return os.path.join(os.path.abspath(os.fspath(work_dir)), store_key(loc))
+    if loc.local:
+        return loc.path(JOBS_DIR)
+    return os.path.join(default_work_root(), store_key(loc))
 
 
 class JobLock:
@@ -63,12 +103,15 @@ class JobLock:
 
 
 class JobScratch:
-    """The directory of job ``job_id`` of the index at ``root`` (absolute)."""
+    """The directory of job ``job_id`` of the store at location ``loc``, under
+    ``jobs`` (see :func:`jobs_dir`)."""
 
-    def __init__(self, root, job_id):
-        self.root = root
+    def __init__(self, loc, jobs, job_id):
+        self.loc = loc
+        self.root = loc.root
         self.job_id = job_id
-        self.dir = os.path.join(root, JOBS_DIR, job_id)
+        self.jobs = jobs
+        self.dir = os.path.join(jobs, job_id)
 
     def path(self, *names):
         """A path inside the job directory."""
@@ -108,7 +151,7 @@ class JobScratch:
                             self.job_id, v)
                 state["committed_version"] = v
                 return state
-            if newest_version(self.root) == state["base_version"]:
+            if newest_version(self.loc) == state["base_version"]:
                 logger.info("resuming ingest job %s (%s)", self.job_id, self.dir)
                 return state
             logger.warning("the index at %s changed since ingest job %s was interrupted; "
@@ -124,17 +167,29 @@ class JobScratch:
 
     def find_commit(self, base_version):
         """The version that committed this job's segments, if any (after ``base_version``)."""
-        prefix = f"segments/{SEGMENT_PREFIX}{self.job_id}-"
-        for v in reversed(list_versions(self.root)):
+        prefix = segment_prefix(self.job_id)
+        for v in reversed(list_versions(self.loc)):
             if v <= base_version:
                 break
             try:
-                m = read_manifest(self.root, v)
+                m = read_manifest(self.loc, v)
             except (OSError, ValueError):
                 continue
             if any(s["path"].startswith(prefix) for s in m["files"]["segments"]):
                 return v
         return None
+
+    def committed_in_store(self):
+        """``(version, segment entries)`` of this job in the store's newest
+        version, or None: a job committed from another work directory (another
+        machine, a wiped cache) is not run twice. One manifest is read, so a job
+        whose segments were compacted away since is not recognised."""
+        if not IndexStore.exists(self.loc):
+            return None
+        m = IndexStore.open(self.loc).manifest
+        prefix = segment_prefix(self.job_id)
+        ours = [s for s in m["files"]["segments"] if s["path"].startswith(prefix)]
+        return (min(s["seq"] for s in ours), ours) if ours else None
 
     # -- cleanup ------------------------------------------------------------------------
     def cleanup(self, keep_record, keep_lock=False):
@@ -159,7 +214,7 @@ class JobScratch:
 
     def warn_abandoned(self):
         """Log the scratch of other jobs of this index that never committed."""
-        jobs = os.path.join(self.root, JOBS_DIR)
+        jobs = self.jobs
         for name in sorted(os.listdir(jobs)):
             other = os.path.join(jobs, name)
             if name != self.job_id and os.path.isdir(other) and not os.path.exists(
@@ -169,33 +224,42 @@ class JobScratch:
                                "removes it", other, format_bytes(dir_bytes(other)))
 
 
-def newest_version(root):
-    """The newest version of the index at ``root``, 0 when there is none."""
-    if not IndexStore.exists(root):
+def segment_prefix(job_id):
+    """The start of the store paths of job ``job_id``'s segments."""
+    return f"segments/{SEGMENT_PREFIX}{job_id}-"
+
+
+def newest_version(loc):
+    """The newest version of the store at ``loc``, 0 when there is none."""
+    if not IndexStore.exists(loc):
         return 0
-    return IndexStore.open(root).version
+    return IndexStore.open(loc).version
 
 
-def check_empty_dir(root):
-    """A new index may go only into a missing directory or one holding a
-    shardann index's own names (debris of an interrupted create)."""
-    if not os.path.isdir(root):
+def check_empty_dir(loc):
+    """A new index may go only into a missing (or empty) directory or prefix, or
+    one holding a shardann index's own names (debris of an interrupted create)."""
+    if loc.local and not os.path.isdir(loc.root):
         return
     ours = {JOBS_DIR, "_manifests", "segments", "tombstones"}
-    foreign = [n for n in os.listdir(root) if n not in ours and not n.startswith("codebooks-")]
+    foreign = [n for n in loc.listdir() if n not in ours and not n.startswith("codebooks-")]
     if foreign:
-        raise FileExistsError(f"{root} is a non-empty directory that is not a shardann "
+        raise FileExistsError(f"{loc.root} is a non-empty directory that is not a shardann "
                               f"index (holds {sorted(foreign)[:5]})")
 
 
-def clean_ingest_jobs(path, *, interrupted=True, committed=True):
-    """Remove ingest job directories under ``path/_ingest`` that no job is using.
+def clean_ingest_jobs(path, *, interrupted=True, committed=True, work_dir=None,
+                      storage_options=None):
+    """Remove ingest job directories of the store at ``path`` that no job is using.
 
+    They are under ``path/_ingest`` for a store in a local directory, else in
+    the work directory (``work_dir`` as given to the ingest, default
+    ``~/.cache/shardann/ingest/<store>``; see :func:`shardann.distributed.ingest`).
     ``interrupted``: scratch of jobs that never committed (their progress is
     lost: a rerun starts over). ``committed``: the small records that let a
     rerun of a finished job return at once. Returns ``(removed dirs, bytes)``.
     """
-    root = os.path.join(os.path.abspath(os.fspath(path)), JOBS_DIR)
+    root = jobs_dir(location(path, storage_options), work_dir)
     removed, freed = [], 0
     if not os.path.isdir(root):
         return removed, freed

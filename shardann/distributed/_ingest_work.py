@@ -14,8 +14,9 @@ Three kinds of work, each on a unit named by a number so a rerun can skip it
   the recall-check queries among its rows.
 - **merge** a list range: gather the rows of lists ``[first, last]`` from
   every run (memory-mapped slices) and write one store segment
-  (``segments/ingest-<job>-<attempt>-r<range>.parquet``), then a marker
-  holding the segment's manifest entry.
+  (``segments/ingest-<job>-<attempt>-r<range>.parquet``; on an object store
+  written to a local temporary file, then uploaded), then a marker holding the
+  segment's manifest entry.
 
 Every file is written under a temporary name, fsynced and renamed into
 place; a marker is written last, so a killed job leaves either a complete
@@ -407,7 +408,7 @@ def merge_batch(batch, ctx):
 
 def merge_range(ctx, r):
     """Gather lists ``ctx["ranges"][r]`` from every run into one segment; write its marker."""
-    root, job_dir = ctx["root"], ctx["job_dir"]
+    job_dir = ctx["job_dir"]
     first, last = ctx["ranges"][r]
     a, b = int(first), int(last) + 1
     totals = np.asarray(ctx["counts"][a:b], np.int64)
@@ -434,13 +435,13 @@ def merge_range(ctx, r):
         raise RuntimeError(f"{job_dir}: runs hold other list sizes than their markers "
                            f"for lists {a}..{b - 1}; delete the job directory and rerun")
     rel = segment_name(ctx["job_id"], ctx["attempt"], r)
-    path = os.path.join(root, rel)
-    try:
-        os.unlink(path)  # a partial file of a killed run of this (uncommitted) attempt
-    except FileNotFoundError:
-        pass
+    loc = ctx["store"]
+    loc.delete(rel)  # a partial file of a killed run of this (uncommitted) attempt
     list_ids = np.repeat(np.arange(a, b, dtype=np.int32), totals)
-    entry = write_segment(path, list_ids, out_ids, out, ctx["columns"])
+    # a local store: written in place; an object store: written locally, then uploaded
+    # (before the marker, so a marked range has its segment in the store)
+    with loc.staged(rel) as path:
+        entry = write_segment(path, list_ids, out_ids, out, ctx["columns"])
     entry["path"] = rel
     write_json(range_marker(job_dir, r), entry)
     return {"range": r, "rows": n, "bytes": int(entry["size"])}

@@ -111,3 +111,116 @@ def test_s3_killed_job_resumes(tmp_path, uploaded):
     s = ingest(path, inputs, **opts)
     assert s.resumed_blocks >= 2 and s.version == 1
     assert_same_index(path, x)
+
+
+# -- ingest INTO a store on S3 -----------------------------------------------------------------
+def _store_objects(uri):
+    """Top-level names and segment names under the store ``uri``."""
+    from shardann.storage import location
+
+    loc = location(uri)
+    return set(loc.listdir()), set(loc.listdir("segments"))
+
+
+def test_ingest_into_s3_equals_local(tmp_path, uploaded, monkeypatch):
+    """Parquet from s3:// into an s3:// store: the same index as a local ingest, found
+    committed (not run twice) from another work directory; the scratch stays local."""
+    import shardann
+
+    x, local, bucket = uploaded
+    opts = {**TRAIN, "block_rows": 1500, "merge_bytes": 32 << 10}
+    ref = str(tmp_path / "local")
+    ingest(ref, os.path.join(local, "emb", "*.parquet"), **opts)
+    uri = f"s3://{bucket}/stores/idx"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default work dir
+    inputs = f"s3://{bucket}/data/emb/*.parquet"
+    s = ingest(uri, inputs, **opts)
+    assert (s.path, s.version, s.mode, s.vectors) == (uri, 1, "create", N)
+    assert s.segments > 1 and s.recall is not None and s.recall > 0.5
+    assert_same_store(ref, uri)
+    assert_same_index(uri, x)
+    q = data(20, seed=5)
+    for a, b in zip(shardann.open_index(ref).search(q, 10, nprobe=4),
+                    shardann.open_index(uri).search(q, 10, nprobe=4), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the store holds the index's files only, every segment named by the manifest
+    top, segments = _store_objects(uri)
+    manifest = IndexStore.open(uri).manifest
+    assert top == {"_manifests", "segments", manifest["files"]["codebooks"]["path"]}
+    assert segments == {os.path.basename(e["path"]) for e in manifest["files"]["segments"]}
+    # the scratch went to ~/.cache/shardann/ingest/<store>/<job>: only the record is left
+    (store_dir,) = os.listdir(tmp_path / "cache" / "shardann" / "ingest")
+    assert store_dir.startswith(f"s3-{bucket}-stores-idx-")
+    jobs = tmp_path / "cache" / "shardann" / "ingest" / store_dir
+    assert os.listdir(jobs) == [s.job_id]
+    assert os.listdir(jobs / s.job_id) == ["committed.json"]
+    assert ingest(uri, inputs, **opts).already_committed
+    # another machine (another work directory) finds the job in the store: not run twice
+    again = ingest(uri, inputs, work_dir=str(tmp_path / "elsewhere"), **opts)
+    assert (again.already_committed, again.version, again.vectors) == (True, 1, N)
+    assert IndexStore.open(uri).versions() == [1]
+
+
+def test_cli_ingest_into_s3_then_append_resumes(tmp_path, uploaded):
+    """``shardann ingest s3://…`` creates the store; an append stopped after two merged
+    ranges leaves version 1 current and, rerun, reuses every block; same as local."""
+    from test_resume import _Stop, _stop_at
+
+    from shardann.cli import main
+
+    x, local, bucket = uploaded
+    uri = f"s3://{bucket}/stores/cli"
+    work = str(tmp_path / "work")
+    a_npy, b_fvecs = f"s3://{bucket}/data/arr/a.npy", f"s3://{bucket}/data/arr/b.fvecs"
+    assert main(["ingest", uri, a_npy, "--nlist", str(TRAIN["nlist"]), "--M", str(TRAIN["M"]),
+                 "--niter", "6", "--block-rows", "1000", "--work-dir", work, "--no-progress",
+                 "--log-level", "warning"]) == 0
+    opts = {"block_rows": 1000, "merge_bytes": 32 << 10, "work_dir": work, "progress": False}
+    with pytest.MonkeyPatch.context() as m:
+        _stop_at(m, "ingest.range_done@2")
+        with pytest.raises(_Stop):
+            ingest(uri, b_fvecs, **opts)
+    store = IndexStore.open(uri)
+    assert (store.version, store.ntotal) == (1, 5000)
+    s = ingest(uri, b_fvecs, **opts)
+    assert (s.version, s.mode, s.vectors, s.already_committed) == (2, "append", 3000, False)
+    assert s.resumed_blocks == s.blocks
+    assert_same_index(uri, x)
+    ref = str(tmp_path / "ref")
+    ingest(ref, os.path.join(local, "arr", "a.npy"), block_rows=1000, **TRAIN)
+    ingest(ref, os.path.join(local, "arr", "b.fvecs"), **opts | {"work_dir": None})
+    assert_same_store(ref, uri)
+    # no debris of the stopped run: every segment is named by a version
+    named = {os.path.basename(e["path"]) for v in (1, 2)
+             for e in IndexStore.open(uri, v).manifest["files"]["segments"]}
+    assert _store_objects(uri)[1] == named
+
+
+def test_ingest_into_s3_without_conditional_writes_refuses_first(tmp_path, uploaded):
+    """A backend that cannot create-if-absent: refused before any work, saying why."""
+    _, _, bucket = uploaded
+    with pytest.raises(ValueError, match="single_writer"):
+        IngestJob(f"s3://{bucket}/stores/nocond", f"s3://{bucket}/data/arr/a.npy",
+                  storage_options={"conditional_writes": False}, **TRAIN)
+    with pytest.raises(ValueError, match="unsupported storage URI scheme"):
+        IngestJob("foo://bucket/idx", f"s3://{bucket}/data/arr/a.npy", **TRAIN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["ingest.range_done@2", "manifest.after_publish"])
+def test_killed_ingest_into_s3_resumes(tmp_path, uploaded, point):
+    """SIGKILLed in the merge or right after the manifest put, the same call finishes
+    the job (or finds it committed); the store holds one whole version."""
+    from test_resume import _kill_child
+
+    x, _, bucket = uploaded
+    uri = f"s3://{bucket}/stores/killed-{point.split('.')[0]}"
+    opts = {**TRAIN, "block_rows": 1000, "merge_bytes": 32 << 10,
+            "work_dir": str(tmp_path / "work")}
+    inputs = f"s3://{bucket}/data/emb/*.parquet"
+    _kill_child(uri, inputs, point, opts)
+    published = point == "manifest.after_publish"
+    assert IndexStore.exists(uri) == published
+    s = ingest(uri, inputs, **opts)
+    assert (s.version, s.already_committed) == (1, published)
+    assert_same_index(uri, x)
