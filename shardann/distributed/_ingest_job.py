@@ -54,6 +54,14 @@ Memory stays bounded: a worker holds one part of at most ``block_rows`` rows
 (encode) or one list range of at most ``merge_bytes`` (merge); the driver
 holds the training sample and per-list counts, never the data.
 
+The index may be a directory or a store URI (``s3://bucket/idx``, ``gs://``,
+``az://``): the merge workers then upload the segments, and the commit puts
+the codebooks and the manifest (create-if-absent), as any commit to an object
+store does. The job's scratch (runs, markers, ``state.json``) is always a
+filesystem directory: ``INDEX/_ingest/<job>/`` for a directory index, else
+under ``work_dir`` (default ``~/.cache/shardann/ingest/<store>/``, on this
+machine only: the tasks then run on the driver's node; ``_ingest_state``).
+
 A job is named by a hash of its inputs (paths, sizes, modification times)
 and options. Killed and started again with the same arguments, it skips the
 blocks and ranges whose markers exist and resumes; if the index changed in
