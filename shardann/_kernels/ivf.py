@@ -6,6 +6,10 @@ Lists live in one row-major slab: list ``l`` occupies rows
 see ``fastscan.py``). Each query visits its probed lists (``probes``, -1 = skip) and
 keeps the ``k`` smallest keys with their slab row positions.
 
+A filter reaches the scans as ``allowed``, uint8 over the slab rows (0: the
+row fails the filter and is never scored), or None, which Numba compiles as
+a variant without the test (so unfiltered scans run the code they always ran).
+
 Serial and parallel (``prange`` over queries) variants are compiled from one
 body (see :func:`~shardann._kernels.serial_and_parallel`), each when first
 called. Scans avoid ``fastmath`` so every variant sums in the same order and the
@@ -37,7 +41,7 @@ def _offer(hd, hi, hid, k, s, r, ident):
 
 
 def _ivfflat_body(queries, probes, vectors, ids, list_start, list_size, k, ip,
-                  out_d, out_pos):
+                  out_d, out_pos, allowed=None):
     nq, nprobe = probes.shape
     for q in prange(nq):
         hd = np.empty(k, np.float32)
@@ -50,6 +54,8 @@ def _ivfflat_body(queries, probes, vectors, ids, list_start, list_size, k, ip,
                 continue
             start = list_start[lst]
             for r in range(start, start + list_size[lst]):
+                if allowed is not None and allowed[r] == 0:
+                    continue
                 s = exact_key(queries[q], vectors[r], ip)
                 _offer(hd, hi, hid, k, s, r, ids[r])
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
@@ -142,8 +148,40 @@ def _scan_bytes(T, codes, ids, start, end, base, hd, hi, hid, k):
         r += 1
 
 
+@njit(inline="always")
+def _scan_bytes_allowed(T, codes, ids, start, end, base, hd, hi, hid, k, allowed):
+    # _scan_bytes over the rows a filter lets through, one at a time: each row
+    # adds the same terms in the same order, so its key is the unfiltered one
+    code_size = codes.shape[1]
+    for r in range(start, end):
+        if allowed[r] == 0:
+            continue
+        s = base
+        for j in range(code_size):
+            s += T[j, codes[r, j]]
+        _offer(hd, hi, hid, k, s, r, ids[r])
+
+
+@njit(inline="always")
+def _scan_rows(T, codes, ids, start, end, base, hd, hi, hid, k, allowed):
+    if allowed is None:
+        _scan_bytes(T, codes, ids, start, end, base, hd, hi, hid, k)
+    else:
+        _scan_bytes_allowed(T, codes, ids, start, end, base, hd, hi, hid, k, allowed)
+
+
+@njit(inline="always")
+def _block_allowed(allowed, first, n):
+    # bit i set where row first + i passes the filter (i < n <= 32)
+    bits = np.uint32(0)
+    for i in range(n):
+        if allowed[first + i] != 0:
+            bits |= np.uint32(1) << np.uint32(i)
+    return bits
+
+
 def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                 k, queries, centroids, codebooks, out_d, out_pos):
+                 k, queries, centroids, codebooks, out_d, out_pos, allowed=None):
     # _ivfpq_body for nbits=8 (a code byte is a sub-code: the ADC table is the
     # byte table), without the other widths' paths: it compiles in less time
     nq, nprobe = probes.shape
@@ -164,8 +202,8 @@ def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_si
                         centroids, codebooks, L)
             have_table = True
             start = list_start[lst]
-            _scan_bytes(L, codes, ids, start, start + list_size[lst], dis0[q, p],
-                        hd, hi, hid, k)
+            _scan_rows(L, codes, ids, start, start + list_size[lst], dis0[q, p],
+                       hd, hi, hid, k, allowed)
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
 
 
@@ -173,7 +211,7 @@ ivfpq8_scan_serial, ivfpq8_scan_parallel = serial_and_parallel(_ivfpq8_body)
 
 
 def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                k, nbits, queries, centroids, codebooks, out_d, out_pos):
+                k, nbits, queries, centroids, codebooks, out_d, out_pos, allowed=None):
     nq, nprobe = probes.shape
     M = qlut.shape[1]
     ksub = qlut.shape[2]
@@ -201,10 +239,12 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
             start = list_start[lst]
             end = start + list_size[lst]
             if bytewise:
-                _scan_bytes(L if nbits == 8 else T, codes, ids, start, end, base,
-                            hd, hi, hid, k)
+                _scan_rows(L if nbits == 8 else T, codes, ids, start, end, base,
+                           hd, hi, hid, k, allowed)
             else:
                 for r in range(start, end):
+                    if allowed is not None and allowed[r] == 0:
+                        continue
                     s = base
                     for m in range(M):
                         s += L[m, unpack_one(codes[r], m, nbits, mask)]
@@ -216,7 +256,7 @@ ivfpq_scan_serial, ivfpq_scan_parallel = serial_and_parallel(_ivfpq_body)
 
 
 def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
-                          k, queries, centroids, codebooks, out_d, out_pos):
+                          k, queries, centroids, codebooks, out_d, out_pos, allowed=None):
     # The 4-bit scan of _ivfpq_body with the SIMD pre-filter of fastscan.py:
     # a row is scored (exactly as there: base + byte terms in byte order) only
     # when its quantized lower bound can still enter the heap. The codes are
@@ -266,7 +306,13 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
             n = list_size[lst]
             for b in range(0, n, fastscan.BLOCK):
                 at = (start + b) * code_size
-                mask = fastscan.block_mask(bcodes, at, Q, code_size, thr)
+                if allowed is not None:
+                    passing = _block_allowed(allowed, start + b, min(fastscan.BLOCK, n - b))
+                    if passing == 0:
+                        continue  # no row of the block passes the filter: skip its SIMD pass
+                    mask = fastscan.block_mask(bcodes, at, Q, code_size, thr) & passing
+                else:
+                    mask = fastscan.block_mask(bcodes, at, Q, code_size, thr)
                 if mask == 0:
                     continue
                 for i in range(min(fastscan.BLOCK, n - b)):

@@ -82,7 +82,7 @@ def heap_sort_into(hd, hi, hid, out_d, out_i):
         heap_replace_top(hd, hi, hid, n, d, i, ident)
 
 
-def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
+def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, allowed=None):
     """Row-wise k smallest keys ``base[j] - scale * dots[q, j] + qadd[q]``.
 
     The keys are formed on the fly: one pass over the dot products instead of
@@ -100,6 +100,8 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
     k : int, number kept per row.
     out_d : float32 (nq, k), out_i : int64 (nq, k) results (ids), best first,
         padded with (+inf, -1).
+    allowed : uint8 (n,) or None; columns where it is 0 are skipped (a filter).
+        None compiles a variant without the test.
     """
     nq, n = dots.shape
     zero = np.float32(0.0)
@@ -110,6 +112,8 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i):
         heap_init(hd, hi, hid)
         add = qadd[q]
         for j in range(n):
+            if allowed is not None and allowed[j] == 0:
+                continue
             v = (base[j] - scale * dots[q, j]) + add
             if clamp and v < zero:
                 v = zero

@@ -9,13 +9,21 @@ per-list Python object. Rows that hold no live vector carry id ``-1``.
 A column named in ``tiled`` is held as :class:`~shardann.index._tiles.TiledRows`
 (the 4-bit fast scan's block layout); then every list starts, and has room,
 on a whole number of 32-row tiles, padding included.
+
+Attribute columns, when the index has them, live in ``attrs`` (a
+:class:`~shardann.index._attributes.ListAttributes`, one Arrow table per list);
+``add`` and ``remove`` keep them aligned with the rows.
 """
+
+import itertools
 
 import numpy as np
 
 from ._tiles import TILE, TiledRows
 
 _MIN_SLAB = 1024
+#: layout versions, unique in the process: a cache keyed by one never matches other lists
+_VERSIONS = itertools.count(1)
 
 
 def _round_up(n, align):
@@ -52,6 +60,8 @@ class InvertedLists:
         self.used = 0
         self.ids = np.full(0, -1, np.int64)
         self.data = {k: self._column(k, 0) for k in self.columns}
+        self.attrs = None  # ListAttributes when the index has attribute columns
+        self.version = next(_VERSIONS)  # renewed when rows change or move (position caches)
 
     def _column(self, name, nrows):
         width, dtype = self.columns[name]
@@ -61,15 +71,17 @@ class InvertedLists:
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def from_sorted(cls, nlist, columns, list_sizes, ids, data, tiled=()):
+    def from_sorted(cls, nlist, columns, list_sizes, ids, data, tiled=(), attrs=None):
         """Rows already grouped by list (list 0 first); wrapped without copying
-        unless a column is ``tiled``."""
+        unless a column is ``tiled``. ``attrs``: their ListAttributes, or None."""
         lists = cls(nlist, columns, tiled)
         lists._install(np.asarray(list_sizes, np.int64), ids, data)
+        lists.attrs = attrs
         return lists
 
     def _install(self, sizes, ids, data):
         # lay out rows grouped by list, each list's room its size (rounded to tiles)
+        self.version = next(_VERSIONS)
         self.size = sizes.copy()
         self.cap = _round_up(sizes, self.align)
         self.start = _starts(self.cap)
@@ -119,14 +131,16 @@ class InvertedLists:
         self.used += new_cap
 
     # -- mutation ------------------------------------------------------------
-    def add(self, list_no, ids, **cols):
+    def add(self, list_no, ids, attributes=None, **cols):
         """Append rows: ``list_no`` int64 (n,), ``ids`` int64 (n,), and one
-        array (n, width) per payload column."""
+        array (n, width) per payload column; ``attributes``: a pyarrow.Table of
+        the n rows' attributes (None: nulls, when the lists hold attributes)."""
         n = len(ids)
         if n == 0:
             return
         if set(cols) != set(self.columns):
             raise ValueError(f"columns {sorted(cols)} given; expected {sorted(self.columns)}")
+        self.version = next(_VERSIONS)
         order = np.argsort(list_no, kind="stable")
         sorted_lists = list_no[order]
         counts = np.bincount(list_no, minlength=self.nlist)
@@ -146,6 +160,8 @@ class InvertedLists:
         for k, arr in cols.items():
             self.data[k][dest] = arr[order]
         self.size[touched] += counts[touched]
+        if self.attrs is not None:
+            self.attrs.append(order, counts, attributes)
         if self.used > 2 * max(int(_round_up(self.size, self.align).sum()), _MIN_SLAB):
             self.compact()
 
@@ -153,6 +169,7 @@ class InvertedLists:
         """Drop the rows at slab ``positions`` (int64, live rows), keeping list order."""
         if len(positions) == 0:
             return
+        self.version = next(_VERSIONS)
         positions = np.unique(positions)
         owner = self.owners(positions)
         for lst in np.unique(owner).tolist():
@@ -166,6 +183,8 @@ class InvertedLists:
             for arr in self.data.values():
                 arr[s:s + nk] = arr[s:s + n][keep]
             self.size[lst] = nk
+            if self.attrs is not None:
+                self.attrs.keep(lst, keep)
 
     def compact(self):
         """Rewrite the slab so lists are contiguous, in list order, with no slack

@@ -1,6 +1,7 @@
 """What every single-process index shares: parameters, validation, ids,
 search plumbing, reconstruct and remove."""
 
+import collections
 import logging
 
 import numpy as np
@@ -14,8 +15,10 @@ from .._validation import (
     check_search_args,
 )
 from ..errors import DuplicateIdError, NotTrainedError
+from ..filters import as_attribute_table, compile_filter, filter_key
 from ..metric import check_metric, keys_to_distances, normalize_rows
 from ..results import empty_results
+from ._attributes import MASK_CACHE_SIZE, ListAttributes
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,13 @@ class BaseIndex:
         self._next_id = 0  # default id of the next added vector
         self._origin = None  # the store version it was loaded from / saved as (_saving)
         self._changes = None  # [(added?, ids)] since then; None: untracked or not replayable
+        self._attribute_schema = None  # pa.Schema, fixed by the first add with attributes
+        self._slab_masks = collections.OrderedDict()  # filter key -> (lists version, mask)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_slab_masks"] = collections.OrderedDict()  # derived from the lists
+        return state
 
     # -- state -----------------------------------------------------------------
     @property
@@ -110,20 +120,127 @@ class BaseIndex:
     def _transform(self, x):
         return x
 
+    # -- attributes ------------------------------------------------------------
+    @property
+    def attribute_schema(self):
+        """``pyarrow.Schema`` of the attribute columns, or None when the index has
+        none. Fixed by the first ``add`` with attributes."""
+        return self._attribute_schema
+
+    def _attribute_rows(self, attributes, n):
+        """``attributes`` for n new rows as a normalised pyarrow.Table (None stays
+        None), fixing the schema on first use."""
+        if attributes is None:
+            return None
+        table = as_attribute_table(attributes, n, self._attribute_schema)
+        if self._attribute_schema is None:
+            self._attribute_schema = table.schema
+        return table
+
+    def _list_attributes(self):
+        """The lists' ListAttributes (made, all null, when the schema is newer
+        than the rows), or None without a schema."""
+        L = self._lists
+        if L is None or self._attribute_schema is None:
+            return None
+        if L.attrs is None:
+            L.attrs = ListAttributes.nulls(self._attribute_schema, L.size)
+        return L.attrs
+
+    def compile_filter(self, filter):
+        """``filter`` (None, a SQL-like string or a ``pyarrow.compute.Expression``)
+        checked against :attr:`attribute_schema`, as an Expression or None (see
+        :func:`shardann.filters.compile_filter`). Raises ``ValueError`` naming
+        the column / position."""
+        return compile_filter(filter, self._attribute_schema)
+
+    def _check_columns(self, columns):
+        if columns is None:
+            return None
+        if isinstance(columns, (str, bytes)) or not all(isinstance(c, str) for c in columns):
+            raise TypeError(f"columns must be a list of column names; got {columns!r}")
+        columns = list(columns)
+        schema = self._attribute_schema
+        names = [] if schema is None else schema.names
+        for c in columns:
+            if c not in names:
+                raise ValueError(f"unknown attribute column {c!r} (columns: "
+                                 f"{', '.join(names) if names else 'none'})")
+        return columns
+
+    def get_attributes(self, ids, columns=None):
+        """Attribute rows of ``ids`` (int64, any shape, read flat).
+
+        Returns a ``pyarrow.Table`` with one row per id, in order, of
+        ``columns`` (default: all); ids that are -1 or not in the index give
+        all-null rows. Raises ``ValueError`` for an unknown column or an index
+        without attributes.
+        """
+        if self._attribute_schema is None:
+            raise ValueError("the index has no attributes (add vectors with "
+                             "add(x, attributes=...))")
+        columns = self._check_columns(columns) or self._attribute_schema.names
+        ids = np.asarray(ids)
+        if ids.size and ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers; got dtype {ids.dtype}")
+        ids = ids.astype(np.int64).ravel()
+        found, pos = self._lookup(ids)
+        L = self._lists
+        lists = np.full(ids.size, -1, np.int64)
+        offsets = np.zeros(ids.size, np.int64)
+        if found.any():
+            lists[found] = L.owners(pos[found])
+            offsets[found] = pos[found] - L.start[lists[found]]
+        return self._list_attributes().take(lists, offsets, columns)
+
+    def _passing(self, expr):
+        """(allowed uint8 over the slab rows, passing rows per list int64 (nlist,))
+        of a compiled filter; cached per filter until the rows change or move."""
+        L = self._lists
+        key = filter_key(expr)
+        hit = self._slab_masks.get(key)
+        if hit is not None and hit[0] == L.version:
+            self._slab_masks.move_to_end(key)
+            return hit[1], hit[2]
+        masks = self._list_attributes().masks(expr)
+        allowed = np.zeros(len(L.ids), np.uint8)
+        rows = L.live_rows()
+        if rows.size:
+            allowed[rows] = np.concatenate(masks)
+        counts = np.array([np.count_nonzero(m) for m in masks], np.int64)
+        self._slab_masks[key] = (L.version, allowed, counts)
+        while len(self._slab_masks) > MASK_CACHE_SIZE:
+            self._slab_masks.popitem(last=False)
+        return allowed, counts
+
+    def _allowed(self, expr):
+        """uint8 over the slab rows: 1 where a live row passes the compiled filter."""
+        return self._passing(expr)[0]
+
+    def passing_counts(self, filter):
+        """int64 (nlist,): rows of each list that pass ``filter`` (string or
+        Expression) — the selectivity a coordinator plans with."""
+        return self._passing(self.compile_filter(filter))[1].copy()
+
     # -- add / remove ----------------------------------------------------------
-    def add(self, x, ids=None):
+    def add(self, x, ids=None, attributes=None):
         """Add float32 (n, d) vectors with int64 (n,) ids.
 
         ``ids`` default to consecutive integers after the largest id so far
         (0..n-1 for a fresh index). Ids must be unique within the index.
+        ``attributes``: one row per vector (a pyarrow Table / RecordBatch / dict
+        of arrays; see :attr:`attribute_schema`); the first add with attributes
+        fixes the columns, later adds must give the same ones (``ValueError``
+        naming the column otherwise), and rows added without get nulls.
         Returns the int64 ids that were added.
         """
         self._require_trained("add")
         x = self.prepare(x)
+        table = self._attribute_rows(attributes, x.shape[0])
         ids = self._new_ids(ids, x.shape[0])
         if x.shape[0]:
             list_no, payload = self._encode(x)
-            self._add_rows(list_no, ids, payload)
+            self._add_rows(list_no, ids, payload, table)
         return ids
 
     def _new_ids(self, ids, n):
@@ -163,7 +280,7 @@ class BaseIndex:
                              f"prepare); got {x.dtype} {x.shape}")
         return self._encode(np.ascontiguousarray(x))
 
-    def add_preassigned(self, list_no, ids, payload):
+    def add_preassigned(self, list_no, ids, payload, attributes=None):
         """Append rows already assigned and encoded (by :meth:`encode`, maybe in
         another process) — what a shard receives from its coordinator.
 
@@ -172,6 +289,7 @@ class BaseIndex:
         list_no : int64 (n,), each row's list, in 0..nlist-1.
         ids : int64 (n,), not in the index yet (not checked: the caller owns ids).
         payload : dict name -> (n, width) array, exactly the :attr:`columns`.
+        attributes : the rows' attributes, as for :meth:`add` (None: nulls).
 
         Shapes, dtypes and list numbers are checked; the rows are not re-encoded.
         """
@@ -198,8 +316,9 @@ class BaseIndex:
                 raise ValueError(f"payload[{name!r}] must be {dtype} ({n}, {width}); got "
                                  f"{arr.dtype} {arr.shape}")
             checked[name] = arr
+        table = self._attribute_rows(attributes, n)
         if n:
-            self._add_rows(list_no, ids, checked)
+            self._add_rows(list_no, ids, checked, table)
 
     def _log_change(self, added, ids):
         """Note ids added or removed since the origin version (for ``save(merge=True)``)."""
@@ -207,8 +326,9 @@ class BaseIndex:
         if log is not None and len(ids):
             log.append((added, np.array(ids, np.int64)))
 
-    def _add_rows(self, list_no, ids, payload):
-        self._lists.add(list_no, ids, **payload)
+    def _add_rows(self, list_no, ids, payload, attributes=None):
+        self._list_attributes()  # rows already held get null attributes first
+        self._lists.add(list_no, ids, attributes, **payload)
         self._log_change(True, ids)
         if self._sorted_ids is not None:
             # two sorted runs: the stable sort (timsort) merges them in linear time
@@ -255,12 +375,13 @@ class BaseIndex:
 
     def _lookup(self, ids):
         """(found bool (n,), slab position int64 (n,)) of each id."""
-        if self._posmap is None:
+        version = None if self._lists is None else self._lists.version
+        if self._posmap is None or self._posmap[2] != version:  # rows moved (compaction)
             rows = self._lists.live_rows() if self._lists is not None else np.zeros(0, np.int64)
             live_ids = self._lists.ids[rows] if rows.size else np.zeros(0, np.int64)
             order = np.argsort(live_ids, kind="stable")
-            self._posmap = (live_ids[order], rows[order])
-        sids, spos = self._posmap
+            self._posmap = (live_ids[order], rows[order], version)
+        sids, spos, _ = self._posmap
         if sids.size == 0:
             return np.zeros(len(ids), bool), np.full(len(ids), -1, np.int64)
         at = np.minimum(np.searchsorted(sids, ids), sids.size - 1)
@@ -286,22 +407,41 @@ class BaseIndex:
         return out[0] if scalar else out
 
     # -- search ----------------------------------------------------------------
-    def search(self, queries, k=10, **kwargs):
+    def search(self, queries, k=10, *, filter=None, columns=None, **kwargs):
         """k nearest neighbours of each query (``nprobe``/``refine_factor`` are
         accepted and ignored by exact indexes).
+
+        ``filter``: None, a SQL-like string (``"lang = 'en' AND year >= 2023"``,
+        see :mod:`shardann.filters`) or a ``pyarrow.compute.Expression`` over the
+        attribute columns; only rows that pass are ranked, so each query gets
+        k passing hits whenever k exist. ``columns``: attribute column names to
+        return with the hits.
 
         Returns ``(D, I)``: float32 and int64 arrays of shape (nq, k), best
         first; D is the squared L2 distance (l2) or the similarity (ip,
         cosine); rows with fewer than k hits are padded with ``+inf``/``-inf``
-        and id -1.
+        and id -1. With ``columns``, ``(D, I, A)``: A is a ``pyarrow.Table`` of
+        nq * k rows (row ``i * k + j`` belongs to ``I[i, j]``; all null where
+        it is -1) holding exactly those columns.
         """
         self._require_trained("search")
         k, nprobe, refine_factor = self.check_search(k, **kwargs)
+        expr = self.compile_filter(filter)
+        columns = self._check_columns(columns)
         q = self.prepare(queries, "queries")
         if q.shape[0] == 0 or self.ntotal == 0:
-            return empty_results(q.shape[0], k, self.metric)
-        keys, ids = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor)
-        return keys_to_distances(keys, self.metric), ids
+            D, I = empty_results(q.shape[0], k, self.metric)
+        else:
+            keys, I = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor,
+                                        filter=expr)
+            D = keys_to_distances(keys, self.metric)
+        return self._with_columns(D, I, columns)
+
+    def _with_columns(self, D, I, columns):
+        """``(D, I)``, or ``(D, I, A)`` with the hits' attribute ``columns``."""
+        if columns is None:
+            return D, I
+        return D, I, self.get_attributes(I, columns)
 
     def check_search(self, k, nprobe=None, refine_factor=0):
         """Validate search arguments; return ``(k, nprobe, refine_factor)`` as ints.
@@ -336,7 +476,7 @@ class BaseIndex:
         return {"list_bytes": int(self._lists.nbytes()),
                 "allocated_bytes": int(self._lists.allocated_bytes())}
 
-    def set_lists(self, list_sizes, ids, payload, *, next_id=0):
+    def set_lists(self, list_sizes, ids, payload, *, next_id=0, attributes=None):
         """Replace the inverted lists with rows already grouped by list.
 
         Parameters
@@ -345,6 +485,8 @@ class BaseIndex:
         ids : int64 (n,), grouped by list (list 0 first).
         payload : dict name -> (n, width) array, exactly the :attr:`columns`.
         next_id : the next default id is at least this (and above every id).
+        attributes : pyarrow.Table of the rows' attributes in the order of
+            ``ids`` (as for :meth:`add`), or None (null attributes, or none).
 
         The arrays are wrapped without copying (4-bit fast-scan codes are
         re-laid out); NumPy views of a store's Arrow buffers stay views.
@@ -364,8 +506,11 @@ class BaseIndex:
             want = {k: (n, w, t.name) for k, (w, t) in cols.items()}
             got = {k: (*np.shape(v), np.asarray(v).dtype.name) for k, v in payload.items()}
             raise ValueError(f"payload must hold {want} (rows, width, dtype); got {got}")
+        table = self._attribute_rows(attributes, n)
+        attrs = (None if table is None
+                 else ListAttributes.from_packed(table.schema, sizes, table))
         self._lists = InvertedLists.from_sorted(nlist, self._lists.columns, sizes, ids,
-                                                payload, tiled=self._lists.tiled)
+                                                payload, tiled=self._lists.tiled, attrs=attrs)
         self._sorted_ids = None
         self._posmap = None
         self._next_id = max(int(next_id), int(ids.max()) + 1 if n else 0)

@@ -22,12 +22,14 @@ def _db_block(nq):
     return int(min(65536, max(4096, 1 << (rows - 1).bit_length())))
 
 
-def exact_search_keys(q, xb, ids, k, ip, xb_norms=None):
+def exact_search_keys(q, xb, ids, k, ip, xb_norms=None, allowed=None):
     """Exact top-k keys of ``q`` float32 (nq, d) against ``xb`` float32 (n, d).
 
     Distances come from BLAS matrix products in blocks; keys are squared L2
-    (clamped at 0) or the negated inner product. Returns keys float32 (nq, k)
-    and ids int64 (nq, k), best first, ties by smaller id.
+    (clamped at 0) or the negated inner product. ``allowed`` uint8 (n,) (or
+    None): rows where it is 0 are never ranked (a filter). Returns keys
+    float32 (nq, k) and ids int64 (nq, k), best first, ties by smaller id,
+    padded with (+inf, -1).
     """
     nq = q.shape[0]
     if ip:
@@ -49,12 +51,14 @@ def exact_search_keys(q, xb, ids, k, ip, xb_norms=None):
             dots = q[qs:qe] @ xb[s:e].T
             kd = np.empty((qe - qs, k), np.float32)
             ki = np.empty((qe - qs, k), np.int64)
+            # the filter's mask only when there is one: None runs the unfiltered kernel
+            mask = () if allowed is None else (allowed[s:e],)
             if ip:  # 0 - 1 * dot + 0 = -dot
                 topk_from_dots(dots, np.zeros(e - s, np.float32), np.float32(1), q_zero[qs:qe],
-                               False, ids[s:e], k, kd, ki)
+                               False, ids[s:e], k, kd, ki, *mask)
             else:
                 topk_from_dots(dots, xb_norms[s:e], np.float32(2), q_norms[qs:qe], True,
-                               ids[s:e], k, kd, ki)
+                               ids[s:e], k, kd, ki, *mask)
             parts.append((kd, ki))
         # partial results are keys, so merge them as a smaller-is-better metric
         out_keys[qs:qe], out_ids[qs:qe] = merge_results(parts, k, "l2")
@@ -99,12 +103,13 @@ class FlatIndex(BaseIndex):
         n = lists.ntotal
         return lists.data["vectors"][:n], lists.ids[:n]
 
-    def _search_keys(self, q, k, nprobe=None, refine_factor=0):
+    def _search_keys(self, q, k, nprobe=None, refine_factor=0, filter=None):
         xb, ids = self._rows()
         ip = uses_ip(self.metric)
         if not ip and self._norms is None:
             self._norms = np.einsum("ij,ij->i", xb, xb)
-        return exact_search_keys(q, xb, ids, k, ip, self._norms)
+        allowed = None if filter is None else self._allowed(filter)[:len(ids)]
+        return exact_search_keys(q, xb, ids, k, ip, self._norms, allowed)
 
     def _decode_rows(self, pos):
         return self._lists.data["vectors"][pos].copy()

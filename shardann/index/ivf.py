@@ -68,6 +68,12 @@ def _one_blas_thread(parallel):
     return _blas.limit(limits=1, user_api="blas")
 
 
+def _mask_arg(allowed):
+    """The scan kernels' trailing ``allowed`` argument: none without a filter, so
+    an unfiltered scan runs the variant compiled without the test."""
+    return () if allowed is None else (allowed,)
+
+
 #: candidates beyond ``nprobe`` that the coarse quantizer re-ranks with exact keys
 _PROBE_SPARE = 8
 
@@ -267,7 +273,8 @@ class IVFIndex(BaseIndex):
         scans exact vectors already and has nothing to refine."""
         return bool(self._refines and "vectors" in self._columns())
 
-    def search(self, queries, k=10, *, nprobe=None, refine_factor=0):
+    def search(self, queries, k=10, *, nprobe=None, refine_factor=0, filter=None,
+               columns=None):
         """k nearest neighbours of each query, scanning ``nprobe`` lists.
 
         Parameters
@@ -277,12 +284,17 @@ class IVFIndex(BaseIndex):
         nprobe : int in 1..nlist, lists scanned per query (default ``self.nprobe``).
         refine_factor : int, re-rank ``k * refine_factor`` candidates with exact
             distances on kept vectors (0 = off; needs ``keep_vectors``).
+        filter : None, a SQL-like string or a ``pyarrow.compute.Expression`` on
+            the attribute columns: only passing rows are scanned.
+        columns : attribute columns to return with the hits.
 
         Returns
         -------
-        D float32 (nq, k), I int64 (nq, k) — see :meth:`BaseIndex.search`.
+        D float32 (nq, k), I int64 (nq, k)[, A pyarrow.Table] — see
+        :meth:`BaseIndex.search`.
         """
-        return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor)
+        return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor,
+                              filter=filter, columns=columns)
 
     def probe(self, q, nprobe):
         """Coarse quantization of prepared queries (the output of ``prepare``).
@@ -301,13 +313,24 @@ class IVFIndex(BaseIndex):
         return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip,
                             parallel=_parallel(q.shape[0]))
 
-    def _search_keys(self, q, k, nprobe, refine_factor=0):
+    def _search_keys(self, q, k, nprobe, refine_factor=0, filter=None):
         with self._threads():
             with _one_blas_thread(_parallel(q.shape[0])):
                 dis0, probes = self.probe(q, nprobe)
-            return self._scan_keys(q, dis0, probes, k, refine_factor)
+            allowed, probes = self._filtered(filter, probes)
+            return self._scan_keys(q, dis0, probes, k, refine_factor, allowed)
 
-    def search_preassigned(self, q, dis0, probes, k, refine_factor=0):
+    def _filtered(self, expr, probes):
+        """(allowed, probes) of a compiled filter: the slab mask (None without a
+        filter) and the probes with lists no passing row is in set to -1 (their
+        tables are not even built)."""
+        if expr is None:
+            return None, probes
+        allowed, counts = self._passing(expr)
+        safe = np.clip(probes, 0, self.nlist - 1)
+        return allowed, np.where((probes >= 0) & (counts[safe] > 0), probes, -1)
+
+    def search_preassigned(self, q, dis0, probes, k, refine_factor=0, *, filter=None):
         """Search prepared queries in the given lists: the scan half of
         :meth:`search` (``prepare`` and ``probe`` being the other half).
 
@@ -320,6 +343,9 @@ class IVFIndex(BaseIndex):
         k : int >= 1.
         refine_factor : int >= 0; with :attr:`refines`, the ``k * refine_factor``
             best ADC candidates are re-ranked by exact distance.
+        filter : None, or a filter (compiled by :meth:`compile_filter`, or a
+            string): only rows that pass are scanned. The probes are scanned
+            as given (no selectivity strategy: that is :meth:`search`'s).
 
         Returns
         -------
@@ -328,6 +354,7 @@ class IVFIndex(BaseIndex):
         """
         self._require_trained("search_preassigned")
         k, _, refine_factor = self.check_search(k, refine_factor=refine_factor)
+        expr = self.compile_filter(filter)
         q = np.asarray(q)
         dis0, probes = np.asarray(dis0), np.asarray(probes)
         nq = q.shape[0] if q.ndim == 2 else -1
@@ -340,22 +367,23 @@ class IVFIndex(BaseIndex):
                 f"{dis0.shape}, probes {probes.dtype} {probes.shape}")
         if nq == 0 or self.ntotal == 0:
             return empty_results(nq, k, self.metric)
+        allowed, probes = self._filtered(expr, np.ascontiguousarray(probes))
         with self._threads():
             keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
-                                        np.ascontiguousarray(probes), k, refine_factor)
+                                        probes, k, refine_factor, allowed)
         return keys_to_distances(keys, self.metric), ids
 
-    def _scan_keys(self, q, dis0, probes, k, refine_factor=0):
+    def _scan_keys(self, q, dis0, probes, k, refine_factor=0, allowed=None):
         """(keys, ids) (nq, k) of the given lists; keys are smaller-is-better."""
         if refine_factor and self.refines:
-            _, ids, exact = self.scan_candidates(q, dis0, probes, k * refine_factor,
-                                                 exact=True)
+            _, ids, exact = self._candidates(q, dis0, probes, k * refine_factor, True,
+                                             allowed)
             # keys are smaller-is-better whatever the metric: merge them as l2
             return merge_results([(exact, ids)], k, "l2")
-        keys, ids, _ = self.scan_candidates(q, dis0, probes, k)
+        keys, ids, _ = self._candidates(q, dis0, probes, k, False, allowed)
         return keys, ids
 
-    def scan_candidates(self, q, dis0, probes, kk, *, exact=False):
+    def scan_candidates(self, q, dis0, probes, kk, *, exact=False, filter=None):
         """The ``kk`` best rows of the given lists by scan key, for a coordinator
         that merges (and refines) across shards.
 
@@ -364,6 +392,8 @@ class IVFIndex(BaseIndex):
         q, dis0, probes : as for :meth:`search_preassigned`.
         kk : int >= 1, candidates per query.
         exact : also compute the exact keys of the candidates (needs kept vectors).
+        filter : None or a filter (as for :meth:`search_preassigned`): only
+            passing rows are candidates.
 
         Returns
         -------
@@ -372,7 +402,11 @@ class IVFIndex(BaseIndex):
         ids : int64 (nq, kk), -1 pads.
         exact_keys : float32 (nq, kk) of the same rows, or None unless ``exact``.
         """
-        keys, pos = self._scan(q, dis0, probes, kk)
+        allowed, probes = self._filtered(self.compile_filter(filter), probes)
+        return self._candidates(q, dis0, probes, kk, exact, allowed)
+
+    def _candidates(self, q, dis0, probes, kk, exact, allowed):
+        keys, pos = self._scan(q, dis0, probes, kk, allowed)
         vectors = self._lists.data.get("vectors")
         if exact and vectors is None:
             raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
@@ -451,12 +485,13 @@ class IVFFlatIndex(IVFIndex):
     def _payload(self, x, labels):
         return {"vectors": x}
 
-    def _scan(self, q, dis0, probes, k):
+    def _scan(self, q, dis0, probes, k, allowed=None):
         L = self._lists
         out_d = np.empty((q.shape[0], k), np.float32)
         out_p = np.empty((q.shape[0], k), np.int64)
         fn = ivfflat_scan_parallel if _parallel(q.shape[0]) else ivfflat_scan_serial
-        fn(q, probes, L.data["vectors"], L.ids, L.start, L.size, k, self._ip, out_d, out_p)
+        fn(q, probes, L.data["vectors"], L.ids, L.start, L.size, k, self._ip, out_d, out_p,
+           *_mask_arg(allowed))
         return out_d, out_p
 
     def _decode_rows(self, pos):
@@ -598,9 +633,10 @@ class IVFPQIndex(IVFIndex):
         return cols
 
     # -- search ------------------------------------------------------------------------
-    def _scan(self, q, dis0, probes, k):
+    def _scan(self, q, dis0, probes, k, allowed=None):
         L = self._lists
         nq = q.shape[0]
+        mask = _mask_arg(allowed)
         cb = self.pq.codebooks
         # the table kind is told by which of list_terms / codebooks is given
         # (see shardann._kernels.ivf): each compiles without the others' code
@@ -624,15 +660,15 @@ class IVFPQIndex(IVFIndex):
             # its SIMD table code reads whole rows: C-contiguous tables (no copy here)
             fn(np.ascontiguousarray(qlut), None if terms is None else np.ascontiguousarray(terms),
                dis0, probes, L.data["codes"].tiles, L.ids, L.start, L.size, k, q,
-               self.centroids, books, out_d, out_p)
+               self.centroids, books, out_d, out_p, *mask)
         elif self.nbits == 8:  # its own kernel: compiles in less time than any width's
             fn = ivfpq8_scan_parallel if _parallel(nq) else ivfpq8_scan_serial
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
-               q, self.centroids, books, out_d, out_p)
+               q, self.centroids, books, out_d, out_p, *mask)
         else:
             fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
-               self.nbits, q, self.centroids, books, out_d, out_p)
+               self.nbits, q, self.centroids, books, out_d, out_p, *mask)
         return out_d, out_p
 
     def __setstate__(self, state):
