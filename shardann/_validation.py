@@ -144,6 +144,20 @@ def as_id_array(ids, name="ids"):
     return arr.astype(np.int64)
 
 
+def check_probe_ratio(value):
+    """Return ``probe_ratio`` as a float in (0, 1], or None (adaptive probing off)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"probe_ratio must be a number in (0, 1] or None; got "
+                        f"{type(value).__name__} ({value!r})")
+    value = float(value)
+    if not 0.0 < value <= 1.0:  # also refuses NaN
+        raise ValueError(f"probe_ratio must be in (0, 1] (1 probes only the lists as close "
+                         f"as the closest one); got {value!r}")
+    return value
+
+
 def check_search_args(k, nprobe=None, nlist=None, refine_factor=0):
     """Validate ``k``, ``nprobe`` (1..nlist) and ``refine_factor`` (0 or >= 1)."""
     k = check_int("k", k, low=1)

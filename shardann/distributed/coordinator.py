@@ -18,7 +18,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from .._validation import MAX_ID, as_id_array, as_ids, check_int
+from .._validation import MAX_ID, as_id_array, as_ids, check_int, check_probe_ratio
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
@@ -363,9 +363,13 @@ class ShardedIndex:
         return results, sorted(set(calls) - set(results))
 
     # -- search --------------------------------------------------------------------------
-    def search(self, queries, k=10, *, nprobe=None, refine_factor=0, timeout_s=None,
-               allow_partial=False):
+    def search(self, queries, k=10, *, nprobe=None, refine_factor=0, probe_ratio=None,
+               timeout_s=None, allow_partial=False):
         """k nearest neighbours, exactly as the local index would answer.
+
+        ``probe_ratio`` (adaptive probing, as the local index's
+        :meth:`~shardann.IVFFlatIndex.search`) is applied here, at the coarse
+        probe: a shard receives only the lists worth scanning.
 
         Returns ``(D, I)`` (float32, int64, (nq, k)). A shard that does not
         answer within ``timeout_s`` raises :class:`ShardUnavailableError`; with
@@ -377,24 +381,26 @@ class ShardedIndex:
         while True:
             try:
                 return self._search(queries, k, nprobe, refine_factor, timeout_s,
-                                    allow_partial, self.version)
+                                    allow_partial, self.version, probe_ratio)
             except _VersionChanged:
                 continue
 
-    def _search(self, queries, k, nprobe, refine_factor, timeout_s, allow_partial, version):
+    def _search(self, queries, k, nprobe, refine_factor, timeout_s, allow_partial, version,
+                probe_ratio=None):
         model = self.model
         k, nprobe, refine_factor = model.check_search(k, nprobe, refine_factor)
+        probe_ratio = check_probe_ratio(probe_ratio)
         q = model.prepare(queries, "queries")
         nq = q.shape[0]
         if nq == 0:
             D, I = empty_results(0, k, self.metric)
             return SearchResult(D, I) if allow_partial else (D, I)
-        dis0, probes = model.probe(q, nprobe)
+        dis0, probes = model.probe(q, nprobe, probe_ratio)
         exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
-        owner = self.owner[probes]
+        owner = np.where(probes >= 0, self.owner[probes], -1)  # -1: a list probe_ratio skips
         calls, rows_of = {}, {}
-        for s in np.unique(owner).tolist():
+        for s in np.unique(owner[owner >= 0]).tolist():
             mine = owner == s
             rows = np.flatnonzero(mine.any(axis=1))
             rows_of[s] = rows

@@ -12,6 +12,7 @@ from .._validation import (
     as_ids,
     as_vectors,
     check_int,
+    check_probe_ratio,
     check_search_args,
 )
 from ..errors import DuplicateIdError, NotTrainedError
@@ -407,9 +408,10 @@ class BaseIndex:
         return out[0] if scalar else out
 
     # -- search ----------------------------------------------------------------
-    def search(self, queries, k=10, *, filter=None, columns=None, **kwargs):
-        """k nearest neighbours of each query (``nprobe``/``refine_factor`` are
-        accepted and ignored by exact indexes).
+    def search(self, queries, k=10, *, filter=None, columns=None, probe_ratio=None,
+               **kwargs):
+        """k nearest neighbours of each query (``nprobe``/``refine_factor``/
+        ``probe_ratio`` are checked, then ignored by exact indexes).
 
         ``filter``: None, a SQL-like string (``"lang = 'en' AND year >= 2023"``,
         see :mod:`shardann.filters`) or a ``pyarrow.compute.Expression`` over the
@@ -426,6 +428,7 @@ class BaseIndex:
         """
         self._require_trained("search")
         k, nprobe, refine_factor = self.check_search(k, **kwargs)
+        probe_ratio = check_probe_ratio(probe_ratio)
         expr = self.compile_filter(filter)
         columns = self._check_columns(columns)
         q = self.prepare(queries, "queries")
@@ -433,7 +436,7 @@ class BaseIndex:
             D, I = empty_results(q.shape[0], k, self.metric)
         else:
             keys, I = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor,
-                                        filter=expr)
+                                        filter=expr, probe_ratio=probe_ratio)
             D = keys_to_distances(keys, self.metric)
         return self._with_columns(D, I, columns)
 

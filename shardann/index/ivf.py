@@ -28,7 +28,14 @@ from .._kernels.refine import (
     int8_keys_serial,
 )
 from .._kernels.topk import topk_from_dots_parallel, topk_from_dots_serial
-from .._validation import as_vectors, check_bool, check_choice, check_int, check_search_args
+from .._validation import (
+    as_vectors,
+    check_bool,
+    check_choice,
+    check_int,
+    check_probe_ratio,
+    check_search_args,
+)
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pq import OPQ, ProductQuantizer
@@ -37,6 +44,7 @@ from ..sq import decode as sq_decode
 from ..sq import encode as sq_encode
 from ..sq import query_frame, train_scale
 from ._lists import InvertedLists
+from ._probing import prune_probes
 from .base import BaseIndex
 
 logger = logging.getLogger(__name__)
@@ -274,7 +282,7 @@ class IVFIndex(BaseIndex):
         return bool(self._refines and "vectors" in self._columns())
 
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0, filter=None,
-               columns=None):
+               columns=None, probe_ratio=None):
         """k nearest neighbours of each query, scanning ``nprobe`` lists.
 
         Parameters
@@ -287,6 +295,9 @@ class IVFIndex(BaseIndex):
         filter : None, a SQL-like string or a ``pyarrow.compute.Expression`` on
             the attribute columns: only passing rows are scanned.
         columns : attribute columns to return with the hits.
+        probe_ratio : float in (0, 1] or None, adaptive probing: of the
+            ``nprobe`` closest lists scan only those nearly as close as the
+            closest one (see :meth:`probe`); None scans all ``nprobe``.
 
         Returns
         -------
@@ -294,29 +305,43 @@ class IVFIndex(BaseIndex):
         :meth:`BaseIndex.search`.
         """
         return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor,
-                              filter=filter, columns=columns)
+                              filter=filter, columns=columns, probe_ratio=probe_ratio)
 
-    def probe(self, q, nprobe):
+    def probe(self, q, nprobe, probe_ratio=None):
         """Coarse quantization of prepared queries (the output of ``prepare``).
 
         Parameters
         ----------
         q : float32 (nq, d), prepared.
         nprobe : int in 1..nlist.
+        probe_ratio : float in (0, 1] or None. Of the ``nprobe`` closest lists,
+            keep those whose closeness reaches ``probe_ratio`` times the
+            closest one's, as FastIVF's ``ratio_threshold``: cosine / inner
+            product similarity ``s >= probe_ratio * s_best``, squared L2
+            ``probe_ratio * dist <= dist_best`` (details in
+            :func:`shardann.index._probing.prune_probes`). Larger is faster
+            and less accurate.
 
         Returns
         -------
         dis0 : float32 (nq, nprobe), squared L2 to each probed centroid, or the
             negated inner product (ip, cosine).
-        probes : int64 (nq, nprobe), list numbers, closest first.
+        probes : int64 (nq, nprobe), list numbers, closest first. With
+            ``probe_ratio`` both are (nq, w), w <= nprobe the most lists a query
+            keeps, and the skipped lists are -1.
         """
-        return coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip,
-                            parallel=_parallel(q.shape[0]))
+        probe_ratio = check_probe_ratio(probe_ratio)
+        dis0, probes = coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip,
+                                    parallel=_parallel(q.shape[0]))
+        if probe_ratio is None:
+            return dis0, probes
+        return prune_probes(dis0, probes, probe_ratio)
 
-    def _search_keys(self, q, k, nprobe, refine_factor=0, filter=None):
+    def _search_keys(self, q, k, nprobe, refine_factor=0, filter=None,
+                     probe_ratio=None):
         with self._threads():
             with _one_blas_thread(_parallel(q.shape[0])):
-                dis0, probes = self.probe(q, nprobe)
+                dis0, probes = self.probe(q, nprobe, probe_ratio)
             allowed, probes = self._filtered(filter, probes)
             return self._scan_keys(q, dis0, probes, k, refine_factor, allowed)
 

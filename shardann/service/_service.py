@@ -216,17 +216,17 @@ class SearchService:
             try:
                 groups = collections.defaultdict(list)
                 for i, item in enumerate(items):
-                    groups[item[1:5]].append(i)
+                    groups[item[1:6]].append(i)
                 keys = list(groups)
                 calls = []
                 for key in keys:
                     idx = groups[key]
-                    k, nprobe, refine, partial = key
+                    k, nprobe, refine, partial, ratio = key
                     q = np.stack([items[i][0] for i in idx])
-                    timeout = max(items[i][5] for i in idx)
+                    timeout = max(items[i][6] for i in idx)
                     self.metrics.batch_size.observe(len(idx))
                     calls.append(self._run(self._timed("search", gen.backend.search), q, k,
-                                           nprobe=nprobe,
+                                           nprobe=nprobe, probe_ratio=ratio,
                                            refine_factor=refine, timeout_s=timeout,
                                            allow_partial=partial))
                 results = await asyncio.gather(*calls, return_exceptions=True)
@@ -250,12 +250,12 @@ class SearchService:
             return serve.batch(**options)(search_batch)
         return MicroBatcher(search_batch, **options)
 
-    async def _search_direct(self, q, k, nprobe, refine, partial, shard_timeout):
+    async def _search_direct(self, q, k, nprobe, refine, partial, ratio, shard_timeout):
         gen = self._acquire()
         try:
             self.metrics.batch_size.observe(len(q))
             D, I, missing = await self._run(self._timed("search", gen.backend.search), q, k,
-                                            nprobe=nprobe,
+                                            nprobe=nprobe, probe_ratio=ratio,
                                             refine_factor=refine, timeout_s=shard_timeout,
                                             allow_partial=partial)
             return D, I, missing, gen.backend
@@ -272,12 +272,14 @@ class SearchService:
             async with asyncio.timeout(timeout):
                 if len(q) == 1:
                     res = await self._batched((q[0], req.k, req.nprobe, req.refine_factor,
-                                               req.allow_partial, shard_timeout))
+                                               req.allow_partial, req.probe_ratio,
+                                               shard_timeout))
                     if isinstance(res, BaseException):
                         raise res
                 else:
                     res = await self._search_direct(q, req.k, req.nprobe, req.refine_factor,
-                                                    req.allow_partial, shard_timeout)
+                                                    req.allow_partial, req.probe_ratio,
+                                                    shard_timeout)
         except Exception as exc:
             raise self._map_error(exc, "search") from None
         D, I, missing, backend = res

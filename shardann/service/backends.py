@@ -3,7 +3,7 @@
 Both backends offer the same blocking interface, which the service runs in
 worker threads:
 
-``search(q, k, nprobe=, refine_factor=, timeout_s=, allow_partial=)``
+``search(q, k, nprobe=, refine_factor=, probe_ratio=, timeout_s=, allow_partial=)``
     -> ``(D, I, missing_shards)``
 ``add(x, ids)`` -> ids; ``remove_ids(ids)`` -> count; ``stats()`` -> dict;
 ``health(timeout_s)`` -> dict; ``newest_version()`` -> int;
@@ -76,10 +76,11 @@ class ShardedBackend:
         opened, whatever version writes have moved them to since)."""
         return f"{self.name}/v{self.open_version}/s{self.index.num_shards}/"
 
-    def search(self, q, k, *, nprobe=None, refine_factor=0, timeout_s=None,
+    def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, timeout_s=None,
                allow_partial=False):
         res = self.index.search(q, k, nprobe=nprobe, refine_factor=refine_factor,
-                                timeout_s=timeout_s, allow_partial=allow_partial)
+                                probe_ratio=probe_ratio, timeout_s=timeout_s,
+                                allow_partial=allow_partial)
         D, I = res
         return D, I, list(getattr(res, "missing_shards", []))
 
@@ -223,9 +224,9 @@ class LocalBackend:
         if self.unavailable:
             raise ShardUnavailableError("shard(s) [0] of the local index did not answer")
 
-    def search(self, q, k, *, nprobe=None, refine_factor=0, timeout_s=None,
+    def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, timeout_s=None,
                allow_partial=False):
-        kwargs = {"refine_factor": refine_factor}
+        kwargs = {"refine_factor": refine_factor, "probe_ratio": probe_ratio}
         if nprobe is not None:
             kwargs["nprobe"] = nprobe
         with self._lock:

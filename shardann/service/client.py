@@ -180,9 +180,11 @@ class Client:
         return _error_class(r.status_code)(r.status_code, code, message, details, retry_after)
 
     # -- API ----------------------------------------------------------------------------
-    def search(self, queries, k=10, *, nprobe=None, refine_factor=0, timeout_s=None,
-               allow_partial=False):
+    def search(self, queries, k=10, *, nprobe=None, refine_factor=0, probe_ratio=None,
+               timeout_s=None, allow_partial=False):
         """k nearest neighbours: ``(D, I)`` float32/int64 (nq, k), best first.
+
+        ``nprobe``, ``refine_factor`` and ``probe_ratio`` as for the local index.
 
         With ``allow_partial=True`` returns ``(D, I, missing_shards)``.
         """
@@ -190,6 +192,8 @@ class Client:
                 "refine_factor": refine_factor}
         if nprobe is not None:
             body["nprobe"] = nprobe
+        if probe_ratio is not None:
+            body["probe_ratio"] = probe_ratio
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
         if allow_partial:

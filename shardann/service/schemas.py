@@ -35,6 +35,13 @@ def request_models(config, d):
            Field(10, description=f"Hits per query, 1..{config.max_k}.")),
         nprobe=(Annotated[int, Field(strict=True, ge=1)] | None, Field(
             None, description="Lists scanned per query, 1..nlist (default: the index's).")),
+        probe_ratio=(Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)]
+                     | None, Field(
+            None, description="Adaptive probing: of the nprobe closest lists scan only "
+                              "those whose closeness reaches this fraction of the closest "
+                              "one's (similarity for ip/cosine, 1/distance for l2), in "
+                              "(0, 1]; larger is faster and less accurate. Default: all "
+                              "nprobe.")),
         refine_factor=(Annotated[int, Field(strict=True, ge=0, le=config.max_refine_factor)],
                        Field(0, description="Re-rank k * refine_factor candidates exactly "
                                             "(needs an index with kept vectors); 0 = off.")),
