@@ -38,6 +38,11 @@ MAGIC = b"PAR1"
 TO_FILE = {"codes": "code", "vectors": "vector"}
 TO_INDEX = {v: k for k, v in TO_FILE.items()}
 ROW_GROUP_ROWS = 65536
+# On object stores a shard reads its lists by ranged GETs of whole row groups, so
+# smaller groups waste fewer bytes at the edges of its share: 200k x 128 on 4 shards
+# read 41-70% of the store per shard at 65536 rows, 37% at 8192 (its share: 34%),
+# for 18 GETs instead of 6-8 (tests/storage/bench_s3_load.py).
+REMOTE_ROW_GROUP_ROWS = 8192
 #: a filtered read decodes at most about this many payload bytes at a time
 READ_BATCH_BYTES = 16 << 20
 #: reads of at least this many bytes check chunk CRCs while Arrow decodes

@@ -20,7 +20,6 @@ from ..errors import CorruptIndexError
 from . import _maintenance, _manifest
 from ._fs import location
 from ._manifest import MANIFEST_DIR, FutureFormatError
-from ._segments import ROW_GROUP_ROWS
 from ._transaction import MAX_SEGMENT_ROWS, Transaction, as_state, write_state
 from ._view import SEGMENT_DIR, TOMBSTONE_DIR, StoreView
 
@@ -48,7 +47,7 @@ class IndexStore(StoreView):
 
     # -- creating ----------------------------------------------------------------------
     @classmethod
-    def create(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS, storage_options=None):
+    def create(cls, path, state, *, row_group_rows=None, storage_options=None):
         """Create a store at ``path`` holding ``state`` as version 1.
 
         ``state`` is an :class:`~shardann.storage.IndexState` (trained or not),
@@ -94,7 +93,7 @@ class IndexStore(StoreView):
                              f"got trained={state.trained}, ntotal={state.ntotal}")
         return write_state(cls, loc, state, None, "create", segments=list(segments))
 
-    def save_state(self, state, *, row_group_rows=ROW_GROUP_ROWS):
+    def save_state(self, state, *, row_group_rows=None):
         """Commit a new version holding exactly ``state`` (an ``IndexState`` or an
         index) on top of this one.
 
@@ -108,7 +107,7 @@ class IndexStore(StoreView):
         return write_state(type(self), self._loc, state, self._m, "save", row_group_rows)
 
     @classmethod
-    def save(cls, path, state, *, row_group_rows=ROW_GROUP_ROWS, storage_options=None):
+    def save(cls, path, state, *, row_group_rows=None, storage_options=None):
         """Store ``state`` (an ``IndexState`` or an index) at ``path``: a new store
         at version 1, or the next version of the store there holding exactly
         ``state``, whatever the newest version held (earlier versions stay

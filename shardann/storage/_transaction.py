@@ -19,7 +19,7 @@ from ._files import check_size, fast_crc32
 from ._fs import location
 from ._grouping import as_ids, hits
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST_DIR
-from ._segments import ROW_GROUP_ROWS, TO_FILE, SegmentFile, column_spec
+from ._segments import REMOTE_ROW_GROUP_ROWS, ROW_GROUP_ROWS, TO_FILE, SegmentFile, column_spec
 from ._view import SEGMENT_DIR, TOMBSTONE_DIR
 from .state import IndexState
 
@@ -145,7 +145,7 @@ class Transaction:
         return n
 
     def add_lists(self, list_sizes, ids, payload, *, max_segment_rows=MAX_SEGMENT_ROWS,
-                  row_group_rows=ROW_GROUP_ROWS):
+                  row_group_rows=None):
         """Stage rows already grouped by list, as :meth:`IndexStore.read_lists`
         and ``IndexState.lists`` hold them: write them as segments of at most
         ``max_segment_rows`` rows (cut at list boundaries) now.
@@ -178,7 +178,9 @@ class Transaction:
         self._write_rows(list_no, ids, data, max_segment_rows, row_group_rows)
         return n
 
-    def _write_rows(self, list_no, ids, data, max_rows, row_group_rows=ROW_GROUP_ROWS):
+    def _write_rows(self, list_no, ids, data, max_rows, row_group_rows=None):
+        if row_group_rows is None:
+            row_group_rows = ROW_GROUP_ROWS if self._loc.local else REMOTE_ROW_GROUP_ROWS
         self._loc.check_writable()
         self._loc.makedirs(SEGMENT_DIR)
         list_no, ids, data = _segments.sort_rows(np.asarray(list_no, np.int32), ids, data)
@@ -254,7 +256,7 @@ class Transaction:
             raise ValueError(f"not segments of version {self.base_version}: {unknown[:5]}")
         self._drop |= paths
 
-    def replace_all(self, state, *, row_group_rows=ROW_GROUP_ROWS):
+    def replace_all(self, state, *, row_group_rows=None):
         """Make the new version hold exactly ``state`` (an :class:`IndexState`, or
         an index: its ``to_state()``): its kind, parameters, trained arrays (the
         base version's codebooks file is reused when they are equal) and rows;
@@ -461,7 +463,7 @@ def write_state(view_cls, root, state, base, operation, row_group_rows=None, seg
     _manifest.check_unpublished(loc, base["version"] + 1, advice)
     txn = Transaction(view_cls(loc, base), operation=operation, advice=advice)
     try:
-        txn.replace_all(state, row_group_rows=row_group_rows or ROW_GROUP_ROWS)
+        txn.replace_all(state, row_group_rows=row_group_rows)
         extra = txn.add_segments(segments) if segments else 0
         store = txn.commit()
     except BaseException:

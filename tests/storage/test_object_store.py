@@ -391,3 +391,23 @@ def test_cache_dir_serves_a_reload_locally(tmp_path, s3_env, make_index):
     assert warm["bytes_read"] == manifest and warm["read_requests"] == 1  # the manifest only
     # other lists are read from the store, and the cache never changes what is read
     assert content(again.read_lists([1, 2])) == content(IndexStore.open(uri).read_lists([1, 2]))
+
+
+def test_object_stores_write_smaller_row_groups(tmp_path, s3_env):
+    """A shard reads whole row groups by ranged GETs: object stores get row groups of
+    about REMOTE_ROW_GROUP_ROWS rows (cut at list boundaries), local stores keep
+    ROW_GROUP_ROWS; an explicit size wins."""
+    from shardann.storage import ROW_GROUP_ROWS
+
+    x = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
+    index = shardann.IVFFlatIndex(8, nlist=32, seed=0)
+    index.train(x)
+    index.add(x)
+
+    def groups(path, **kw):
+        store = IndexStore.save(path, index, **kw)
+        return sum(len(seg["row_groups"]) for seg in store.manifest["files"]["segments"])
+
+    assert ROW_GROUP_ROWS >= 20_000 and groups(tmp_path / "local") == 1
+    assert groups(f"s3://{s3_env.new_bucket()}/idx") == 3     # about 8192 rows each
+    assert groups(f"s3://{s3_env.new_bucket()}/idx", row_group_rows=2000) >= 10
