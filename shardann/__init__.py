@@ -19,6 +19,7 @@ from .errors import (
 )
 from .index import FlatIndex, IVFFlatIndex, IVFPQIndex, brute_force_knn, open_index
 from .kmeans import KMeans
+from .pca import PCA
 from .pq import OPQ, ProductQuantizer
 from .results import merge_results
 
@@ -51,6 +52,7 @@ __all__ = [
     "NotTrainedError",
     "open_index",
     "OPQ",
+    "PCA",
     "ProductQuantizer",
     "ShardannError",
     "ShardUnavailableError",

@@ -28,6 +28,8 @@ def run(args):
             ("metric", cfg["metric"])]
     if "nlist" in cfg:
         rows += [("nlist", cfg["nlist"]), ("nprobe", f"{cfg['nprobe']} (default per search)")]
+    if cfg.get("pca"):
+        rows.append(("pca", f"{d} -> {cfg['pca']} dimensions"))
     if "M" in cfg:
         rows += [("M", cfg["M"]), ("nbits", cfg["nbits"]),
                  ("code size", f"{-(-cfg['M'] * cfg['nbits'] // 8)} B"),

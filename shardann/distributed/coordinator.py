@@ -74,7 +74,7 @@ class ShardedIndex:
     # -- construction ------------------------------------------------------------
     @classmethod
     def create(cls, path, *, d, nlist, M=None, nbits=8, metric="l2", sample, opq=False,
-               keep_vectors=False, seed=0, niter=25, pq_niter=25, column="embedding",
+               keep_vectors=False, pca=None, seed=0, niter=25, pq_niter=25, column="embedding",
                sample_size=None, num_shards=1, replicas=1, storage_options=None,
                **open_kwargs):
         """Train a new index on ``sample`` on the coordinator, store it at
@@ -84,7 +84,8 @@ class ShardedIndex:
         ``gs://``, ``az://``, ...) with ``storage_options`` as in :meth:`open`.
 
         ``M=None`` makes an IVF-Flat index, otherwise IVF-PQ with ``M``
-        sub-quantizers of ``nbits``. ``sample`` is float32 (n, d) or a Ray
+        sub-quantizers of ``nbits``; ``pca`` reduces either to that many
+        dimensions (see :class:`~shardann.IVFPQIndex`). ``sample`` is float32 (n, d) or a Ray
         Dataset whose ``column`` holds the vectors (``sample_size`` rows are
         drawn from it, default 256 * nlist).
         """
@@ -92,10 +93,11 @@ class ShardedIndex:
         from ..storage import IndexStore
 
         if M is None:
-            index = IVFFlatIndex(d, nlist, metric, seed=seed, niter=niter)
+            index = IVFFlatIndex(d, nlist, metric, seed=seed, niter=niter, pca=pca)
         else:
             index = IVFPQIndex(d, nlist, M, nbits, metric, seed=seed, opq=opq,
-                               keep_vectors=keep_vectors, niter=niter, pq_niter=pq_niter)
+                               keep_vectors=keep_vectors, niter=niter, pq_niter=pq_niter,
+                               pca=pca)
         if not isinstance(sample, np.ndarray) and hasattr(sample, "iter_batches"):
             sample = sample_dataset(sample, sample_size or 256 * nlist, column=column,
                                     seed=seed)

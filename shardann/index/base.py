@@ -100,7 +100,9 @@ class BaseIndex:
 
     def prepare(self, x, name="x", *, allow_empty=True):
         """Validate vectors and map them into the space the index stores and
-        scans: unit-normalised for cosine, rotated by OPQ where used.
+        scans: unit-normalised for cosine, rotated by OPQ where used. With
+        ``pca`` they stay ``d``-dimensional (the space of kept vectors and of
+        refine); the index projects them itself where it probes, scans and encodes.
 
         Parameters
         ----------
@@ -396,7 +398,10 @@ class BaseIndex:
         A scalar id gives float32 (d,), an array of ids float32 (n, d). Raises
         ``KeyError`` naming the first id not in the index. For cosine the
         stored vectors are unit-normalised; IVF-PQ without kept vectors
-        returns the quantized approximation.
+        returns the quantized approximation. With ``pca``: the kept vectors
+        (IVF-PQ ``keep_vectors``), else the reduced vector (IVF-Flat) or
+        decoded code (IVF-PQ) mapped back to ``d`` dimensions
+        (:meth:`shardann.pca.PCA.reverse`), an approximation.
         """
         self._require_trained("reconstruct")
         scalar = np.ndim(ids) == 0

@@ -38,6 +38,7 @@ from .._validation import (
 )
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
+from ..pca import PCA
 from ..pq import OPQ, ProductQuantizer
 from ..results import empty_results, merge_results
 from ..sq import decode as sq_decode
@@ -138,12 +139,20 @@ class IVFIndex(BaseIndex):
 
     Subclasses define the payload (``_columns``, ``_train_payload``,
     ``_payload``, ``_scan``, ``_decode_rows``).
+
+    With ``pca``, prepared vectors (:meth:`prepare`) stay in the original
+    space and :meth:`_reduce` projects them into the ``pca``-dimensional space
+    of the centroids and the payload's scan: probe, scan and encode each
+    project what they are given, so every caller (a shard, an ingest worker)
+    passes prepared vectors as before.
     """
 
     def __init__(self, d, nlist, metric="l2", *, nprobe=1, seed=0, niter=25,
-                 max_points_per_centroid=256, verbose=False, num_threads=None):
+                 max_points_per_centroid=256, verbose=False, num_threads=None, pca=None):
         super().__init__(d, metric)
         self.num_threads = num_threads
+        self.pca = None if pca is None else check_int("pca", pca, low=1, high=self.d)
+        self._pca = None  # the trained shardann.pca.PCA when pca is set
         self.nlist = check_int("nlist", nlist, low=1)
         self.seed = check_int("seed", seed)
         self.niter = check_int("niter", niter, low=0)
@@ -212,12 +221,12 @@ class IVFIndex(BaseIndex):
                 f"training needs at least nlist={self.nlist} vectors; got {x.shape[0]}")
         if self.metric == "cosine":
             x = normalize_rows(x.copy())
-        x = self._train_transform(x)
-        km = KMeans(self.d, self.nlist, niter=self.niter, seed=self.seed, metric=self.metric,
-                    max_points_per_centroid=self.max_points_per_centroid,
+        x, xr = self._train_transform(x)
+        km = KMeans(self.space_d, self.nlist, niter=self.niter, seed=self.seed,
+                    metric=self.metric, max_points_per_centroid=self.max_points_per_centroid,
                     verbose=self.verbose)
-        self._set_centroids(km.train(x).centroids)
-        self._train_payload(x)
+        self._set_centroids(km.train(xr).centroids)
+        self._train_payload(x, xr)
         self._lists = self._new_lists()
         self._sorted_ids = None
         self._on_mutation()
@@ -230,10 +239,29 @@ class IVFIndex(BaseIndex):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self._cnorms = np.einsum("ij,ij->i", self.centroids, self.centroids).astype(np.float32)
 
-    def _train_transform(self, x):
-        return x
+    @property
+    def space_d(self):
+        """Dimension of the space the centroids and the scan work in: ``pca``
+        when set, else ``d``."""
+        return self.d if self.pca is None else self.pca
 
-    def _train_payload(self, x):
+    def _train_transform(self, x):
+        """Train the transforms on prepared-space float32 (n, d) ``x``; return
+        ``(x, xr)``: the rows in the prepared space and in the reduced one."""
+        if self.pca is None:
+            return x, x
+        self._pca = PCA(self.d, self.pca, seed=self.seed).train(x)
+        return x, self._pca.apply(x)
+
+    def _reduce(self, x):
+        """Prepared float32 (n, d) -> (n, space_d) rows of the centroids' space."""
+        return x if self._pca is None else self._pca.apply(x)
+
+    def _expand(self, y):
+        """The inverse of :meth:`_reduce` (its best approximation with ``pca``)."""
+        return y if self._pca is None else self._pca.reverse(y)
+
+    def _train_payload(self, x, xr):
         pass
 
     def _new_lists(self):
@@ -247,14 +275,16 @@ class IVFIndex(BaseIndex):
     def assign(self, x):
         """List number, int64 (n,), of each float32 (n, d) vector."""
         self._require_trained("assign")
-        return self._assign(self.prepare(x))
+        return self._assign(self._reduce(self.prepare(x)))
 
-    def _assign(self, x):
-        return nearest_centroids(x, self.centroids, ip=self._ip, cnorms=self._cnorms)[0]
+    def _assign(self, xr):
+        """List numbers of reduced (n, space_d) rows."""
+        return nearest_centroids(xr, self.centroids, ip=self._ip, cnorms=self._cnorms)[0]
 
     def _encode(self, x):
-        labels = self._assign(x)
-        return labels, self._payload(x, labels)
+        xr = self._reduce(x)
+        labels = self._assign(xr)
+        return labels, self._payload(x, xr, labels)
 
     # -- search --------------------------------------------------------------------
     def check_search(self, k, nprobe=None, refine_factor=0):
@@ -272,6 +302,11 @@ class IVFIndex(BaseIndex):
             raise ValueError(
                 "refine_factor > 0 needs an index built with keep_vectors=True "
                 f"(got refine_factor={refine_factor})")
+        if refine_factor and not self._refines and self.pca is not None:
+            raise ValueError(
+                f"refine_factor > 0 needs the original vectors; this {type(self).__name__} "
+                f"with pca={self.pca} holds the reduced ones only (IVFPQIndex with pca and "
+                f"keep_vectors re-ranks on the originals; got refine_factor={refine_factor})")
         return k, nprobe, refine_factor
 
     @property
@@ -325,14 +360,18 @@ class IVFIndex(BaseIndex):
         Returns
         -------
         dis0 : float32 (nq, nprobe), squared L2 to each probed centroid, or the
-            negated inner product (ip, cosine).
+            negated inner product (ip, cosine) — with ``pca``, in the reduced space.
         probes : int64 (nq, nprobe), list numbers, closest first. With
             ``probe_ratio`` both are (nq, w), w <= nprobe the most lists a query
             keeps, and the skipped lists are -1.
         """
+        return self._probe(self._reduce(q), nprobe, probe_ratio)
+
+    def _probe(self, qr, nprobe, probe_ratio=None):
+        """:meth:`probe` of reduced (nq, space_d) queries."""
         probe_ratio = check_probe_ratio(probe_ratio)
-        dis0, probes = coarse_probe(q, self.centroids, self._cnorms, nprobe, self._ip,
-                                    parallel=_parallel(q.shape[0]))
+        dis0, probes = coarse_probe(qr, self.centroids, self._cnorms, nprobe, self._ip,
+                                    parallel=_parallel(qr.shape[0]))
         if probe_ratio is None:
             return dis0, probes
         return prune_probes(dis0, probes, probe_ratio)
@@ -340,10 +379,11 @@ class IVFIndex(BaseIndex):
     def _search_keys(self, q, k, nprobe, refine_factor=0, filter=None,
                      probe_ratio=None):
         with self._threads():
+            qr = self._reduce(q)
             with _one_blas_thread(_parallel(q.shape[0])):
-                dis0, probes = self.probe(q, nprobe, probe_ratio)
+                dis0, probes = self._probe(qr, nprobe, probe_ratio)
             allowed, probes = self._filtered(filter, probes)
-            return self._scan_keys(q, dis0, probes, k, refine_factor, allowed)
+            return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed)
 
     def _filtered(self, expr, probes):
         """(allowed, probes) of a compiled filter: the slab mask (None without a
@@ -394,18 +434,19 @@ class IVFIndex(BaseIndex):
             return empty_results(nq, k, self.metric)
         allowed, probes = self._filtered(expr, np.ascontiguousarray(probes))
         with self._threads():
-            keys, ids = self._scan_keys(np.ascontiguousarray(q), np.ascontiguousarray(dis0),
+            q = np.ascontiguousarray(q)
+            keys, ids = self._scan_keys(q, self._reduce(q), np.ascontiguousarray(dis0),
                                         probes, k, refine_factor, allowed)
         return keys_to_distances(keys, self.metric), ids
 
-    def _scan_keys(self, q, dis0, probes, k, refine_factor=0, allowed=None):
+    def _scan_keys(self, q, qr, dis0, probes, k, refine_factor=0, allowed=None):
         """(keys, ids) (nq, k) of the given lists; keys are smaller-is-better."""
         if refine_factor and self.refines:
-            _, ids, exact = self._candidates(q, dis0, probes, k * refine_factor, True,
+            _, ids, exact = self._candidates(q, qr, dis0, probes, k * refine_factor, True,
                                              allowed)
             # keys are smaller-is-better whatever the metric: merge them as l2
             return merge_results([(exact, ids)], k, "l2")
-        keys, ids, _ = self._candidates(q, dis0, probes, k, False, allowed)
+        keys, ids, _ = self._candidates(q, qr, dis0, probes, k, False, allowed)
         return keys, ids
 
     def scan_candidates(self, q, dis0, probes, kk, *, exact=False, filter=None):
@@ -425,13 +466,14 @@ class IVFIndex(BaseIndex):
         keys : float32 (nq, kk), smaller is better: squared L2, or the negated
             inner product; ``+inf`` pads.
         ids : int64 (nq, kk), -1 pads.
-        exact_keys : float32 (nq, kk) of the same rows, or None unless ``exact``.
+        exact_keys : float32 (nq, kk) of the same rows, or None unless ``exact``
+            (with ``pca``: on the kept original vectors, in the original space).
         """
         allowed, probes = self._filtered(self.compile_filter(filter), probes)
-        return self._candidates(q, dis0, probes, kk, exact, allowed)
+        return self._candidates(q, self._reduce(q), dis0, probes, kk, exact, allowed)
 
-    def _candidates(self, q, dis0, probes, kk, exact, allowed):
-        keys, pos = self._scan(q, dis0, probes, kk, allowed)
+    def _candidates(self, q, qr, dis0, probes, kk, exact, allowed):
+        keys, pos = self._scan(qr, dis0, probes, kk, allowed)
         vectors = self._lists.data.get("vectors")
         if exact and vectors is None:
             raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
@@ -463,17 +505,27 @@ class IVFIndex(BaseIndex):
         return out
 
     def get_config(self):
+        # "pca" only when set: stores without it stay readable by older versions
         return {**super().get_config(), "nlist": self.nlist, "nprobe": self.nprobe,
                 "seed": self.seed, "niter": self.niter,
-                "max_points_per_centroid": self.max_points_per_centroid}
+                "max_points_per_centroid": self.max_points_per_centroid,
+                **({"pca": self.pca} if self.pca is not None else {})}
 
     def _trained_arrays(self):
-        return {"centroids": self.centroids} if self.is_trained else {}
+        if not self.is_trained:
+            return {}
+        out = {"centroids": self.centroids}
+        if self._pca is not None:
+            out["pca_matrix"], out["pca_mean"] = self._pca.matrix, self._pca.mean
+        return out
 
     def _trained_arrays_names(self):
-        return ("centroids",)
+        return ("centroids",) + (("pca_matrix", "pca_mean") if self.pca is not None else ())
 
     def _set_trained_arrays(self, arrays):
+        if self.pca is not None:
+            self._pca = PCA(self.d, self.pca, seed=self.seed).set_arrays(
+                arrays["pca_matrix"], arrays["pca_mean"])
         self._set_centroids(arrays["centroids"])
         self._lists = self._new_lists()
         self._changes = None
@@ -494,6 +546,11 @@ class IVFFlatIndex(IVFIndex):
     nprobe : default lists scanned per query. seed, niter : coarse k-means.
     num_threads : threads of a batch search (None: Numba's setting; see
         :attr:`num_threads`).
+    pca : int in 1..d or None. Project vectors onto their ``pca`` principal
+        directions (learnt by ``train``, see :class:`shardann.pca.PCA`): the
+        centroids and the lists hold ``pca``-dimensional vectors and the scan
+        is exact in that space only. ``refine_factor`` is refused (the original
+        vectors are not kept); ``reconstruct`` maps the reduced vectors back.
 
     Examples
     --------
@@ -505,10 +562,10 @@ class IVFFlatIndex(IVFIndex):
     _refines = False  # lists hold exact vectors: the scan is already exact
 
     def _columns(self):
-        return {"vectors": (self.d, np.float32)}
+        return {"vectors": (self.space_d, np.float32)}
 
-    def _payload(self, x, labels):
-        return {"vectors": x}
+    def _payload(self, x, xr, labels):
+        return {"vectors": xr}
 
     def _scan(self, q, dis0, probes, k, allowed=None):
         L = self._lists
@@ -520,7 +577,7 @@ class IVFFlatIndex(IVFIndex):
         return out_d, out_p
 
     def _decode_rows(self, pos):
-        return self._lists.data["vectors"][pos].copy()
+        return self._expand(self._lists.data["vectors"][pos].copy())
 
 
 class IVFPQIndex(IVFIndex):
@@ -551,6 +608,13 @@ class IVFPQIndex(IVFIndex):
         them row-major for the scalar scan.
     num_threads : threads of a batch search (None: Numba's setting, every core
         by default); results do not depend on it.
+    pca : int in 1..d (a multiple of ``M``) or None. Project vectors onto their
+        ``pca`` principal directions (learnt by ``train``, see
+        :class:`shardann.pca.PCA`; with ``opq`` the rotation is learnt after
+        it): the coarse quantizer and the PQ work in that space, kept vectors
+        stay in the original one, so ``refine_factor`` re-ranks on the original
+        vectors. ``reconstruct`` returns the kept vectors, or without them the
+        decoded codes mapped back to ``d`` dimensions.
 
     Examples
     --------
@@ -565,16 +629,20 @@ class IVFPQIndex(IVFIndex):
     def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
                  max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
-                 fast_scan=True, verbose=False, num_threads=None):
+                 fast_scan=True, verbose=False, num_threads=None, pca=None):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
                          max_points_per_centroid=max_points_per_centroid, verbose=verbose,
-                         num_threads=num_threads)
+                         num_threads=num_threads, pca=pca)
         self._fast_scan = check_bool("fast_scan", fast_scan)
-        self.pq = ProductQuantizer(self.d, M, nbits, niter=pq_niter, seed=self.seed,
+        M = check_int("M", M, low=1)
+        if self.pca is not None and self.pca % M:
+            raise ValueError(f"pca must be a multiple of M; got pca={self.pca}, M={M}")
+        self.pq = ProductQuantizer(self.space_d, M, nbits, niter=pq_niter, seed=self.seed,
                                    max_points_per_centroid=max_points_per_centroid,
                                    verbose=verbose)
         self.M, self.nbits = self.pq.M, self.pq.nbits
-        self.opq = OPQ(self.d, self.M, nbits=self.nbits, seed=self.seed) if opq else None
+        self.opq = (OPQ(self.space_d, self.M, nbits=self.nbits, seed=self.seed) if opq
+                    else None)
         if keep_vectors is True:
             keep_vectors = "float32"
         self.keep_vectors = (check_choice("keep_vectors", keep_vectors,
@@ -600,17 +668,26 @@ class IVFPQIndex(IVFIndex):
 
     # -- training ------------------------------------------------------------------
     def _train_transform(self, x):
+        x, xr = super()._train_transform(x)
         if self.opq is None:
-            return x
-        self.opq.train(x)
-        return self.opq.apply(x)
+            return x, xr
+        self.opq.train(xr)
+        if self._pca is None:  # the rotation is part of the prepared space
+            x = self.opq.apply(x)
+            return x, x
+        self._pca.set_rotation(self.opq.rotation)  # one (d, pca) map: projection, rotation
+        return x, self._pca.apply(x)
 
     def _transform(self, x):
-        return x if self.opq is None else self.opq.apply(x)
+        return x if self.opq is None or self.pca is not None else self.opq.apply(x)
 
-    def _train_payload(self, x):
-        labels = self._assign(x)
-        self.pq.train(x - self.centroids[labels])
+    def _untransform(self, x):
+        """Prepared-space rows back to the input space (undo the OPQ rotation)."""
+        return x if self.opq is None or self.pca is not None else self.opq.reverse(x)
+
+    def _train_payload(self, x, xr):
+        labels = self._assign(xr)
+        self.pq.train(xr - self.centroids[labels])
         self._precompute()
         if self.keep_vectors == "int8":
             self._vector_scale = train_scale(x)
@@ -649,8 +726,8 @@ class IVFPQIndex(IVFIndex):
             cols["vectors"] = (self.d, np.dtype(self.keep_vectors))
         return cols
 
-    def _payload(self, x, labels):
-        cols = {"codes": self.pq._encode(x, self.centroids, labels)}
+    def _payload(self, x, xr, labels):
+        cols = {"codes": self.pq._encode(xr, self.centroids, labels)}
         if self.keep_vectors == "int8":
             cols["vectors"] = sq_encode(x, self._vector_scale)
         elif self.keep_vectors:
@@ -705,6 +782,7 @@ class IVFPQIndex(IVFIndex):
                 self.nlist, lists.columns, *lists.packed(), tiled=self._tiled_columns())
 
     def get_config(self):
+        # (pca, when set, comes from IVFIndex.get_config)
         return {**super().get_config(), "M": self.M, "nbits": self.nbits,
                 "opq": self.opq is not None, "keep_vectors": self.keep_vectors or False,
                 "pq_niter": self.pq.niter, "precompute_max_bytes": self.precompute_max_bytes,
@@ -713,7 +791,7 @@ class IVFPQIndex(IVFIndex):
     def _trained_arrays(self):
         if not self.is_trained:
             return {}
-        out = {"centroids": self.centroids, "codebooks": self.pq.codebooks}
+        out = {**super()._trained_arrays(), "codebooks": self.pq.codebooks}
         if self.opq is not None:
             out["opq_rotation"] = self.opq.rotation
         if self.keep_vectors == "int8":
@@ -721,7 +799,8 @@ class IVFPQIndex(IVFIndex):
         return out
 
     def _trained_arrays_names(self):
-        return (("centroids", "codebooks") + (("opq_rotation",) if self.opq is not None else ())
+        return (super()._trained_arrays_names() + ("codebooks",)
+                + (("opq_rotation",) if self.opq is not None else ())
                 + (("vector_scale",) if self.keep_vectors == "int8" else ()))
 
     def _set_trained_arrays(self, arrays):
@@ -732,6 +811,8 @@ class IVFPQIndex(IVFIndex):
         if self.keep_vectors == "int8":
             self._vector_scale = np.ascontiguousarray(arrays["vector_scale"], dtype=np.float32)
         super()._set_trained_arrays(arrays)
+        if self._pca is not None and self.opq is not None:
+            self._pca.set_rotation(self.opq.rotation)
         self._precompute()
 
     def _decode_rows(self, pos):
@@ -741,5 +822,5 @@ class IVFPQIndex(IVFIndex):
         elif self.keep_vectors:
             x = L.data["vectors"][pos].astype(np.float32)
         else:
-            x = self.pq.decode(L.data["codes"][pos]) + self.centroids[L.owners(pos)]
-        return x if self.opq is None else self.opq.reverse(x)
+            x = self._expand(self.pq.decode(L.data["codes"][pos]) + self.centroids[L.owners(pos)])
+        return self._untransform(x)

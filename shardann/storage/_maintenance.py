@@ -249,13 +249,17 @@ def _check_arrays(arrays, m, path):
     kind = m["kind"]
     shapes = {k: tuple(v.shape) for k, v in arrays.items()}
     want = {}
+    space = cfg.get("pca") or cfg.get("d")  # centroids and codes live in the reduced space
     if kind in ("ivfflat", "ivfpq"):
-        want["centroids"] = (cfg["nlist"], cfg["d"])
+        want["centroids"] = (cfg["nlist"], space)
+        if cfg.get("pca"):
+            want["pca_matrix"] = (cfg["d"], cfg["pca"])
+            want["pca_mean"] = (cfg["d"],)
     if kind == "ivfpq":
         M, nbits = cfg["M"], cfg["nbits"]
-        want["codebooks"] = (M, 1 << nbits, cfg["d"] // M)
+        want["codebooks"] = (M, 1 << nbits, space // M)
         if cfg.get("opq"):
-            want["opq_rotation"] = (cfg["d"], cfg["d"])
+            want["opq_rotation"] = (space, space)
         if cfg.get("keep_vectors") == "int8":
             want["vector_scale"] = (2, cfg["d"])
     if shapes != want:
