@@ -74,20 +74,34 @@ class _Point:
                 "label": self.label()}
 
 
+def shardann_configs(cfg, d):
+    """``(nbits, M, pca, opq)`` of every shardann build: each ``--shardann-pq``
+    pair without reduction, then with each ``--pca`` dimension p at the same
+    dimensions per sub-quantizer (M scaled by p / d; pairs it does not divide
+    into whole sub-quantizers are left out), with OPQ after it when ``--pca-opq``."""
+    out = [(nbits, M, None, False) for nbits, M in cfg["shardann_pq"]]
+    for p in cfg.get("pca") or ():
+        for nbits, M in cfg["shardann_pq"]:
+            if (M * p) % d == 0 and M * p // d >= 1:
+                for opq in (False, True) if cfg.get("pca_opq") else (False,):
+                    out.append((nbits, M * p // d, p, opq))
+    return out
+
+
 def _shardann_builds(cfg, fd, xt, xb, builds):
-    """Train one shardann index per (nbits, M), twins for the other kept-vector
-    types. Appends ``(config label, search fn, refine factors)`` to builds."""
+    """Train one shardann index per (nbits, M, pca, opq), twins for the other
+    kept-vector types. Appends ``(config label, search fn, refine factors)`` to builds."""
     keeps = cfg["keep"]
-    for nbits, M in cfg["shardann_pq"]:
+    for nbits, M, pca, opq in shardann_configs(cfg, xb.shape[1]):
         kind = f"ivfpq{nbits}" + ("-refine" if keeps else "")
         runner = ShardannRunner(kind, xb.shape[1], cfg["nlist"], M, cfg["metric"], 0,
                                 cfg["seed"], fd["ivf.cp.niter"], fd["pq.cp.niter"],
                                 fd["ivf.cp.max_points_per_centroid"],
-                                keep_vectors=keeps[0] if keeps else None)
+                                keep_vectors=keeps[0] if keeps else None, pca=pca, opq=opq)
         index = runner.make()
         wall, cpu, _ = _timing.timed(runner.train, index, xt)
         runner.add(index, xb)
-        base = f"{nbits}-bit M={M}"
+        base = f"{nbits}-bit M={M}" + (f" pca={pca}" if pca else "") + (" opq" if opq else "")
         logger.info("shardann %s: trained in %.1f s (%.1f s CPU)", base, wall, cpu)
         builds.append({"system": "shardann", "config": base, "train_s": wall,
                        "train_cpu_s": cpu, "refine": [0],

@@ -148,8 +148,9 @@ class ShardannRunner:
     lib = "shardann"
 
     def __init__(self, kind, d, nlist, M, metric, refine_factor, seed, niter, pq_niter,
-                 max_points_per_centroid, keep_vectors="float32"):
+                 max_points_per_centroid, keep_vectors="float32", pca=None, opq=False):
         self.kind, self.d, self.nlist, self.M = kind, d, nlist, M
+        self.pca, self.opq = pca, opq  # dimension reduction / rotation in front of the index
         self.keep_vectors = keep_vectors  # the dtype refine kinds keep
         self.metric, self.refine_factor, self.seed = metric, refine_factor, seed
         self.niter, self.pq_niter = niter, pq_niter
@@ -159,11 +160,11 @@ class ShardannRunner:
         from .. import IVFFlatIndex, IVFPQIndex
         nlist = self.nlist if nlist is None else nlist
         common = {"seed": self.seed, "niter": 1 if warm_up else self.niter,
-                  "max_points_per_centroid": self.mppc}
+                  "max_points_per_centroid": self.mppc, "pca": self.pca}
         if self.kind == "ivfflat":
             return IVFFlatIndex(self.d, nlist, self.metric, **common)
         return IVFPQIndex(self.d, nlist, self.M, 4 if self.kind.startswith("ivfpq4") else 8,
-                          self.metric, pq_niter=1 if warm_up else self.pq_niter,
+                          self.metric, pq_niter=1 if warm_up else self.pq_niter, opq=self.opq,
                           keep_vectors=self.kind in REFINE_KINDS and self.keep_vectors,
                           **common)
 

@@ -5,7 +5,9 @@ Users pick an index by the recall they need. This sweeps, on one dataset:
 
 - shardann: IVF-PQ with 4- and 8-bit codes at several M, with and without
   refine on kept float32 / float16 / int8 vectors (one training per (nbits, M);
-  the kept-vector variants share it), over nprobe and refine factors;
+  the kept-vector variants share it), over nprobe and refine factors; with
+  ``--pca``, the same again behind a PCA to fewer dimensions (refine on the
+  original vectors);
 - FAISS (when installed): ``IVF…,PQ{M}x8np`` and ``IVF…,PQ{M}x4fs``, each alone
   and under ``RFlat`` refine (``k_factor`` = refine factor);
 - ScaNN (when installed): a tree of ``nlist`` leaves, anisotropic hashing with
@@ -55,6 +57,11 @@ def _pq_list(text):
     if not out:
         raise argparse.ArgumentTypeError("expected at least one NBITSxM pair")
     return out
+
+
+def _dim_list(text):
+    """argparse type: comma-separated dimensions >= 1, sorted (``none``: [])."""
+    return [] if text.strip().lower() == "none" else sorted(set(positive_int_list(text)))
 
 
 def _keep_list(text):
@@ -113,6 +120,14 @@ def add_arguments(parser):
     idx.add_argument("--shardann-pq", type=_pq_list, default=None,
                      help="shardann NBITSxM configurations (default for dimension d: "
                           "4x(d/2),4x(d/4),8x(d/4))")
+    idx.add_argument("--pca", type=_dim_list, default=[],
+                     help="also sweep the shardann configurations behind a PCA to each of these "
+                          "dimensions (e.g. 192 or 96,192; 'none'), at the same dimensions per "
+                          "sub-quantizer (M scaled by pca/d); refine re-ranks on the original "
+                          "vectors (default: none)")
+    idx.add_argument("--pca-opq", action="store_true",
+                     help="with --pca, also build each PCA configuration with OPQ learnt "
+                          "after the projection")
     idx.add_argument("--faiss-pq", type=_pq_list, default=None,
                      help="FAISS NBITSxM configurations: 8 -> PQ{M}x8np, 4 -> PQ{M}x4fs "
                           "(default 8x(d/4),4x(d/2))")
@@ -166,6 +181,8 @@ def _validate(cfg):
             [cfg["nlist"]]
     if not cfg["keep"]:
         cfg["refine_factors"] = [0]
+    if cfg["pca"] and not cfg["base"] and max(cfg["pca"]) > cfg["d"]:  # files: when loaded
+        return f"--pca must be at most d={cfg['d']}; got {max(cfg['pca'])}"
     return None
 
 
