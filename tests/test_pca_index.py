@@ -70,6 +70,13 @@ def test_ivfpq_pca_save_open_and_refine_on_original_vectors(data, tmp_path, metr
     flat.add(xb)
     gt = flat.search(xq, 10)[1]
     assert recall_at_k(I1, gt, 10) >= 0.95  # observed 1.0 (l2) / 0.9975 (cosine)
+    # adaptive probing prunes on the reduced space's coarse distances, as probe() gives them
+    q = index.prepare(xq)
+    dis0, probes = index.probe(q, 8, probe_ratio=0.9)
+    assert (probes < 0).any()
+    want = index.search_preassigned(q, dis0, probes, 10, refine_factor=4)
+    got = index.search(xq, 10, nprobe=8, refine_factor=4, probe_ratio=0.9)
+    np.testing.assert_array_equal(got[1], want[1])
     index.save(tmp_path / "idx")
     store = IndexStore.open(tmp_path / "idx")
     assert store.config["pca"] == 16 and store.verify()["ntotal"] == len(xb)
