@@ -149,11 +149,8 @@ class JobRun:
                                      override_num_blocks=len(groups))
             remote_args = {}
             node = self.node()
-            if node is not None:
-                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-                remote_args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                    node[0], soft=False)
+            if node is not None:  # every node carries its id as a label
+                remote_args["label_selector"] = {"ray.io/node-id": node[0]}
             ds = ds.map_batches(
                 fn, batch_size=1, batch_format="numpy", num_cpus=1,
                 compute=ray.data.TaskPoolStrategy(size=min(self.workers(), len(groups))),

@@ -98,3 +98,63 @@ def test_sharded_index_on_s3_over_three_nodes(tmp_path, data, moto_s3):
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+@pytest.mark.slow
+def test_ingest_from_s3_into_s3_then_shards_over_three_nodes(tmp_path, data, s3_env):
+    """The issue's whole path on three nodes: Parquet on S3 ingested into an S3 store
+    (the default work directory: the tasks run on the driver's node), then a sharded
+    index on that store answering exactly as the same ingest into a local directory;
+    add + remove through the coordinator, reopened, same results."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.cluster_utils import Cluster
+
+    from shardann.distributed import ingest
+    from shardann.distributed._ingest_job import IngestJob
+
+    xb, xq, _ = data
+    files = tmp_path / "emb"
+    files.mkdir()
+    bucket = s3_env.new_bucket()
+    for i, part in enumerate(np.array_split(xb, 3)):
+        name = f"part-{i}.parquet"
+        column = pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), xb.shape[1])
+        pq.write_table(pa.table({"embedding": column}), files / name, row_group_size=700)
+        s3_env.upload(str(files / name), bucket, f"emb/{name}")
+    opts = {"nlist": 32, "M": 8, "niter": 8, "pq_niter": 8, "progress": False,
+            "block_rows": 1000, "merge_bytes": 32 << 10}
+    uri = f"s3://{bucket}/idx"
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        c.add_node(num_cpus=1)
+    try:
+        ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
+        c.wait_for_nodes()
+        job = IngestJob(uri, f"s3://{bucket}/emb/*.parquet",
+                        work_dir=None, **opts)._job
+        node = job.run_state.node()
+        assert node == (ray.get_runtime_context().get_node_id(), 1.0)
+        assert job.run_state.workers() == 1
+        s = ingest(uri, f"s3://{bucket}/emb/*.parquet", **opts)
+        assert (s.version, s.vectors) == (1, xb.shape[0])
+        ref = str(tmp_path / "ref")
+        ingest(ref, str(files), work_dir=str(tmp_path / "w"), **opts)
+        local = shardann.open_index(ref)
+        with ShardedIndex.open(uri, num_shards=SHARDS, timeout_s=60) as sharded:
+            assert len({sh["node_id"] for sh in sharded.stats()["shards"]}) >= 2
+            assert_same(sharded.search(xq, 10, nprobe=6), local.search(xq, 10, nprobe=6))
+            new = np.random.default_rng(5).standard_normal((50, xb.shape[1])).astype(np.float32)
+            sharded.add(new, np.arange(100_000, 100_050))
+            sharded.remove_ids(np.arange(0, 300, 3))
+            after = sharded.search(xq, 10, nprobe=6)
+        local.add(new, np.arange(100_000, 100_050))
+        local.remove_ids(np.arange(0, 300, 3))
+        assert_same(after, local.search(xq, 10, nprobe=6))
+        with ShardedIndex.open(uri, num_shards=SHARDS, timeout_s=60) as reopened:
+            assert_same(reopened.search(xq, 10, nprobe=6), after)
+    finally:
+        ray.shutdown()
+        c.shutdown()
