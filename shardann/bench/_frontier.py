@@ -3,12 +3,10 @@ system, time every (configuration, nprobe, refine factor) point, interleaved,
 and reduce the points to each system's recall-QPS Pareto frontier.
 
 Builds go through the runners of :mod:`._runners` (the ones ``bench core``
-uses); data and ground truth through :mod:`._suite`; the frontier and the
-best point at a recall through :mod:`._measure`. Every point is searched once
-untimed (this also compiles or loads shardann's kernels and gives the recall),
-then ``reps`` times; each repetition visits every point of every system once,
-in the same order, so a change of machine load during the run hits all
-systems alike. A point's QPS is the best of its repetitions.
+uses); data and ground truth through :mod:`._suite`; the interleaved timing,
+the frontier and the best point at a recall through :mod:`._measure`
+(:func:`._measure.sweep_interleaved`). A point's QPS is the best of its
+repetitions.
 """
 
 import gc
@@ -18,9 +16,8 @@ import time
 import numpy as np
 
 from ..metric import normalize_rows
-from ..results import recall_at_k
 from . import _timing
-from ._measure import best_at_recall, pareto_frontier
+from ._measure import SweepPoint, best_at_recall, pareto_frontier, sweep_interleaved
 from ._runners import (
     FAISS_TRAIN_FALLBACK,
     FaissRunner,
@@ -55,23 +52,9 @@ def _read_gt(path, nq, k):
     return gt[:nq, :k]
 
 
-class _Point:
-    """One searchable setting: a system's index at one nprobe and refine factor."""
-
-    def __init__(self, system, config, search, queries, nprobe, refine_factor):
-        self.system, self.config, self.search = system, config, search
-        self.queries, self.nprobe, self.refine_factor = queries, nprobe, refine_factor
-        self.walls, self.cpus, self.recall = [], [], None
-
-    def label(self):
-        rf = f", refine x{self.refine_factor}" if self.refine_factor else ""
-        return f"{self.config}, nprobe {self.nprobe}{rf}"
-
-    def result(self, nq):
-        return {"system": self.system, "config": self.config, "nprobe": self.nprobe,
-                "refine_factor": self.refine_factor, "recall": self.recall,
-                "qps": nq / min(self.walls), "qps_cpu": nq / min(self.cpus),
-                "label": self.label()}
+def _label(config, nprobe, refine_factor):
+    rf = f", refine x{refine_factor}" if refine_factor else ""
+    return f"{config}, nprobe {nprobe}{rf}"
 
 
 def shardann_configs(cfg, d):
@@ -187,23 +170,16 @@ def run_frontier(cfg, faiss=None, scann=None, skipped=()):
             q = xq if b["system"] == "shardann" else xq_n
             for p in cfg["nprobe_sweep"]:
                 for r in b["refine"]:
-                    points.append(_Point(b["system"], b["config"], b["search"], q, p, r))
-        logger.info("%d points over %d builds; %d repetitions, interleaved", len(points),
-                    len(builds), cfg["reps"])
-        for pt in points:  # untimed: kernels compiled or loaded, lists touched, recall
-            _, ids = pt.search(pt.queries, k, pt.nprobe, pt.refine_factor)
-            pt.recall = recall_at_k(np.asarray(ids), gt, k)
-        report["load_avg_start"] = _timing.load_average()
-        for rep in range(cfg["reps"]):
-            for pt in points:
-                w, c, _ = _timing.timed(pt.search, pt.queries, k, pt.nprobe, pt.refine_factor)
-                pt.walls.append(w)
-                pt.cpus.append(c)
-            logger.info("repetition %d of %d done", rep + 1, cfg["reps"])
-        report["load_avg_end"] = _timing.load_average()
+                    points.append(SweepPoint(
+                        b["system"], b["config"],
+                        lambda q_, k_, fn=b["search"], p=p, r=r: fn(q_, k_, p, r), q, gt,
+                        _label(b["config"], p, r), nprobe=p, refine_factor=r))
+        logger.info("%d points over %d builds", len(points), len(builds))
+        report["load_avg_start"], report["load_avg_end"] = sweep_interleaved(
+            points, k, cfg["reps"])
     report["builds"] = [{k_: v for k_, v in b.items() if k_ not in ("search", "refine")}
                         for b in builds]
-    report["points"] = [pt.result(nq) for pt in points]
+    report["points"] = [pt.result() for pt in points]
     report["frontier"], report["at_recall"] = summarize(report["points"], report["systems"])
     return report
 

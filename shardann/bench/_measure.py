@@ -1,8 +1,11 @@
-"""Measuring one index of ``shardann bench core``, and comparing two.
+"""Measuring one index of ``shardann bench core``, and comparing two; the
+interleaved sweeps of ``bench frontier`` and ``bench filter``.
 
 :func:`measure` builds, times and sweeps one (library, kind) through a runner
 of :mod:`._runners`; :func:`equal_recall` and :func:`ratios` compare the two
-libraries' results.
+libraries' results. :class:`SweepPoint` and :func:`sweep_interleaved` time many
+searchable settings of several systems against each other; :func:`pareto_frontier`
+and :func:`best_at_recall` reduce them.
 """
 
 import logging
@@ -200,3 +203,45 @@ def best_at_recall(points, target):
     a measured point, never interpolated."""
     ok = [p for p in points if p["recall"] >= target]
     return max(ok, key=lambda p: p["qps"]) if ok else None
+
+
+class SweepPoint:
+    """One searchable setting of one system, for :func:`sweep_interleaved`.
+
+    ``search(queries, k) -> (D, I)`` runs it (its parameters bound); ``gt`` is the
+    int64 (nq, >= k) ground truth its recall is measured against; ``params``
+    (e.g. ``nprobe=16``) land in :meth:`result` between ``config`` and ``recall``.
+    """
+
+    def __init__(self, system, config, search, queries, gt, label, **params):
+        self.system, self.config, self.search = system, config, search
+        self.queries, self.gt, self.label, self.params = queries, gt, label, params
+        self.walls, self.cpus, self.recall = [], [], None
+
+    def result(self):
+        """``{system, config, **params, recall, qps, qps_cpu, label}``: QPS = nq over
+        the best wall (CPU) seconds of the timed calls."""
+        nq = self.queries.shape[0]
+        return {"system": self.system, "config": self.config, **self.params,
+                "recall": self.recall, "qps": nq / min(self.walls),
+                "qps_cpu": nq / min(self.cpus), "label": self.label}
+
+
+def sweep_interleaved(points, k, reps):
+    """Search every point once untimed (kernels compiled or loaded, lists touched;
+    this gives the recall), then ``reps`` times: each repetition visits every
+    point once, in the same order, so a change of machine load during the run
+    hits all systems alike. Fills the points' ``recall``, ``walls`` and ``cpus``;
+    returns the 1-minute load averages ``(before, after)`` the timed passes."""
+    logger.info("%d points; %d repetitions, interleaved", len(points), reps)
+    for pt in points:
+        _, ids = pt.search(pt.queries, k)
+        pt.recall = recall_at_k(np.asarray(ids), pt.gt, k)
+    before = _timing.load_average()
+    for rep in range(reps):
+        for pt in points:
+            w, c, _ = _timing.timed(pt.search, pt.queries, k)
+            pt.walls.append(w)
+            pt.cpus.append(c)
+        logger.info("repetition %d of %d done", rep + 1, reps)
+    return before, _timing.load_average()

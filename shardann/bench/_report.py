@@ -1,5 +1,5 @@
-"""Output of ``shardann bench core`` and ``bench frontier``: the printed
-summaries, the recall-QPS plots and the JSON files."""
+"""Output of ``shardann bench core``, ``bench frontier`` and ``bench filter``:
+the printed summaries, the recall-QPS plots and the JSON files."""
 
 import json
 import math
@@ -15,8 +15,10 @@ JSON_NAME = "core.json"
 PNG_NAME = "core-recall-qps.png"
 FRONTIER_JSON = "frontier.json"
 FRONTIER_PNG = "frontier-recall-qps.png"
+FILTER_JSON = "filter.json"
+FILTER_PNG = "filter-recall-qps.png"
 _SYSTEM_STYLE = {"shardann": ("tab:orange", "o", "shardann"), "faiss": ("tab:blue", "s", "FAISS"),
-                 "scann": ("tab:green", "^", "ScaNN")}
+                 "scann": ("tab:green", "^", "ScaNN"), "lancedb": ("tab:purple", "D", "LanceDB")}
 
 
 def _fmt(v, kind):
@@ -200,6 +202,15 @@ def _format_split(report):
     return lines
 
 
+def _nprobe_curve(ax, points, color, marker, label):
+    """One recall-QPS curve on ``ax``, each point labelled with its nprobe."""
+    ax.plot([p["recall"] for p in points], [p["qps"] for p in points], marker=marker,
+            color=color, label=label)
+    for p in points:
+        ax.annotate(str(p["nprobe"]), (p["recall"], p["qps"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3), color=color)
+
+
 def recall_qps_figure(report):
     """The matplotlib figure of :func:`plot` (needs matplotlib)."""
     from matplotlib.figure import Figure
@@ -217,15 +228,11 @@ def recall_qps_figure(report):
         for lib in libs:
             color, marker, label = style[lib]
             sw = entry[lib]["sweep"]
-            rec = [s["recall"] for s in sw]
-            qps = [s["qps"] for s in sw]
-            ax.plot(rec, qps, marker=marker, color=color, label=f"{label} (wall)")
+            _nprobe_curve(ax, sw, color, marker, f"{label} (wall)")
             if all("qps_cpu" in s for s in sw):
-                ax.plot(rec, [s["qps_cpu"] for s in sw], marker=marker, color=color,
-                        linestyle="--", alpha=0.45, markersize=4, label=f"{label} (CPU time)")
-            for s in sw:
-                ax.annotate(str(s["nprobe"]), (s["recall"], s["qps"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3), color=color)
+                ax.plot([s["recall"] for s in sw], [s["qps_cpu"] for s in sw], marker=marker,
+                        color=color, linestyle="--", alpha=0.45, markersize=4,
+                        label=f"{label} (CPU time)")
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{c['k']}")
         ax.set_ylabel("QPS (1 thread, batch)")
@@ -354,5 +361,169 @@ def frontier_figure(report):
     title = (f"recall-QPS frontier, 1 thread: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
              f"metric={c['metric']} nlist={c['nlist']} (faint: every configuration point)")
     ax.set_title(textwrap.fill(title, width=100), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# bench filter
+# --------------------------------------------------------------------------
+def _filter_header(report):
+    c, ds, env = report["config"], report["dataset"], report["environment"]
+    names = {s: _SYSTEM_STYLE[s][2] for s in report["systems"]}
+    nbits, M = c["pq"]
+    la = [v for v in (report.get("load_avg_start"), report.get("load_avg_end")) if v is not None]
+    lance_nq = (f" (LanceDB: the first {c['lancedb_nq']}, one query per call)"
+                if "lancedb" in names else "")
+    lines = [
+        f"shardann bench filter: n={ds['n']:,} d={ds['d']} nq={ds['nq']}{lance_nq} "
+        f"ntrain={ds['ntrain']:,} metric={c['metric']} nlist={c['nlist']} PQ M={M} "
+        f"x {nbits} bits, no refine, k={c['k']}; 1 thread each; best of {c['reps']} "
+        "interleaved repetitions per point",
+        f"data: {ds['source']}; ground truth: {report['ground_truth']['method']}",
+        f"machine: {env['cpu']}, {env['os_cpu_count']} CPUs"
+        + (f"; 1-min load average {min(la):.1f}..{max(la):.1f}" if la else ""),
+        "builds: " + "; ".join(f"{names[s]} {_build_label(s, b)} {b['train_s']:.1f} s"
+                               for s, b in report["builds"].items()),
+        "filters (the attribute 'category', independent of the vectors): " + "; ".join(
+            f"{f['label']} {f['sql']} ({f['count']:,} rows)" for f in report["filters"][1:]),
+    ]
+    return lines
+
+
+def _build_label(system, build):
+    desc = build["describe"]
+    if system == "faiss":
+        return f"{desc['index_factory']} (IDSelectorBitmap in SearchParametersIVF) train"
+    if system == "lancedb":
+        return "IVF_PQ + BITMAP scalar index, where(prefilter=True), build"
+    return f"{desc['class']} train"
+
+
+def format_filter(report):
+    """The printed summary of a ``bench filter`` report (a string)."""
+    c = report["config"]
+    systems = report["systems"]
+    names = {s: _SYSTEM_STYLE[s][2] for s in systems}
+    sweep = c["nprobe_sweep"]
+    labels = [f["label"] for f in report["filters"]]
+    pts = {(p["system"], p["config"], p["nprobe"]): p for p in report["points"]}
+    lines = _filter_header(report) + ["", f"recall@{c['k']} and QPS by filter and nprobe:"]
+    head = f"{'system':<10}{'filter':<12}" + "".join(f"{'nprobe ' + str(p):>17}" for p in sweep)
+    lines += [head, "-" * len(head)]
+    for s in systems:
+        for i, lab in enumerate(labels):
+            cells = "".join(f"{pts[s, lab, p]['recall']:>9.3f}{pts[s, lab, p]['qps']:>8,.0f}"
+                            for p in sweep)
+            lines.append(f"{names[s] if i == 0 else '':<10}{lab:<12}{cells}")
+    target = report["recall_kept_target"]
+    lines += ["", "recall kept under the filter: filtered recall / the same system's unfiltered "
+              f"recall at the same nprobe (target >= {target:.2f}x):"]
+    head = f"{'system':<10}{'filter':<12}" + "".join(f"{'nprobe ' + str(p):>11}" for p in sweep) \
+        + f"{'min':>8}"
+    lines += [head, "-" * len(head)]
+    for s in systems:
+        for i, lab in enumerate(labels[1:]):
+            kept = report["recall_kept"][s][lab]
+            by = {r["nprobe"]: r["ratio"] for r in kept["by_nprobe"]}
+            cells = "".join(f"{_fmt(by.get(p), 'ratio'):>11}" for p in sweep)
+            lines.append(f"{names[s] if i == 0 else '':<10}{lab:<12}{cells}"
+                         f"{_fmt(kept['min'], 'ratio'):>8}")
+    lines += ["", f"best QPS at recall@{c['k']} >= fraction x {report['unfiltered_recall']:.4f} "
+              "(shardann's best unfiltered recall in the sweep); a measured point, its "
+              "nprobe in brackets:"]
+    head = f"{'filter':<12}{'fraction':>9}{'recall':>8}{'shardann':>16}"
+    for s in systems[1:]:
+        head += f"{names[s]:>16}{'shardann/' + names[s]:>18}"
+    lines += [head, "-" * len(head)]
+    for row in report["at_recall"]:
+        line = f"{row['filter']:<12}{row['fraction']:>9.2f}{row['recall']:>8.3f}" \
+            + f"{_qps_at(row['shardann']):>16}"
+        for s in systems[1:]:
+            line += f"{_qps_at(row[s]):>16}{_fmt(row['shardann_over_' + s], 'ratio'):>18}"
+        lines.append(line)
+    lines += _format_equal_recall_filter(report, names)
+    lines += _format_filter_targets(report, names)
+    return "\n".join(lines)
+
+
+def _qps_at(p):
+    return "not reached" if p is None else f"{p['qps']:,.0f} ({p['nprobe']})"
+
+
+def _format_equal_recall_filter(report, names):
+    rows = [r for r in report["equal_recall"] if r["system"] == "faiss"]
+    if not rows:
+        return []
+    marks = {"interpolated": "~", "exact": "", "lower bound": ">=", "not reached": "n/r "}
+    lines = ["", "equal recall: each FAISS point against the QPS shardann needs for the same "
+             "recall (~ log-interpolated between shardann's sweep points; >= shardann's "
+             "smallest nprobe already does better; n/r shardann never reaches it; every "
+             "system's rows are in the JSON):"]
+    head = (f"{'filter':<12}{'system':<10}{'nprobe':>7}{'recall':>8}{'QPS':>9}"
+            f"{'shardann QPS':>14}{'shardann/system':>17}")
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        sq = marks[r["interpolation"]] + _fmt(r["shardann_qps"], "int") \
+            if r["shardann_qps"] is not None else "n/r"
+        lines.append(f"{r['filter']:<12}{names[r['system']]:<10}{r['nprobe']:>7}"
+                     f"{r['recall']:>8.3f}{r['qps']:>9,.0f}{sq:>14}"
+                     f"{_fmt(r['shardann_over_system'], 'ratio'):>17}")
+    return lines
+
+
+def _format_filter_targets(report, names):
+    """issue 21's two targets, for every selectivity below 100%."""
+    target = report["recall_kept_target"]
+    lines = ["", "targets: (1) shardann's filtered recall >= "
+             f"{target:.2f}x its unfiltered recall at every nprobe of the sweep; "
+             "(2) shardann's QPS >= FAISS's at equal recall (every FAISS point shardann "
+             "reaches):"]
+    for f in report["filters"][1:]:
+        if f["selectivity"] >= 1.0:
+            continue
+        kept = report["recall_kept"]["shardann"][f["label"]]["min"]
+        line = (f"  {f['label']:>6}: (1) min {_fmt(kept, 'ratio')} "
+                f"{'met' if kept is not None and kept >= target else 'NOT met'}")
+        eq = [r["shardann_over_system"] for r in report["equal_recall"]
+              if r["filter"] == f["label"] and r["system"] == "faiss"
+              and r["shardann_over_system"] is not None]
+        if "faiss" in report["systems"]:
+            line += ("; (2) no FAISS point shardann reaches" if not eq else
+                     f"; (2) shardann/FAISS {min(eq):.2f}x..{max(eq):.2f}x "
+                     f"{'met' if min(eq) >= 1.0 else 'NOT met at every point'}")
+        lines.append(line)
+    return lines
+
+
+def filter_figure(report):
+    """Recall-QPS curves, one panel per filter, one curve per system (needs matplotlib)."""
+    from matplotlib.figure import Figure
+
+    c, ds = report["config"], report["dataset"]
+    labels = [f["label"] for f in report["filters"]]
+    ncols = min(3, len(labels))
+    nrows = math.ceil(len(labels) / ncols)
+    fig = Figure(figsize=(5.2 * ncols, 4.2 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, lab in zip(axes.flat, labels, strict=False):
+        for s in report["systems"]:
+            color, marker, name = _SYSTEM_STYLE[s]
+            pts = sorted((p for p in report["points"] if p["system"] == s
+                          and p["config"] == lab), key=lambda p: p["nprobe"])
+            _nprobe_curve(ax, pts, color, marker, name)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"recall@{c['k']}")
+        ax.set_ylabel("QPS (1 thread)")
+        ax.set_title(f"filter passes {lab}" if lab != "unfiltered" else "no filter", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    nbits, M = c["pq"]
+    title = (f"filtered search, 1 thread: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
+             f"metric={c['metric']} IVF{c['nlist']} PQ M={M} x {nbits} bits; point labels: "
+             "nprobe")
+    fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())), fontsize=10)
     fig.tight_layout()
     return fig

@@ -103,7 +103,14 @@ class FaissRunner:
     def add(self, index, x):
         index.add(x)
 
-    def search(self, index, q, k, nprobe, refine_factor=None):
+    def search(self, index, q, k, nprobe, refine_factor=None, sel=None):
+        """``index.search`` at ``nprobe``; ``sel`` (a ``faiss.IDSelector``, IVF kinds
+        without refine) keeps the scan to the ids it selects."""
+        if sel is not None:
+            if self.kind in REFINE_KINDS:
+                raise ValueError("an IDSelector is passed to the IVF kinds without refine")
+            params = self.faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+            return index.search(q, k, params=params)
         self.faiss.extract_index_ivf(index).nprobe = nprobe
         if self.kind in REFINE_KINDS and refine_factor is not None:
             if not refine_factor:  # the IVF-PQ index under the refine stage
@@ -175,12 +182,17 @@ class ShardannRunner:
     def train(self, index, x):
         index.train(x)
 
-    def add(self, index, x):
-        index.add(x)
+    def add(self, index, x, attributes=None):
+        if attributes is None:
+            index.add(x)
+        else:
+            index.add(x, attributes=attributes)
 
-    def search(self, index, q, k, nprobe, refine_factor=None):
+    def search(self, index, q, k, nprobe, refine_factor=None, filter=None):
         rf = self._rf if refine_factor is None else refine_factor
-        return index.search(q, k, nprobe=nprobe, refine_factor=rf)
+        if filter is None:
+            return index.search(q, k, nprobe=nprobe, refine_factor=rf)
+        return index.search(q, k, nprobe=nprobe, refine_factor=rf, filter=filter)
 
     def with_kept_vectors(self, index, keep_vectors, xt, xb):
         """A copy of the trained ``index`` (same centroids and codebooks) that
@@ -289,3 +301,67 @@ class ScannRunner:
                 self.dims_per_block, "hash_type": "lut16",
                 "anisotropic_quantization_threshold": None if self.metric == "l2" else 0.2,
                 "reorder": "exact float32, k * refine_factor"}
+
+
+class LanceRunner:
+    """Builds and queries a LanceDB table with an IVF_PQ index, for ``bench filter``.
+
+    The table (an ``id`` column of row numbers, the attribute columns and the
+    vectors) is written under ``workdir``; the index has ``nlist`` partitions,
+    ``M`` sub-vectors of ``nbits`` bits and ``niter`` k-means iterations, trained on
+    ``sample_rate * nlist`` rows LanceDB samples from the table itself. Every
+    attribute column gets a BITMAP scalar index (LanceDB's advice for filtered
+    columns of few distinct values). LanceDB has no batch search (several query
+    vectors become concurrent queries), so :meth:`search` runs one query per call,
+    with ``where(filter, prefilter=True)`` when filtered.
+    """
+
+    lib = "lancedb"
+
+    def __init__(self, lancedb, d, nlist, M, nbits, metric, niter, sample_rate, workdir):
+        self.lancedb, self.d, self.nlist, self.M, self.nbits = lancedb, d, nlist, M, nbits
+        self.distance = {"l2": "l2", "ip": "dot"}[metric]  # cosine: normalised rows + dot
+        self.niter, self.sample_rate, self.workdir = niter, sample_rate, workdir
+
+    def build(self, xb, attributes):
+        """The indexed table of float32 (n, d) ``xb`` and ``attributes`` (a
+        ``pyarrow.Table`` of n rows)."""
+        import pyarrow as pa
+        from lancedb.index import Bitmap, IvfPq
+
+        n = xb.shape[0]
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(as_f32(xb).reshape(-1)), self.d)
+        data = pa.table({"id": pa.array(np.arange(n, dtype=np.int64)),
+                         **{name: attributes[name] for name in attributes.column_names},
+                         "vector": vectors})
+        table = self.lancedb.connect(self.workdir).create_table("bench", data, mode="overwrite")
+        table.create_index("vector", config=IvfPq(
+            distance_type=self.distance, num_partitions=self.nlist, num_sub_vectors=self.M,
+            num_bits=self.nbits, max_iterations=self.niter, sample_rate=self.sample_rate))
+        for name in attributes.column_names:
+            table.create_index(name, config=Bitmap())
+        return table
+
+    def search(self, table, q, k, nprobe, where=None):
+        """``(D, I)`` float32 / int64 (nq, k) of the queries one by one, -1 padded."""
+        nq = q.shape[0]
+        D = np.full((nq, k), np.inf, np.float32)
+        I = np.full((nq, k), -1, np.int64)
+        for i in range(nq):
+            query = (table.search(q[i], vector_column_name="vector").distance_type(self.distance)
+                     .nprobes(nprobe).limit(k).select(["id", "_distance"]))
+            if where is not None:
+                query = query.where(where, prefilter=True)
+            hits = query.to_arrow()
+            m = hits.num_rows
+            I[i, :m] = hits["id"].to_numpy()
+            D[i, :m] = hits["_distance"].to_numpy()
+        return D, I
+
+    def describe(self):
+        return {"library": "lancedb", "version": getattr(self.lancedb, "__version__", None),
+                "index": "IVF_PQ", "num_partitions": self.nlist, "num_sub_vectors": self.M,
+                "num_bits": self.nbits, "distance_type": self.distance,
+                "max_iterations": self.niter, "sample_rate": self.sample_rate,
+                "scalar_index": "BITMAP on every attribute column",
+                "search": "one query per call, where(..., prefilter=True), nprobes"}

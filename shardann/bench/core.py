@@ -35,6 +35,7 @@ import logging
 import sys
 
 from . import _timing
+from ._cli import resolve_settings
 from ._fresh import format_fresh, run_fresh_latency, write_fresh
 from ._report import JSON_NAME, PNG_NAME, format_report, write_outputs
 from ._runners import KINDS
@@ -142,12 +143,7 @@ def add_arguments(parser):
 
 def _resolve(args):
     """Fill preset-dependent defaults; return a plain dict of the settings."""
-    preset = QUICK if args.quick else DEFAULTS
-    cfg = {k: v for k, v in vars(args).items() if not callable(v)}
-    for key, val in preset.items():
-        if cfg.get(key) is None:
-            cfg[key] = val
-    return cfg
+    return resolve_settings(args, DEFAULTS, QUICK)
 
 
 def _validate(cfg):

@@ -69,6 +69,34 @@ def synthetic_split(nb, nq, d, *, nt=0, seed=0, **kwargs):
     return (xb, xq, xt) if nt else (xb, xq)
 
 
+def categorical(n, shares, *, rest="rest", seed=0):
+    """A categorical column of ``n`` rows for filtered-search benchmarks.
+
+    ``shares`` maps category names to fractions of the rows: category ``name``
+    holds exactly ``round(share * n)`` rows at random positions, independent of
+    the vectors; the rows left over get ``rest``. A filter ``column = 'name'``
+    then passes exactly that share.
+
+    Returns a numpy ``str`` array of shape (n,). Raises ``ValueError`` when a
+    share is outside (0, 1] or the shares add up to more than 1.
+    """
+    n = check_int("n", n, low=0)
+    bad = {k: v for k, v in shares.items() if not 0.0 < float(v) <= 1.0}
+    if bad:
+        raise ValueError(f"shares must be in (0, 1]; got {bad}")
+    counts = {name: int(round(float(v) * n)) for name, v in shares.items()}
+    if sum(counts.values()) > n:
+        raise ValueError(f"the shares add up to {sum(shares.values()):g} > 1; got {shares}")
+    names = [*counts, rest]
+    codes = np.full(n, len(names) - 1, np.int64)
+    order = np.random.default_rng(seed).permutation(n)
+    start = 0
+    for code, count in enumerate(counts.values()):
+        codes[order[start:start + count]] = code
+        start += count
+    return np.asarray(names)[codes]
+
+
 def read_vectors(path, mmap=True):
     """Read ``.npy`` (memory-mapped), ``.fvecs``, ``.bvecs``, ``.ivecs`` or
     ``.parquet`` (its first list column, e.g. an embedding column).

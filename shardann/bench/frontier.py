@@ -28,35 +28,17 @@ Usage::
 """
 
 import argparse
-import logging
 import sys
-import types
 
 from . import _timing
+from ._cli import add_data_arguments, check_settings, pq_list, resolve_settings, run_comparison
 from ._frontier import run_frontier
-from ._report import FRONTIER_JSON, FRONTIER_PNG, format_frontier, frontier_figure, write_outputs
+from ._report import FRONTIER_JSON, FRONTIER_PNG, format_frontier, frontier_figure
 from .core import positive_int_list
 
 DEFAULTS = {"n": 200_000, "d": 128, "nq": 1000, "train_size": 100_000, "nlist": 1024}
 QUICK = {"n": 20_000, "d": 64, "nq": 200, "train_size": 20_000, "nlist": 128}
 KEEPS = ("float32", "float16", "int8")
-
-
-def _pq_list(text):
-    """argparse type: comma-separated NBITSxM pairs, e.g. ``4x64,8x32``."""
-    out = []
-    for item in (v.strip() for v in text.split(",") if v.strip()):
-        try:
-            nbits, M = (int(v) for v in item.lower().split("x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected NBITSxM pairs like 4x64; got {item!r}") \
-                from None
-        if nbits not in (4, 8) or M < 1:
-            raise argparse.ArgumentTypeError(f"nbits must be 4 or 8 and M >= 1; got {item!r}")
-        out.append((nbits, M))
-    if not out:
-        raise argparse.ArgumentTypeError("expected at least one NBITSxM pair")
-    return out
 
 
 def _dim_list(text):
@@ -90,34 +72,16 @@ def add_arguments(parser):
     parser.epilog = ("FAISS, ScaNN, matplotlib and threadpoolctl are optional (the bench "
                      f"extra: {_timing.BENCH_EXTRA}); a system that is not installed is left "
                      "out, and the run says so.")
-    data = parser.add_argument_group("data")
-    data.add_argument("--base", metavar="PATH",
-                      help="database vectors (.npy / .fvecs / .bvecs / .parquet); default: "
-                           "generate structured synthetic data")
-    data.add_argument("--queries", metavar="PATH", help="query vectors (with --base)")
-    data.add_argument("--train", metavar="PATH",
-                      help="training vectors (default: a random sample of --base)")
+    data = add_data_arguments(parser, DEFAULTS, "FAISS and ScaNN",
+                              "training sample, the same for every system")
     data.add_argument("--gt", metavar="PATH",
                       help="ground-truth neighbour ids of the queries (.ivecs / .npy), at "
                            "least k per query; default: exact search")
-    data.add_argument("--n", type=int, default=None,
-                      help=f"synthetic database size (default {DEFAULTS['n']})")
-    data.add_argument("--d", type=int, default=None,
-                      help=f"synthetic dimension (default {DEFAULTS['d']})")
-    data.add_argument("--nq", type=int, default=None,
-                      help=f"number of queries (default {DEFAULTS['nq']})")
-    data.add_argument("--train-size", type=int, default=None,
-                      help=f"training sample, the same for every system "
-                           f"(default {DEFAULTS['train_size']})")
-    data.add_argument("--seed", type=int, default=0, help="data and training seed")
-    data.add_argument("--metric", choices=("l2", "ip", "cosine"), default="l2",
-                      help="l2, ip or cosine (FAISS and ScaNN get normalised vectors and inner "
-                           "product); default l2")
 
     idx = parser.add_argument_group("configurations")
     idx.add_argument("--nlist", type=int, default=None,
                      help=f"IVF lists / ScaNN leaves (default {DEFAULTS['nlist']})")
-    idx.add_argument("--shardann-pq", type=_pq_list, default=None,
+    idx.add_argument("--shardann-pq", type=pq_list, default=None,
                      help="shardann NBITSxM configurations (default for dimension d: "
                           "4x(d/2),4x(d/4),8x(d/4))")
     idx.add_argument("--pca", type=_dim_list, default=[],
@@ -128,7 +92,7 @@ def add_arguments(parser):
     idx.add_argument("--pca-opq", action="store_true",
                      help="with --pca, also build each PCA configuration with OPQ learnt "
                           "after the projection")
-    idx.add_argument("--faiss-pq", type=_pq_list, default=None,
+    idx.add_argument("--faiss-pq", type=pq_list, default=None,
                      help="FAISS NBITSxM configurations: 8 -> PQ{M}x8np, 4 -> PQ{M}x4fs "
                           "(default 8x(d/4),4x(d/2))")
     idx.add_argument("--keep", type=_keep_list, default=list(KEEPS),
@@ -159,76 +123,22 @@ def add_arguments(parser):
     return parser
 
 
-def _resolve(args):
-    preset = QUICK if args.quick else DEFAULTS
-    # the settings alone: not the CLI's handler function or the suite's module
-    cfg = {k: v for k, v in vars(args).items()
-           if not callable(v) and not isinstance(v, types.ModuleType)}
-    for key, val in preset.items():
-        if cfg.get(key) is None:
-            cfg[key] = val
-    return cfg
-
-
 def _validate(cfg):
-    if bool(cfg["base"]) != bool(cfg["queries"]):
-        return "--base and --queries go together"
-    for name in ("n", "d", "nq", "train_size", "nlist", "k", "reps"):
-        if cfg[name] < 1:
-            return f"--{name.replace('_', '-')} must be >= 1; got {cfg[name]}"
-    if max(cfg["nprobe_sweep"]) > cfg["nlist"]:
-        cfg["nprobe_sweep"] = [p for p in cfg["nprobe_sweep"] if p <= cfg["nlist"]] or \
-            [cfg["nlist"]]
+    err = check_settings(cfg, ("n", "d", "nq", "train_size", "nlist", "k", "reps"))
     if not cfg["keep"]:
         cfg["refine_factors"] = [0]
-    if cfg["pca"] and not cfg["base"] and max(cfg["pca"]) > cfg["d"]:  # files: when loaded
-        return f"--pca must be at most d={cfg['d']}; got {max(cfg['pca'])}"
-    return None
-
-
-def optional_systems(cfg):
-    """``(faiss or None, scann or None, skipped)`` as bench core's optional imports."""
-    skipped = []
-    faiss = scann = None
-    if not cfg["no_faiss"]:
-        faiss, why = _timing.optional_import("faiss")
-        if faiss is None:
-            skipped.append(("FAISS", why))
-    if not cfg["no_scann"]:
-        scann, why = _timing.optional_import("scann")
-        if scann is None:
-            skipped.append(("ScaNN", why))
-    if _timing.optional_import("threadpoolctl")[0] is None:
-        skipped.append(("the 1-thread limit of the BLAS pools", "threadpoolctl is not installed"))
-    if not cfg["no_plot"] and _timing.optional_import("matplotlib")[0] is None:
-        skipped.append((f"the plot {FRONTIER_PNG}", "matplotlib is not installed"))
-    return faiss, scann, skipped
+    if not err and cfg["pca"] and not cfg["base"] and max(cfg["pca"]) > cfg["d"]:
+        # (with files the dimension is known when they are loaded)
+        err = f"--pca must be at most d={cfg['d']}; got {max(cfg['pca'])}"
+    return err
 
 
 def run(args):
     """Run ``bench frontier`` with parsed ``args``; print the summary. Returns an exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    cfg = _resolve(args)
-    err = _validate(cfg)
-    if err:
-        print(f"shardann bench frontier: error: {err}", file=sys.stderr)
-        return 2
-    faiss, scann, skipped = optional_systems(cfg)
-    note = _timing.skip_note("shardann bench frontier", skipped)
-    if note:
-        print(note, flush=True)
-    try:
-        report = run_frontier(cfg, faiss, scann, skipped)
-    except (ValueError, OSError) as exc:
-        print(f"shardann bench frontier: error: {exc}", file=sys.stderr)
-        return 2
-    paths = write_outputs(report, cfg["out"], make_plot=not cfg["no_plot"],
-                          names=(FRONTIER_JSON, FRONTIER_PNG), figure=frontier_figure)
-    print(format_frontier(report))
-    print("\nwrote " + ", ".join(paths.values()))
-    return 0
+    return run_comparison(
+        "shardann bench frontier", resolve_settings(args, DEFAULTS, QUICK), _validate,
+        [("faiss", "FAISS", "no_faiss"), ("scann", "ScaNN", "no_scann")], run_frontier,
+        (FRONTIER_JSON, FRONTIER_PNG), frontier_figure, format_frontier)
 
 
 def main(argv=None):
