@@ -1,7 +1,7 @@
 """``shardann bench SUITE``: benchmarks from ``shardann.bench.SUITE``: ``core``
 (kernels, local indexes vs FAISS), ``distributed`` (sharded vs local) and
-``frontier`` (recall-QPS frontier vs FAISS and ScaNN) and ``threads`` (scaling
-over cores).
+``frontier`` (recall-QPS frontier vs FAISS and ScaNN), ``filter`` (filtered
+search vs FAISS's IDSelector and LanceDB) and ``threads`` (scaling over cores).
 
 A suite takes its options from ``shardann.bench.<suite>``, imported only when it
 runs: everything after the suite's name is handed to that module's
@@ -18,6 +18,7 @@ SUITES = {
     "core": "kernel and single-process index benchmarks against FAISS",
     "distributed": "the sharded index in Ray local mode against the local index",
     "frontier": "the recall-QPS frontier of shardann's configurations against FAISS and ScaNN",
+    "filter": "filtered search by selectivity against FAISS's IDSelector and LanceDB's where",
     "threads": "batch QPS and single-query latency of a local index by thread count",
 }
 
