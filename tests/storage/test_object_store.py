@@ -111,13 +111,16 @@ def test_unsupported_scheme_is_a_clear_error(tmp_path, monkeypatch, make_index, 
     assert os.listdir(tmp_path) == []
 
 
-def test_ingest_into_a_uri_is_refused_without_a_local_directory(tmp_path, monkeypatch):
+def test_ingest_into_a_uri_makes_no_local_directory(tmp_path, monkeypatch):
+    """A URI is never taken for a local path (ingest into s3:// itself: tests/ingest/
+    test_ingest_s3.py); a backend that cannot commit is refused before any work."""
     from shardann.distributed import IngestJob
 
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "x.npy", np.zeros((10, 8), np.float32))
-    with pytest.raises(ValueError, match="ingest into a directory, then copy it"):
-        IngestJob("s3://bucket/idx", [str(tmp_path / "x.npy")], nlist=2, M=2)
+    with pytest.raises(ValueError, match="single_writer"):
+        IngestJob("s3://bucket/idx", [str(tmp_path / "x.npy")], nlist=2, M=2,
+                  storage_options={"conditional_writes": False})
     with pytest.raises(ValueError, match="unsupported storage URI scheme"):
         IngestJob("foo://bucket/idx", [str(tmp_path / "x.npy")], nlist=2, M=2)
     assert os.listdir(tmp_path) == ["x.npy"]
