@@ -22,10 +22,17 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from ..metric import normalize_rows
 from . import _timing
-from ._measure import SweepPoint, best_at_recall, qps_at_recall, sweep_interleaved
+from ._measure import (
+    SweepPoint,
+    best_at_recall,
+    pareto_frontier,
+    qps_at_recall,
+    sweep_interleaved,
+)
 from ._runners import (
     FAISS_TRAIN_FALLBACK,
     FaissRunner,
@@ -174,7 +181,6 @@ def run_filter(cfg, faiss=None, lancedb=None, skipped=()):
     k = cfg["k"]
     cfg["lancedb_nq"] = min(cfg["lancedb_nq"], xq.shape[0])
     column, filters, too_few = make_filters(xb.shape[0], cfg["selectivities"], k, cfg["seed"])
-    import pyarrow as pa
     data = {"d": d, "xb": xb, "xq": xq, "xt": xt, "xb_n": xb_n, "xq_n": xq_n, "xt_n": xt_n,
             "attributes": pa.table({COLUMN: column})}
     gt_info = _filtered_truth(faiss, xb_n, xq_n, k, "l2" if cfg["metric"] == "l2" else "ip",
@@ -221,9 +227,9 @@ def summarize(points, systems, filters, targets):
       sweep (the PQ ceiling of this configuration);
     - ``at_recall``: per filter and target fraction t, every system's fastest point
       with recall >= t x ``unfiltered_recall``, and the ratio shardann / system;
-    - ``equal_recall``: per filter, each other system's point at each nprobe against
-      the QPS shardann needs for the same recall (log-interpolated on its sweep,
-      :func:`._measure.qps_at_recall`).
+    - ``equal_recall``: per filter, each point of each other system's recall-QPS
+      Pareto frontier against the QPS shardann needs for the same recall
+      (log-interpolated on its sweep, :func:`._measure.qps_at_recall`).
     """
     kept = {}
     for s in systems:
@@ -254,7 +260,10 @@ def summarize(points, systems, filters, targets):
     for f in filters:
         mine = sorted(_by(points, "shardann", f["label"]).values(), key=lambda p: p["nprobe"])
         for s in systems[1:]:
-            for p in sorted(_by(points, s, f["label"]).values(), key=lambda p: p["nprobe"]):
+            # its Pareto frontier: a plateau point a smaller nprobe already beats would
+            # compare shardann with a setting no one picks
+            front = pareto_frontier(list(_by(points, s, f["label"]).values()))
+            for p in sorted(front, key=lambda p: p["nprobe"]):
                 qps, how = qps_at_recall(mine, p["recall"])
                 equal.append({"filter": f["label"], "system": s, "nprobe": p["nprobe"],
                               "recall": p["recall"], "qps": p["qps"], "shardann_qps": qps,

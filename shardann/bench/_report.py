@@ -456,7 +456,8 @@ def _format_equal_recall_filter(report, names):
     if not rows:
         return []
     marks = {"interpolated": "~", "exact": "", "lower bound": ">=", "not reached": "n/r "}
-    lines = ["", "equal recall: each FAISS point against the QPS shardann needs for the same "
+    lines = ["", "equal recall: each point of FAISS's recall-QPS frontier (no FAISS point "
+             "both faster and more accurate) against the QPS shardann needs for the same "
              "recall (~ log-interpolated between shardann's sweep points; >= shardann's "
              "smallest nprobe already does better; n/r shardann never reaches it; every "
              "system's rows are in the JSON):"]
@@ -477,8 +478,8 @@ def _format_filter_targets(report, names):
     target = report["recall_kept_target"]
     lines = ["", "targets: (1) shardann's filtered recall >= "
              f"{target:.2f}x its unfiltered recall at every nprobe of the sweep; "
-             "(2) shardann's QPS >= FAISS's at equal recall (every FAISS point shardann "
-             "reaches):"]
+             "(2) shardann's QPS >= FAISS's at equal recall (every point of FAISS's frontier "
+             "shardann reaches):"]
     for f in report["filters"][1:]:
         if f["selectivity"] >= 1.0:
             continue
@@ -490,7 +491,7 @@ def _format_filter_targets(report, names):
               and r["shardann_over_system"] is not None]
         if "faiss" in report["systems"]:
             line += ("; (2) no FAISS point shardann reaches" if not eq else
-                     f"; (2) shardann/FAISS {min(eq):.2f}x..{max(eq):.2f}x "
+                     f"; (2) shardann/FAISS {min(eq):.3f}x..{max(eq):.3f}x "
                      f"{'met' if min(eq) >= 1.0 else 'NOT met at every point'}")
         lines.append(line)
     return lines
