@@ -119,3 +119,16 @@ def test_integer_ratio_one_is_accepted(data, built):
     index = built("ivfflat")
     got = index.search(xq, K, nprobe=4, probe_ratio=1)
     np.testing.assert_array_equal(got[1], index.search(xq, K, nprobe=4, probe_ratio=1.0)[1])
+
+
+def test_probe_ratio_with_a_filter(data, fresh):
+    xb, xq, _ = data
+    index = fresh("ivfflat")
+    index.add(xb, attributes={"even": np.arange(len(xb)) % 2 == 0})
+    q = index.prepare(xq)
+    d, p = index.probe(q, 10, probe_ratio=0.6)
+    want = index.search_preassigned(q, d, p, K, filter=index.compile_filter("even = true"))
+    got = index.search(xq, K, nprobe=10, probe_ratio=0.6, filter="even = true")
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert (got[1] % 2 == 0).all()

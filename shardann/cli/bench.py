@@ -1,7 +1,8 @@
 """``shardann bench SUITE``: benchmarks from ``shardann.bench.SUITE``: ``core``
 (kernels, local indexes vs FAISS), ``distributed`` (sharded vs local) and
 ``frontier`` (recall-QPS frontier vs FAISS and ScaNN), ``filter`` (filtered
-search vs FAISS's IDSelector and LanceDB) and ``threads`` (scaling over cores).
+search vs FAISS's IDSelector and LanceDB), ``probing`` (adaptive against fixed
+nprobe) and ``threads`` (scaling over cores).
 
 A suite takes its options from ``shardann.bench.<suite>``, imported only when it
 runs: everything after the suite's name is handed to that module's
@@ -19,6 +20,7 @@ SUITES = {
     "distributed": "the sharded index in Ray local mode against the local index",
     "frontier": "the recall-QPS frontier of shardann's configurations against FAISS and ScaNN",
     "filter": "filtered search by selectivity against FAISS's IDSelector and LanceDB's where",
+    "probing": "adaptive probing (probe_ratio) against fixed nprobe at equal recall",
     "threads": "batch QPS and single-query latency of a local index by thread count",
 }
 

@@ -1,0 +1,48 @@
+"""`shardann bench probing`: a tiny run end to end, and the coverage bound's
+arithmetic on hand-made ranks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shardann.bench._adaptive import coverage_bounds
+from shardann.cli import main
+
+
+def test_coverage_bounds_fixed_and_oracle():
+    # query 0 has all its neighbours in its closest list, query 1 needs 4 lists
+    ranks = np.array([[0, 0], [0, 3]])
+    out = coverage_bounds(ranks, 2, [0.75, 1.0], 6)
+    assert out[0.75]["fixed"] == pytest.approx(1.0)  # 1 list each covers 3 of 4
+    assert out[1.0]["fixed"] == pytest.approx(4.0)
+    assert out[1.0]["oracle"] == pytest.approx(2.5)  # 1 + 4 lists
+    assert out[0.75]["oracle"] <= out[0.75]["fixed"]
+    # a neighbour beyond the cap is never covered
+    assert coverage_bounds(np.array([[0, 4]]), 2, [1.0], 4)[1.0]["fixed"] is None
+
+
+def test_bench_probing_smoke(tmp_path, capsys):
+    out = tmp_path / "results"
+    status = main(["bench", "probing", "--n", "2000", "--d", "16", "--nq", "30",
+                   "--train-size", "1000", "--nlist", "16", "--nprobe-sweep", "1,2,4",
+                   "--caps", "4", "--ratios", "0.5,0.9", "--targets", "0.8", "--reps", "1",
+                   "--no-faiss", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    report = json.loads((out / "probing.json").read_text())
+    pts = report["points"]
+    assert [p["method"] for p in pts] == ["fixed"] * 3 + ["adaptive"] * 2
+    assert all(0 <= p["recall"] <= 1 and p["qps"] > 0 for p in pts)
+    fixed = {p["nprobe"]: p for p in pts if p["method"] == "fixed"}
+    assert [fixed[p]["lists"] for p in (1, 2, 4)] == [1.0, 2.0, 4.0]
+    ada = [p for p in pts if p["method"] == "adaptive"]
+    assert 1.0 <= ada[1]["lists"] <= ada[0]["lists"] <= 4.0
+    row = report["summary"][0]
+    assert row["target"] == 0.8 and set(row) >= {"fixed", "adaptive", "adaptive_over_fixed"}
+    assert "adaptive/fixed" in text and "oracle" in text
+
+
+def test_bench_probing_bad_ratio_is_a_usage_error(capsys):
+    assert main(["bench", "probing", "--ratios", "0,0.5"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
