@@ -184,9 +184,10 @@ class JobScratch:
         version, or None: a job committed from another work directory (another
         machine, a wiped cache) is not run twice. One manifest is read, so a job
         whose segments were compacted away since is not recognised."""
-        if not IndexStore.exists(self.loc):
+        versions = list_versions(self.loc)
+        if not versions:
             return None
-        m = IndexStore.open(self.loc).manifest
+        m = read_manifest(self.loc, versions[-1])
         prefix = segment_prefix(self.job_id)
         ours = [s for s in m["files"]["segments"] if s["path"].startswith(prefix)]
         return (min(s["seq"] for s in ours), ours) if ours else None

@@ -196,6 +196,24 @@ def test_cli_ingest_into_s3_then_append_resumes(tmp_path, uploaded):
     assert _store_objects(uri)[1] == named
 
 
+def test_dataset_into_s3_equals_local(tmp_path, uploaded):
+    """A ray.data.Dataset into an s3:// store (staged in the work directory); a named
+    job run again from another work directory is found committed in the store."""
+    import ray.data
+
+    x = uploaded[0][:3000]
+    bucket = uploaded[2]
+    opts = {**TRAIN, "column": "data", "block_rows": 1000, "job_id": "emb-2024"}
+    ref = str(tmp_path / "ref")
+    ingest(ref, ray.data.from_numpy(x), **opts)
+    uri = f"s3://{bucket}/stores/from-dataset"
+    s = ingest(uri, ray.data.from_numpy(x), work_dir=str(tmp_path / "w1"), **opts)
+    assert (s.version, s.vectors, s.job_id) == (1, 3000, "emb-2024")
+    assert_same_store(ref, uri)
+    again = ingest(uri, ray.data.from_numpy(x), work_dir=str(tmp_path / "w2"), **opts)
+    assert again.already_committed and "stage" not in again.stage_seconds
+
+
 def test_ingest_into_s3_without_conditional_writes_refuses_first(tmp_path, uploaded):
     """A backend that cannot create-if-absent: refused before any work, saying why."""
     _, _, bucket = uploaded
