@@ -199,17 +199,7 @@ class ShardannRunner:
         keeps ``keep_vectors`` ("float32", "float16" or "int8"; the int8 scale
         trained on ``xt`` as ``index.train`` would), filled with ``xb``: one
         training for several kept-vector types."""
-        from .. import sq
-        from ..index import index_from_state
-        from ..storage import IndexState
-
-        state = index.to_state(lists=False)
-        arrays = {k: v for k, v in state.arrays.items() if k != "vector_scale"}
-        if keep_vectors == "int8":
-            arrays["vector_scale"] = sq.train_scale(index.prepare(xt))
-        twin = index_from_state(IndexState(state.kind, {**state.config,
-                                                        "keep_vectors": keep_vectors},
-                                           True, arrays, state.nlist))
+        twin = model_twin(index, xt, keep_vectors=keep_vectors)
         twin.add(xb)
         return twin
 
@@ -241,6 +231,45 @@ class ShardannRunner:
         if self._rf:
             out["refine_factor"] = self._rf
         return out
+
+
+def model_twin(index, xt, *, keep_vectors=None, M=None, nbits=None):
+    """An empty IVF-PQ index with the coarse centroids of the trained ``index``
+    (no OPQ): the same codebooks, or for another ``M`` / ``nbits`` codebooks
+    trained on the residuals of ``xt`` exactly as ``train`` would train them;
+    keeping ``keep_vectors`` (None keeps the index's choice; the int8 scale is
+    trained on ``xt``). One k-means for several code and kept-vector layouts.
+
+    Parameters
+    ----------
+    index : a trained :class:`shardann.IVFPQIndex` without OPQ.
+    xt : float32 (n, d), the training sample ``index`` was trained on.
+    """
+    from .. import sq
+    from ..index import index_from_state
+    from ..pq import ProductQuantizer
+    from ..storage import IndexState
+
+    state = index.to_state(lists=False)
+    config = dict(state.config)
+    if config.get("opq"):
+        raise ValueError("model_twin needs an index without OPQ")
+    arrays = {k: v for k, v in state.arrays.items() if k != "vector_scale"}
+    new_pq = (M is not None and M != config["M"]) or (nbits is not None
+                                                      and nbits != config["nbits"])
+    if keep_vectors is not None:
+        config["keep_vectors"] = keep_vectors or False
+    x = index.prepare(xt) if new_pq or config["keep_vectors"] == "int8" else None
+    if new_pq:
+        config["M"] = config["M"] if M is None else M
+        config["nbits"] = config["nbits"] if nbits is None else nbits
+        pq = ProductQuantizer(config["d"], config["M"], config["nbits"],
+                              niter=config["pq_niter"], seed=config["seed"],
+                              max_points_per_centroid=config["max_points_per_centroid"])
+        arrays["codebooks"] = pq.train(x - index.centroids[index.assign(xt)]).codebooks
+    if config["keep_vectors"] == "int8":
+        arrays["vector_scale"] = sq.train_scale(x)
+    return index_from_state(IndexState(state.kind, config, True, arrays, state.nlist))
 
 
 def make_runners(faiss, kind, cfg, fd):

@@ -59,6 +59,42 @@ def synthetic_chunk(start, stop, d, *, intrinsic_dim=16, n_clusters=64, noise=0.
     return rows.astype(np.float32)
 
 
+def _mixture_model(d, seed, n_clusters, decay):
+    """(centers, log-weights, per-cluster spectra, basis) of :func:`mixture`."""
+    rng = np.random.default_rng([seed, 1 << 40])
+    centers = rng.standard_normal((n_clusters, d)) / np.sqrt(d)
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8          # Zipf-like cluster sizes
+    spectrum = np.arange(1, d + 1, dtype=np.float64) ** -decay
+    scales = spectrum * rng.uniform(0.5, 1.5, (n_clusters, d)) * 1.5 / np.sqrt(spectrum @ spectrum)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return centers, weights / weights.sum(), scales, basis
+
+
+def mixture(n, d, *, n_clusters=256, decay=0.7, seed=0, dtype=np.float32):
+    """``n`` vectors from an anisotropic Gaussian mixture, a second kind of
+    structure beside :func:`synthetic` (closer to text embeddings): clusters of
+    Zipf-distributed sizes whose spread decays as a power law (exponent
+    ``decay``) along a random basis, each axis rescaled per cluster.
+
+    The same ``seed`` always gives the same mixture and rows; split one call
+    into database, queries and training rows so they share the mixture.
+    Returns float32 (n, d).
+    """
+    n = check_int("n", n, low=0)
+    d = check_int("d", d, low=1)
+    centers, weights, scales, basis = _mixture_model(d, seed, check_int(
+        "n_clusters", n_clusters, low=1), float(decay))
+    out = np.empty((n, d), dtype)
+    block = 65536
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        rng = np.random.default_rng([seed, s])
+        c = rng.choice(len(weights), e - s, p=weights)
+        z = rng.standard_normal((e - s, d)) * scales[c]
+        out[s:e] = centers[c] + z @ basis
+    return out
+
+
 def synthetic_split(nb, nq, d, *, nt=0, seed=0, **kwargs):
     """Database, queries and (optionally) a training set from one manifold.
 

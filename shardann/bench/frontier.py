@@ -46,7 +46,8 @@ def _dim_list(text):
     return [] if text.strip().lower() == "none" else sorted(set(positive_int_list(text)))
 
 
-def _keep_list(text):
+def keep_list(text):
+    """argparse type: comma-separated kept-vector types (float32, float16, int8), or none."""
     keeps = [v.strip() for v in text.split(",") if v.strip()]
     if text.strip().lower() == "none":
         return []
@@ -95,7 +96,7 @@ def add_arguments(parser):
     idx.add_argument("--faiss-pq", type=pq_list, default=None,
                      help="FAISS NBITSxM configurations: 8 -> PQ{M}x8np, 4 -> PQ{M}x4fs "
                           "(default 8x(d/4),4x(d/2))")
-    idx.add_argument("--keep", type=_keep_list, default=list(KEEPS),
+    idx.add_argument("--keep", type=keep_list, default=list(KEEPS),
                      help="kept-vector types shardann refines on (default "
                           f"{','.join(KEEPS)}; 'none': no refine)")
     idx.add_argument("--refine-factors", type=_factor_list, default=[0, 2, 4, 8],

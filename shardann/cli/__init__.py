@@ -7,6 +7,8 @@
 ``shardann ingest PATH INPUT...``  build an index from embeddings on disk (Ray Data)
 ``shardann bench SUITE`` benchmarks: ``core`` (kernels, local indexes vs FAISS) and
                          ``distributed`` (sharded vs local), from ``shardann.bench.SUITE``
+``shardann plan --vectors N --d D ...``  IVF-PQ parameters and cluster layout for a
+                         target recall, measured on a sample (``shardann.bench.plan``)
 ``shardann verify PATH`` check every file of a stored version (exit 1 on damage)
 ``shardann repair PATH --rollback | --supersede VERSION``  deal with a damaged newest manifest
 
@@ -24,7 +26,7 @@ import argparse
 import sys
 import traceback
 
-from . import bench, demo, info, ingest, repair, serve, verify
+from . import bench, demo, info, ingest, plan, repair, serve, verify
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -39,7 +41,7 @@ __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
 #: subcommand name -> its module, in the order ``shardann --help`` lists them
 COMMANDS = {"demo": demo, "info": info, "serve": serve, "ingest": ingest, "bench": bench,
-            "verify": verify, "repair": repair}
+            "plan": plan, "verify": verify, "repair": repair}
 
 
 def build_parser():
