@@ -2,6 +2,7 @@
 actor reads only its own row groups, with ranged reads; writes through the
 coordinator commit to the S3 store."""
 
+import os
 import shutil
 
 import numpy as np
@@ -101,7 +102,8 @@ def test_sharded_index_on_s3_over_three_nodes(tmp_path, data, moto_s3):
 
 
 @pytest.mark.slow
-def test_ingest_from_s3_into_s3_then_shards_over_three_nodes(tmp_path, data, s3_env):
+def test_ingest_from_s3_into_s3_then_shards_over_three_nodes(tmp_path, data, s3_env,
+                                                             monkeypatch):
     """The issue's whole path on three nodes: Parquet on S3 ingested into an S3 store
     (the default work directory: the tasks run on the driver's node), then a sharded
     index on that store answering exactly as the same ingest into a local directory;
@@ -114,6 +116,7 @@ def test_ingest_from_s3_into_s3_then_shards_over_three_nodes(tmp_path, data, s3_
     from shardann.distributed._ingest_job import IngestJob
 
     xb, xq, _ = data
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default work dir
     files = tmp_path / "emb"
     files.mkdir()
     bucket = s3_env.new_bucket()
@@ -140,6 +143,7 @@ def test_ingest_from_s3_into_s3_then_shards_over_three_nodes(tmp_path, data, s3_
         assert job.run_state.workers() == 1
         s = ingest(uri, f"s3://{bucket}/emb/*.parquet", **opts)
         assert (s.version, s.vectors) == (1, xb.shape[0])
+        assert os.listdir(tmp_path / "cache" / "shardann" / "ingest")  # the scratch was here
         ref = str(tmp_path / "ref")
         ingest(ref, str(files), work_dir=str(tmp_path / "w"), **opts)
         local = shardann.open_index(ref)
