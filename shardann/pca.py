@@ -105,6 +105,18 @@ class PCA:
         self._map = None
         return self
 
+    def reorder(self, order):
+        """Permute the output dimensions: column ``i`` of the matrix becomes
+        column ``order[i]`` of the old one (int (d_out,), a permutation; see
+        :func:`balanced_order`). Each projected value stays bit-identical, moved."""
+        order = np.asarray(order)
+        if order.shape != (self.d_out,) or not np.array_equal(np.sort(order),
+                                                             np.arange(self.d_out)):
+            raise ValueError(f"order must be a permutation of 0..{self.d_out - 1}")
+        if not self.is_trained:
+            raise NotTrainedError("PCA.reorder called before train")
+        self.set_arrays(self.matrix[:, order], self.mean)
+
     def set_rotation(self, rotation):
         """Follow the projection by an orthogonal float32 (d_out, d_out) rotation
         (an OPQ rotation learnt on projected rows), or None to stop.
@@ -174,3 +186,37 @@ class PCA:
         pca.set_arrays(m[:, :-1], m[:, -1])
         pca.explained = p.get("explained")
         return pca
+
+
+def balanced_order(variances, groups):
+    """Order dimensions into ``groups`` consecutive blocks of equal size whose
+    products of variances are about equal: OPQ's eigenvalue allocation (Ge et
+    al., 2013), so that no sub-quantizer of a PQ that follows a PCA gets only
+    the directions of largest variance (and most of the error).
+
+    Parameters
+    ----------
+    variances : float (n,), n a multiple of ``groups``.
+    groups : int >= 1.
+
+    Returns
+    -------
+    int64 (n,): the dimensions, block after block. The largest variances go
+    one to a block, then each next one to the open block whose product is the
+    smallest (ties by block number).
+    """
+    v = np.asarray(variances, np.float64)
+    groups = check_int("groups", groups, low=1)
+    if v.ndim != 1 or v.size % groups:
+        raise ValueError(f"variances must be (n,) with n a multiple of groups={groups}; got "
+                         f"shape {v.shape}")
+    size = v.size // groups
+    logs = np.log(np.maximum(v, np.finfo(np.float64).tiny))
+    members = [[] for _ in range(groups)]
+    total = np.zeros(groups)
+    for j in np.argsort(-v, kind="stable"):
+        g = min((b for b in range(groups) if len(members[b]) < size),
+                key=lambda b: (len(members[b]) > 0, total[b], b))
+        members[g].append(int(j))
+        total[g] += logs[j]
+    return np.array([j for m in members for j in sorted(m)], np.int64)

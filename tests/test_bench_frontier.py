@@ -87,17 +87,18 @@ def test_bench_frontier_pca_configurations(tmp_path, capsys):
     out = tmp_path / "results"
     status = main(["bench", "frontier", "--n", "2000", "--d", "16", "--nq", "20",
                    "--train-size", "1000", "--nlist", "16", "--shardann-pq", "4x8,8x4",
-                   "--pca", "8", "--pca-opq", "--keep", "float32", "--no-faiss", "--no-scann",
+                   "--pca", "8", "--opq", "--keep", "float32", "--no-faiss", "--no-scann",
                    "--nprobe-sweep", "4", "--refine-factors", "0,4", "--reps", "1",
                    "--no-plot", "--out", str(out)])
     assert status == 0, capsys.readouterr().out
     pts = json.loads((out / "frontier.json").read_text())["points"]
-    # M scaled by pca/d (2 dims per 4-bit sub-quantizer stay 2), with and without OPQ
+    # M scaled by pca/d (2 dims per 4-bit sub-quantizer stay 2); each with and without OPQ
     assert {p["config"] for p in pts} == {
         "4-bit M=8", "4-bit M=8 + float32", "8-bit M=4", "8-bit M=4 + float32",
         "4-bit M=4 pca=8", "4-bit M=4 pca=8 + float32", "8-bit M=2 pca=8",
         "8-bit M=2 pca=8 + float32", "4-bit M=4 pca=8 opq", "4-bit M=4 pca=8 opq + float32",
-        "8-bit M=2 pca=8 opq", "8-bit M=2 pca=8 opq + float32"}
+        "8-bit M=2 pca=8 opq", "8-bit M=2 pca=8 opq + float32", "4-bit M=8 opq",
+        "4-bit M=8 opq + float32", "8-bit M=4 opq", "8-bit M=4 opq + float32"}
     # refine on the original vectors lifts the reduced index's recall (observed 0.64 -> 0.98)
     pca = [p for p in pts if p["config"].startswith("4-bit M=4 pca=8 +")][0]
     plain = [p for p in pts if p["config"] == "4-bit M=4 pca=8"][0]

@@ -61,14 +61,13 @@ def shardann_configs(cfg, d):
     """``(nbits, M, pca, opq)`` of every shardann build: each ``--shardann-pq``
     pair without reduction, then with each ``--pca`` dimension p at the same
     dimensions per sub-quantizer (M scaled by p / d; pairs it does not divide
-    into whole sub-quantizers are left out), with OPQ after it when ``--pca-opq``."""
-    out = [(nbits, M, None, False) for nbits, M in cfg["shardann_pq"]]
+    into whole sub-quantizers are left out); each also with OPQ when ``--opq``."""
+    pairs = [(nbits, M, None) for nbits, M in cfg["shardann_pq"]]
     for p in cfg.get("pca") or ():
-        for nbits, M in cfg["shardann_pq"]:
-            if (M * p) % d == 0 and M * p // d >= 1:
-                for opq in (False, True) if cfg.get("pca_opq") else (False,):
-                    out.append((nbits, M * p // d, p, opq))
-    return out
+        pairs += [(nbits, M * p // d, p) for nbits, M in cfg["shardann_pq"]
+                  if (M * p) % d == 0 and M * p // d >= 1]
+    return [(nbits, M, p, opq) for nbits, M, p in pairs
+            for opq in ((False, True) if cfg.get("opq") else (False,))]
 
 
 def _shardann_builds(cfg, fd, xt, xb, builds):

@@ -7,7 +7,7 @@ Users pick an index by the recall they need. This sweeps, on one dataset:
   refine on kept float32 / float16 / int8 vectors (one training per (nbits, M);
   the kept-vector variants share it), over nprobe and refine factors; with
   ``--pca``, the same again behind a PCA to fewer dimensions (refine on the
-  original vectors);
+  original vectors); with ``--opq``, each of those with an OPQ rotation too;
 - FAISS (when installed): ``IVF…,PQ{M}x8np`` and ``IVF…,PQ{M}x4fs``, each alone
   and under ``RFlat`` refine (``k_factor`` = refine factor);
 - ScaNN (when installed): a tree of ``nlist`` leaves, anisotropic hashing with
@@ -90,9 +90,9 @@ def add_arguments(parser):
                           "dimensions (e.g. 192 or 96,192; 'none'), at the same dimensions per "
                           "sub-quantizer (M scaled by pca/d); refine re-ranks on the original "
                           "vectors (default: none)")
-    idx.add_argument("--pca-opq", action="store_true",
-                     help="with --pca, also build each PCA configuration with OPQ learnt "
-                          "after the projection")
+    idx.add_argument("--opq", action="store_true",
+                     help="also build each shardann configuration with an OPQ rotation "
+                          "(learnt after the projection with --pca)")
     idx.add_argument("--faiss-pq", type=pq_list, default=None,
                      help="FAISS NBITSxM configurations: 8 -> PQ{M}x8np, 4 -> PQ{M}x4fs "
                           "(default 8x(d/4),4x(d/2))")

@@ -38,7 +38,7 @@ from .._validation import (
 )
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
-from ..pca import PCA
+from ..pca import PCA, balanced_order
 from ..pq import OPQ, ProductQuantizer
 from ..results import empty_results, merge_results
 from ..sq import decode as sq_decode
@@ -687,7 +687,15 @@ class IVFPQIndex(IVFIndex):
 
     def _train_payload(self, x, xr):
         labels = self._assign(xr)
-        self.pq.train(xr - self.centroids[labels])
+        residuals = xr - self.centroids[labels]
+        if self._pca is not None and self.opq is None:
+            # PCA's directions come by decreasing variance: spread them over the
+            # sub-quantizers by the variance the codes will have to hold
+            order = balanced_order(residuals.var(axis=0), self.M)
+            self._pca.reorder(order)
+            self._set_centroids(self.centroids[:, order])
+            residuals = np.ascontiguousarray(residuals[:, order])
+        self.pq.train(residuals)
         self._precompute()
         if self.keep_vectors == "int8":
             self._vector_scale = train_scale(x)
