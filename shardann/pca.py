@@ -37,8 +37,8 @@ class PCA:
     Attributes
     ----------
     matrix : float32 (d, d_out) after ``train``, orthonormal columns in
-        decreasing order of variance (each column's largest-magnitude entry is
-        positive, so a training run gives one answer).
+        decreasing order of variance until :meth:`reorder` (each column's
+        largest-magnitude entry is positive, so a training run gives one answer).
     mean : float32 (d,), the training sample's mean.
     explained : float (0..1), the share of the training sample's variance the
         kept directions hold.
