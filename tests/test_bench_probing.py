@@ -46,3 +46,15 @@ def test_bench_probing_smoke(tmp_path, capsys):
 def test_bench_probing_bad_ratio_is_a_usage_error(capsys):
     assert main(["bench", "probing", "--ratios", "0,0.5"]) == 2
     assert "(0, 1]" in capsys.readouterr().err
+
+
+def test_qps_at_recall_mixed():
+    from shardann.bench._measure import qps_at_recall_mixed
+
+    pts = [{"recall": 0.8, "qps": 200.0}, {"recall": 1.0, "qps": 100.0},
+           {"recall": 0.95, "qps": 50.0}]
+    qps, how = qps_at_recall_mixed(pts, 0.9)  # half the queries each: 7.5 ms per query
+    assert how == "mixed" and qps == pytest.approx(1 / (0.5 / 200 + 0.5 / 100))
+    assert qps_at_recall_mixed(pts, 1.0) == (100.0, "measured")
+    assert qps_at_recall_mixed(pts, 0.5) == (200.0, "measured")
+    assert qps_at_recall_mixed(pts, 1.01) == (None, "not reached")

@@ -3,9 +3,11 @@ probing (``probe_ratio``) on one index, single-threaded, at equal recall.
 
 Every point (a fixed nprobe, or a (cap nprobe, probe_ratio) pair) is timed by
 ``_measure.sweep_interleaved`` (best of ``reps`` interleaved repetitions, so a
-change of machine load hits both methods alike). Each
-method's recall-QPS curve is its Pareto frontier; QPS at a target recall is
-interpolated on it (log QPS linear in recall, as ``bench core`` does).
+change of machine load hits both methods alike). QPS at a target recall is
+that of the best mix of two measured settings of a method
+(``_measure.qps_at_recall_mixed``: running part of the queries with each
+averages their recall and time per query), so both methods are read off the
+same kind of achievable curve; the best measured point is reported too.
 
 The report also bounds what any per-query choice of lists could gain: the
 "list coverage" of a query is the share of its true neighbours whose lists it
@@ -27,8 +29,7 @@ from ._frontier import _read_gt
 from ._measure import (
     SweepPoint,
     best_at_recall,
-    pareto_frontier,
-    qps_at_recall,
+    qps_at_recall_mixed,
     sweep_interleaved,
 )
 from ._runners import as_f32
@@ -76,27 +77,20 @@ def coverage_bounds(ranks, k, targets, cap):
     gains = np.zeros((nq, cap + 1))
     np.add.at(gains, (np.repeat(np.arange(nq), ranks.shape[1]), ranks.ravel()), 1.0 / k)
     cum = np.cumsum(gains[:, :cap], axis=1)  # coverage when scanning 1..cap lists
-    fixed = [{"nprobe": p + 1, "recall": float(cum[:, p].mean()), "qps": 1.0 / (p + 1)}
-             for p in range(cap)]
+    fixed = [{"recall": float(cum[:, p].mean()), "qps": 1.0 / (p + 1)} for p in range(cap)]
     oracle = []
     for lam in np.geomspace(1e-4, 1.0, 200):
         p = np.argmax(cum - lam * np.arange(1, cap + 1), axis=1)
         oracle.append({"recall": float(cum[np.arange(nq), p].mean()),
                        "qps": 1.0 / float((p + 1).mean())})
-    oracle = _as_curve(pareto_frontier(oracle))
     out = {}
     for t in targets:
         row = {}
         for name, curve in (("fixed", fixed), ("oracle", oracle)):
-            inv, _ = qps_at_recall(curve, t)
+            inv, _ = qps_at_recall_mixed(curve, t)  # qps here is 1 / lists
             row[name] = None if inv is None else 1.0 / inv
         out[t] = row
     return out
-
-
-def _as_curve(front):
-    """A Pareto frontier as a sweep ``qps_at_recall`` reads (ordered by recall)."""
-    return [{**p, "nprobe": i} for i, p in enumerate(sorted(front, key=lambda p: p["recall"]))]
 
 
 def run_probing(cfg, faiss=None, skipped=()):
@@ -146,14 +140,14 @@ def run_probing(cfg, faiss=None, skipped=()):
 
 
 def summarize(points, targets):
-    """Per target recall: each method's interpolated QPS and best measured point,
-    and the ratio adaptive / fixed."""
+    """Per target recall: each method's QPS (best mix of two measured settings)
+    and best measured point, and the ratio adaptive / fixed."""
     rows = []
     for t in targets:
         row = {"target": t}
         for m in ("fixed", "adaptive"):
             mine = [p for p in points if p["method"] == m]
-            qps, how = qps_at_recall(_as_curve(pareto_frontier(mine)), t)
+            qps, how = qps_at_recall_mixed(mine, t)
             row[m] = {"qps": qps, "how": how, "best_point": best_at_recall(mine, t)}
         a, f = row["adaptive"]["qps"], row["fixed"]["qps"]
         row["adaptive_over_fixed"] = a / f if a and f else None
@@ -176,8 +170,8 @@ def format_probing(report):
         ratio = "-" if p["probe_ratio"] is None else f"{p['probe_ratio']:.2f}"
         lines.append(f"{p['method']:<9} {p['nprobe']:>6} {ratio:>6} {p['lists']:>7.2f} "
                      f"{p['recall']:>7.4f} {p['qps']:>9,.0f}")
-    lines += ["", "QPS at equal recall (interpolated on each method's frontier) and list "
-              "coverage bound:"]
+    lines += ["", "QPS at equal recall (best mix of two measured settings of each method) "
+              "and the list coverage bound:"]
     for row, t in zip(report["summary"], c["targets"], strict=True):
         f, a, cov = row["fixed"], row["adaptive"], report["coverage"][t]
         ratio = row["adaptive_over_fixed"]

@@ -205,6 +205,29 @@ def best_at_recall(points, target):
     return max(ok, key=lambda p: p["qps"]) if ok else None
 
 
+def qps_at_recall_mixed(points, target):
+    """QPS a mix of two measured settings reaches at ``target`` recall.
+
+    Running a fraction ``f`` of the queries with one setting and the rest with
+    another averages their recall and their time per query, so any point on a
+    segment between two measured points, in (recall, seconds per query), is
+    achievable; this returns the best such point at ``target``, a measured one
+    included. ``points``: dicts with ``recall`` and ``qps``. Returns ``(qps,
+    how)``: how is "measured", "mixed" or "not reached" (qps None).
+    """
+    above = [p for p in points if p["recall"] >= target]
+    if not above:
+        return None, "not reached"
+    best, how = max(p["qps"] for p in above), "measured"
+    for lo in (p for p in points if p["recall"] < target):
+        for hi in above:
+            f = (target - lo["recall"]) / (hi["recall"] - lo["recall"])
+            qps = 1.0 / ((1.0 - f) / lo["qps"] + f / hi["qps"])
+            if qps > best:
+                best, how = qps, "mixed"
+    return best, how
+
+
 class SweepPoint:
     """One searchable setting of one system, for :func:`sweep_interleaved`.
 
