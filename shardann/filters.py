@@ -72,7 +72,8 @@ def _normal_type(name, t):
     if pa.types.is_null(t):  # a column of nulls only: keep it as strings
         return pa.string()
     if (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t)) and (
-            pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
+            pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
+            or pa.types.is_null(t.value_type)):  # [[]] and [[None]] infer list<null>
         return pa.list_(pa.string())
     raise ValueError(f"attribute column {name!r} has type {t}; expected an integer, float, "
                      "bool, string, timestamp, date or list<string> column")

@@ -190,7 +190,10 @@ def _merge(index, loc):
                     raise RuntimeError("the index lost track of its added ids; "
                                        "merge impossible")
                 L = index._lists
-                txn.add(L.owners(pos), added, **{k: L.data[k][pos] for k in index.columns})
+                attrs = (None if index.attribute_schema is None
+                         else index.get_attributes(added))
+                txn.add(L.owners(pos), added, **{k: L.data[k][pos] for k in index.columns},
+                        attributes=attrs)
             store = txn.commit()
         except CommitConflictError:
             continue  # another writer again: replay on the new newest
@@ -205,6 +208,7 @@ def _merge(index, loc):
     lists = origin["lists"]
     state = store.load_state(lists)
     if state.trained:
-        index.set_lists(*state.lists, next_id=max(state.next_id, index.next_id))
+        index.set_lists(*state.lists, next_id=max(state.next_id, index.next_id),
+                        attributes=state.attributes)
     adopt(index, store, lists)
     return store.version

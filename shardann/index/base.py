@@ -539,16 +539,20 @@ class BaseIndex:
         trained = bool(self.is_trained)
         config = self.get_config()
         nlist = int(getattr(self, "nlist", 1))
+        schema = self._attribute_schema
         if not trained:
-            return IndexState(self.kind, config, False, {}, nlist, None, next_id=self._next_id)
+            return IndexState(self.kind, config, False, {}, nlist, None, next_id=self._next_id,
+                              attribute_schema=schema)
         arrays = {k: np.array(v, np.float32) for k, v in self._trained_arrays().items()}
         if not lists:
             return IndexState(self.kind, config, True, arrays, nlist, self.columns,
-                              next_id=self._next_id)
+                              next_id=self._next_id, attribute_schema=schema)
         sizes, ids, payload = self._lists.packed()
         next_id = max(self._next_id, int(ids.max()) + 1 if len(ids) else 0)
+        attrs = self._list_attributes()
         return IndexState(self.kind, config, True, arrays, nlist, self.columns, sizes, ids,
-                          payload, next_id)
+                          payload, next_id, attributes=None if attrs is None else attrs.packed(),
+                          attribute_schema=schema)
 
     @staticmethod
     def from_state(state):
@@ -568,6 +572,7 @@ class BaseIndex:
         except TypeError as exc:
             raise ValueError(f"config {state.config} does not build a {cls.__name__} "
                              f"({exc})") from exc
+        index._attribute_schema = state.attribute_schema
         if not state.trained:
             index._next_id = int(state.next_id)
             return index
@@ -580,7 +585,8 @@ class BaseIndex:
             raise ValueError(f"columns {state.columns} do not fit a {cls.__name__} with "
                              f"config {state.config} (expected {index.columns})")
         if state.ntotal or state.payload:
-            index.set_lists(state.list_sizes, state.ids, state.payload, next_id=state.next_id)
+            index.set_lists(state.list_sizes, state.ids, state.payload, next_id=state.next_id,
+                            attributes=state.attributes)
         else:  # the model alone (e.g. IndexState(kind, config, True, arrays, nlist))
             index._next_id = max(index._next_id, int(state.next_id))
         return index

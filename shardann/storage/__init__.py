@@ -28,6 +28,7 @@ from ._fs import location as _location
 from ._manifest import FORMAT_VERSION, FutureFormatError
 from ._manifest import list_versions as _list_versions
 from ._manifest import read as _read_manifest
+from ._segments import ATTRIBUTES as _ATTRIBUTES
 from ._segments import ROW_GROUP_ROWS
 from ._segments import column_spec as _column_spec
 from ._segments import write_segment as _write_segment
@@ -36,7 +37,8 @@ from ._transaction import MAX_SEGMENT_ROWS, Transaction
 from .state import IndexState
 
 
-def write_segment(path, list_no, ids, payload, columns, *, row_group_rows=ROW_GROUP_ROWS):
+def write_segment(path, list_no, ids, payload, columns, *, row_group_rows=ROW_GROUP_ROWS,
+                  attributes=None):
     """Write one segment file and return its manifest entry (without ``path``).
 
     Parameters
@@ -49,13 +51,20 @@ def write_segment(path, list_no, ids, payload, columns, *, row_group_rows=ROW_GR
     columns : dict payload name -> (width, dtype), as ``IndexState.columns``
         (``index.columns``).
     row_group_rows : rows per row group (cut at list boundaries).
+    attributes : pyarrow.Table of the rows' attributes (n rows), of the
+        store's attribute schema (``IndexState.attribute_schema``), or None
+        (a segment without attribute columns: its rows read as nulls).
 
     Rows are sorted by (list, id) here. Add ``"path"`` (relative to the
     store) to the returned dict and hand it to :meth:`Transaction.add_segments`
     or :meth:`IndexStore.create_from_segments`.
     """
-    return _write_segment(os.fspath(path), list_no, ids, payload, _column_spec(columns),
-                          format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
+    data = dict(payload)
+    if attributes is not None:
+        data[_ATTRIBUTES] = attributes
+    return _write_segment(os.fspath(path), list_no, ids, data, _column_spec(columns),
+                          format_version=FORMAT_VERSION, row_group_rows=row_group_rows,
+                          attr_schema=None if attributes is None else attributes.schema)
 
 
 def encode_codebooks(arrays, kind, config):

@@ -1,6 +1,7 @@
 """Row-set helpers shared by the read view, transactions and maintenance."""
 
 import numpy as np
+import pyarrow as pa
 
 from .._rows import scatter_rows
 
@@ -35,9 +36,10 @@ def sorted_counts(list_ids, nlist):
 def group_by_list(parts, nlist, names):
     """Merge row sets, each sorted by list, into one set grouped by list (list 0 first).
 
-    ``parts`` are dicts of arrays with "list_id" and "id". Rows of one list keep
-    the order of ``parts``. Returns (list_sizes int64 (nlist,), ids, {name: rows});
-    one part is returned as it is (no copy).
+    ``parts`` are dicts of arrays with "list_id" and "id" (and "attributes", a
+    pyarrow.Table, when ``names`` has it). Rows of one list keep the order of
+    ``parts``. Returns (list_sizes int64 (nlist,), ids, {name: rows}); one part
+    is returned as it is (no copy).
     """
     counts = [sorted_counts(p["list_id"], nlist) for p in parts]
     sizes = np.sum(counts, axis=0) if counts else np.zeros(nlist, np.int64)
@@ -46,10 +48,13 @@ def group_by_list(parts, nlist, names):
         return sizes, p["id"], {k: p[k] for k in names}
     n = int(sizes.sum())
     out_ids = np.empty(n, np.int64)
+    tables = [k for k in names if isinstance(parts[0][k], pa.Table)]
+    names = [k for k in names if k not in tables]
     out = {}
     for k in names:
         ref = parts[0][k]
         out[k] = np.empty((n,) + ref.shape[1:], ref.dtype)
+    dests = []
     filled = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     for p, c in zip(parts, counts, strict=True):
         if p["id"].size == 0:
@@ -57,8 +62,17 @@ def group_by_list(parts, nlist, names):
         lid = p["list_id"]
         run_start = np.cumsum(c) - c
         dest = filled[lid] + (np.arange(lid.size, dtype=np.int64) - run_start[lid])
+        dests.append(dest)
         out_ids[dest] = p["id"]
         for k in names:
             scatter_rows(out[k], dest, p[k])
         filled += c
+    if tables:
+        # the rows' new places, inverted: which concatenated row goes where
+        order = np.empty(n, np.int64)
+        order[np.concatenate(dests) if dests else np.zeros(0, np.int64)] = np.arange(n)
+        used = [p for p in parts if p["id"].size]
+        for k in tables:
+            both = pa.concat_tables([p[k] for p in used]) if used else parts[0][k]
+            out[k] = both.take(pa.array(order))
     return sizes, out_ids, out

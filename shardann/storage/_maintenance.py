@@ -13,7 +13,7 @@ from ._files import file_crc32
 from ._fs import location
 from ._grouping import group_by_list, hits
 from ._manifest import DAMAGED_PREFIX, FORMAT_VERSION, MANIFEST_DIR, FutureFormatError
-from ._segments import SegmentFile
+from ._segments import ATTRIBUTES, SegmentFile
 from ._transaction import MAX_SEGMENT_ROWS, Transaction
 from ._view import SEGMENT_DIR, TOMBSTONE_DIR, StoreView
 
@@ -32,12 +32,16 @@ def compact(view, *, min_rows=None, max_segment_rows=MAX_SEGMENT_ROWS):
     _manifest.check_unpublished(view.location, view.version + 1, _manifest.TRANSACTION_ADVICE)
     txn = Transaction(view, operation="compact")
     names = view._payload_names()
+    if view.attribute_schema is not None:
+        names = names + [ATTRIBUTES]
     parts = view._live_rows(picked, None, names)
     try:
         txn.drop_segments(s["path"] for s in picked)
         if parts:
-            txn.add_lists(*group_by_list(parts, view.nlist, names),
-                          max_segment_rows=max_segment_rows)
+            sizes, ids, payload = group_by_list(parts, view.nlist, names)
+            attrs = payload.pop(ATTRIBUTES, None)
+            txn.add_lists(sizes, ids, payload, max_segment_rows=max_segment_rows,
+                          attributes=attrs)
         new = txn.commit()
     except BaseException:
         if txn.committed is None:
@@ -156,7 +160,8 @@ def verify(view):
             continue
         report["segments"] += 1
         view._segment_files.pop(s["path"], None)
-        f = SegmentFile(loc, s, m["columns"], check_chunks=True)
+        f = SegmentFile(loc, s, m["columns"], check_chunks=True,
+                        attr_schema=view.attribute_schema)
         try:
             live = _check_segment(f, s, view.nlist, view._dead_for(s["seq"]) if tomb_ok else None)
         except CorruptIndexError as exc:

@@ -1,4 +1,8 @@
-"""List segments: immutable Parquet files of (list_id, id, code[, vector]) rows.
+"""List segments: immutable Parquet files of (list_id, id, code[, vector], attributes) rows.
+
+Attribute columns (an index's ``attribute_schema``) follow the payload, each
+named ``attr:<name>``, nullable, in the schema's order. A segment written
+before its store had attributes has none of them: its rows read as nulls.
 
 Rows are sorted by (list_id, id); row groups are cut at list boundaries so a
 shard reads only the row groups of the lists it owns.
@@ -14,6 +18,7 @@ version 1 have no chunk CRCs; they carry Parquet page CRCs, which Arrow checks
 as it decodes (``page_checksum_verification``).
 """
 
+import base64
 import contextlib
 import io
 import json
@@ -27,6 +32,7 @@ import pyarrow.parquet as pq
 
 from .._rows import take_rows
 from ..errors import CorruptIndexError
+from ..filters import null_table
 from ._crash import crash_point
 from ._files import ChecksumWriter, fast_crc32
 from ._manifest import FORMAT_VERSION, check_format_version
@@ -37,6 +43,10 @@ MAGIC = b"PAR1"
 #: index payload column name -> segment column name
 TO_FILE = {"codes": "code", "vectors": "vector"}
 TO_INDEX = {v: k for k, v in TO_FILE.items()}
+#: prefix of attribute column names in segment files
+ATTR_PREFIX = "attr:"
+#: the key of the rows' attributes (a pyarrow.Table) in read results and row dicts
+ATTRIBUTES = "attributes"
 ROW_GROUP_ROWS = 65536
 # On object stores a shard reads its lists by ranged GETs of whole row groups, so
 # smaller groups waste fewer bytes at the edges of its share: 200k x 128 on 4 shards
@@ -64,7 +74,30 @@ def payload_columns(spec):
     """The inverse of :func:`column_spec`: ``{"codes"/"vectors": (width, dtype)}``."""
     return {TO_INDEX[c]: (int(spec[c]["width"]), np.dtype(spec[c]["dtype"]))
             for c in ("code", "vector") if c in spec}
-def arrow_schema(spec, meta=None):
+def attribute_spec(attr_schema):
+    """The manifest's ``attributes`` entry of an attribute schema (None: none): the
+    Arrow schema (IPC, base64) and, for people, each column's name and type."""
+    if attr_schema is None:
+        return None
+    return {"arrow_schema": base64.b64encode(attr_schema.serialize().to_pybytes()).decode(),
+            "columns": [{"name": f.name, "type": str(f.type)} for f in attr_schema]}
+
+
+def attribute_schema(entry):
+    """The inverse of :func:`attribute_spec`: a pyarrow.Schema, or None."""
+    if not entry:
+        return None
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(entry["arrow_schema"])))
+
+
+def attribute_fields(attr_schema):
+    """The segment fields of an attribute schema (None: none)."""
+    if attr_schema is None:
+        return []
+    return [pa.field(ATTR_PREFIX + f.name, f.type, nullable=True) for f in attr_schema]
+
+
+def arrow_schema(spec, meta=None, attr_schema=None):
     fields = [pa.field("list_id", pa.int32(), nullable=False),
               pa.field("id", pa.int64(), nullable=False)]
     for name in ("code", "vector"):
@@ -74,7 +107,7 @@ def arrow_schema(spec, meta=None):
             fields.append(pa.field(name, pa.binary(nbytes), nullable=False, metadata={
                 b"shardann.dtype": c["dtype"].encode(),
                 b"shardann.width": str(c["width"]).encode()}))
-    schema = pa.schema(fields)
+    schema = pa.schema(fields + attribute_fields(attr_schema))
     return schema.with_metadata({META_KEY: json.dumps(meta)}) if meta else schema
 
 
@@ -93,7 +126,8 @@ def sort_rows(list_ids, ids, data):
         if not ordered:
             order = np.lexsort((ids, list_ids))
             list_ids, ids = list_ids[order], ids[order]
-            data = {k: take_rows(v, order) for k, v in data.items()}
+            data = {k: v.take(pa.array(order)) if isinstance(v, pa.Table) else take_rows(v, order)
+                    for k, v in data.items()}
     return list_ids, ids, data
 
 
@@ -146,21 +180,23 @@ def chunk_crcs(buf, metadata, row_groups=None):
 
 
 def write_segment(path, list_ids, ids, data, spec, *, format_version=FORMAT_VERSION,
-                  row_group_rows=ROW_GROUP_ROWS):
+                  row_group_rows=ROW_GROUP_ROWS, attr_schema=None):
     """Write one segment file (``path`` must not exist) and return its manifest entry.
 
-    ``list_ids`` int (n,), ``ids`` int64 (n,), ``data`` {"codes"/"vectors": (n, w)},
-    ``spec`` the manifest column spec (:func:`column_spec`); rows are sorted
-    here. The entry has path-independent fields: size, crc32, footer_size,
-    footer_crc32, rows, min_id, max_id, row_groups (each {first_list,
-    last_list, rows, crc32: [one per column chunk]}).
+    ``list_ids`` int (n,), ``ids`` int64 (n,), ``data`` {"codes"/"vectors": (n, w)}
+    and, when the store has attributes, ``"attributes"``: a pyarrow.Table of
+    the rows' attributes of ``attr_schema`` (n rows); ``spec`` the manifest
+    column spec (:func:`column_spec`); rows are sorted here. The entry has
+    path-independent fields: size, crc32, footer_size, footer_crc32, rows,
+    min_id, max_id, row_groups (each {first_list, last_list, rows, crc32:
+    [one per column chunk]}).
     """
     list_ids = np.asarray(list_ids, dtype=np.int32)
     ids = np.asarray(ids, dtype=np.int64)
     list_ids, ids, data = sort_rows(list_ids, ids, data)
     n = ids.size
     meta = {"format": FILE_FORMAT, "format_version": format_version, "columns": spec}
-    schema = arrow_schema(spec, meta)
+    schema = arrow_schema(spec, meta, attr_schema)
     arrays = [pa.array(list_ids, pa.int32()), pa.array(ids, pa.int64())]
     for name in ("code", "vector"):
         if name in spec:
@@ -170,6 +206,12 @@ def write_segment(path, list_ids, ids, data, spec, *, format_version=FORMAT_VERS
                 raise ValueError(f"{TO_INDEX[name]} must have shape ({n}, {c['width']}); "
                                  f"got {arr.shape}")
             arrays.append(_fsb(arr, arr.shape[1] * arr.itemsize))
+    if attr_schema is not None:
+        attrs = data.get(ATTRIBUTES)
+        if attrs is None or attrs.num_rows != n or attrs.schema.names != attr_schema.names:
+            raise ValueError(f"attributes must be a table of {n} rows with the columns "
+                             f"{attr_schema.names}")
+        arrays += [attrs.column(f.name).cast(f.type) for f in attr_schema]
     table = pa.Table.from_arrays(arrays, schema=schema)
     cuts = row_group_cuts(list_ids, row_group_rows)
     crash_point("segment.before_write")
@@ -241,11 +283,13 @@ class SegmentFile:
     sizes and schema are still checked).
     """
 
-    def __init__(self, loc, entry, spec, check_chunks=True):
+    def __init__(self, loc, entry, spec, check_chunks=True, attr_schema=None):
         self.loc = loc
         self.path = loc.path(entry["path"])
         self.entry = entry
         self.spec = spec
+        self.attr_schema = attr_schema
+        self.has_attributes = False  # whether the file holds the attribute columns
         self.check_chunks = check_chunks
         self._pf = None
         self._map = None  # local: the whole file, memory-mapped; remote: fetched ranges
@@ -329,6 +373,10 @@ class SegmentFile:
         check_format_version(meta.get("format_version"), self.path)
         want = arrow_schema(self.spec)
         got = pf.schema_arrow.remove_metadata()
+        if self.attr_schema is not None and not got.equals(want, check_metadata=False):
+            # with the attribute columns (a segment older than them has none)
+            want = arrow_schema(self.spec, attr_schema=self.attr_schema)
+            self.has_attributes = True
         if not got.equals(want, check_metadata=False):
             raise CorruptIndexError(
                 f"{self.path}: segment schema {got} does not match the manifest's {want}")
@@ -445,7 +493,7 @@ class SegmentFile:
                 raise CorruptIndexError(
                     f"{self.path}: corrupt segment data ({exc})") from exc
 
-        # the schema is flat: a column's position is its Parquet leaf index
+        # one Parquet leaf per column (list<string> has one too): position = leaf index
         names = pf.schema_arrow.names
         leaves = [names.index(c) for c in columns]
         md = pf.metadata
@@ -467,7 +515,10 @@ class SegmentFile:
             return decode()
         nbytes = sum(md.row_group(g).column(c).total_compressed_size
                      for g in row_groups for c in leaves)
-        if nbytes < PARALLEL_CHECK_BYTES:
+        # nullable and nested attribute columns are checked before Arrow decodes them:
+        # only flat required columns are safe to decode from damaged bytes
+        nested = any(c.startswith(ATTR_PREFIX) for c in columns)
+        if nbytes < PARALLEL_CHECK_BYTES or nested:
             self.check_chunks_of(row_groups, leaves)
             return decode()
         with ThreadPoolExecutor(1, thread_name_prefix="shardann-decode") as pool:
@@ -476,23 +527,38 @@ class SegmentFile:
             return table.result()
 
     def read(self, row_groups=None, columns=None):
-        """{"list_id", "id", "codes", "vectors"}: NumPy arrays of the given row groups.
+        """{"list_id", "id", "codes", "vectors"}: NumPy arrays of the given row groups,
+        and "attributes": a pyarrow.Table of the attribute columns.
 
         ``columns`` restricts to some of the segment columns (file names:
-        "list_id", "id", "code", "vector"); one-chunk columns are zero-copy
-        views of Arrow's buffers.
+        "list_id", "id", "code", "vector", and "attributes" for all the
+        attribute columns; by default all of them); one-chunk columns are
+        zero-copy views of Arrow's buffers. A segment without the attribute
+        columns gives null attributes.
         """
         pf = self._open()
         if row_groups is None:
             row_groups = list(range(len(self.entry["row_groups"])))
         if columns is None:
             columns = ["list_id", "id"] + [c for c in ("code", "vector") if c in self.spec]
+            if self.attr_schema is not None:
+                columns.append(ATTRIBUTES)
         want = sum(self.entry["row_groups"][i]["rows"] for i in row_groups)
-        table = self._decode(pf, row_groups, columns)
-        if table.num_rows != want:
-            raise CorruptIndexError(
-                f"{self.path}: read {table.num_rows} rows; the manifest says {want}")
+        attrs = ATTRIBUTES in columns and self.attr_schema is not None
+        columns = [c for c in columns if c != ATTRIBUTES]
+        file_columns = columns + ([f.name for f in attribute_fields(self.attr_schema)]
+                                  if attrs and self.has_attributes else [])
+        if file_columns:
+            table = self._decode(pf, row_groups, file_columns)
+            if table.num_rows != want:
+                raise CorruptIndexError(
+                    f"{self.path}: read {table.num_rows} rows; the manifest says {want}")
         out = {}
+        if attrs:
+            out[ATTRIBUTES] = (pa.Table.from_arrays(
+                [table.column(ATTR_PREFIX + f.name) for f in self.attr_schema],
+                schema=self.attr_schema) if self.has_attributes
+                else null_table(self.attr_schema, want))
         for name in columns:
             col = table.column(name)
             if name == "list_id":

@@ -13,13 +13,23 @@ import uuid
 import numpy as np
 
 from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
+from ..filters import as_attribute_table, null_table
 from . import _codebooks, _manifest, _segments, _tombstones
 from ._crash import crash_point
 from ._files import check_size, fast_crc32
 from ._fs import location
 from ._grouping import as_ids, hits
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST_DIR
-from ._segments import REMOTE_ROW_GROUP_ROWS, ROW_GROUP_ROWS, TO_FILE, SegmentFile, column_spec
+from ._segments import (
+    ATTRIBUTES,
+    REMOTE_ROW_GROUP_ROWS,
+    ROW_GROUP_ROWS,
+    TO_FILE,
+    SegmentFile,
+    attribute_schema,
+    attribute_spec,
+    column_spec,
+)
 from ._view import SEGMENT_DIR, TOMBSTONE_DIR
 from .state import IndexState
 
@@ -68,6 +78,7 @@ class Transaction:
         self._base = store._m
         self.base_version = store.version
         self._spec = store._m.get("columns")
+        self._attr_schema = attribute_schema(store._m.get("attributes"))
         self._nlist = store._m["nlist"]
         self._new_segments = []
         self._deletes = []
@@ -114,7 +125,20 @@ class Transaction:
             data[name] = arr.astype(c["dtype"], copy=False)
         return data
 
-    def add(self, list_no, ids, codes=None, vectors=None):
+    def _with_attributes(self, n, data, attributes):
+        """``data`` plus the rows' attributes (normalised; nulls when not given and
+        the store has attributes). The first attributes a store gets fix its
+        schema; rows committed (or staged) before, in segments without the
+        attribute columns, read as nulls."""
+        if attributes is not None:
+            table = as_attribute_table(attributes, n, self._attr_schema)
+            self._attr_schema = table.schema
+            data[ATTRIBUTES] = table
+        elif self._attr_schema is not None:
+            data[ATTRIBUTES] = null_table(self._attr_schema, n)
+        return data
+
+    def add(self, list_no, ids, codes=None, vectors=None, attributes=None):
         """Stage rows for lists: write them as a new segment now.
 
         Parameters
@@ -123,6 +147,8 @@ class Transaction:
         ids : int64 (n,).
         codes : uint8 (n, code_size), required when the store has codes.
         vectors : float (n, d), required when the store has vectors.
+        attributes : the rows' attributes (a pyarrow Table / dict of arrays, as
+            for ``index.add``), or None (nulls when the store has attributes).
 
         Returns the number of rows staged.
         """
@@ -139,13 +165,14 @@ class Transaction:
             raise ValueError(f"list_no must be in 0..{self._nlist - 1}; got values in "
                              f"{int(lst.min())}..{int(lst.max())}")
         data = self._checked_payload(n, {"codes": codes, "vectors": vectors})
+        data = self._with_attributes(n, data, attributes)
         if n == 0:
             return 0
         self._write_rows(lst.astype(np.int32), ids, data, MAX_SEGMENT_ROWS)
         return n
 
     def add_lists(self, list_sizes, ids, payload, *, max_segment_rows=MAX_SEGMENT_ROWS,
-                  row_group_rows=None):
+                  row_group_rows=None, attributes=None):
         """Stage rows already grouped by list, as :meth:`IndexStore.read_lists`
         and ``IndexState.lists`` hold them: write them as segments of at most
         ``max_segment_rows`` rows (cut at list boundaries) now.
@@ -156,6 +183,7 @@ class Transaction:
         ids : int64 (n,), grouped by list (list 0 first).
         payload : dict ``"codes"`` uint8 (n, code_size) and/or ``"vectors"``
             float (n, d), as the store's columns.
+        attributes : the rows' attributes in the order of ``ids``, or None.
 
         Returns the number of rows staged.
         """
@@ -172,6 +200,7 @@ class Transaction:
         if unknown:
             raise ValueError(f"payload columns must be among {sorted(TO_FILE)}; got {unknown}")
         data = self._checked_payload(n, {k: payload.get(k) for k in TO_FILE})
+        data = self._with_attributes(n, data, attributes)
         if n == 0:
             return 0
         list_no = np.repeat(np.arange(self._nlist, dtype=np.int32), sizes)
@@ -192,7 +221,8 @@ class Transaction:
             with self._loc.staged(rel) as path:
                 entry = _segments.write_segment(
                     path, list_no[s:e], ids[s:e], {k: v[s:e] for k, v in data.items()},
-                    self._spec, format_version=FORMAT_VERSION, row_group_rows=row_group_rows)
+                    self._spec, format_version=FORMAT_VERSION, row_group_rows=row_group_rows,
+                    attr_schema=self._attr_schema)
             self._new_segments.append({"path": rel, **entry})
 
     def add_segments(self, entries):
@@ -231,7 +261,7 @@ class Transaction:
                                  f"of lists in 0..{nlist - 1}")
             check_size(self._loc, rel, e["size"], "segment")
             # footer, schema, row groups, chunk CRCs present
-            SegmentFile(self._loc, e, self._spec)._open()
+            SegmentFile(self._loc, e, self._spec, attr_schema=self._attr_schema)._open()
             seen.add(rel)
             staged.append(e)
         self._new_segments += staged
@@ -291,9 +321,11 @@ class Transaction:
         self._spec, self._nlist = spec, state.nlist
         self._drop = {s["path"] for s in self._base["files"]["segments"]}
         self._next_id = state.next_id
+        self._attr_schema = state.attribute_schema
         if state.ntotal:
             self._next_id = max(self._next_id, int(state.ids.max()) + 1)
-            return self.add_lists(*state.lists, row_group_rows=row_group_rows)
+            return self.add_lists(*state.lists, row_group_rows=row_group_rows,
+                                  attributes=state.attributes)
         return 0
 
     def _check_open(self):
@@ -381,6 +413,8 @@ class Transaction:
             "columns": spec, "ntotal": ntotal, "next_id": int(next_id),
             "files": {"codebooks": cb_entry, "segments": segments, "tombstones": tombstones},
         }
+        if self._attr_schema is not None:  # (absent, not null, without: older readers)
+            body["attributes"] = attribute_spec(self._attr_schema)
         crash_point("commit.before_manifest")
         _manifest.publish(loc, body, self._advice)
         crash_point("commit.after_publish")

@@ -12,12 +12,20 @@ import os
 import numpy as np
 
 from ..errors import CorruptIndexError
+from ..filters import null_table
 from . import _codebooks, _manifest, _tombstones
 from ._files import check_size, read_checked
 from ._fs import location
 from ._grouping import as_ids, group_by_list, hits, sorted_counts
 from ._manifest import MANIFEST_DIR
-from ._segments import TO_FILE, TO_INDEX, SegmentFile, payload_columns
+from ._segments import (
+    ATTRIBUTES,
+    TO_FILE,
+    TO_INDEX,
+    SegmentFile,
+    attribute_schema,
+    payload_columns,
+)
 from .state import KINDS, IndexState
 
 logger = logging.getLogger(__name__)
@@ -36,6 +44,7 @@ class StoreView:
         self._m = manifest
         self._check_chunks = bool(check_chunks)
         self._arrays = None
+        self._attr_schema = attribute_schema(manifest.get("attributes"))
         self._segment_files = {}
         self._dead_cache = {}
         self._tomb_ids = {}
@@ -194,6 +203,11 @@ class StoreView:
         return None if spec is None else copy.deepcopy(spec)
 
     @property
+    def attribute_schema(self):
+        """``pyarrow.Schema`` of the attribute columns, or None (no attributes)."""
+        return self._attr_schema
+
+    @property
     def next_id(self):
         """Smallest id above every id this index has ever held (default ids start here)."""
         return self._m.get("next_id", 0)
@@ -246,7 +260,7 @@ class StoreView:
         f = self._segment_files.get(entry["path"])
         if f is None:
             f = self._segment_files[entry["path"]] = SegmentFile(
-                self._loc, entry, self._m["columns"], self._check_chunks)
+                self._loc, entry, self._m["columns"], self._check_chunks, self._attr_schema)
         return f
 
     def _tombstone_ids(self, entry):
@@ -280,7 +294,8 @@ class StoreView:
             want = np.zeros(nlist, bool)
             want[lists] = True
         names = list(self._payload_names()) if names is None else names
-        payload = [TO_FILE[k] for k in names]
+        attrs = ATTRIBUTES in names and self._attr_schema is not None
+        payload = [TO_FILE[k] for k in names if k != ATTRIBUTES]
         parts = []
         for entry in segments:
             rgs = entry["row_groups"]
@@ -303,7 +318,8 @@ class StoreView:
             # nothing to filter out: one read, zero-copy; else ids first, then only
             # the payload rows that stay
             at_once = whole and not maybe_dead
-            rows = f.read(sel, ["list_id", "id"] + (payload if at_once else []))
+            rows = f.read(sel, ["list_id", "id"] + (payload if at_once else [])
+                          + ([ATTRIBUTES] if at_once and attrs else []))
             lid = rows["list_id"]
             if lid.size and (int(lid.min()) < 0 or int(lid.max()) >= nlist):
                 raise CorruptIndexError(f"{f.path}: list ids outside 0..{nlist - 1}")
@@ -319,10 +335,14 @@ class StoreView:
             if mask is None:
                 if payload and not at_once:
                     rows.update(f.read(sel, payload))  # zero-copy views
+                if attrs and not at_once:
+                    rows.update(f.read(sel, [ATTRIBUTES]))
             else:
                 rows = {k: v[mask] for k, v in rows.items()}
                 if payload:
                     rows.update(f.read_where(sel, payload, mask))
+                if attrs:
+                    rows[ATTRIBUTES] = f.read(sel, [ATTRIBUTES])[ATTRIBUTES].filter(mask)
             parts.append(rows)
         return parts
 
@@ -339,7 +359,7 @@ class StoreView:
                              f"{int(lists[0]) if lists[0] < 0 else int(lists[-1])}")
         return lists
 
-    def read_lists(self, list_ids=None):
+    def read_lists(self, list_ids=None, *, attributes=False):
         """Live rows of some lists, grouped by list (ascending), tombstones applied.
 
         Only the row groups whose list range meets ``list_ids`` are read.
@@ -354,17 +374,23 @@ class StoreView:
         ids : int64 (n,).
         columns : dict, ``"codes"`` uint8 (n, code_size) and/or ``"vectors"``
             float32/float16 (n, d) — NumPy views of Arrow's buffers (no copy)
-            when the rows come from one segment with nothing to filter out.
+            when the rows come from one segment with nothing to filter out;
+            with ``attributes=True`` and a store that has attributes, also
+            ``"attributes"``: a pyarrow.Table of the rows' attribute columns.
         """
         if not self.is_trained:
             return np.zeros(self.nlist, np.int64), np.zeros(0, np.int64), {}
         lists = self._check_lists(list_ids)
         names = self._payload_names()
+        if attributes and self._attr_schema is not None:
+            names = names + [ATTRIBUTES]
         parts = self._live_rows(self._m["files"]["segments"], lists, names)
         if not parts:
             cols = payload_columns(self._m["columns"])
-            return (np.zeros(self.nlist, np.int64), np.zeros(0, np.int64),
-                    {k: np.zeros((0, cols[k][0]), cols[k][1]) for k in names})
+            out = {k: np.zeros((0, cols[k][0]), cols[k][1]) for k in names if k in cols}
+            if ATTRIBUTES in names:
+                out[ATTRIBUTES] = null_table(self._attr_schema, 0)
+            return np.zeros(self.nlist, np.int64), np.zeros(0, np.int64), out
         return group_by_list(parts, self.nlist, names)
 
     def list_sizes(self):
@@ -408,8 +434,9 @@ class StoreView:
         config = copy.deepcopy(self._m["config"])
         if not self.is_trained:
             return IndexState(self.kind, config, False, {}, self.nlist, None,
-                              next_id=self.next_id)
-        sizes, ids, payload = self.read_lists(lists)
+                              next_id=self.next_id, attribute_schema=self._attr_schema)
+        sizes, ids, payload = self.read_lists(lists, attributes=True)
+        attrs = payload.pop(ATTRIBUTES, None)
         return IndexState(self.kind, config, True, self.trained_arrays(), self.nlist,
                           payload_columns(self._m["columns"]), sizes, ids, payload,
-                          self.next_id)
+                          self.next_id, attributes=attrs, attribute_schema=self._attr_schema)

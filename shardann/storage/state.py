@@ -38,6 +38,11 @@ class IndexState:
         the order of ``ids``.
     next_id : int, the smallest id above every id the index ever held (the
         next default id).
+    attributes : pyarrow.Table of the rows' attribute columns, rows in the
+        order of ``ids``; None when the index has no attributes (or for the
+        model alone).
+    attribute_schema : pyarrow.Schema of the attribute columns, or None
+        (taken from ``attributes`` when only that is given).
 
     ``list_sizes``, ``ids`` and ``payload`` default to no rows. Arrays read from
     a store may be read-only views of Arrow buffers; do not modify them in place.
@@ -53,8 +58,12 @@ class IndexState:
     ids: np.ndarray | None = None
     payload: dict | None = None
     next_id: int = 0
+    attributes: object = None
+    attribute_schema: object = None
 
     def __post_init__(self):
+        if self.attribute_schema is None and self.attributes is not None:
+            self.attribute_schema = self.attributes.schema
         self.nlist = int(self.nlist)
         self.trained = bool(self.trained)
         self.next_id = int(self.next_id)
@@ -123,4 +132,10 @@ class IndexState:
             if arr.shape != (n, width) or arr.dtype != dtype:
                 raise ValueError(f"payload[{name!r}] must be {dtype} ({n}, {width}); got "
                                  f"{arr.dtype} {arr.shape}")
+        if self.attributes is not None and (
+                self.attributes.num_rows != n
+                or not self.attributes.schema.equals(self.attribute_schema)):
+            raise ValueError(f"attributes must be a table of {n} rows with the schema "
+                             f"{self.attribute_schema}; got {self.attributes.num_rows} rows "
+                             f"of {self.attributes.schema}")
         return self
