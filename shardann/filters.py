@@ -446,6 +446,38 @@ def filter_mask(expr, table):
     return np.asarray(out, bool)
 
 
+def expand_probes(dis0, probes, counts, sizes, nprobe):
+    """Probes for a filtered search: each query's lists in coarse order until the
+    rows passing the filter in them reach the rows its ``nprobe`` closest lists
+    hold (what an unfiltered search scans), or the ranking ends.
+
+    Parameters
+    ----------
+    dis0 : float32 (nq, L), probes int64 (nq, L): a coarse ranking of L >=
+        nprobe lists per query, closest first (-1: no list).
+    counts : int64 (nlist,), rows passing the filter per list.
+    sizes : int64 (nlist,), rows per list.
+    nprobe : int, the lists an unfiltered search would scan.
+
+    Returns ``(dis0, probes)`` of width w in nprobe..L: the first nprobe lists
+    always, more while the passing rows fall short, -1 after a query's last.
+    With a filter passing every row this is exactly the nprobe closest lists.
+    """
+    nq, width = probes.shape
+    nprobe = min(int(nprobe), width)
+    valid = probes >= 0
+    safe = np.where(valid, probes, 0)
+    target = np.where(valid[:, :nprobe], sizes[safe[:, :nprobe]], 0).sum(axis=1)
+    passing = np.cumsum(np.where(valid, counts[safe], 0), axis=1)
+    # lists needed: the first position whose running count reaches the target
+    need = np.minimum((passing < target[:, None]).sum(axis=1) + 1, width)
+    need = np.maximum(need, nprobe)
+    w = int(need.max()) if nq else nprobe
+    keep = np.arange(w)[None, :] < need[:, None]
+    return (np.ascontiguousarray(dis0[:, :w]),
+            np.ascontiguousarray(np.where(keep, probes[:, :w], -1)))
+
+
 def filter_key(expr):
     """Bytes identifying ``expr`` exactly (a cache key; equal for equal expressions)."""
     return pickle.dumps(expr)

@@ -47,6 +47,9 @@ def run(args):
         rows.append(("bytes/vector", f"{sum(b for _, b in parts)} in memory ("
                      + " + ".join(f"{name} {b}" for name, b in parts)
                      + f"); raw float32 is {4 * d}"))
+    if store.attribute_schema is not None:
+        rows.append(("attributes", ", ".join(f"{f.name} ({f.type})"
+                                             for f in store.attribute_schema)))
     m = store.manifest
     rows += [("version", f"{store.version} ({m['operation']} at {m['created_at']}); "
                          f"{len(store.history())} readable version(s)"),

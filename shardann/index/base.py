@@ -21,6 +21,12 @@ from ..metric import check_metric, keys_to_distances, normalize_rows
 from ..results import empty_results
 from ._attributes import MASK_CACHE_SIZE, ListAttributes
 
+#: A filter is "sparse" when the rows passing it are at most this fraction of the
+#: index, or at most FILTER_SPARSE_ROWS: a search then scans a compact copy of
+#: just those rows (same keys, same results) instead of skipping the others
+FILTER_SPARSE_FRACTION = 1 / 32
+FILTER_SPARSE_ROWS = 4096
+
 logger = logging.getLogger(__name__)
 
 
@@ -199,22 +205,52 @@ class BaseIndex:
     def _passing(self, expr):
         """(allowed uint8 over the slab rows, passing rows per list int64 (nlist,))
         of a compiled filter; cached per filter until the rows change or move."""
+        entry = self._passing_entry(expr)
+        return entry["allowed"], entry["counts"]
+
+    def _passing_entry(self, expr):
+        """The cache entry of a compiled filter: {"version", "allowed", "counts",
+        "rows"} ("rows": the passing slab positions, grouped by list), made when
+        the lists changed or moved since."""
         L = self._lists
         key = filter_key(expr)
         hit = self._slab_masks.get(key)
-        if hit is not None and hit[0] == L.version:
+        if hit is not None and hit["version"] == L.version:
             self._slab_masks.move_to_end(key)
-            return hit[1], hit[2]
+            return hit
         masks = self._list_attributes().masks(expr)
         allowed = np.zeros(len(L.ids), np.uint8)
         rows = L.live_rows()
         if rows.size:
-            allowed[rows] = np.concatenate(masks)
+            passing = np.concatenate(masks)
+            allowed[rows] = passing
+            rows = rows[passing]
         counts = np.array([np.count_nonzero(m) for m in masks], np.int64)
-        self._slab_masks[key] = (L.version, allowed, counts)
+        entry = {"version": L.version, "allowed": allowed, "counts": counts, "rows": rows}
+        self._slab_masks[key] = entry
         while len(self._slab_masks) > MASK_CACHE_SIZE:
             self._slab_masks.popitem(last=False)
-        return allowed, counts
+        return entry
+
+    def _is_sparse(self, counts):
+        """Whether a filter passing ``counts`` rows per list is scanned from a compact
+        copy of its passing rows (see :data:`FILTER_SPARSE_FRACTION`)."""
+        total = int(counts.sum())
+        return total <= max(FILTER_SPARSE_ROWS, self.ntotal * FILTER_SPARSE_FRACTION)
+
+    def _passing_lists(self, expr):
+        """InvertedLists holding only the rows that pass a compiled filter (row-major,
+        same list numbers), kept with the filter's cache entry: what a very
+        selective filter is scanned from."""
+        from ._lists import InvertedLists
+
+        entry = self._passing_entry(expr)
+        if entry.get("lists") is None:
+            L, rows = self._lists, entry["rows"]
+            entry["lists"] = InvertedLists.from_sorted(
+                L.nlist, L.columns, entry["counts"], L.ids[rows],
+                {k: np.ascontiguousarray(v[rows]) for k, v in L.data.items()})
+        return entry["lists"]
 
     def _allowed(self, expr):
         """uint8 over the slab rows: 1 where a live row passes the compiled filter."""

@@ -108,8 +108,17 @@ class FlatIndex(BaseIndex):
         ip = uses_ip(self.metric)
         if not ip and self._norms is None:
             self._norms = np.einsum("ij,ij->i", xb, xb)
-        allowed = None if filter is None else self._allowed(filter)[:len(ids)]
-        return exact_search_keys(q, xb, ids, k, ip, self._norms, allowed)
+        if filter is None:
+            return exact_search_keys(q, xb, ids, k, ip, self._norms)
+        entry = self._passing_entry(filter)
+        if self._is_sparse(entry["counts"]):  # few rows pass: products with those only
+            rows = entry["rows"]
+            if rows.size == 0:
+                return (np.full((q.shape[0], k), np.inf, np.float32),
+                        np.full((q.shape[0], k), -1, np.int64))
+            return exact_search_keys(q, xb[rows], ids[rows], k, ip,
+                                     None if ip else self._norms[rows])
+        return exact_search_keys(q, xb, ids, k, ip, self._norms, entry["allowed"][:len(ids)])
 
     def _decode_rows(self, pos):
         return self._lists.data["vectors"][pos].copy()

@@ -36,6 +36,7 @@ from .._validation import (
     check_probe_ratio,
     check_search_args,
 )
+from ..filters import expand_probes
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pca import PCA, balanced_order
@@ -382,18 +383,47 @@ class IVFIndex(BaseIndex):
             qr = self._reduce(q)
             with _one_blas_thread(_parallel(q.shape[0])):
                 dis0, probes = self._probe(qr, nprobe, probe_ratio)
-            allowed, probes = self._filtered(filter, probes)
-            return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed)
+                if filter is not None:
+                    dis0, probes = self._filter_probes(qr, dis0, probes, filter)
+            allowed, probes, lists = self._filtered(filter, probes, plan=True)
+            return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed, lists)
 
-    def _filtered(self, expr, probes):
-        """(allowed, probes) of a compiled filter: the slab mask (None without a
-        filter) and the probes with lists no passing row is in set to -1 (their
-        tables are not even built)."""
+    def _filter_probes(self, qr, dis0, probes, expr):
+        """The selectivity rule (README, "Filters"): probe further down each query's
+        coarse ranking until the rows passing the filter in its probed lists
+        reach the rows its own probes hold (:func:`shardann.filters.expand_probes`)."""
+        counts = self._passing(expr)[1]
+        sizes = self._lists.size
+        valid = probes >= 0
+        safe = np.where(valid, probes, 0)
+        have = np.where(valid, counts[safe], 0).sum(axis=1)
+        want = np.where(valid, sizes[safe], 0).sum(axis=1)
+        total = int(counts.sum())
+        if total == 0 or (have >= want).all() or probes.shape[1] >= self.nlist:
+            return dis0, probes
+        # how deep to rank: the lists the sparsest query needs at the filter's
+        # average density, twice over (a query needing more stops there)
+        density = total / max(self.ntotal, 1)
+        depth = min(self.nlist, max(probes.shape[1] + 1,
+                                    int(np.ceil(2 * probes.shape[1] / density))))
+        full_dis0, full_probes = self._probe(qr, depth)
+        width = int(valid.sum(axis=1).max())  # lists each query kept (probe_ratio)
+        return expand_probes(full_dis0, full_probes, counts, sizes, width)
+
+    def _filtered(self, expr, probes, plan=False):
+        """(allowed, probes, lists) of a compiled filter: the slab mask (None
+        without a filter), the probes with lists no passing row is in set to -1
+        (their tables are not even built), and the lists to scan: with
+        ``plan`` and a sparse filter, a compact copy of the passing rows (then
+        no mask), else None (the index's own)."""
         if expr is None:
-            return None, probes
+            return None, probes, None
         allowed, counts = self._passing(expr)
         safe = np.clip(probes, 0, self.nlist - 1)
-        return allowed, np.where((probes >= 0) & (counts[safe] > 0), probes, -1)
+        probes = np.where((probes >= 0) & (counts[safe] > 0), probes, -1)
+        if plan and self._is_sparse(counts):
+            return None, probes, self._passing_lists(expr)
+        return allowed, probes, None
 
     def search_preassigned(self, q, dis0, probes, k, refine_factor=0, *, filter=None):
         """Search prepared queries in the given lists: the scan half of
@@ -432,21 +462,21 @@ class IVFIndex(BaseIndex):
                 f"{dis0.shape}, probes {probes.dtype} {probes.shape}")
         if nq == 0 or self.ntotal == 0:
             return empty_results(nq, k, self.metric)
-        allowed, probes = self._filtered(expr, np.ascontiguousarray(probes))
+        allowed, probes, lists = self._filtered(expr, np.ascontiguousarray(probes), plan=True)
         with self._threads():
             q = np.ascontiguousarray(q)
             keys, ids = self._scan_keys(q, self._reduce(q), np.ascontiguousarray(dis0),
-                                        probes, k, refine_factor, allowed)
+                                        probes, k, refine_factor, allowed, lists)
         return keys_to_distances(keys, self.metric), ids
 
-    def _scan_keys(self, q, qr, dis0, probes, k, refine_factor=0, allowed=None):
+    def _scan_keys(self, q, qr, dis0, probes, k, refine_factor=0, allowed=None, lists=None):
         """(keys, ids) (nq, k) of the given lists; keys are smaller-is-better."""
         if refine_factor and self.refines:
             _, ids, exact = self._candidates(q, qr, dis0, probes, k * refine_factor, True,
-                                             allowed)
+                                             allowed, lists)
             # keys are smaller-is-better whatever the metric: merge them as l2
             return merge_results([(exact, ids)], k, "l2")
-        keys, ids, _ = self._candidates(q, qr, dis0, probes, k, False, allowed)
+        keys, ids, _ = self._candidates(q, qr, dis0, probes, k, False, allowed, lists)
         return keys, ids
 
     def scan_candidates(self, q, dis0, probes, kk, *, exact=False, filter=None):
@@ -469,19 +499,20 @@ class IVFIndex(BaseIndex):
         exact_keys : float32 (nq, kk) of the same rows, or None unless ``exact``
             (with ``pca``: on the kept original vectors, in the original space).
         """
-        allowed, probes = self._filtered(self.compile_filter(filter), probes)
-        return self._candidates(q, self._reduce(q), dis0, probes, kk, exact, allowed)
+        allowed, probes, lists = self._filtered(self.compile_filter(filter), probes, plan=True)
+        return self._candidates(q, self._reduce(q), dis0, probes, kk, exact, allowed, lists)
 
-    def _candidates(self, q, qr, dis0, probes, kk, exact, allowed):
-        keys, pos = self._scan(qr, dis0, probes, kk, allowed)
-        vectors = self._lists.data.get("vectors")
+    def _candidates(self, q, qr, dis0, probes, kk, exact, allowed, lists=None):
+        L = self._lists if lists is None else lists
+        keys, pos = self._scan(qr, dis0, probes, kk, allowed, L)
+        vectors = L.data.get("vectors")
         if exact and vectors is None:
             raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
-        if len(self._lists.ids) == 0:  # a shard whose lists are all empty: no row to gather
+        if len(L.ids) == 0:  # a shard whose lists are all empty: no row to gather
             none = np.full(pos.shape, -1, np.int64)
             return keys, none, np.full(pos.shape, np.inf, np.float32) if exact else None
         safe = np.maximum(pos, 0)
-        ids = np.where(pos >= 0, self._lists.ids[safe], -1)
+        ids = np.where(pos >= 0, L.ids[safe], -1)
         if not exact:
             return keys, ids, None
         return keys, ids, self._shortlist_keys(q, vectors, pos)
@@ -567,8 +598,8 @@ class IVFFlatIndex(IVFIndex):
     def _payload(self, x, xr, labels):
         return {"vectors": xr}
 
-    def _scan(self, q, dis0, probes, k, allowed=None):
-        L = self._lists
+    def _scan(self, q, dis0, probes, k, allowed=None, lists=None):
+        L = self._lists if lists is None else lists
         out_d = np.empty((q.shape[0], k), np.float32)
         out_p = np.empty((q.shape[0], k), np.int64)
         fn = ivfflat_scan_parallel if _parallel(q.shape[0]) else ivfflat_scan_serial
@@ -743,8 +774,8 @@ class IVFPQIndex(IVFIndex):
         return cols
 
     # -- search ------------------------------------------------------------------------
-    def _scan(self, q, dis0, probes, k, allowed=None):
-        L = self._lists
+    def _scan(self, q, dis0, probes, k, allowed=None, lists=None):
+        L = self._lists if lists is None else lists
         nq = q.shape[0]
         mask = _mask_arg(allowed)
         cb = self.pq.codebooks

@@ -143,3 +143,12 @@ def test_a_damaged_attribute_chunk_is_caught(tmp_path, make_index):
         IndexStore.open(tmp_path / "s").verify()
     with pytest.raises(shardann.CorruptIndexError, match="attr:lang"):
         shardann.open_index(tmp_path / "s")
+
+
+def test_info_lists_the_attribute_columns(tmp_path, make_index, capsys):
+    from shardann.cli import main
+
+    _with_attributes(make_index("flat")).save(tmp_path / "s")
+    assert main(["info", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "attributes" in out and "lang (string), year (int32), tags (list<item: string>)" in out
