@@ -383,7 +383,8 @@ class IVFIndex(BaseIndex):
             qr = self._reduce(q)
             with _one_blas_thread(_parallel(q.shape[0])):
                 dis0, probes = self._probe(qr, nprobe, probe_ratio)
-                if filter is not None:
+                if filter is not None and probe_ratio is None:
+                    # (probe_ratio chose the lists itself: they are scanned as chosen)
                     dis0, probes = self._filter_probes(qr, dis0, probes, filter)
             allowed, probes, lists = self._filtered(filter, probes, plan=True)
             return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed, lists)
@@ -407,8 +408,7 @@ class IVFIndex(BaseIndex):
         depth = min(self.nlist, max(probes.shape[1] + 1,
                                     int(np.ceil(2 * probes.shape[1] / density))))
         full_dis0, full_probes = self._probe(qr, depth)
-        width = int(valid.sum(axis=1).max())  # lists each query kept (probe_ratio)
-        return expand_probes(full_dis0, full_probes, counts, sizes, width)
+        return expand_probes(full_dis0, full_probes, counts, sizes, probes.shape[1])
 
     def _filtered(self, expr, probes, plan=False):
         """(allowed, probes, lists) of a compiled filter: the slab mask (None
