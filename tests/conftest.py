@@ -112,12 +112,15 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray runtime (2 CPUs) per test module, shut down afterwards."""
+    """One local Ray runtime (2 CPUs) per test module, shut down afterwards.
+
+    ``address="local"``: always a new runtime, never a cluster another process on this
+    machine started (ray.init() with no address joins the newest one it finds)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield
     ray.shutdown()

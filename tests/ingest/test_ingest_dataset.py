@@ -121,7 +121,7 @@ import json, sys
 import ray, ray.data
 from shardann.distributed import ingest
 path, files, tmp, opts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
          configure_logging=False, _temp_dir=tmp)
 ingest(path, ray.data.read_parquet(files), **opts)
 """

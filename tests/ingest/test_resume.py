@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
     import ray
     from shardann.distributed import ingest
     path, inputs, tmp, opts = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, _temp_dir=tmp)
     s = ingest(path, inputs, **opts)
     print("DONE", s.version, flush=True)

@@ -106,6 +106,10 @@ def serving(path, port=None, ingress="proxy", **settings):
         yield run(config, host="127.0.0.1", port=port or free_port(), ingress=ingress)
     finally:
         stop(name, shutdown_serve=True)
+        # ray.kill is asynchronous: the killed actors leave the list within moments
+        deadline = time.monotonic() + 30
+        while list_index_actors(name) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert list_index_actors(name) == []
 
 

@@ -49,7 +49,7 @@ def direct_port():
     with pytest.MonkeyPatch.context() as mp:
         for name, value in direct_ingress_env(port).items():
             mp.setenv(name, value)  # Ray's processes inherit it
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         yield port
         ray.shutdown()
