@@ -3,6 +3,8 @@
 ``shardann demo``        build, search, save and reopen an IVF-PQ index on synthetic data,
                          then search it sharded over 2 Ray actors in local mode
 ``shardann info PATH``   describe an index written by ``index.save(PATH)``
+``shardann search PATH --queries q.npy [--filter ...] [--columns ...]``  search a saved
+                         index (or ``--url`` a service), optionally filtered on attributes
 ``shardann serve PATH``  serve an index over HTTP with Ray Serve (``shardann.service``)
 ``shardann ingest PATH INPUT...``  build an index from embeddings on disk (Ray Data)
 ``shardann bench SUITE`` benchmarks: ``core`` (kernels, local indexes vs FAISS) and
@@ -26,7 +28,7 @@ import argparse
 import sys
 import traceback
 
-from . import bench, demo, info, ingest, plan, repair, serve, verify
+from . import bench, demo, info, ingest, plan, repair, search, serve, verify
 from ._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -40,8 +42,8 @@ from ._common import (
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
 #: subcommand name -> its module, in the order ``shardann --help`` lists them
-COMMANDS = {"demo": demo, "info": info, "serve": serve, "ingest": ingest, "bench": bench,
-            "plan": plan, "verify": verify, "repair": repair}
+COMMANDS = {"demo": demo, "info": info, "search": search, "serve": serve, "ingest": ingest,
+            "bench": bench, "plan": plan, "verify": verify, "repair": repair}
 
 
 def build_parser():

@@ -40,6 +40,9 @@ def add_arguments(parser):
                    help="Parquet column of the vectors (default 'embedding')")
     g.add_argument("--id-column", default=None,
                    help="Parquet int64 id column (default: ids in input row order)")
+    g.add_argument("--attributes", default=None, metavar="COL,COL",
+                   help="Parquet (or --sql) columns to store beside the vectors as attributes, "
+                        "for filtered search and columns in results, e.g. lang,year,tags")
     g.add_argument("--sql", default=None, metavar="QUERY",
                    help="read the vectors from this SQL query instead of INPUT files, e.g. "
                         "\"SELECT id, embedding FROM items\" (real[] or float32 bytea)")
@@ -124,6 +127,7 @@ def run(args):
     def make_job(inputs):
         return IngestJob(
             args.path, inputs, column=args.column, id_column=args.id_column,
+            attributes=_attribute_names(args.attributes),
             nlist=args.nlist, M=args.M, nbits=args.nbits, metric=args.metric, opq=args.opq,
             keep_vectors=args.keep_vectors or False, codebooks=args.codebooks,
             sample_size=args.sample_size, seed=args.seed, niter=args.niter,
@@ -158,6 +162,16 @@ def run(args):
             ray.shutdown()
     print(json.dumps(summary.to_dict(), indent=1) if args.json else summary)
     return EXIT_OK
+
+
+def _attribute_names(text):
+    """``--attributes`` as a list of column names (None without it)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--attributes takes column names separated by commas; got {text!r}")
+    return names
 
 
 def _checked(make_job, inputs):

@@ -99,6 +99,7 @@ import numpy as np
 from .._text import format_bytes as _human
 from .._validation import check_int
 from ..errors import InputError
+from ..filters import as_attribute_table
 from ..index import load_index
 from ..storage import IndexStore, location
 from ._ingest_check import spot_check
@@ -107,7 +108,7 @@ from ._ingest_encode import aggregate, check_ids, encode_stage
 from ._ingest_fs import is_remote
 from ._ingest_merge import merge_stage
 from ._ingest_model import codebooks_source, model_stage, new_model
-from ._ingest_plan import default_block_rows, plan_inputs
+from ._ingest_plan import check_attribute_columns, default_block_rows, plan_inputs
 from ._ingest_runtime import JobRun, run_on_ray
 from ._ingest_source import dataset_dimension, dataset_job_id, is_dataset, stage_dataset
 from ._ingest_state import STATE, JobScratch, check_empty_dir, clean_ingest_jobs, jobs_dir
@@ -181,7 +182,8 @@ class IngestSummary:
 
 
 # -- the public entry point ------------------------------------------------------------------
-def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=None, M=None,
+def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None, d=None,
+           nlist=None, M=None,
            nbits=8, metric="l2", opq=False, keep_vectors=False, codebooks=None,
            sample_size=None, seed=0, niter=25, pq_niter=25, skip_bad_rows=False,
            block_rows=None, num_workers=None, merge_bytes=MERGE_BYTES, spot_check=100,
@@ -210,6 +212,11 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
         ``list<float>`` or binary (little-endian float32).
     id_column : Parquet (or Dataset) int64 column of ids; default ids are the global row
         order (plus the index's ``next_id`` when appending), stable across runs.
+    attributes : list of Parquet (or Dataset, or SQL query) column names to store
+        beside the vectors as attributes (filters, ``columns=`` in results);
+        every input file must hold them with the same types. Appending to an
+        index with attributes needs the same columns (their values are cast
+        to the index's types); without ``attributes`` the new rows get nulls.
     d : expected dimension (default: the first file's).
     nlist, M, nbits, metric, opq, keep_vectors, seed, niter, pq_niter : the
         new index, as for :class:`shardann.IVFPQIndex` (``M=None``: IVF-Flat).
@@ -255,7 +262,8 @@ def ingest(path, inputs, *, column="embedding", id_column=None, d=None, nlist=No
     >>> s = ingest("idx", "emb/*.parquet", nlist=4096, M=32)               # doctest: +SKIP
     >>> print(s)                                                           # doctest: +SKIP
     """
-    job = _Job(path, inputs, column=column, id_column=id_column, d=d, nlist=nlist, M=M,
+    job = _Job(path, inputs, column=column, id_column=id_column, attributes=attributes, d=d,
+               nlist=nlist, M=M,
                nbits=nbits, metric=metric, opq=opq, keep_vectors=keep_vectors,
                codebooks=codebooks, sample_size=sample_size, seed=seed, niter=niter,
                pq_niter=pq_niter, skip_bad_rows=skip_bad_rows, block_rows=block_rows,
@@ -274,6 +282,24 @@ def _inside(path, loc):
     if loc.local:
         return not is_remote(path) and os.path.commonpath([path, loc.root]) == loc.root
     return path.startswith(loc.root.rstrip("/") + "/")
+
+
+def job_attribute_schema(given, have, root):
+    """The attribute columns a job stores: the inputs' (``given``), or when
+    appending to an index that has attribute columns (``have``), those; the
+    inputs must then name the same columns, or none (their rows get nulls).
+    Raises ``ValueError`` naming a missing or extra column, or one of a type
+    attributes cannot have."""
+    if have is None:
+        # the types the index holds (e.g. large_string as string)
+        return None if given is None else as_attribute_table(given.empty_table(), 0).schema
+    if given is not None and set(given.names) != set(have.names):
+        missing = sorted(set(have.names) - set(given.names))
+        extra = sorted(set(given.names) - set(have.names))
+        what = f"missing {missing[0]!r}" if missing else f"extra column {extra[0]!r}"
+        raise ValueError(f"{root} has the attribute columns {have.names}; the inputs' "
+                         f"attributes must be the same ({what})")
+    return have
 
 
 class _Job:
@@ -310,14 +336,21 @@ class _Job:
         if self.dataset is None:
             self.plan = plan_inputs(inputs, column=o["column"], id_column=o["id_column"], d=d,
                                     block_rows=o["block_rows"],
-                                    skip_bad_files=o["skip_bad_rows"])
+                                    skip_bad_files=o["skip_bad_rows"],
+                                    attributes=o["attributes"])
             inside = [f.path for f in self.plan.files if _inside(f.path, loc)]
             if inside:
                 raise InputError(f"{inside[0]}: an input inside the index directory {root}")
             self._check_model_options(self.plan.d)
+            # attributes that cannot be stored are refused before Ray starts
+            job_attribute_schema(self.plan.attribute_schema,
+                                 None if existing is None
+                                 else IndexStore.open(loc).attribute_schema, root)
             self.job_id = o["job_id"] or self._job_hash()
         else:
             self.plan = None
+            o["attributes"] = check_attribute_columns(o["attributes"], o["column"],
+                                                      o["id_column"])
             self._check_model_options(d or dataset_dimension(self.dataset, o["column"]))
             self.job_id = o["job_id"] or dataset_job_id()
         jobs = jobs_dir(loc, work_dir)
@@ -344,12 +377,14 @@ class _Job:
         try:
             rows = o["block_rows"] or default_block_rows(self.d or 128)
             files = stage_dataset(self.dataset, self.scratch.path(STAGE_DIR), column=o["column"],
-                                  id_column=o["id_column"], rows_per_file=rows, bar=bar)
+                                  id_column=o["id_column"], attributes=o["attributes"],
+                                  rows_per_file=rows, bar=bar)
         finally:
             bar.close()
         self.plan = run.plan = plan_inputs(
             files, column=o["column"], id_column=o["id_column"], d=self.d,
-            block_rows=o["block_rows"], skip_bad_files=o["skip_bad_rows"])
+            block_rows=o["block_rows"], skip_bad_files=o["skip_bad_rows"],
+            attributes=o["attributes"])
         self._check_model_options(self.plan.d)
         run.timed("stage", t)
 
@@ -395,6 +430,7 @@ class _Job:
             if self.dataset is not None:
                 self._stage()
             state = scratch.resume_or_start(self._fresh_state)
+            run.attribute_schema = self._attribute_schema(state)
             if state.get("committed_version"):
                 return self._after_commit(state, IndexStore.open(self.loc,
                                                                  state["committed_version"]))
@@ -426,6 +462,13 @@ class _Job:
             state = {"mode": "create", "base_version": 0, "id_base": 0, "codebooks_crc": None}
         state.update({"blocks": len(self.plan.blocks), "total_rows": self.plan.total_rows})
         return state
+
+    def _attribute_schema(self, state):
+        """The attribute columns this job stores (see :func:`job_attribute_schema`)."""
+        have = None
+        if state["mode"] == "append":
+            have = IndexStore.open(self.loc, state["base_version"]).attribute_schema
+        return job_attribute_schema(self.plan.attribute_schema, have, self.root)
 
     def _finished(self, record):
         logger.info("ingest job %s was committed as version %s of %s; nothing to do",

@@ -22,6 +22,8 @@ def merge_stage(run, state, model, agg):
         ranges = [tuple(r) for r in read_json(rpath)]
     else:
         row_bytes = 12 + sum(w * dt.itemsize for w, dt in columns.values())
+        if run.attribute_schema is not None:  # a guess: their size is known only once read
+            row_bytes += 8 * len(run.attribute_schema)
         total_bytes = int(agg["counts"].sum()) * row_bytes
         target = int(min(run.opts["merge_bytes"],
                          max(16 << 20, total_bytes // max(1, 2 * run.workers()))))
@@ -31,7 +33,7 @@ def merge_stage(run, state, model, agg):
     todo = sorted(set(range(len(ranges))) - set(done))
     ctx = {"store": run.loc, "job_dir": run.job_dir, "job_id": run.job_id,
            "attempt": state["attempt"], "ranges": ranges, "counts": agg["counts"],
-           "columns": columns, "runs": agg["runs"]}
+           "columns": columns, "runs": agg["runs"], "attribute_schema": run.attribute_schema}
     run.loc.makedirs("segments")
     rows_of = [int(agg["counts"][a:b + 1].sum()) for a, b in ranges]
     bar = run.bar("merge", int(sum(rows_of)), int(sum(rows_of[r] for r in done)))

@@ -81,6 +81,9 @@ class InputPlan:
     #: read Parquet embedding columns with shardann._parquet where it applies (the
     #: results are the same either way, so it is not part of the job's identity)
     fast_parquet: bool = True
+    #: attribute columns stored beside the vectors (None: none) and their Arrow schema
+    attributes: list | None = None
+    attribute_schema: pa.Schema | None = None
 
     def block_offsets(self):
         """Global row number of each block's first row, int64 (nblocks,)."""
@@ -88,9 +91,12 @@ class InputPlan:
 
     def identity(self):
         """What makes two runs the same job: paths, sizes, modification times, layout."""
-        return {"files": [[f.path, f.size, f.mtime_ns, f.kind] for f in self.files],
-                "column": self.column, "id_column": self.id_column, "d": self.d,
-                "block_rows": self.block_rows}
+        ident = {"files": [[f.path, f.size, f.mtime_ns, f.kind] for f in self.files],
+                 "column": self.column, "id_column": self.id_column, "d": self.d,
+                 "block_rows": self.block_rows}
+        if self.attributes:
+            ident["attributes"] = list(self.attributes)
+        return ident
 
     def fingerprint(self):
         text = json.dumps(self.identity(), sort_keys=True).encode()
@@ -238,6 +244,50 @@ def _parquet_info(path, column, id_column):
     return pf, encoding, dim, groups
 
 
+def check_attribute_columns(attributes, column, id_column):
+    """``attributes`` (names, or None) as a list of distinct names, or None when
+    empty; ValueError for a name that is the vector or id column or repeats."""
+    if attributes is None:
+        return None
+    if isinstance(attributes, str):
+        attributes = [attributes]
+    attributes = list(attributes)
+    if not all(isinstance(a, str) and a for a in attributes):
+        raise TypeError(f"attributes must be column names; got {attributes!r}")
+    for a in attributes:
+        if a in (column, id_column):
+            raise ValueError(f"attribute column {a!r} is the {'vector' if a == column else 'id'}"
+                             " column")
+    if len(set(attributes)) != len(attributes):
+        raise ValueError(f"attributes names a column twice: {attributes}")
+    return attributes or None
+
+
+def _merge_attribute_fields(known, fields, path):
+    """``known`` {column: (type, file)} updated with a file's attribute ``fields``;
+    InputError when a column's type differs from another file's. A column of
+    type null (all nulls, e.g. one batch of a SQL result) fits any type."""
+    out = dict(known)
+    for f in fields:
+        have = out.get(f.name)
+        if have is None or pa.types.is_null(have[0]):
+            out[f.name] = (f.type, path)
+        elif not pa.types.is_null(f.type) and f.type != have[0]:
+            raise InputError(f"{path}: attribute column {f.name!r} has type {f.type}; "
+                             f"{have[1]} has {have[0]}")
+    return out
+
+
+def attribute_fields(path, schema, attributes):
+    """The Arrow schema of the ``attributes`` columns of a Parquet file's ``schema``;
+    InputError naming the file and the missing column."""
+    missing = [a for a in attributes if a not in schema.names]
+    if missing:
+        raise InputError(f"{path}: no attribute column {missing[0]!r} "
+                         f"(columns: {', '.join(schema.names)})")
+    return pa.schema([schema.field(a) for a in attributes])
+
+
 def npy_header(path):
     """``(shape, dtype, fortran_order, data offset)`` of a ``.npy`` file (any URI),
     read from its first bytes; raises :class:`InputError` for anything else."""
@@ -326,7 +376,7 @@ def fast_parquet_default():
 
 
 def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_rows=None,
-                skip_bad_files=False, fast_parquet=None):
+                skip_bad_files=False, fast_parquet=None, attributes=None):
     """Find and check the inputs; return an :class:`InputPlan`.
 
     Reads metadata only. ``d`` is the expected dimension (None: the first
@@ -334,16 +384,20 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
     wrong column or dimension is recorded as skipped instead of raising.
     ``fast_parquet``: read Parquet embedding columns with the fast reader
     where it applies (None: :func:`fast_parquet_default`, from the environment);
-    False: Arrow reads every row.
+    False: Arrow reads every row. ``attributes``: Parquet columns to store
+    beside the vectors; every file must hold them with the same types.
     """
     if fast_parquet is None:
         fast_parquet = fast_parquet_default()
+    attributes = check_attribute_columns(attributes, column, id_column)
     paths, stats = find_files(inputs)
-    if id_column is not None:
-        for p in paths:
-            if _ext(p) not in PARQUET_EXTS:
-                raise InputError(f"{p}: id_column={id_column!r} applies to Parquet inputs only")
+    for name, value in (("id_column", id_column), ("attributes", attributes)):
+        if value is not None:
+            for p in paths:
+                if _ext(p) not in PARQUET_EXTS:
+                    raise InputError(f"{p}: {name}={value!r} applies to Parquet inputs only")
     files, offset, d_from = [], 0, None
+    attr_fields = {}  # attribute column -> (its type, the file it comes from)
     for p in paths:
         # a job is named by its inputs' paths, sizes and modification times (remote
         # files: from the listing; pyarrow's filesystems do not expose ETags)
@@ -355,6 +409,9 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
         try:
             if kind == "parquet":
                 pf, f.encoding, f.dim, f.row_groups = _parquet_info(p, column, id_column)
+                if attributes:
+                    attr_fields = _merge_attribute_fields(
+                        attr_fields, attribute_fields(p, pf.schema_arrow, attributes), p)
                 t = pf.schema_arrow.field(column).type
                 f.values = (np.dtype(t.value_type.to_pandas_dtype()).name
                             if f.encoding in ("fsl", "list") else "float32")
@@ -404,7 +461,10 @@ def plan_inputs(inputs, *, column="embedding", id_column=None, d=None, block_row
             for s in range(0, f.rows, block_rows):
                 blocks.append(Block(len(blocks), fi, s, min(f.rows, s + block_rows)))
     return InputPlan(files=files, blocks=blocks, d=int(d), total_rows=offset, column=column,
-                     id_column=id_column, block_rows=block_rows, fast_parquet=bool(fast_parquet))
+                     id_column=id_column, block_rows=block_rows, fast_parquet=bool(fast_parquet),
+                     attributes=attributes,
+                     attribute_schema=pa.schema([(a, attr_fields[a][0]) for a in attributes])
+                     if attributes and attr_fields else None)
 
 
 def _note_conversions(files):

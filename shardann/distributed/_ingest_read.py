@@ -48,6 +48,7 @@ class Part:
     bad: np.ndarray            # bool (n,)
     reasons: dict              # row within the part -> reason (bad rows only)
     rows: np.ndarray | None = None  # file row of each row, when only some rows were read
+    attrs: pa.Table | None = None   # the attribute columns of the rows (full reads only)
 
     def file_rows(self):
         """int64 (n,): the row number within the file of each row."""
@@ -233,36 +234,44 @@ def _fast_reader(f, pf, plan):
     return None if leaf is None else FixedListColumn(f.path, pf.metadata, leaf, plan.d)
 
 
-def _id_reader(pf, column):
-    """``ids_of(g)``: the id column of row group ``g`` (the last one read is kept)."""
+def _group_reader(pf, columns):
+    """``table_of(g)``: ``columns`` of row group ``g`` (the last one read is kept)."""
     last = {}
 
-    def ids_of(g):
+    def table_of(g):
         if g not in last:
             last.clear()
-            last[g] = pf.read_row_group(g, columns=[column], use_threads=False).column(0)
+            last[g] = pf.read_row_group(g, columns=columns, use_threads=False)
         return last[g]
-    return ids_of
+    return table_of
 
 
-def _fast_part(ids_of, g, start, x, rows_in_group):
+def _fast_part(side_of, g, start, x, rows_in_group, id_column, attributes):
     """A part of vectors ``x`` read by the fast reader: rows ``rows_in_group``
     (int64, or a ``(first, n)`` range) of row group ``g``, starting at file row
-    ``start``, with their ids through ``ids_of`` (None: no id column)."""
-    ids = None
-    if ids_of is not None:
-        ids = ids_of(g)
-        ids = ids.slice(*rows_in_group) if isinstance(rows_in_group, tuple) \
-            else ids.take(pa.array(rows_in_group))
-    return _checked_part(start, x, ids, np.zeros(x.shape[0], bool))
+    ``start``, with their id and attribute columns through ``side_of`` (None:
+    neither)."""
+    ids = attrs = None
+    if side_of is not None:
+        t = side_of(g)
+        t = t.slice(*rows_in_group) if isinstance(rows_in_group, tuple) \
+            else t.take(pa.array(rows_in_group))
+        ids = t.column(id_column) if id_column else None
+        attrs = t.select(attributes) if attributes else None
+    part = _checked_part(start, x, ids, np.zeros(x.shape[0], bool))
+    part.attrs = attrs
+    return part
 
 
 def _parquet_parts(f, block, plan, rows=None):
-    columns = [plan.column] + ([plan.id_column] if plan.id_column else [])
+    # attributes go with full reads (encode), not with the sample's
+    attributes = list(plan.attributes or ()) if rows is None else []
+    side = ([plan.id_column] if plan.id_column else []) + attributes
+    columns = [plan.column] + side
     source = open_input(f.path) if is_remote(f.path) else f.path
     pf = pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER)
     fast = _fast_reader(f, pf, plan)
-    ids_of = _id_reader(pf, plan.id_column) if plan.id_column else None
+    side_of = _group_reader(pf, side) if side else None
     pos = block.start
     for g in block.row_groups:
         group_rows = pf.metadata.row_group(g).num_rows
@@ -276,10 +285,12 @@ def _parquet_parts(f, block, plan, rows=None):
             try:
                 if rows is None:
                     for x in fast.read(g, plan.block_rows):
-                        yield _fast_part(ids_of, g, pos + done, x, (done, x.shape[0]))
+                        yield _fast_part(side_of, g, pos + done, x, (done, x.shape[0]),
+                                         plan.id_column, attributes)
                         done += x.shape[0]
                 else:
-                    part = _fast_part(ids_of, g, pos, fast.read_rows(g, sel), sel)
+                    part = _fast_part(side_of, g, pos, fast.read_rows(g, sel), sel,
+                                      plan.id_column, attributes)
                     part.rows = wanted
                     yield part
                     done = group_rows
@@ -310,6 +321,8 @@ def _parquet_parts(f, block, plan, rows=None):
             emb = batch.column(0)
             ids = batch.column(1) if plan.id_column else None
             part = _arrow_part(start, emb, ids, f, plan.d)
+            if attributes:
+                part.attrs = pa.Table.from_batches([batch.select(attributes)])
             if wanted is not None:
                 part.rows = wanted
             yield part
@@ -411,7 +424,7 @@ def _byte_ranges(plan, block):
     f = plan.files[block.file]
     if f.kind == "parquet":
         md = pq.ParquetFile(f.path).metadata
-        wanted = {plan.column, plan.id_column}
+        wanted = {plan.column, plan.id_column, *(plan.attributes or ())}
         leaves = [i for i in range(md.num_columns)
                   if md.schema.column(i).path.split(".")[0] in wanted]
         return [chunk_range(md.row_group(g).column(c))

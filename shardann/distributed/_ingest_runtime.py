@@ -29,6 +29,8 @@ class JobRun:
     queries : ``(rows int64, x float32)``, the recall-check rows (set by the
         model stage).
     resumed_blocks : blocks an earlier run had encoded (set by the encode stage).
+    attribute_schema : ``pyarrow.Schema`` of the attribute columns the job
+        stores (the index's when appending to one that has some), or None.
     t0 : ``time.perf_counter()`` when the job was made (its summary's wall time).
     local_scratch : the scratch is on this machine's disk only (not a directory
         every node sees): the tasks run on the driver's node (see :meth:`map`).
@@ -49,6 +51,7 @@ class JobRun:
         self.stage_seconds = {}
         self.queries = None
         self.resumed_blocks = 0
+        self.attribute_schema = None
 
     @property
     def job_dir(self):
@@ -110,7 +113,7 @@ class JobRun:
         o = self.opts
         ctx = {"plan": self.plan, "skip_bad_rows": o["skip_bad_rows"], "threads": 1,
                "id_base": 0, "store": self.loc, "job_dir": self.job_dir,
-               "job_id": self.job_id}
+               "job_id": self.job_id, "attribute_schema": self.attribute_schema}
         if model is None:  # sampling needs no model; give a trivial one
             ctx.update(kind=None)
         else:

@@ -50,15 +50,19 @@ def is_dataset(obj):
     return isinstance(obj, Dataset)
 
 
-def _staged_table(batch, column, id_column):
+def _staged_table(batch, column, id_column, attributes=None):
     names = batch.column_names
-    for name, what in ((column, "vector"), (id_column, "id")):
+    wanted = [(column, "vector"), (id_column, "id")] + [(a, "attribute")
+                                                         for a in attributes or ()]
+    for name, what in wanted:
         if name is not None and name not in names:
             raise InputError(f"dataset has no {what} column {name!r} "
                              f"(columns: {', '.join(names)})")
     cols = {column: plain_vector_column(batch.column(column), f"dataset column {column!r}")}
     if id_column is not None:
         cols[id_column] = batch.column(id_column).combine_chunks()
+    for name in attributes or ():
+        cols[name] = batch.column(name).combine_chunks()
     return pa.table(cols)
 
 
@@ -70,8 +74,10 @@ def _write_stage_file(path, table):
     replace_into(path, write)
 
 
-def stage_dataset(ds, directory, *, column, id_column, rows_per_file, bar=None):
-    """Write the Dataset ``ds`` (in order) as Parquet files under ``directory``.
+def stage_dataset(ds, directory, *, column, id_column, rows_per_file, attributes=None,
+                  bar=None):
+    """Write the Dataset ``ds`` (in order) as Parquet files under ``directory``:
+    its vector column, its id column and its ``attributes`` columns.
 
     Returns the list of file paths. A complete earlier staging (its
     ``staged.json``) is reused as it is; an incomplete one is started over.
@@ -99,7 +105,7 @@ def stage_dataset(ds, directory, *, column, id_column, rows_per_file, bar=None):
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            table = _staged_table(batch, column, id_column)
+            table = _staged_table(batch, column, id_column, attributes)
             name = f"part-{len(names):06d}.parquet"
             _write_stage_file(os.path.join(directory, name), table)
             names.append(name)

@@ -30,9 +30,11 @@ import time
 import uuid
 
 import numpy as np
+import pyarrow as pa
 
 from .._rows import scatter_rows, take_rows
 from ..errors import InputError
+from ..filters import as_attribute_table, null_table
 from ..index.flat import exact_search_keys
 from ..metric import uses_ip
 from ..results import merge_results
@@ -261,7 +263,23 @@ def encode_batch(batch, ctx):
 
 def _run_paths(job_dir, block, j):
     base = os.path.join(job_dir, ITEMS_DIR, f"b{block:07d}-p{j:03d}")
-    return {k: f"{base}.{k}.npy" for k in ("ids", "offsets", "codes", "vectors")}
+    paths = {k: f"{base}.{k}.npy" for k in ("ids", "offsets", "codes", "vectors")}
+    paths["attributes"] = f"{base}.attributes.arrow"
+    return paths
+
+
+def _save_table(path, table):
+    """An Arrow IPC file (uncompressed, so that it memory-maps)."""
+    def write(f):
+        with pa.ipc.new_file(f, table.schema) as w:
+            w.write_table(table)
+    replace_into(path, write)
+
+
+def _load_table(path):
+    """The table of :func:`_save_table`, memory-mapped (the map lives as long as
+    the table's buffers)."""
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
 
 
 def _exact_topk(ctx, xp, gids):
@@ -322,6 +340,7 @@ def encode_block(ctx, model, b):
         file_rows = part.file_rows()
         gids = _ids_for(ctx, f, part, file_rows)
         x = part.x
+        attrs = _attributes_of(ctx, f, part)
         bad = part.bad
         if part.ids is not None and gids.size > 1:
             bad = bad | _repeated(gids, bad)
@@ -337,6 +356,8 @@ def encode_block(ctx, model, b):
                                  for i in first[:max(room, 0)]]
             keep = ~bad
             x, gids = x[keep], gids[keep]
+            if attrs is not None:
+                attrs = attrs.filter(pa.array(keep))
         n = int(gids.size)
         part_meta = {"rows": n, "skipped": nbad, "name": None}
         if n:
@@ -351,7 +372,7 @@ def encode_block(ctx, model, b):
             t2 = time.perf_counter()
             secs["encode"] += t2 - t
             part_meta["name"] = _write_run(job_dir, b, j, labels, gids, cols, nlist, counts,
-                                           meta)
+                                           meta, attrs)
             secs["write"] += time.perf_counter() - t2
             meta["min_id"] = int(gids.min()) if meta["min_id"] is None else min(
                 meta["min_id"], int(gids.min()))
@@ -367,6 +388,22 @@ def encode_block(ctx, model, b):
     return meta["rows"]
 
 
+def _attributes_of(ctx, f, part):
+    """The part's attribute table as the index stores it (``ctx["attribute_schema"]``),
+    all nulls when the input has none, or None when the index stores none;
+    InputError naming the file and column when a column does not convert."""
+    schema = ctx.get("attribute_schema")
+    if schema is None:
+        return None
+    n = part.x.shape[0]
+    if part.attrs is None:  # the index has attributes, this input none
+        return null_table(schema, n)
+    try:
+        return as_attribute_table(part.attrs, n, schema)
+    except ValueError as exc:
+        raise InputError(f"{f.path}: {exc}") from None
+
+
 def _repeated(ids, bad):
     """Rows whose id already appeared on an earlier good row of the same part."""
     good = np.flatnonzero(~bad)
@@ -378,8 +415,9 @@ def _repeated(ids, bad):
     return rep
 
 
-def _write_run(job_dir, b, j, labels, gids, cols, nlist, counts, meta):
-    """Sort one encoded part by (list, id) and write it as .npy files; return its name."""
+def _write_run(job_dir, b, j, labels, gids, cols, nlist, counts, meta, attrs=None):
+    """Sort one encoded part by (list, id) and write it as .npy files (and its
+    attribute rows as an Arrow file); return its name."""
     if gids.size > 1 and (np.diff(gids) > 0).all():
         order = np.argsort(labels, kind="stable")  # default ids: already ascending
     else:
@@ -391,6 +429,8 @@ def _write_run(job_dir, b, j, labels, gids, cols, nlist, counts, meta):
     save_npy(paths["ids"], gids[order])
     for name, arr in cols.items():
         save_npy(paths[name], take_rows(arr, order))
+    if attrs is not None:
+        _save_table(paths["attributes"], attrs.take(pa.array(order)))
     save_npy(paths["offsets"], offsets)  # last: the run is complete once this exists
     meta["bytes"] += sum(os.path.getsize(p) for p in paths.values() if os.path.exists(p))
     return os.path.basename(paths["ids"])[: -len(".ids.npy")]
@@ -418,6 +458,8 @@ def merge_range(ctx, r):
     out = {name: np.empty((n, ctx["columns"][name][0]), ctx["columns"][name][1])
            for name in names}
     fill = np.concatenate([[0], np.cumsum(totals)[:-1]]).astype(np.int64)
+    schema = ctx.get("attribute_schema")
+    pieces, where = [], []  # attribute rows of each run, and their places in the segment
     for run in ctx["runs"]:
         base = os.path.join(job_dir, ITEMS_DIR, run)
         off = np.load(f"{base}.offsets.npy", mmap_mode="r")
@@ -429,6 +471,9 @@ def merge_range(ctx, r):
         out_ids[dest] = np.load(f"{base}.ids.npy", mmap_mode="r")[s:e]
         for name in names:
             scatter_rows(out[name], dest, np.load(f"{base}.{name}.npy", mmap_mode="r")[s:e])
+        if schema is not None:
+            pieces.append(_load_table(f"{base}.attributes.arrow").slice(s, e - s))
+            where.append(dest)
         fill += cnt
     want = np.concatenate([[0], np.cumsum(totals)[:-1]]) + totals
     if not np.array_equal(fill, want):
@@ -438,10 +483,17 @@ def merge_range(ctx, r):
     loc = ctx["store"]
     loc.delete(rel)  # a partial file of a killed run of this (uncommitted) attempt
     list_ids = np.repeat(np.arange(a, b, dtype=np.int32), totals)
+    extra = {}
+    if schema is not None:
+        # the runs' rows in segment order
+        attrs = pa.concat_tables(pieces) if pieces else schema.empty_table()
+        extra["attributes"] = attrs.take(pa.array(np.argsort(np.concatenate(where or [[]])
+                                                             .astype(np.int64),
+                                                             kind="stable")))
     # a local store: written in place; an object store: written locally, then uploaded
     # (before the marker, so a marked range has its segment in the store)
     with loc.staged(rel) as path:
-        entry = write_segment(path, list_ids, out_ids, out, ctx["columns"])
+        entry = write_segment(path, list_ids, out_ids, out, ctx["columns"], **extra)
     entry["path"] = rel
     write_json(range_marker(job_dir, r), entry)
     return {"range": r, "rows": n, "bytes": int(entry["size"])}

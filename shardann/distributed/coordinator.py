@@ -20,8 +20,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from .._validation import MAX_ID, as_id_array, as_ids, check_int, check_probe_ratio
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
+from ..filters import as_attribute_table, compile_filter
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
+from .attributes import assemble_rows, check_columns
 from .placement import health_status, place_list_ranges, place_lists, shard_loads
 from .shard import ShardWorker, pack, unpack, warm_up
 
@@ -41,14 +43,15 @@ class _VersionChanged(Exception):
 
 
 class SearchResult(tuple):
-    """``(D, I)`` that also says which shards did not answer.
+    """``(D, I)`` — or ``(D, I, A)`` when columns were asked for — that also says
+    which shards did not answer.
 
     Unpacks like the plain tuple; ``missing_shards`` lists the shard numbers
     whose lists were not searched and ``complete`` is True when none were.
     """
 
-    def __new__(cls, D, I, missing_shards=()):
-        obj = super().__new__(cls, (D, I))
+    def __new__(cls, D, I, missing_shards=(), attributes=None):
+        obj = super().__new__(cls, (D, I) if attributes is None else (D, I, attributes))
         obj.missing_shards = list(missing_shards)
         return obj
 
@@ -147,6 +150,7 @@ class ShardedIndex:
         self.version = store.version
         self._write_lock = threading.Lock()
         self.model = load_index(store, lists=np.zeros(0, np.int64))
+        self._attribute_schema = store.attribute_schema
         self.metric = self.model.metric
         self.d = self.model.d
         self.nlist = self.model.nlist
@@ -365,38 +369,56 @@ class ShardedIndex:
         return results, sorted(set(calls) - set(results))
 
     # -- search --------------------------------------------------------------------------
+    @property
+    def attribute_schema(self):
+        """The attribute columns' ``pyarrow.Schema``, or None while no vector has
+        attributes (fixed by the first add that gives some)."""
+        return self._attribute_schema
+
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0, probe_ratio=None,
-               timeout_s=None, allow_partial=False):
+               filter=None, columns=None, timeout_s=None, allow_partial=False):
         """k nearest neighbours, exactly as the local index would answer.
 
+        Returns ``(D, I)`` (float32, int64, (nq, k)); with ``columns=[...]``
+        ``(D, I, A)`` where ``A`` is a ``pyarrow.Table`` of those attribute
+        columns with nq * k rows, row ``i * k + j`` for hit ``I[i, j]`` (all
+        nulls where it is -1), fetched from the shards owning the hits.
+        ``filter`` (a SQL-like string or a ``pyarrow.compute.Expression`` over
+        the attribute columns) is compiled once here (``ValueError`` naming the
+        column or position when it does not fit :attr:`attribute_schema`) and
+        applied by every shard inside its scan, as the local index does.
         ``probe_ratio`` (adaptive probing, as the local index's
         :meth:`~shardann.IVFFlatIndex.search`) is applied here, at the coarse
         probe: a shard receives only the lists worth scanning.
 
-        Returns ``(D, I)`` (float32, int64, (nq, k)). A shard that does not
-        answer within ``timeout_s`` raises :class:`ShardUnavailableError`; with
-        ``allow_partial=True`` a :class:`SearchResult` flagged with the missing
-        shards is returned instead. Every shard answers at the served version
-        (:attr:`version`); a search overlapping a write or :meth:`reload` is
-        answered wholly at the version served when it finishes.
+        A shard that does not answer within ``timeout_s`` raises
+        :class:`ShardUnavailableError`; with ``allow_partial=True`` a
+        :class:`SearchResult` flagged with the missing shards is returned
+        instead. Every shard answers at the served version (:attr:`version`);
+        a search overlapping a write or :meth:`reload` is answered wholly at
+        the version served when it finishes.
         """
         while True:
             try:
-                return self._search(queries, k, nprobe, refine_factor, timeout_s,
-                                    allow_partial, self.version, probe_ratio)
+                return self._search(queries, k, nprobe, refine_factor, filter, columns,
+                                    timeout_s, allow_partial, self.version, probe_ratio)
             except _VersionChanged:
                 continue
 
-    def _search(self, queries, k, nprobe, refine_factor, timeout_s, allow_partial, version,
-                probe_ratio=None):
+    def _search(self, queries, k, nprobe, refine_factor, filter, columns, timeout_s,
+                allow_partial, version, probe_ratio=None):
         model = self.model
         k, nprobe, refine_factor = model.check_search(k, nprobe, refine_factor)
         probe_ratio = check_probe_ratio(probe_ratio)
+        expr = compile_filter(filter, self.attribute_schema)
+        columns = check_columns(columns, self.attribute_schema)
         q = model.prepare(queries, "queries")
         nq = q.shape[0]
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         if nq == 0:
             D, I = empty_results(0, k, self.metric)
-            return SearchResult(D, I) if allow_partial else (D, I)
+            return self._result(D, I, [], columns, None, allow_partial, version, deadline)
         dis0, probes = model.probe(q, nprobe, probe_ratio)
         exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
@@ -406,51 +428,88 @@ class ShardedIndex:
             mine = owner == s
             rows = np.flatnonzero(mine.any(axis=1))
             rows_of[s] = rows
+            # the compiled expression travels (pickled) with the batch: shards do not parse
             calls[s] = ("search_packed", pack((q[rows], dis0[rows],
                                                np.where(mine[rows], probes[rows], -1),
-                                               kk, exact)))
-        results, missing = self._call(calls, self.timeout_s if timeout_s is None else timeout_s,
-                                      version)
+                                               kk, exact, expr)))
+        results, missing = self._call(calls, timeout_s, version)
         if missing and not allow_partial:
             raise ShardUnavailableError(
                 f"shard(s) {missing} of {self.path} did not answer within "
-                f"{self.timeout_s if timeout_s is None else timeout_s}s; "
-                "retry, or pass allow_partial=True to accept results without them")
-        parts, exacts = [], []
+                f"{timeout_s}s; retry, or pass allow_partial=True to accept results without them")
+        parts, exacts, shard_of_part = [], [], []
         for s, payload in results.items():
             keys, ids, ex = unpack(payload)
             full_k, full_i = empty_results(nq, kk, "l2")
             full_k[rows_of[s]], full_i[rows_of[s]] = keys, ids
             parts.append((full_k, full_i))
+            shard_of_part.append(s)
             if exact:
                 full_e = np.full((nq, kk), np.inf, np.float32)
                 full_e[rows_of[s]] = ex
                 exacts.append(full_e)
+        src = None  # the part (shard) each hit came from, for fetching its columns
         if not parts:
             D, I = empty_results(nq, k, self.metric)
         elif exact:
-            _, short_ids, src = merge_results(parts, kk, "l2", return_source=True)
+            _, short_ids, src1 = merge_results(parts, kk, "l2", return_source=True)
             all_exact = np.concatenate(exacts, axis=1)
-            short_exact = np.where(src >= 0, np.take_along_axis(all_exact, np.maximum(src, 0),
-                                                                axis=1), np.inf)
-            keys, I = merge_results([(short_exact.astype(np.float32), short_ids)], k, "l2")
+            short_exact = np.where(src1 >= 0, np.take_along_axis(all_exact, np.maximum(src1, 0),
+                                                                 axis=1), np.inf)
+            keys, I, src2 = merge_results([(short_exact.astype(np.float32), short_ids)], k,
+                                          "l2", return_source=True)
+            src = np.where(src2 >= 0, np.take_along_axis(src1, np.maximum(src2, 0), axis=1), -1)
             D = keys_to_distances(keys, self.metric)
         else:
-            keys, I = merge_results(parts, k, "l2")
+            keys, I, src = merge_results(parts, k, "l2", return_source=True)
             D = keys_to_distances(keys, self.metric)
         D[I < 0] = empty_results(1, 1, self.metric)[0][0, 0]
-        return SearchResult(D, I, missing) if allow_partial else (D, I)
+        shard = None
+        if src is not None:
+            shard = np.where((src >= 0) & (I >= 0),
+                             np.asarray(shard_of_part, np.int64)[np.maximum(src, 0) // kk], -1)
+        return self._result(D, I, missing, columns, shard, allow_partial, version, deadline)
+
+    def _result(self, D, I, missing, columns, shard, allow_partial, version, deadline):
+        """The answer of a search: ``(D, I)``, with the hits' columns when asked for."""
+        A = None
+        if columns is not None:
+            A = self._fetch_columns(I, shard, columns, version, deadline)
+        if allow_partial:
+            return SearchResult(D, I, missing, A)
+        return (D, I) if A is None else (D, I, A)
+
+    def _fetch_columns(self, I, shard, columns, version, deadline):
+        """``pyarrow.Table`` of ``columns`` for the hits ``I`` (nq, k), row-major,
+        asked of the shard each hit came from (``shard`` (nq, k), -1: no hit)."""
+        flat_ids = I.reshape(-1)
+        flat_shard = (np.full(flat_ids.shape, -1, np.int64) if shard is None
+                      else shard.reshape(-1))
+        wanted = {s: np.flatnonzero(flat_shard == s) for s in np.unique(flat_shard).tolist()
+                  if s >= 0}
+        calls = {s: ("get_attributes", (flat_ids[rows], columns)) for s, rows in wanted.items()}
+        tables = {}
+        if calls:
+            tables, missing = self._call(calls, max(0.0, deadline - time.monotonic()), version)
+            if missing:
+                raise ShardUnavailableError(
+                    f"shard(s) {missing} of {self.path} did not return the hits' columns "
+                    "within the timeout; retry")
+        return assemble_rows(flat_ids.size, columns, self.attribute_schema,
+                             [(wanted[s], tables[s]) for s in wanted])
 
     # -- writes ----------------------------------------------------------------------------
     def _check_writable(self):
         if self.read_only:
             raise PermissionError(f"version {self.version} of {self.path} is open read-only")
 
-    def _broadcast(self, calls, what, base, new):
+    def _broadcast(self, calls, what, base, new, new_schema=False):
         """Apply a write committed as version ``new`` on top of ``base`` on every
         replica of the given shards, which then serve ``new``. A replica holding
         another version loads ``new`` from the store instead; one that fails is
-        restarted (it is told to load the served version on its next call)."""
+        restarted (it is told to load the served version on its next call).
+        ``new_schema``: the write fixed the attribute schema (the first add with
+        attributes); the other shards then load ``new`` (their rows get nulls)."""
         refs = {}
         for s, (method, args) in calls.items():
             for actor in self._actors[s]:
@@ -468,7 +527,8 @@ class ShardedIndex:
                 ray.kill(actor, no_restart=False)
         # the other shards' replicas move to ``new`` too: they hold no rows of this write
         others = [a for s, g in enumerate(self._actors) if s not in calls for a in g]
-        for actor, ref in [(a, a.advance.remote(base=base, new=new)) for a in others]:
+        for actor, ref in [(a, a.advance.remote(base=base, new=new, reload=new_schema))
+                           for a in others]:
             try:
                 try:
                     ray.get(ref, timeout=max(self.timeout_s, 60.0))
@@ -491,8 +551,15 @@ class ShardedIndex:
         self.version = new
         return base, new
 
-    def add(self, x, ids=None):
+    def add(self, x, ids=None, attributes=None):
         """Add float32 (n, d) vectors with int64 ids (default: after the largest id).
+
+        ``attributes``: one row per vector (a ``pyarrow.Table`` / ``RecordBatch``
+        or a dict of arrays), as for the local index's ``add``: the first add
+        that gives attributes fixes :attr:`attribute_schema`; later adds must
+        give the same columns (``ValueError`` naming the column otherwise), and
+        vectors added without attributes have nulls. Each shard keeps the rows
+        of its lists.
 
         The rows are committed to the store as the version after the served
         one (:class:`~shardann.CommitConflictError` if another writer took it:
@@ -500,13 +567,15 @@ class ShardedIndex:
         version is served; the next search sees them. Returns the ids.
         """
         with self._write_lock:
-            return self._add(x, ids)
+            return self._add(x, ids, attributes)
 
-    def _add(self, x, ids):
+    def _add(self, x, ids, attributes):
         self._check_writable()
         model = self.model
         x = model.prepare(x)
         n = x.shape[0]
+        table = (None if attributes is None
+                 else as_attribute_table(attributes, n, self._attribute_schema))
         if ids is None:
             if self._next_id + n - 1 > MAX_ID:
                 raise ValueError(f"default ids would pass the largest id {MAX_ID} (next id "
@@ -521,14 +590,19 @@ class ShardedIndex:
         if n == 0:
             return ids
         list_no, cols = model.encode(x)
-        base, new = self._commit(lambda txn: txn.add(list_no, ids, **cols))
+        extra = {} if table is None else {"attributes": table}
+        base, new = self._commit(lambda txn: txn.add(list_no, ids, **cols, **extra))
+        new_schema = table is not None and self._attribute_schema is None
+        if new_schema:  # the first attributes fix the schema
+            self._attribute_schema = table.schema
         shard = self.owner[list_no]
         calls = {}
         for s in np.unique(shard).tolist():
             sel = np.flatnonzero(shard == s)
             part = {c: v[sel] for c, v in cols.items()}
-            calls[s] = ("add_preassigned", (list_no[sel], ids[sel], part))
-        self._broadcast(calls, "add", base, new)
+            rows = None if table is None else table.take(sel)
+            calls[s] = ("add_preassigned", (list_no[sel], ids[sel], part, rows))
+        self._broadcast(calls, "add", base, new, new_schema)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self.ntotal += n
         np.add.at(self.list_sizes, list_no, 1)
@@ -585,6 +659,7 @@ class ShardedIndex:
             new = int(store.version)
             actors = [(s, r, a) for s, g in enumerate(self._actors) for r, a in enumerate(g)]
             self.model = model
+            self._attribute_schema = store.attribute_schema
             self.list_sizes = np.asarray(store.list_sizes(), np.int64)
             self.ntotal = int(self.list_sizes.sum())
             self.read_only = version is not None and new != max(store.versions())

@@ -41,7 +41,7 @@ class ShardWorker:
         self.shard_id = int(shard_id)
         self.replica = int(replica)
         self.lists = np.asarray(lists, dtype=np.int64)
-        self.calls = {"search": 0, "add": 0, "remove": 0}
+        self.calls = {"search": 0, "add": 0, "remove": 0, "attributes": 0}
         self.scanned_lists = 0
         self.loads = 0
         self._load(version)
@@ -93,17 +93,27 @@ class ShardWorker:
             raise StaleShardError(f"shard {self.shard_id}/r{self.replica} holds version "
                                   f"{self.version}, version {expected} was asked for")
 
-    def search(self, q, dis0, probes, kk, exact, expected=None):
+    def search(self, q, dis0, probes, kk, exact, filter=None, expected=None):
         """Scan this shard's part of a batch (of version ``expected``).
 
         q float32 (nq, d) prepared queries; dis0 float32 / probes int64
-        (nq, nprobe) with -1 for lists of other shards; returns
+        (nq, nprobe) with -1 for lists of other shards; ``filter`` a compiled
+        ``pyarrow.compute.Expression`` (or None); returns
         ``(keys, ids, exact_keys)`` (nq, kk) — see ``IVFIndex.scan_candidates``.
         """
         self._check_version(expected)
         self.calls["search"] += 1
         self.scanned_lists += int((probes >= 0).sum())
-        return self.index.scan_candidates(q, dis0, probes, kk, exact=exact)
+        if filter is None:
+            return self.index.scan_candidates(q, dis0, probes, kk, exact=exact)
+        return self.index.scan_candidates(q, dis0, probes, kk, exact=exact, filter=filter)
+
+    def get_attributes(self, ids, columns, expected=None):
+        """``pyarrow.Table`` of ``columns`` for int64 ``ids`` (one row each, nulls
+        for ids this shard does not hold), at version ``expected``."""
+        self._check_version(expected)
+        self.calls["attributes"] += 1
+        return self.index.get_attributes(ids, columns)
 
     def search_packed(self, *chunks, expected=None):
         """:meth:`search` with its arguments as the chunks of :func:`pack` and
@@ -120,11 +130,15 @@ class ShardWorker:
         self._check_version(base)
         return True
 
-    def add_preassigned(self, list_no, ids, payload, base=None, new=None):
-        """Apply an add the coordinator committed as version ``new`` on ``base``."""
+    def add_preassigned(self, list_no, ids, payload, attributes=None, base=None, new=None):
+        """Apply an add the coordinator committed as version ``new`` on ``base``
+        (``attributes``: the rows' attribute table, or None)."""
         self.calls["add"] += 1
         if self._write(base, new):
-            self.index.add_preassigned(list_no, ids, payload)
+            if attributes is None:
+                self.index.add_preassigned(list_no, ids, payload)
+            else:
+                self.index.add_preassigned(list_no, ids, payload, attributes=attributes)
             if new is not None:
                 self.version = int(new)
         return len(ids)
@@ -138,10 +152,14 @@ class ShardWorker:
             self.version = int(new)
         return n
 
-    def advance(self, base=None, new=None):
+    def advance(self, base=None, new=None, reload=False):
         """Serve version ``new``, committed on top of ``base`` by a write that
-        touched none of this shard's lists."""
+        touched none of this shard's lists. ``reload``: that write fixed the
+        index's attribute schema, which a shard learns by loading ``new`` (once
+        in an index's life: its rows then have null attributes)."""
         if self._write(base, new) and new is not None:
+            if reload and self.index.attribute_schema is None:
+                self._load(int(new))
             self.version = int(new)
         return self.version
 

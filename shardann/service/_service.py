@@ -23,12 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._validation import MAX_SQUARED_NORM, first_oversized_row
+from ..distributed.attributes import check_columns
 from ..errors import (
     CommitConflictError,
     CorruptIndexError,
     DuplicateIdError,
     ShardUnavailableError,
 )
+from ..filters import compile_filter
+from ._attrjson import encode_schema, hits_to_json, rows_to_table
 from ._batching import MicroBatcher
 from .backends import open_backend
 from .config import ServiceConfig, check_auth_settings, resolve_token_digest
@@ -212,34 +215,40 @@ class SearchService:
         cfg = self.config
 
         async def search_batch(items):
+            # an item: (query (d,), group key (k, nprobe, refine, partial, probe ratio,
+            # filter text, columns), compiled filter, timeout); one fan-out per group
             gen = self._acquire()
             try:
                 groups = collections.defaultdict(list)
                 for i, item in enumerate(items):
-                    groups[item[1:6]].append(i)
+                    groups[item[1]].append(i)
                 keys = list(groups)
                 calls = []
                 for key in keys:
                     idx = groups[key]
-                    k, nprobe, refine, partial, ratio = key
+                    k, nprobe, refine, partial, ratio, _, columns = key
                     q = np.stack([items[i][0] for i in idx])
-                    timeout = max(items[i][6] for i in idx)
+                    timeout = max(items[i][3] for i in idx)
                     self.metrics.batch_size.observe(len(idx))
                     calls.append(self._run(self._timed("search", gen.backend.search), q, k,
-                                           nprobe=nprobe, probe_ratio=ratio,
-                                           refine_factor=refine, timeout_s=timeout,
-                                           allow_partial=partial))
+                                           nprobe=nprobe, refine_factor=refine,
+                                           probe_ratio=ratio, filter=items[idx[0]][2],
+                                           columns=None if columns is None else list(columns),
+                                           timeout_s=timeout, allow_partial=partial))
                 results = await asyncio.gather(*calls, return_exceptions=True)
             finally:
                 self._release(gen)
             out = [None] * len(items)
             for key, res in zip(keys, results, strict=True):
+                k = key[0]
                 for j, i in enumerate(groups[key]):
                     if isinstance(res, BaseException):
                         out[i] = res
                     else:
-                        D, I, missing = res
-                        out[i] = (D[j:j + 1], I[j:j + 1], missing, gen.backend)
+                        D, I, A, missing = res
+                        out[i] = (D[j:j + 1], I[j:j + 1],
+                                  None if A is None else A.slice(j * k, k), missing,
+                                  gen.backend)
             return out
 
         options = {"max_batch_size": cfg.batch_max_size,
@@ -250,47 +259,86 @@ class SearchService:
             return serve.batch(**options)(search_batch)
         return MicroBatcher(search_batch, **options)
 
-    async def _search_direct(self, q, k, nprobe, refine, partial, ratio, shard_timeout):
+    async def _search_direct(self, q, k, nprobe, refine, partial, ratio, expr, columns,
+                             shard_timeout):
         gen = self._acquire()
         try:
             self.metrics.batch_size.observe(len(q))
-            D, I, missing = await self._run(self._timed("search", gen.backend.search), q, k,
-                                            nprobe=nprobe, probe_ratio=ratio,
-                                            refine_factor=refine, timeout_s=shard_timeout,
-                                            allow_partial=partial)
-            return D, I, missing, gen.backend
+            D, I, A, missing = await self._run(
+                self._timed("search", gen.backend.search), q, k, nprobe=nprobe,
+                refine_factor=refine, probe_ratio=ratio, filter=expr, columns=columns,
+                timeout_s=shard_timeout, allow_partial=partial)
+            return D, I, A, missing, gen.backend
         finally:
             self._release(gen)
 
+    def _filter_and_columns(self, req):
+        """The request's filter compiled against the served index's attribute
+        schema, and its columns checked; 400 naming the problem otherwise."""
+        schema = self.backend.attribute_schema
+        try:
+            expr = compile_filter(req.filter, schema)
+        except (ValueError, TypeError) as exc:
+            self.metrics.error("invalid_filter")
+            raise ApiError(400, "invalid_filter", f"filter: {exc}",
+                           [{"loc": ["body", "filter"], "type": "invalid_filter"}]) from None
+        try:
+            columns = check_columns(req.columns, schema)
+        except (ValueError, TypeError) as exc:
+            self.metrics.error("invalid_columns")
+            raise ApiError(400, "invalid_columns", f"columns: {exc}",
+                           [{"loc": ["body", "columns"], "type": "invalid_columns"}]) from None
+        return expr, columns
+
     async def search(self, req):
-        """Answer a validated ``SearchRequest``: ids, distances (null for padding)."""
+        """Answer a validated ``SearchRequest``: ids, distances (null for padding),
+        and the hits' attribute columns when asked for."""
         q = self._matrix(req.vectors, "vectors")
+        expr, columns = self._filter_and_columns(req)
         timeout = self._timeout(req.timeout_s)
         shard_timeout = timeout * self.config.shard_timeout_fraction
         self.metrics.vectors.inc(len(q))
         try:
             async with asyncio.timeout(timeout):
                 if len(q) == 1:
-                    res = await self._batched((q[0], req.k, req.nprobe, req.refine_factor,
-                                               req.allow_partial, req.probe_ratio,
-                                               shard_timeout))
+                    key = (req.k, req.nprobe, req.refine_factor, req.allow_partial,
+                           req.probe_ratio, req.filter,
+                           None if columns is None else tuple(columns))
+                    res = await self._batched((q[0], key, expr, shard_timeout))
                     if isinstance(res, BaseException):
                         raise res
                 else:
                     res = await self._search_direct(q, req.k, req.nprobe, req.refine_factor,
-                                                    req.allow_partial, req.probe_ratio,
-                                                    shard_timeout)
+                                                    req.allow_partial, req.probe_ratio, expr,
+                                                    columns, shard_timeout)
         except Exception as exc:
             raise self._map_error(exc, "search") from None
-        D, I, missing, backend = res
+        D, I, A, missing, backend = res
         ids, dist = _json_results(D, I)
-        return {"ids": ids, "distances": dist, "metric": backend.metric,
-                "version": backend.version, "partial": bool(missing),
-                "missing_shards": [int(s) for s in missing]}
+        out = {"ids": ids, "distances": dist, "metric": backend.metric,
+               "version": backend.version, "partial": bool(missing),
+               "missing_shards": [int(s) for s in missing]}
+        if A is not None:
+            out["attributes"] = hits_to_json(A, I)
+            out["arrow_schema"] = encode_schema(A.schema)
+        return out
 
     # -- writes -----------------------------------------------------------------------
     async def add(self, req):
         x = self._matrix(req.vectors, "vectors")
+        attributes = None
+        if req.attributes is not None:
+            if len(req.attributes) != len(x):
+                self.metrics.error("invalid_request")
+                raise ApiError(422, "invalid_request",
+                               f"attributes has {len(req.attributes)} objects for {len(x)} "
+                               "vectors")
+            try:
+                attributes = rows_to_table(req.attributes, self.backend.attribute_schema)
+            except ValueError as exc:
+                self.metrics.error("invalid_request")
+                raise ApiError(422, "invalid_request", str(exc),
+                               [{"loc": ["body", "attributes"], "type": "attributes"}]) from None
         ids = None
         if req.ids is not None:
             if len(req.ids) != len(x):
@@ -306,7 +354,8 @@ class SearchService:
                 gen = self._acquire()
                 try:
                     async with asyncio.timeout(max(self.config.request_timeout_s, 60.0)):
-                        out = await self._run(self._timed("add", gen.backend.add), x, ids)
+                        out = await self._run(self._timed("add", gen.backend.add), x, ids,
+                                              attributes)
                 finally:
                     self._release(gen)
         except Exception as exc:

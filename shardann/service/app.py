@@ -4,9 +4,12 @@ Routes (JSON; every route but ``/v1/health`` needs ``Authorization: Bearer
 <token>`` when the service has a token):
 
 ==========================  ====================================================
-``POST /v1/search``         ``{"vectors": [[...]], "k": 10, "nprobe": 16}`` ->
-                            ``{"ids": [[...]], "distances": [[...]], ...}``
-``POST /v1/vectors``        add ``{"vectors": [[...]], "ids": [...]}``
+``POST /v1/search``         ``{"vectors": [[...]], "k": 10, "nprobe": 16,
+                            "filter": "lang = 'en'", "columns": ["title"]}`` ->
+                            ``{"ids": [[...]], "distances": [[...]],
+                            "attributes": [[{"title": ...}, ...]], ...}``
+``POST /v1/vectors``        add ``{"vectors": [[...]], "ids": [...],
+                            "attributes": [{"lang": "en", ...}, ...]}``
 ``DELETE /v1/vectors``      delete ``{"ids": [...]}``
 ``GET /v1/health``          per-shard liveness (503 when a shard has no replica)
 ``GET /v1/stats``           ntotal, versions, shards, balance, request counters
@@ -18,7 +21,8 @@ Routes (JSON; every route but ``/v1/health`` needs ``Authorization: Bearer
 ==========================  ====================================================
 
 Errors are ``{"error": {"code": ..., "message": ..., "details": [...]}}`` with a
-4xx status for bad requests (400 malformed JSON, 401 token, 413 body too large,
+4xx status for bad requests (400 malformed JSON or a bad filter / unknown
+column, 401 token, 413 body too large,
 415 not JSON, 422 invalid values, 409 conflicts) and 503/504 (with ``Retry-After``) when the
 index is unavailable or too slow. Only JSON travels; nothing is unpickled.
 
@@ -187,7 +191,8 @@ def create_app(service):
     bearer = HTTPBearer(auto_error=False, description="The service's bearer token.")
     auth = [Security(bearer)]
     errors = {status: {"model": ErrorResponse, "description": text} for status, text in (
-        (400, "Malformed JSON"), (401, "Missing or invalid bearer token"),
+        (400, "Malformed JSON, or a bad filter or column (invalid_filter, invalid_columns)"),
+        (401, "Missing or invalid bearer token"),
         (413, "Request body too large"), (415, "Body is not JSON"),
         (422, "Invalid request"))}
     unavailable = {503: {"model": ErrorResponse, "description":

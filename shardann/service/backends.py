@@ -3,9 +3,12 @@
 Both backends offer the same blocking interface, which the service runs in
 worker threads:
 
-``search(q, k, nprobe=, refine_factor=, probe_ratio=, timeout_s=, allow_partial=)``
-    -> ``(D, I, missing_shards)``
-``add(x, ids)`` -> ids; ``remove_ids(ids)`` -> count; ``stats()`` -> dict;
+``search(q, k, nprobe=, refine_factor=, probe_ratio=, filter=, columns=, timeout_s=,
+allow_partial=)``
+    -> ``(D, I, A, missing_shards)`` (``A``: the hits' columns as a
+    ``pyarrow.Table`` of nq * k rows, or None without ``columns``)
+``attribute_schema`` -> ``pyarrow.Schema`` or None;
+``add(x, ids, attributes)`` -> ids; ``remove_ids(ids)`` -> count; ``stats()`` -> dict;
 ``health(timeout_s)`` -> dict; ``newest_version()`` -> int;
 ``reopen(version)`` -> a new backend beside this one; ``retire()`` stops
 what ``reopen`` replaced; ``close()``.
@@ -76,16 +79,21 @@ class ShardedBackend:
         opened, whatever version writes have moved them to since)."""
         return f"{self.name}/v{self.open_version}/s{self.index.num_shards}/"
 
-    def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, timeout_s=None,
-               allow_partial=False):
-        res = self.index.search(q, k, nprobe=nprobe, refine_factor=refine_factor,
-                                probe_ratio=probe_ratio, timeout_s=timeout_s,
-                                allow_partial=allow_partial)
-        D, I = res
-        return D, I, list(getattr(res, "missing_shards", []))
+    @property
+    def attribute_schema(self):
+        return self.index.attribute_schema
 
-    def add(self, x, ids=None):
-        return self.index.add(x, ids)
+    def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, filter=None,
+               columns=None, timeout_s=None, allow_partial=False):
+        res = self.index.search(q, k, nprobe=nprobe, refine_factor=refine_factor,
+                                probe_ratio=probe_ratio, filter=filter, columns=columns,
+                                timeout_s=timeout_s,
+                                allow_partial=allow_partial)
+        D, I, A = res if len(res) == 3 else (*res, None)
+        return D, I, A, list(getattr(res, "missing_shards", []))
+
+    def add(self, x, ids=None, attributes=None):
+        return self.index.add(x, ids, attributes=attributes)
 
     def remove_ids(self, ids):
         return self.index.remove_ids(ids)
@@ -224,18 +232,24 @@ class LocalBackend:
         if self.unavailable:
             raise ShardUnavailableError("shard(s) [0] of the local index did not answer")
 
-    def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, timeout_s=None,
-               allow_partial=False):
-        kwargs = {"refine_factor": refine_factor, "probe_ratio": probe_ratio}
+    @property
+    def attribute_schema(self):
+        return self.index.attribute_schema
+
+    def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, filter=None,
+               columns=None, timeout_s=None, allow_partial=False):
+        kwargs = {"refine_factor": refine_factor, "probe_ratio": probe_ratio, "filter": filter,
+                  "columns": columns}
         if nprobe is not None:
             kwargs["nprobe"] = nprobe
         with self._lock:
             self._check_up()
             self.calls["search"] += 1
-            D, I = self.index.search(q, k, **kwargs)
-        return D, I, []
+            res = self.index.search(q, k, **kwargs)
+        D, I, A = res if columns is not None else (*res, None)
+        return D, I, A, []
 
-    def add(self, x, ids=None):
+    def add(self, x, ids=None, attributes=None):
         with self._lock:
             self._check_up()
             if ids is not None:
@@ -243,7 +257,7 @@ class LocalBackend:
                 if present.any():
                     raise DuplicateIdError(f"ids already in the index, e.g. "
                                            f"{int(np.asarray(ids)[present][0])}")
-            out = self.index.add(x, ids)
+            out = self.index.add(x, ids, attributes=attributes)
             self.calls["add"] += 1
             self._commit()
             return out

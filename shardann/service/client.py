@@ -4,7 +4,8 @@ Needs only ``httpx`` and NumPy (no Ray, no FastAPI)::
 
     client = shardann.Client("http://127.0.0.1:8000", token="...")
     D, I = client.search(queries, k=10, nprobe=16)     # like a local index
-    ids = client.add(vectors, ids=[...])
+    D, I, A = client.search(queries, k=10, filter="lang = 'en'", columns=["title"])
+    ids = client.add(vectors, ids=[...], attributes={"lang": [...], "title": [...]})
     client.delete([3, 4])
     client.health(); client.stats(); client.reload()
 
@@ -12,7 +13,8 @@ Results come back as the local index gives them: float32 ``D`` and int64
 ``I`` of shape (nq, k), padded with ``+inf``/``-inf`` and ``-1``. Errors
 raise :class:`ServiceError` subclasses carrying the HTTP status and the
 service's error code (:class:`ServiceConnectionError` when no answer came at
-all); 503 answers are retried (``retries`` times, honouring ``Retry-After``)
+all; a bad filter is an :class:`InvalidRequestError`, a ``ValueError``, with
+code ``invalid_filter``); 503 answers are retried (``retries`` times, honouring ``Retry-After``)
 for the idempotent calls only.
 """
 
@@ -89,6 +91,14 @@ def _as_rows(x, name):
     if a.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d); got shape {a.shape}")
     return a.tolist()
+
+
+def _hits_table(out, columns):
+    """The answer's hit attributes as a ``pyarrow.Table`` (nq * k rows, row-major)."""
+    from ._attrjson import decode_schema, rows_to_table
+
+    rows = [hit for row in out["attributes"] for hit in row]
+    return rows_to_table(rows, decode_schema(out["arrow_schema"]), columns=columns)
 
 
 class Client:
@@ -181,12 +191,17 @@ class Client:
 
     # -- API ----------------------------------------------------------------------------
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0, probe_ratio=None,
-               timeout_s=None, allow_partial=False):
+               filter=None, columns=None, timeout_s=None, allow_partial=False):
         """k nearest neighbours: ``(D, I)`` float32/int64 (nq, k), best first.
 
         ``nprobe``, ``refine_factor`` and ``probe_ratio`` as for the local index.
 
-        With ``allow_partial=True`` returns ``(D, I, missing_shards)``.
+        ``filter``: a SQL-like condition on the attribute columns (a string, as
+        the service parses it). With ``columns=[...]`` returns ``(D, I, A)``,
+        ``A`` a ``pyarrow.Table`` of those columns with nq * k rows (row
+        ``i * k + j`` for hit ``I[i, j]``, nulls where it is -1), typed as the
+        index stores them. With ``allow_partial=True`` the missing shards come
+        last: ``(D, I, missing_shards)`` or ``(D, I, A, missing_shards)``.
         """
         body = {"vectors": _as_rows(queries, "queries"), "k": k,
                 "refine_factor": refine_factor}
@@ -194,6 +209,13 @@ class Client:
             body["nprobe"] = nprobe
         if probe_ratio is not None:
             body["probe_ratio"] = probe_ratio
+        if filter is not None:
+            if not isinstance(filter, str):
+                raise TypeError("the service takes a filter as a string (its SQL-like form); "
+                                f"got {type(filter).__name__}")
+            body["filter"] = filter
+        if columns is not None:
+            body["columns"] = [columns] if isinstance(columns, str) else list(columns)
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
         if allow_partial:
@@ -203,15 +225,25 @@ class Client:
         pad = pad_distance(out.get("metric", "l2"))
         D = np.array(out["distances"], dtype=np.float64).reshape(-1, k)  # null -> NaN
         D = np.where(np.isnan(D), pad, D).astype(np.float32)
+        res = (D, I)
+        if columns is not None:
+            res += (_hits_table(out, body["columns"]),)
         if allow_partial:
-            return D, I, out.get("missing_shards", [])
-        return D, I
+            res += (out.get("missing_shards", []),)
+        return res
 
-    def add(self, vectors, ids=None):
-        """Add vectors (committed before this returns); returns the int64 ids."""
+    def add(self, vectors, ids=None, attributes=None):
+        """Add vectors (committed before this returns); returns the int64 ids.
+
+        ``attributes``: one row per vector, a ``pyarrow.Table`` / ``RecordBatch``
+        or a dict of arrays (sent as JSON objects; timestamps as ISO 8601).
+        """
         body = {"vectors": _as_rows(vectors, "vectors")}
         if ids is not None:
             body["ids"] = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+        if attributes is not None:
+            from ._attrjson import rows_for_json
+            body["attributes"] = rows_for_json(attributes)
         out = self._request("POST", "/v1/vectors", body).json()
         return np.asarray(out["ids"], dtype=np.int64)
 

@@ -7,7 +7,7 @@ JSON parser accepts ``NaN``/``Infinity`` tokens, which are refused with 422);
 ids are JSON integers in int64 range.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -17,6 +17,10 @@ FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Vector = list[FiniteFloat]
 UserId = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX - 1)]
 AnyId = Annotated[int, Field(strict=True, ge=-INT64_MAX - 1, le=INT64_MAX)]
+#: the longest filter expression a request may carry
+MAX_FILTER_CHARS = 8192
+#: the most attribute columns a search may ask for
+MAX_COLUMNS = 64
 
 
 def request_models(config, d):
@@ -51,6 +55,17 @@ def request_models(config, d):
         timeout_s=(Annotated[float, Field(strict=False, gt=0, allow_inf_nan=False)] | None,
                    Field(None, description="Deadline in seconds (at most the server's "
                                            f"{config.request_timeout_s:g} s); 504 after it.")),
+        filter=(Annotated[str, Field(max_length=MAX_FILTER_CHARS)] | None, Field(
+            None, description="Only hits whose attributes pass this SQL-like condition, e.g. "
+                              "\"lang = 'en' AND year >= 2023 AND tags CONTAINS 'news'\"; "
+                              "applied inside the scan, so k passing hits come back whenever "
+                              "the probed lists hold them. A bad filter (syntax, unknown "
+                              "column, type mismatch) answers 400 naming the column or "
+                              "position.")),
+        columns=(list[Annotated[str, Field(min_length=1)]] | None, Field(
+            None, max_length=MAX_COLUMNS, description=(
+                "Attribute columns to return with each hit (`attributes` in the answer); "
+                "an unknown column answers 400."))),
     )
     add = create_model(
         "AddRequest", __config__=strict,
@@ -61,6 +76,12 @@ def request_models(config, d):
         ids=(list[UserId] | None, Field(
             None, description="One int64 id (>= 0, unique, not yet in the index) per vector; "
                               "default: consecutive ids after the largest one.")),
+        attributes=(list[dict[str, Any] | None] | None, Field(
+            None, description="One object (or null) per vector: attribute column -> value "
+                              "(number, string, bool, ISO 8601 timestamp string, list of "
+                              "strings, or null). The first add with attributes fixes the "
+                              "columns and their types; later adds may not name other "
+                              "columns (a column missing from an object is null).")),
     )
     delete = create_model(
         "DeleteRequest", __config__=strict,
@@ -89,6 +110,12 @@ class SearchResponse(BaseModel):
     partial: bool = Field(description="True when some shards did not answer "
                                       "(only with allow_partial).")
     missing_shards: list[int]
+    attributes: list[list[dict[str, Any] | None]] | None = Field(
+        None, description="With `columns`: (nq, k) objects holding the asked columns of each "
+                          "hit (timestamps as ISO 8601 strings); null where the id is -1.")
+    arrow_schema: str | None = Field(
+        None, description="With `columns`: the columns' Arrow schema, IPC-serialized and "
+                          "base64-encoded (the Python client uses it to rebuild the types).")
 
 
 class AddResponse(BaseModel):
@@ -124,7 +151,8 @@ class ReloadResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str = Field(description="malformed_json, invalid_request, unauthorized, "
+    code: str = Field(description="malformed_json, invalid_request, invalid_filter, "
+                                  "invalid_columns, unauthorized, "
                                   "body_too_large, unsupported_media_type, not_found, "
                                   "method_not_allowed, conflict, read_only, "
                                   "shard_unavailable, timeout, internal.")
