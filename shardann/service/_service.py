@@ -354,8 +354,10 @@ class SearchService:
                 gen = self._acquire()
                 try:
                     async with asyncio.timeout(max(self.config.request_timeout_s, 60.0)):
+                        # attributes only when given: backends need not take them
+                        extra = () if attributes is None else (attributes,)
                         out = await self._run(self._timed("add", gen.backend.add), x, ids,
-                                              attributes)
+                                              *extra)
                 finally:
                     self._release(gen)
         except Exception as exc:
