@@ -24,7 +24,9 @@ def commit_stage(run, state, model, entries):
     t = time.perf_counter()
     crash_point("ingest.before_commit")
     if state["mode"] == "create":
-        store = IndexStore.create_from_segments(run.loc, model.to_state(lists=False), entries)
+        model_state = model.to_state(lists=False)
+        model_state.attribute_schema = run.attribute_schema  # the segments' columns
+        store = IndexStore.create_from_segments(run.loc, model_state, entries)
     else:
         for attempt in range(COMMIT_ATTEMPTS):
             store = IndexStore.open(run.loc)

@@ -284,12 +284,17 @@ def _inside(path, loc):
     return path.startswith(loc.root.rstrip("/") + "/")
 
 
-def job_attribute_schema(given, have, root):
+def job_attribute_schema(given, have, root, appending=False):
     """The attribute columns a job stores: the inputs' (``given``), or when
     appending to an index that has attribute columns (``have``), those; the
     inputs must then name the same columns, or none (their rows get nulls).
     Raises ``ValueError`` naming a missing or extra column, or one of a type
-    attributes cannot have."""
+    attributes cannot have, or for attributes appended to an index without."""
+    if have is None and given is not None and appending:
+        # its manifest would have to gain a schema beside segments written elsewhere
+        raise ValueError(f"{root} holds an index without attribute columns; ingest appends "
+                         "attributes only to an index that has them (ingest into a new "
+                         "index, or add them with index.add(x, attributes=...))")
     if have is None:
         # the types the index holds (e.g. large_string as string)
         return None if given is None else as_attribute_table(given.empty_table(), 0).schema
@@ -345,7 +350,8 @@ class _Job:
             # attributes that cannot be stored are refused before Ray starts
             job_attribute_schema(self.plan.attribute_schema,
                                  None if existing is None
-                                 else IndexStore.open(loc).attribute_schema, root)
+                                 else IndexStore.open(loc).attribute_schema, root,
+                                 appending=existing is not None)
             self.job_id = o["job_id"] or self._job_hash()
         else:
             self.plan = None
@@ -468,7 +474,8 @@ class _Job:
         have = None
         if state["mode"] == "append":
             have = IndexStore.open(self.loc, state["base_version"]).attribute_schema
-        return job_attribute_schema(self.plan.attribute_schema, have, self.root)
+        return job_attribute_schema(self.plan.attribute_schema, have, self.root,
+                                    appending=state["mode"] == "append")
 
     def _finished(self, record):
         logger.info("ingest job %s was committed as version %s of %s; nothing to do",

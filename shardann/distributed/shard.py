@@ -59,7 +59,9 @@ class ShardWorker:
         index = load_index(store, lists=np.zeros(0, np.int64))
         _release_free_memory()  # so the growth below is not offset by trimming older garbage
         rss0 = _rss_bytes()
-        index.set_lists(*store.read_lists(self.lists), next_id=store.next_id)
+        sizes, ids, payload = store.read_lists(self.lists, attributes=True)
+        attributes = payload.pop("attributes", None)  # a table when the index has some
+        index.set_lists(sizes, ids, payload, next_id=store.next_id, attributes=attributes)
         _release_free_memory()
         self.index = index
         self.version = store.version
