@@ -106,8 +106,6 @@ class ShardWorker:
         self._check_version(expected)
         self.calls["search"] += 1
         self.scanned_lists += int((probes >= 0).sum())
-        if filter is None:
-            return self.index.scan_candidates(q, dis0, probes, kk, exact=exact)
         return self.index.scan_candidates(q, dis0, probes, kk, exact=exact, filter=filter)
 
     def get_attributes(self, ids, columns, expected=None):
@@ -137,10 +135,7 @@ class ShardWorker:
         (``attributes``: the rows' attribute table, or None)."""
         self.calls["add"] += 1
         if self._write(base, new):
-            if attributes is None:
-                self.index.add_preassigned(list_no, ids, payload)
-            else:
-                self.index.add_preassigned(list_no, ids, payload, attributes=attributes)
+            self.index.add_preassigned(list_no, ids, payload, attributes=attributes)
             if new is not None:
                 self.version = int(new)
         return len(ids)
