@@ -1,10 +1,13 @@
 """ShardedIndex in local Ray mode: exactness against the local index, routing,
-writes, faults and input validation."""
+writes, faults and input validation; attributes and filters (1 and 3 shards
+answer as the local index, hits' columns included)."""
 
 import threading
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import ray
 from dist_support import assert_same, build_local
@@ -250,3 +253,125 @@ def test_timeout_and_partial(ray_local, data, tmp_path):
         np.testing.assert_array_equal(res[1], I0)
         np.testing.assert_array_equal(res[0], D0)
         assert not np.array_equal(res[1], full[1])
+
+
+# -- attributes and filters (issue 21) ------------------------------------------------------
+ATTR_FILTERS = [
+    "lang = 'en'",                                   # about a third passes
+    "lang = 'en' AND year >= 2021 AND tags CONTAINS 'news'",
+    "year BETWEEN 2019 AND 2020 OR lang IS NULL",   # nulls
+    "score < 0.02",                                  # very selective
+    "lang = 'xx'",                                   # nothing passes: rows of -1
+]
+ATTR_COLUMNS = ["lang", "year", "tags", "ts"]
+
+
+def _same(got, want):
+    """Equal ``(D, I)`` and, when both carry one, equal attribute tables."""
+    assert len(got) == len(want)
+    assert_same(got, want)
+    if len(want) == 3:
+        assert got[2].equals(want[2]), (got[2], want[2])
+
+
+def _attributes(n, seed):
+    """A table of n rows: lang (string, with nulls), year (int), tags (list<string>),
+    score (float), ts (timestamp)."""
+    rng = np.random.default_rng(seed)
+    lang = np.array(["en", "de", "fr"], object)[rng.integers(0, 3, n)]
+    lang[rng.random(n) < 0.1] = None
+    tags = [["news", "sport"][: rng.integers(0, 3)] if i % 4 else ["blog"] for i in range(n)]
+    ts = (np.datetime64("2024-01-01T00:00:00") + rng.integers(0, 10**6, n)
+          .astype("timedelta64[s]")).astype("datetime64[us]")
+    return pa.table({"lang": pa.array(lang.tolist(), pa.string()),
+                     "year": rng.integers(2015, 2025, n),
+                     "tags": pa.array(tags, pa.list_(pa.string())),
+                     "score": rng.random(n),
+                     "ts": pa.array(ts)})
+
+
+@pytest.fixture(scope="module")
+def attr_small():
+    from shardann.bench.datasets import synthetic_split
+    xb, xq, xt = synthetic_split(3000, 12, 16, nt=1500, seed=7)
+    return xb, xq, xt
+
+
+@pytest.fixture(scope="module")
+def attr_store(attr_small, tmp_path_factory):
+    """A local IVF-PQ index with attributes and tombstones, saved; reopened from the store."""
+    xb, _, xt = attr_small
+    path = tmp_path_factory.mktemp("filters") / "idx"
+    index = shardann.IVFPQIndex(16, 16, 4, 8, "l2", seed=0, keep_vectors=True, niter=6,
+                                pq_niter=6).train(xt)
+    index.add(xb, attributes=_attributes(len(xb), 1))
+    index.remove_ids(np.arange(0, len(xb), 11))
+    index.save(path)
+    return path
+
+
+def test_one_and_three_shards_equal_local_with_filters(ray_local, attr_small, attr_store):
+    _, xq, _ = attr_small
+    local = shardann.open_index(attr_store)
+    for shards in (1, 3):
+        with ShardedIndex.open(attr_store, num_shards=shards) as sharded:
+            assert sharded.attribute_schema.equals(local.attribute_schema)
+            for f in ATTR_FILTERS:
+                for rf in (0, 2):
+                    want = local.search(xq, 8, nprobe=6, refine_factor=rf, filter=f,
+                                        columns=ATTR_COLUMNS)
+                    _same(sharded.search(xq, 8, nprobe=6, refine_factor=rf, filter=f,
+                                        columns=ATTR_COLUMNS), want)
+            # an Expression works as the string does; filter=None is unchanged
+            expr = (pc.field("lang") == "de") & (pc.field("year") > 2018)
+            _same(sharded.search(xq, 8, nprobe=6, filter=expr),
+                 local.search(xq, 8, nprobe=6, filter=expr))
+            _same(sharded.search(xq, 8, nprobe=6), local.search(xq, 8, nprobe=6))
+            res = sharded.search(xq, 8, nprobe=6, filter=ATTR_FILTERS[0], columns=["year"],
+                                 allow_partial=True)
+            assert res.complete and len(res) == 3
+            _same(res, local.search(xq, 8, nprobe=6, filter=ATTR_FILTERS[0], columns=["year"]))
+            # bad filters and columns are refused by the coordinator, naming what is wrong
+            for bad, err, needle in (({"filter": "nope = 1"}, ValueError, "nope"),
+                                     ({"filter": "year = 'abc'"}, ValueError, "year"),
+                                     ({"filter": "lang = = 'en'"}, ValueError, "syntax"),
+                                     ({"columns": ["title"]}, ValueError, "title"),
+                                     ({"filter": 3}, TypeError, "filter")):
+                with pytest.raises(err, match=needle):
+                    sharded.search(xq, 5, **bad)
+    got = local.search(xq, 8, nprobe=16, filter="lang = 'xx'", columns=["lang"])
+    assert (got[1] == -1).all() and got[2].column("lang").null_count == got[2].num_rows
+
+
+def test_sharded_adds_with_attributes(ray_local, attr_small, tmp_path):
+    # from an index without attributes: the first add with attributes reaches some
+    # shards and fixes the schema on all (the other rows are nulls that IS NULL finds);
+    # later adds reach the owning shards, with or without attributes, and are committed
+    xb, xq, xt = attr_small
+    index = shardann.IVFPQIndex(16, 16, 4, 8, "l2", seed=0, niter=6, pq_niter=6).train(xt)
+    index.add(xb)
+    path = tmp_path / "idx"
+    index.save(path)
+    local = shardann.open_index(path)
+    new_x, new_attrs = xq + np.float32(0.01), _attributes(len(xq), 2)
+    with ShardedIndex.open(path, num_shards=3) as sharded:
+        assert sharded.attribute_schema is None
+        with pytest.raises(ValueError, match="no attributes"):
+            sharded.search(xq, 5, filter="lang = 'en'")
+        ids = sharded.add(new_x[:2], attributes=new_attrs.slice(0, 2))
+        local.add(new_x[:2], ids=ids, attributes=new_attrs.slice(0, 2))
+        assert sharded.attribute_schema.equals(local.attribute_schema)
+        ids = sharded.add(new_x[2:], ids=np.arange(10_000, 10_000 + len(xq) - 2),
+                          attributes=new_attrs.slice(2))
+        local.add(new_x[2:], ids=ids, attributes=new_attrs.slice(2))
+        more = sharded.add(xq[:3] - np.float32(0.01))  # without attributes: nulls
+        local.add(xq[:3] - np.float32(0.01), ids=more)
+        for f in ("lang IS NULL", "lang = 'en'", "year >= 2020 OR tags CONTAINS 'news'"):
+            _same(sharded.search(xq, 8, nprobe=16, filter=f, columns=ATTR_COLUMNS),
+                  local.search(xq, 8, nprobe=16, filter=f, columns=ATTR_COLUMNS))
+        with pytest.raises(ValueError, match="year"):
+            sharded.add(xq[:2], attributes={"lang": ["en", "de"]})  # year etc. missing
+    # the adds were committed with their attributes
+    _same(shardann.open_index(path).search(xq, 8, nprobe=16, filter="lang = 'fr'",
+                                           columns=ATTR_COLUMNS),
+          local.search(xq, 8, nprobe=16, filter="lang = 'fr'", columns=ATTR_COLUMNS))
