@@ -276,19 +276,17 @@ class SearchService:
         """The request's filter compiled against the served index's attribute
         schema, and its columns checked; 400 naming the problem otherwise."""
         schema = self.backend.attribute_schema
-        try:
-            expr = compile_filter(req.filter, schema)
-        except (ValueError, TypeError) as exc:
-            self.metrics.error("invalid_filter")
-            raise ApiError(400, "invalid_filter", f"filter: {exc}",
-                           [{"loc": ["body", "filter"], "type": "invalid_filter"}]) from None
-        try:
-            columns = check_columns(req.columns, schema)
-        except (ValueError, TypeError) as exc:
-            self.metrics.error("invalid_columns")
-            raise ApiError(400, "invalid_columns", f"columns: {exc}",
-                           [{"loc": ["body", "columns"], "type": "invalid_columns"}]) from None
-        return expr, columns
+        out = []
+        for name, check, value in (("filter", compile_filter, req.filter),
+                                   ("columns", check_columns, req.columns)):
+            try:
+                out.append(check(value, schema))
+            except (ValueError, TypeError) as exc:
+                code = f"invalid_{name}"
+                self.metrics.error(code)
+                raise ApiError(400, code, f"{name}: {exc}",
+                               [{"loc": ["body", name], "type": code}]) from None
+        return tuple(out)
 
     async def search(self, req):
         """Answer a validated ``SearchRequest``: ids, distances (null for padding),
