@@ -339,6 +339,7 @@ def test_overload_answers_503_fast(store, svc_data, direct_port):
         assert r.status_code == 200
 
 
+@pytest.mark.slow  # 15-30 s: a Serve app of its own (test_attributes_http covers the JSON)
 def test_attributes_and_filters_over_http(tmp_path, svc_data, direct_port):
     # attributes survive the round trip: stored by the index, added over HTTP, filtered
     # inside the shards' scans and returned with the hits, typed as stored
