@@ -20,10 +20,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from .._validation import MAX_ID, as_id_array, as_ids, check_int, check_probe_ratio
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
-from ..filters import as_attribute_table, compile_filter
+from ..filters import as_attribute_table, compile_filter, filter_key
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
-from .attributes import assemble_rows, check_columns
+from .attributes import assemble_rows, check_columns, filtered_probes
 from .placement import health_status, place_list_ranges, place_lists, shard_loads
 from .shard import ShardWorker, pack, unpack, warm_up
 
@@ -35,6 +35,7 @@ _PROBE_INTERVAL_S = 0.5  # at most one ping this often to a replica that is down
 _PROBE_WAIT_S = 0.2  # how long a call waits for a ping when every replica of a shard is down
 _STALE_RETRIES = 3  # loads of the served version into one replica before trying the next
 _REPLACE_AFTER_S = 10.0  # a replica dead for good this long is replaced by a new actor
+_COUNTS_CACHE_SIZE = 16  # filters whose passing rows per list are kept (per version)
 
 
 class _VersionChanged(Exception):
@@ -182,6 +183,7 @@ class ShardedIndex:
             self._actors.append(group)
         self._rr = [itertools.count(s) for s in range(self.num_shards)]
         self._down = {}  # (shard, replica) -> see _mark_down
+        self._counts_cache = {}  # (version, filter key) -> (passing, rows) per list
         self._down_lock = threading.Lock()
         # wait until every shard has loaded, so the first query is not a cold start;
         # attached actors may hold another version: they load this one
@@ -420,6 +422,11 @@ class ShardedIndex:
             D, I = empty_results(0, k, self.metric)
             return self._result(D, I, [], columns, None, allow_partial, version, deadline)
         dis0, probes = model.probe(q, nprobe, probe_ratio)
+        if expr is not None and probe_ratio is None:
+            # the local index's selectivity rule, on the passing rows of every shard
+            # (probe_ratio's lists are scanned as chosen, as locally)
+            counts, sizes = self._passing_counts(expr, version, deadline)
+            dis0, probes = filtered_probes(model, q, dis0, probes, counts, sizes)
         exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
         owner = np.where(probes >= 0, self.owner[probes], -1)  # -1: a list probe_ratio skips
@@ -469,6 +476,28 @@ class ShardedIndex:
             shard = np.where((src >= 0) & (I >= 0),
                              np.asarray(shard_of_part, np.int64)[np.maximum(src, 0) // kk], -1)
         return self._result(D, I, missing, columns, shard, allow_partial, version, deadline)
+
+    def _passing_counts(self, expr, version, deadline):
+        """(passing, rows) int64 (nlist,): rows passing the compiled filter ``expr``
+        and live rows per list, summed over the shards at ``version``; kept for
+        the last few filters of the served version."""
+        key = (version, filter_key(expr))
+        hit = self._counts_cache.get(key)
+        if hit is not None:
+            return hit
+        calls = {s: ("passing_counts", (expr,)) for s in range(self.num_shards)}
+        results, missing = self._call(calls, max(0.0, deadline - time.monotonic()), version)
+        if missing:
+            raise ShardUnavailableError(
+                f"shard(s) {missing} of {self.path} did not count the rows passing the "
+                "filter within the timeout; retry")
+        out = (np.sum([results[s][0] for s in calls], axis=0),
+               np.sum([results[s][1] for s in calls], axis=0))
+        with self._down_lock:
+            self._counts_cache[key] = out
+            while len(self._counts_cache) > _COUNTS_CACHE_SIZE:
+                self._counts_cache.pop(next(iter(self._counts_cache)))
+        return out
 
     def _result(self, D, I, missing, columns, shard, allow_partial, version, deadline):
         """The answer of a search: ``(D, I)``, with the hits' columns when asked for."""

@@ -10,6 +10,7 @@ import time
 
 import numba
 import numpy as np
+import pyarrow.compute as pc
 
 from ..errors import StaleShardError
 
@@ -107,6 +108,17 @@ class ShardWorker:
         self.calls["search"] += 1
         self.scanned_lists += int((probes >= 0).sum())
         return self.index.scan_candidates(q, dis0, probes, kk, exact=exact, filter=filter)
+
+    def passing_counts(self, expr, expected=None):
+        """``(passing, rows)``, int64 (nlist,) each: rows of this shard's lists that
+        pass the compiled filter ``expr``, and their live rows (0 for other
+        lists) — what the coordinator's selectivity rule sums over shards."""
+        self._check_version(expected)
+        index = self.index
+        # every live row passes a constant true: its counts are the list sizes (cached
+        # with the filter's masks until the rows change)
+        rows = index.passing_counts(pc.scalar(True))
+        return index.passing_counts(expr), rows
 
     def get_attributes(self, ids, columns, expected=None):
         """``pyarrow.Table`` of ``columns`` for int64 ``ids`` (one row each, nulls
