@@ -25,6 +25,9 @@ def add_arguments(parser):
     parser.add_argument("-k", "--k", type=int, default=10, help="hits per query (default 10)")
     parser.add_argument("--nprobe", type=int, default=None,
                         help="lists scanned per query (default: the index's)")
+    parser.add_argument("--probe-ratio", type=float, default=None, metavar="R",
+                        help="adaptive probing: of the nprobe closest lists scan only those "
+                             "whose closeness reaches R (in (0, 1]) times the closest one's")
     parser.add_argument("--refine-factor", type=int, default=0,
                         help="re-rank k x this many candidates exactly (kept vectors)")
     parser.add_argument("--filter", default=None, metavar="CONDITION",
@@ -60,6 +63,7 @@ def run(args):
         raise CommandError(f"--queries {args.queries}: cannot read a .npy array ({exc})") \
             from None
     kwargs = {"nprobe": args.nprobe, "refine_factor": args.refine_factor,
+              "probe_ratio": args.probe_ratio,
               "filter": args.filter, "columns": columns}
     try:
         res = _search(args, queries, kwargs)
