@@ -425,7 +425,7 @@ class ShardedIndex:
         if expr is not None and probe_ratio is None:
             # the local index's selectivity rule, on the passing rows of every shard
             # (probe_ratio's lists are scanned as chosen, as locally)
-            counts, sizes = self._passing_counts(expr, version, deadline)
+            counts, sizes = self._passing_counts(expr, version, deadline, allow_partial)
             dis0, probes = filtered_probes(model, q, dis0, probes, counts, sizes)
         exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
@@ -477,22 +477,26 @@ class ShardedIndex:
                              np.asarray(shard_of_part, np.int64)[np.maximum(src, 0) // kk], -1)
         return self._result(D, I, missing, columns, shard, allow_partial, version, deadline)
 
-    def _passing_counts(self, expr, version, deadline):
+    def _passing_counts(self, expr, version, deadline, allow_partial=False):
         """(passing, rows) int64 (nlist,): rows passing the compiled filter ``expr``
         and live rows per list, summed over the shards at ``version``; kept for
-        the last few filters of the served version."""
+        the last few filters of the served version. With ``allow_partial``, the
+        shards that answered (not kept: the search is flagged partial anyway)."""
         key = (version, filter_key(expr))
         hit = self._counts_cache.get(key)
         if hit is not None:
             return hit
         calls = {s: ("passing_counts", (expr,)) for s in range(self.num_shards)}
         results, missing = self._call(calls, max(0.0, deadline - time.monotonic()), version)
-        if missing:
+        if missing and not allow_partial:
             raise ShardUnavailableError(
                 f"shard(s) {missing} of {self.path} did not count the rows passing the "
-                "filter within the timeout; retry")
-        out = (np.sum([results[s][0] for s in calls], axis=0),
-               np.sum([results[s][1] for s in calls], axis=0))
+                "filter within the timeout; retry, or pass allow_partial=True")
+        zero = np.zeros(self.nlist, np.int64)
+        out = (sum((results[s][0] for s in results), zero),
+               sum((results[s][1] for s in results), zero))
+        if missing:
+            return out
         with self._down_lock:
             self._counts_cache[key] = out
             while len(self._counts_cache) > _COUNTS_CACHE_SIZE:

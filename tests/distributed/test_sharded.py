@@ -375,3 +375,23 @@ def test_sharded_adds_with_attributes(ray_local, attr_small, tmp_path):
     _same(shardann.open_index(path).search(xq, 8, nprobe=16, filter="lang = 'fr'",
                                            columns=ATTR_COLUMNS),
           local.search(xq, 8, nprobe=16, filter="lang = 'fr'", columns=ATTR_COLUMNS))
+
+
+def test_filtered_partial_answer(ray_local, attr_small, attr_store):
+    # a dead shard: the filtered search fails, or with allow_partial answers from the
+    # others — passing hits only, their columns included
+    _, xq, _ = attr_small
+    with ShardedIndex.open(attr_store, num_shards=2, max_restarts=0) as s:
+        ray.kill(s._actors[1][0], no_restart=True)
+        f = "lang = 'en' AND score < 0.5"
+        with pytest.raises(shardann.ShardUnavailableError):
+            s.search(xq, 5, nprobe=4, filter=f, timeout_s=3)
+        res = s.search(xq, 5, nprobe=4, filter=f, columns=["lang", "score"], timeout_s=3,
+                       allow_partial=True)
+        assert res.missing_shards == [1] and len(res) == 3
+        I, A = res[1], res[2]
+        hit = I.reshape(-1) >= 0
+        assert hit.any()
+        rows = A.filter(pa.array(hit)).to_pylist()
+        assert all(r["lang"] == "en" and r["score"] < 0.5 for r in rows)
+        assert A.filter(pa.array(~hit)).column("lang").null_count == int((~hit).sum())
