@@ -97,8 +97,9 @@ def add_arguments(parser):
     srch = parser.add_argument_group("search")
     srch.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
     srch.add_argument("--nprobe-sweep", type=lambda t: sorted(set(positive_int_list(t))),
-                      default=[4, 8, 16, 32, 64, 128],
-                      help="nprobe values (default 4,8,16,32,64,128)")
+                      default=[1, 2, 4, 8, 16, 32, 64, 128],
+                      help="nprobe values (default 1,2,4,8,16,32,64,128; shardann may probe "
+                           "more lists under a selective filter)")
     srch.add_argument("--reps", type=int, default=3,
                       help="timed repetitions per point, interleaved (default 3)")
     srch.add_argument("--lancedb-nq", type=int, default=200,
