@@ -70,6 +70,9 @@ def add_arguments(parser):
     m.add_argument("--metric", default="l2", choices=("l2", "ip", "cosine"),
                    help="distance (default l2)")
     m.add_argument("--opq", action="store_true", help="learn an OPQ rotation")
+    m.add_argument("--pca", type=int, default=None, metavar="P",
+                   help="project the vectors onto their P principal directions before IVF "
+                        "and PQ (a multiple of --M; --keep-vectors refines on the originals)")
     m.add_argument("--keep-vectors", nargs="?", const="float32", default=None,
                    choices=("float32", "float16"),
                    help="keep raw vectors for refine (float32, or float16 to halve them)")
@@ -129,7 +132,7 @@ def run(args):
             args.path, inputs, column=args.column, id_column=args.id_column,
             attributes=_attribute_names(args.attributes),
             nlist=args.nlist, M=args.M, nbits=args.nbits, metric=args.metric, opq=args.opq,
-            keep_vectors=args.keep_vectors or False, codebooks=args.codebooks,
+            keep_vectors=args.keep_vectors or False, pca=args.pca, codebooks=args.codebooks,
             sample_size=args.sample_size, seed=args.seed, niter=args.niter,
             pq_niter=args.niter, skip_bad_rows=args.skip_bad_rows, block_rows=args.block_rows,
             num_workers=args.workers, spot_check=args.spot_check, spot_check_k=10,

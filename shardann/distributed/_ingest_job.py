@@ -184,7 +184,7 @@ class IngestSummary:
 # -- the public entry point ------------------------------------------------------------------
 def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None, d=None,
            nlist=None, M=None,
-           nbits=8, metric="l2", opq=False, keep_vectors=False, codebooks=None,
+           nbits=8, metric="l2", opq=False, keep_vectors=False, pca=None, codebooks=None,
            sample_size=None, seed=0, niter=25, pq_niter=25, skip_bad_rows=False,
            block_rows=None, num_workers=None, merge_bytes=MERGE_BYTES, spot_check=100,
            spot_check_k=10, spot_check_nprobe=None, progress=True, job_id=None,
@@ -221,6 +221,10 @@ def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None,
     nlist, M, nbits, metric, opq, keep_vectors, seed, niter, pq_niter : the
         new index, as for :class:`shardann.IVFPQIndex` (``M=None``: IVF-Flat).
         ``keep_vectors`` True/"float32" or "float16" keeps raw vectors for refine.
+    pca : int or None, project the vectors onto their ``pca`` principal
+        directions (learnt on the training sample) before the coarse quantizer
+        and the PQ, as :class:`shardann.IVFPQIndex`'s ``pca`` (a multiple of
+        ``M``; with ``keep_vectors`` refine re-ranks on the original vectors).
     codebooks : path of an index (or of its ``codebooks-*.parquet`` file)
         whose trained model to reuse instead of training.
     sample_size : training sample (default ``256 * nlist``, at most 1 GiB),
@@ -264,7 +268,7 @@ def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None,
     """
     job = _Job(path, inputs, column=column, id_column=id_column, attributes=attributes, d=d,
                nlist=nlist, M=M,
-               nbits=nbits, metric=metric, opq=opq, keep_vectors=keep_vectors,
+               nbits=nbits, metric=metric, opq=opq, keep_vectors=keep_vectors, pca=pca,
                codebooks=codebooks, sample_size=sample_size, seed=seed, niter=niter,
                pq_niter=pq_niter, skip_bad_rows=skip_bad_rows, block_rows=block_rows,
                num_workers=num_workers, merge_bytes=merge_bytes, spot_check=spot_check,
@@ -321,7 +325,7 @@ class _Job:
         self.opts = o = opts
         for name in ("spot_check", "spot_check_k", "seed", "niter", "pq_niter"):
             check_int(name, o[name], low=0 if name != "spot_check_k" else 1)
-        for name in ("nlist", "M", "d", "sample_size", "block_rows", "num_workers",
+        for name in ("nlist", "M", "d", "pca", "sample_size", "block_rows", "num_workers",
                      "spot_check_nprobe"):
             if o[name] is not None:
                 check_int(name, o[name], low=1)
@@ -399,6 +403,8 @@ class _Job:
         keys = ("nlist", "M", "nbits", "metric", "opq", "keep_vectors", "sample_size", "seed",
                 "niter", "pq_niter", "skip_bad_rows", "spot_check", "spot_check_k")
         ident = {"inputs": self.plan.identity(), **{k: o[k] for k in keys}}
+        if o["pca"] is not None:  # only when set: the names of older jobs stay the same
+            ident["pca"] = o["pca"]
         if o["codebooks"] is not None:
             ident["codebooks"] = codebooks_source(o["codebooks"])[3]
         text = json.dumps(ident, sort_keys=True, default=str).encode()
@@ -407,7 +413,7 @@ class _Job:
     def _check_append_options(self, cfg):
         """Appending uses the index's own model: refuse options that contradict it."""
         o = self.opts
-        given = {"nlist": o["nlist"], "M": o["M"], "codebooks": o["codebooks"]}
+        given = {"nlist": o["nlist"], "M": o["M"], "pca": o["pca"], "codebooks": o["codebooks"]}
         clash = [f"{k}={v!r}" for k, v in given.items()
                  if v is not None and (k == "codebooks" or cfg.get(k) != v)]
         if o["metric"] != "l2" and o["metric"] != cfg["metric"]:

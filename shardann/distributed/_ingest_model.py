@@ -52,7 +52,8 @@ def codebooks_source(path):
 
 
 def new_model(d, opts):
-    """The untrained index of a new job's options (``M=None``: IVF-Flat).
+    """The untrained index of a new job's options (``M=None``: IVF-Flat); its
+    ``train`` learns the ``pca`` projection too, as a local index's does.
 
     It logs its k-means iterations at INFO (``verbose``), so a long training
     shows progress; ``verbose`` is not part of the stored config.
@@ -62,10 +63,10 @@ def new_model(d, opts):
     o = opts
     if o["M"] is None:
         return IVFFlatIndex(d, o["nlist"], o["metric"], seed=o["seed"], niter=o["niter"],
-                            verbose=True)
+                            pca=o["pca"], verbose=True)
     return IVFPQIndex(d, o["nlist"], o["M"], o["nbits"], o["metric"], seed=o["seed"],
                       opq=o["opq"], keep_vectors=o["keep_vectors"] or False, niter=o["niter"],
-                      pq_niter=o["pq_niter"], verbose=True)
+                      pq_niter=o["pq_niter"], pca=o["pca"], verbose=True)
 
 
 def model_stage(run, state):

@@ -117,6 +117,51 @@ def test_options_equal_core_index(tmp_path, xb, parquet_dir, opts):
         assert store.columns["vector"]["dtype"] == "float16"
 
 
+@pytest.mark.parametrize("opts", [
+    {"pca": 16, "keep_vectors": True, "metric": "cosine", "opq": True},
+    {"pca": 16, "keep_vectors": "float16", "nbits": 4},
+    {"pca": 12, "M": None, "metric": "ip"},
+])
+def test_pca_equals_local_index(tmp_path, xb, parquet_dir, opts):
+    """With ``pca`` the job trains the local index's model (the projection
+    included) and its index answers as that index does, refining on the
+    original vectors when they are kept."""
+    path = str(tmp_path / "idx")
+    # the whole input is the sample, in row order: the local index trains on xb itself
+    ingest(path, parquet_dir, sample_size=N, spot_check=0, **{**TRAIN, **opts})
+    store = IndexStore.open(path)
+    assert store.config["pca"] == opts["pca"]
+    o = {**TRAIN, **opts}
+    kw = {"metric": o.get("metric", "l2"), "seed": 0, "niter": o["niter"], "pca": o["pca"]}
+    if o["M"] is None:
+        local = shardann.IVFFlatIndex(D, o["nlist"], **kw)
+    else:
+        local = shardann.IVFPQIndex(D, o["nlist"], o["M"], o.get("nbits", 8), **kw,
+                                    opq=o.get("opq", False), keep_vectors=o["keep_vectors"],
+                                    pq_niter=o["pq_niter"])
+    local.train(xb)
+    local.add(xb, ids=np.arange(N))
+    mine = local.to_state(lists=False).arrays
+    assert set(store.trained_arrays()) == set(mine) >= {"pca_matrix", "pca_mean"}
+    for k, v in store.trained_arrays().items():
+        np.testing.assert_array_equal(v, mine[k], err_msg=k)
+    got = load_index(store)
+    q = data(50, seed=99)
+    kw = {"nprobe": NPROBE, "refine_factor": 2 if opts.get("keep_vectors") else 0}
+    for a, b in zip(got.search(q, K, **kw), local.search(q, K, **kw), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert_same_index(path, xb, **kw)
+    # appending keeps the projection; a different one is refused
+    with pytest.raises(ValueError, match="pca=8"):
+        ingest(path, parquet_dir, pca=8, progress=False)
+
+
+def test_pca_is_checked_before_ray(tmp_path, parquet_dir):
+    with pytest.raises(ValueError, match="multiple of M"):
+        ingest(str(tmp_path / "idx"), parquet_dir, pca=12, **TRAIN)
+    assert not os.path.exists(tmp_path / "idx" / "_ingest")
+
+
 def test_ivf_flat(tmp_path, xb, parquet_dir):
     path = str(tmp_path / "idx")
     ingest(path, parquet_dir, **{**TRAIN, "M": None})
@@ -278,6 +323,21 @@ def test_cli_handler(tmp_path, xb, parquet_dir, capsys):
     assert f"ingested {N:,} vectors" in out and "recall@10" in out
     store = IndexStore.open(path)
     assert store.ntotal == N and store.columns["vector"]["dtype"] == "float32"
+
+
+def test_cli_pca(tmp_path, xb, parquet_dir, capsys):
+    from shardann.cli import UsageError
+
+    path = str(tmp_path / "idx")
+    argv = [path, parquet_dir, "--nlist", "16", "--M", "8", "--niter", "6", "--no-progress",
+            "--spot-check", "20", "--keep-vectors"]
+    with pytest.raises(UsageError, match="multiple of M"):
+        ingest_command.run(_parse([*argv, "--pca", "20"]))
+    assert ingest_command.run(_parse([*argv, "--pca", "16"])) == 0
+    assert "recall@10" in capsys.readouterr().out
+    store = IndexStore.open(path)
+    assert store.ntotal == N and store.config["pca"] == 16
+    assert store.trained_arrays()["pca_matrix"].shape == (D, 16)
 
 
 def test_cli_bad_input_is_one_line(tmp_path, xb):
