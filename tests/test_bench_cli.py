@@ -13,7 +13,7 @@ import pytest
 
 from shardann.cli import main
 
-SUITES = ("core", "distributed", "frontier", "filter", "threads")
+SUITES = ("core", "distributed", "frontier", "filter", "threads", "plancheck")
 OPTIONAL = ("faiss", "matplotlib", "threadpoolctl", "lancedb")
 
 

@@ -144,8 +144,14 @@ def _recall_rows(base, ids, exact, gt, k, refine_factors):
     return out
 
 
-def _coarse_rows(n, nlist, probes, labels, gt, k, nprobes):
-    """Fraction of the true top-k whose list is among the first p probes, for each p."""
+def coarse_rows(n, nlist, probes, labels, gt, k, nprobes):
+    """Fraction of the true top-k whose list is among the first p probes, for each
+    p of ``nprobes``: rows ``{"n", "nlist", "nprobe", "recall"}``.
+
+    probes : int (nq, pmax) lists probed, nearest first (``index.probe``); labels :
+    int (n,) list of each database row (``index.assign``); gt : int64 (nq, >= k)
+    exact neighbours' rows.
+    """
     glists = labels[gt[:, :k]]                                   # (nq, k)
     hit = glists[:, :, None] == probes[:, None, :]               # (nq, k, pmax)
     rank = np.where(hit.any(-1), hit.argmax(-1), np.iinfo(np.int64).max)
@@ -204,7 +210,7 @@ def measure(xb, xq, *, metric, k, pq_configs, keeps, refine_factors, nlists=None
             sizes_of = np.bincount(labels, minlength=nlist)
             nprobes = []
             for m in sizes:
-                rows = _coarse_rows(m, nlist, probes, labels, gts[m], k,
+                rows = coarse_rows(m, nlist, probes, labels, gts[m], k,
                                     [p for p in NPROBES if p <= pmax])
                 coarse += rows
                 # scan up to the first nprobe whose coarse recall saturates at every size

@@ -2,7 +2,8 @@
 (kernels, local indexes vs FAISS), ``distributed`` (sharded vs local) and
 ``frontier`` (recall-QPS frontier vs FAISS and ScaNN), ``filter`` (filtered
 search vs FAISS's IDSelector and LanceDB), ``probing`` (adaptive against fixed
-nprobe) and ``threads`` (scaling over cores).
+nprobe), ``threads`` (scaling over cores) and ``plancheck`` (the planner's
+predicted recall against the planned index built at scale).
 
 A suite takes its options from ``shardann.bench.<suite>``, imported only when it
 runs: everything after the suite's name is handed to that module's
@@ -22,6 +23,7 @@ SUITES = {
     "filter": "filtered search by selectivity against FAISS's IDSelector and LanceDB's where",
     "probing": "adaptive probing (probe_ratio) against fixed nprobe at equal recall",
     "threads": "batch QPS and single-query latency of a local index by thread count",
+    "plancheck": "shardann plan's predicted recall against the planned index built at scale",
 }
 
 
