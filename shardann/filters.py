@@ -478,6 +478,82 @@ def expand_probes(dis0, probes, counts, sizes, nprobe):
             np.ascontiguousarray(np.where(keep, probes[:, :w], -1)))
 
 
+def filter_probes(dis0, probes, counts, sizes, rank):
+    """The selectivity rule (README, "Filters and attributes"): the probes of a
+    filtered search, for a local index and a coordinator alike.
+
+    Each query probes further down its coarse ranking until the rows passing
+    the filter in its lists reach the rows its ``nprobe`` lists hold
+    (:func:`expand_probes`). The ranking is taken as deep as the sparsest
+    query needs at the filter's average density, twice over (a query needing
+    more stops there).
+
+    Parameters
+    ----------
+    dis0 : float32 (nq, nprobe), probes int64 (nq, nprobe): the coarse probes
+        an unfiltered search scans (-1: no list).
+    counts : int64 (nlist,), rows passing the filter per list.
+    sizes : int64 (nlist,), live rows per list.
+    rank : callable ``rank(depth) -> (dis0, probes)``, the queries' ``depth``
+        closest lists (float32 / int64 (nq, depth), closest first), called
+        only when some query needs more lists.
+
+    Returns ``(dis0, probes)`` as given when every query's lists hold enough
+    passing rows (or nothing passes, or every list is probed already), else
+    of a width in nprobe..nlist.
+    """
+    nlist = len(counts)
+    nprobe = probes.shape[1]
+    valid = probes >= 0
+    safe = np.where(valid, probes, 0)
+    have = np.where(valid, counts[safe], 0).sum(axis=1)
+    want = np.where(valid, sizes[safe], 0).sum(axis=1)
+    total = int(counts.sum())
+    if total == 0 or (have >= want).all() or nprobe >= nlist:
+        return dis0, probes
+    density = total / max(int(sizes.sum()), 1)
+    depth = min(nlist, max(nprobe + 1, int(np.ceil(2 * nprobe / density))))
+    full_dis0, full_probes = rank(depth)
+    return expand_probes(full_dis0, full_probes, counts, sizes, nprobe)
+
+
+def check_columns(columns, schema):
+    """``columns`` (attribute columns to return with the hits) as a list of names
+    of ``schema``; None stays None and one name is a list of one.
+
+    Parameters
+    ----------
+    columns : None, a column name or a sequence of names.
+    schema : pyarrow.Schema of the attribute columns (None: the index has none).
+
+    Raises ``ValueError`` naming a column the index does not have (or saying it
+    has none) or for an empty list, ``TypeError`` for something other than
+    names.
+    """
+    if columns is None:
+        return None
+    if isinstance(columns, str):
+        columns = [columns]
+    try:
+        names = None if isinstance(columns, bytes) else list(columns)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(c, str) for c in names):
+        raise TypeError(f"columns must be a list of column names; got {columns!r}")
+    columns = names
+    if not columns:
+        raise ValueError("columns is empty; pass None to get no columns")
+    have = [] if schema is None else list(schema.names)
+    unknown = [c for c in columns if c not in have]
+    if unknown:
+        if not have:
+            raise ValueError(f"columns {unknown} asked for, but the index has no attribute "
+                             "columns (add vectors with attributes=... first)")
+        raise ValueError(f"unknown attribute column {unknown[0]!r} (columns: "
+                         f"{', '.join(have)})")
+    return columns
+
+
 def filter_key(expr):
     """Bytes identifying ``expr`` exactly (a cache key; equal for equal expressions)."""
     return pickle.dumps(expr)

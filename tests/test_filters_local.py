@@ -16,7 +16,13 @@ import pytest
 from core_support import NB, NLIST
 
 import shardann
-from shardann.filters import compile_filter, expand_probes, filter_mask
+from shardann.filters import (
+    check_columns,
+    compile_filter,
+    expand_probes,
+    filter_mask,
+    filter_probes,
+)
 from shardann.results import recall_at_k
 
 NQ = 12
@@ -273,6 +279,23 @@ def test_rows_without_attributes_get_nulls_and_schema_is_fixed(data, fresh):
         index.search(xb[:1], 5, columns=["nope"])
 
 
+def test_columns_are_checked_alike_everywhere():
+    # one helper for the local index, the coordinator and the service
+    schema = pa.schema([("lang", pa.string()), ("year", pa.int64())])
+    assert check_columns(None, schema) is None
+    assert check_columns("lang", schema) == ["lang"]
+    assert check_columns(("year", "lang"), schema) == ["year", "lang"]
+    with pytest.raises(ValueError, match="columns is empty"):
+        check_columns([], schema)
+    with pytest.raises(ValueError, match=r"unknown attribute column 'nope' \(columns: lang, year"):
+        check_columns(["lang", "nope"], schema)
+    with pytest.raises(ValueError, match="no attribute columns"):
+        check_columns(["lang"], None)
+    for bad in (3, b"lang", ["lang", 3]):
+        with pytest.raises(TypeError, match="list of column names"):
+            check_columns(bad, schema)
+
+
 def test_pickled_index_filters_the_same(data, filled):
     index, skw = filled("ivfpq4")
     xq = data[1][:NQ]
@@ -293,9 +316,13 @@ def test_preassigned_and_candidates_take_compiled_filters(data, filled, name):
     assert isinstance(expr, pc.Expression)
     D, I = index.search(xq, K, filter=text, nprobe=4, refine_factor=skw.get("refine_factor", 0))
     q = index.prepare(xq)
-    # what a coordinator does: the rule on the whole ranking, then the given lists
+    # what a coordinator does: the rule (filters.filter_probes) on its own ranking,
+    # then the given lists
     counts = index.passing_counts(expr)
-    dis0, probes = expand_probes(*index.probe(q, NLIST), counts, index._lists.size, 4)
+    sizes = index.list_sizes()
+    assert sizes.dtype == np.int64 and sizes.shape == (NLIST,) and sizes.sum() == NB
+    dis0, probes = filter_probes(*index.probe(q, 4), counts, sizes,
+                                 lambda depth: index.probe(q, depth))
     assert probes.shape[1] > 4  # the filter is selective enough to probe further
     D2, I2 = index.search_preassigned(q, dis0, probes, K, skw.get("refine_factor", 0),
                                       filter=expr)

@@ -164,7 +164,7 @@ def _demo_ray(path, xq, k, settings, gt, local, *, debug):
         with _Timer() as t:
             sharded = ShardedIndex.open(path, num_shards=2)
         with sharded:
-            sizes = [int(sharded.list_sizes[sharded.owner == s].sum()) for s in range(2)]
+            sizes = [int(sharded.list_sizes()[sharded.owner == s].sum()) for s in range(2)]
             _step("shards", f"2 shard actors, {sizes[0]:,} + {sizes[1]:,} vectors "
                             "(lists placed by size)", t.seconds)
             with _Timer() as t:  # first calls: the actors load their kernels

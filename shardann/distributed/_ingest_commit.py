@@ -38,7 +38,8 @@ def commit_stage(run, state, model, entries):
                         "this ingest ran; its codes no longer fit. Rerun the ingest.")
                 check_new_commits(run.loc, state, store, entries)
             txn = store.transaction()
-            txn.add_segments(entries)
+            # attributes appended to an index without: the store takes their columns
+            txn.add_segments(entries, attribute_schema=run.attribute_schema)
             try:
                 store = txn.commit()
                 break

@@ -217,6 +217,8 @@ def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None,
         every input file must hold them with the same types. Appending to an
         index with attributes needs the same columns (their values are cast
         to the index's types); without ``attributes`` the new rows get nulls.
+        Attributes appended to an index without any become its columns, and
+        the rows it held have nulls (as with ``index.add``).
     d : expected dimension (default: the first file's).
     nlist, M, nbits, metric, opq, keep_vectors, seed, niter, pq_niter : the
         new index, as for :class:`shardann.IVFPQIndex` (``M=None``: IVF-Flat).
@@ -288,17 +290,13 @@ def _inside(path, loc):
     return path.startswith(loc.root.rstrip("/") + "/")
 
 
-def job_attribute_schema(given, have, root, appending=False):
+def job_attribute_schema(given, have, root):
     """The attribute columns a job stores: the inputs' (``given``), or when
     appending to an index that has attribute columns (``have``), those; the
     inputs must then name the same columns, or none (their rows get nulls).
-    Raises ``ValueError`` naming a missing or extra column, or one of a type
-    attributes cannot have, or for attributes appended to an index without."""
-    if have is None and given is not None and appending:
-        # its manifest would have to gain a schema beside segments written elsewhere
-        raise ValueError(f"{root} holds an index without attribute columns; ingest appends "
-                         "attributes only to an index that has them (ingest into a new "
-                         "index, or add them with index.add(x, attributes=...))")
+    Attributes appended to an index without become its columns, the rows it
+    held reading as nulls (as with ``index.add``). Raises ``ValueError``
+    naming a missing or extra column, or one of a type attributes cannot have."""
     if have is None:
         # the types the index holds (e.g. large_string as string)
         return None if given is None else as_attribute_table(given.empty_table(), 0).schema
@@ -354,8 +352,7 @@ class _Job:
             # attributes that cannot be stored are refused before Ray starts
             job_attribute_schema(self.plan.attribute_schema,
                                  None if existing is None
-                                 else IndexStore.open(loc).attribute_schema, root,
-                                 appending=existing is not None)
+                                 else IndexStore.open(loc).attribute_schema, root)
             self.job_id = o["job_id"] or self._job_hash()
         else:
             self.plan = None
@@ -480,8 +477,7 @@ class _Job:
         have = None
         if state["mode"] == "append":
             have = IndexStore.open(self.loc, state["base_version"]).attribute_schema
-        return job_attribute_schema(self.plan.attribute_schema, have, self.root,
-                                    appending=state["mode"] == "append")
+        return job_attribute_schema(self.plan.attribute_schema, have, self.root)
 
     def _finished(self, record):
         logger.info("ingest job %s was committed as version %s of %s; nothing to do",

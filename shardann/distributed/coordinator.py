@@ -20,10 +20,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from .._validation import MAX_ID, as_id_array, as_ids, check_int, check_probe_ratio
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
-from ..filters import as_attribute_table, compile_filter, filter_key
+from ..filters import as_attribute_table, check_columns, compile_filter, filter_key, filter_probes
 from ..metric import keys_to_distances
 from ..results import empty_results, merge_results
-from .attributes import assemble_rows, check_columns, filtered_probes
+from .attributes import assemble_rows
 from .placement import health_status, place_list_ranges, place_lists, shard_loads
 from .shard import ShardWorker, pack, unpack, warm_up
 
@@ -155,11 +155,11 @@ class ShardedIndex:
         self.metric = self.model.metric
         self.d = self.model.d
         self.nlist = self.model.nlist
-        self.list_sizes = np.asarray(store.list_sizes(), np.int64)
+        self._list_sizes = np.asarray(store.list_sizes(), np.int64)
         # on an object store a shard reads whole row groups (cut at list boundaries):
         # runs of consecutive lists keep its reads to its share of the segments
         place = place_lists if self._loc.local else place_list_ranges
-        self.owner = place(self.list_sizes, self.num_shards)
+        self.owner = place(self._list_sizes, self.num_shards)
         self.name = name or _index_name(self.path)
         if not ray.is_initialized():
             ray.init()
@@ -189,7 +189,7 @@ class ShardedIndex:
         # attached actors may hold another version: they load this one
         ray.get([a.load.remote(self.version) for g in self._actors for a in g])
         self._next_id = max(ray.get([g[0].max_id.remote() for g in self._actors])) + 1
-        self.ntotal = int(self.list_sizes.sum())
+        self.ntotal = int(self._list_sizes.sum())
         logger.info("opened %s v%d: %d vectors, %d lists on %d shards x %d replicas",
                     self.path, self.version, self.ntotal, self.nlist, self.num_shards,
                     self.replicas)
@@ -426,7 +426,8 @@ class ShardedIndex:
             # the local index's selectivity rule, on the passing rows of every shard
             # (probe_ratio's lists are scanned as chosen, as locally)
             counts, sizes = self._passing_counts(expr, version, deadline, allow_partial)
-            dis0, probes = filtered_probes(model, q, dis0, probes, counts, sizes)
+            dis0, probes = filter_probes(dis0, probes, counts, sizes,
+                                         lambda depth: model.probe(q, depth))
         exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
         owner = np.where(probes >= 0, self.owner[probes], -1)  # -1: a list probe_ratio skips
@@ -638,7 +639,7 @@ class ShardedIndex:
         self._broadcast(calls, "add", base, new, new_schema)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self.ntotal += n
-        np.add.at(self.list_sizes, list_no, 1)
+        np.add.at(self._list_sizes, list_no, 1)
         return ids
 
     def remove_ids(self, ids):
@@ -651,10 +652,34 @@ class ShardedIndex:
             if present.size == 0:
                 return 0
             base, new = self._commit(lambda txn: txn.delete(present))
-            self._broadcast({s: ("remove_ids", (present,)) for s in range(self.num_shards)},
-                            "remove", base, new)
-        self.ntotal -= int(present.size)
+            out = self._broadcast({s: ("remove_ids", (present,))
+                                   for s in range(self.num_shards)}, "remove", base, new)
+            self._update_list_sizes(out, new)
         return int(present.size)
+
+    def _update_list_sizes(self, shard_sizes, version):
+        """Take the live rows per list the shards report after a removal
+        ({shard: int64 (nlist,)}, each holding its own lists' sizes); lists of a
+        shard that did not answer (restarted: it reloads) are read from the store."""
+        sizes = self._list_sizes.copy()
+        for s, got in shard_sizes.items():
+            mine = self.owner == s
+            sizes[mine] = np.asarray(got, np.int64)[mine]
+        if set(shard_sizes) != set(range(self.num_shards)):
+            from ..storage import IndexStore
+
+            stored = np.asarray(IndexStore.open(self._loc, version=version).list_sizes(),
+                                np.int64)
+            missing = ~np.isin(self.owner, list(shard_sizes))
+            sizes[missing] = stored[missing]
+        self._list_sizes = sizes
+        self.ntotal = int(sizes.sum())
+
+    def list_sizes(self):
+        """Live rows per inverted list over all shards, int64 (nlist,) — a copy,
+        current after this coordinator's adds and removals (:meth:`reload`
+        reads them from the store)."""
+        return self._list_sizes.copy()
 
     def contains(self, ids):
         """bool (n,): which ids are in the index (asks every shard)."""
@@ -693,8 +718,8 @@ class ShardedIndex:
             actors = [(s, r, a) for s, g in enumerate(self._actors) for r, a in enumerate(g)]
             self.model = model
             self._attribute_schema = store.attribute_schema
-            self.list_sizes = np.asarray(store.list_sizes(), np.int64)
-            self.ntotal = int(self.list_sizes.sum())
+            self._list_sizes = np.asarray(store.list_sizes(), np.int64)
+            self.ntotal = int(self._list_sizes.sum())
             self.read_only = version is not None and new != max(store.versions())
             self.version = new
             for s, r, ref in [(s, r, a.load.remote(new)) for s, r, a in actors]:
@@ -742,7 +767,7 @@ class ShardedIndex:
                 shards.append(ray.get(ref, timeout=self.timeout_s))
             except (*_ACTOR_ERRORS, GetTimeoutError) as exc:
                 shards.append({"shard": s, "replica": r, "error": type(exc).__name__})
-        loads = shard_loads(self.owner, self.list_sizes, self.num_shards)
+        loads = shard_loads(self.owner, self._list_sizes, self.num_shards)
         return {"path": self.path, "version": self.version, "ntotal": self.ntotal,
                 "nlist": self.nlist, "num_shards": self.num_shards, "replicas": self.replicas,
                 "shard_rows": loads.tolist(),

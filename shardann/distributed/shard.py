@@ -153,13 +153,15 @@ class ShardWorker:
         return len(ids)
 
     def remove_ids(self, ids, base=None, new=None):
+        """Apply a removal the coordinator committed as version ``new`` on
+        ``base``; returns this shard's live rows per list afterwards, int64
+        (nlist,) (0 for other shards' lists), which the coordinator keeps."""
         self.calls["remove"] += 1
-        if not self._write(base, new):
-            return 0
-        n = self.index.remove_ids(ids)
-        if new is not None:
-            self.version = int(new)
-        return n
+        if self._write(base, new):
+            self.index.remove_ids(ids)
+            if new is not None:
+                self.version = int(new)
+        return self.index.list_sizes()
 
     def advance(self, base=None, new=None, reload=False):
         """Serve version ``new``, committed on top of ``base`` by a write that

@@ -16,7 +16,7 @@ from .._validation import (
     check_search_args,
 )
 from ..errors import DuplicateIdError, NotTrainedError
-from ..filters import as_attribute_table, compile_filter, filter_key
+from ..filters import as_attribute_table, check_columns, compile_filter, filter_key
 from ..metric import check_metric, keys_to_distances, normalize_rows
 from ..results import empty_results
 from ._attributes import MASK_CACHE_SIZE, ListAttributes
@@ -76,6 +76,14 @@ class BaseIndex:
 
     def __len__(self):
         return self.ntotal
+
+    def list_sizes(self):
+        """Live rows per inverted list, int64 (nlist,) — a copy (a flat index has
+        one list). Removed rows leave at once; what the selectivity rule of a
+        filtered search weighs the passing rows against."""
+        if self._lists is None:
+            return np.zeros(int(getattr(self, "nlist", 1)), np.int64)
+        return self._lists.size.copy()
 
     def _require_trained(self, what):
         if not self.is_trained:
@@ -163,20 +171,6 @@ class BaseIndex:
         the column / position."""
         return compile_filter(filter, self._attribute_schema)
 
-    def _check_columns(self, columns):
-        if columns is None:
-            return None
-        if isinstance(columns, (str, bytes)) or not all(isinstance(c, str) for c in columns):
-            raise TypeError(f"columns must be a list of column names; got {columns!r}")
-        columns = list(columns)
-        schema = self._attribute_schema
-        names = [] if schema is None else schema.names
-        for c in columns:
-            if c not in names:
-                raise ValueError(f"unknown attribute column {c!r} (columns: "
-                                 f"{', '.join(names) if names else 'none'})")
-        return columns
-
     def get_attributes(self, ids, columns=None):
         """Attribute rows of ``ids`` (int64, any shape, read flat).
 
@@ -188,7 +182,7 @@ class BaseIndex:
         if self._attribute_schema is None:
             raise ValueError("the index has no attributes (add vectors with "
                              "add(x, attributes=...))")
-        columns = self._check_columns(columns) or self._attribute_schema.names
+        columns = check_columns(columns, self._attribute_schema) or self._attribute_schema.names
         ids = np.asarray(ids)
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers; got dtype {ids.dtype}")
@@ -471,7 +465,7 @@ class BaseIndex:
         k, nprobe, refine_factor = self.check_search(k, **kwargs)
         probe_ratio = check_probe_ratio(probe_ratio)
         expr = self.compile_filter(filter)
-        columns = self._check_columns(columns)
+        columns = check_columns(columns, self._attribute_schema)
         q = self.prepare(queries, "queries")
         if q.shape[0] == 0 or self.ntotal == 0:
             D, I = empty_results(q.shape[0], k, self.metric)

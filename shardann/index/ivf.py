@@ -36,7 +36,7 @@ from .._validation import (
     check_probe_ratio,
     check_search_args,
 )
-from ..filters import expand_probes
+from ..filters import filter_probes
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pca import PCA, balanced_order
@@ -385,30 +385,11 @@ class IVFIndex(BaseIndex):
                 dis0, probes = self._probe(qr, nprobe, probe_ratio)
                 if filter is not None and probe_ratio is None:
                     # (probe_ratio chose the lists itself: they are scanned as chosen)
-                    dis0, probes = self._filter_probes(qr, dis0, probes, filter)
+                    dis0, probes = filter_probes(dis0, probes, self._passing(filter)[1],
+                                                 self._lists.size,
+                                                 lambda depth: self._probe(qr, depth))
             allowed, probes, lists = self._filtered(filter, probes, plan=True)
             return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed, lists)
-
-    def _filter_probes(self, qr, dis0, probes, expr):
-        """The selectivity rule (README, "Filters"): probe further down each query's
-        coarse ranking until the rows passing the filter in its probed lists
-        reach the rows its own probes hold (:func:`shardann.filters.expand_probes`)."""
-        counts = self._passing(expr)[1]
-        sizes = self._lists.size
-        valid = probes >= 0
-        safe = np.where(valid, probes, 0)
-        have = np.where(valid, counts[safe], 0).sum(axis=1)
-        want = np.where(valid, sizes[safe], 0).sum(axis=1)
-        total = int(counts.sum())
-        if total == 0 or (have >= want).all() or probes.shape[1] >= self.nlist:
-            return dis0, probes
-        # how deep to rank: the lists the sparsest query needs at the filter's
-        # average density, twice over (a query needing more stops there)
-        density = total / max(self.ntotal, 1)
-        depth = min(self.nlist, max(probes.shape[1] + 1,
-                                    int(np.ceil(2 * probes.shape[1] / density))))
-        full_dis0, full_probes = self._probe(qr, depth)
-        return expand_probes(full_dis0, full_probes, counts, sizes, probes.shape[1])
 
     def _filtered(self, expr, probes, plan=False):
         """(allowed, probes, lists) of a compiled filter: the slab mask (None

@@ -23,14 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._validation import MAX_SQUARED_NORM, first_oversized_row
-from ..distributed.attributes import check_columns
 from ..errors import (
     CommitConflictError,
     CorruptIndexError,
     DuplicateIdError,
     ShardUnavailableError,
 )
-from ..filters import compile_filter
+from ..filters import check_columns, compile_filter
 from ._attrjson import encode_schema, hits_to_json, rows_to_table
 from ._batching import MicroBatcher
 from .backends import open_backend

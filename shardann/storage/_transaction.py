@@ -225,7 +225,7 @@ class Transaction:
                     attr_schema=self._attr_schema)
             self._new_segments.append({"path": rel, **entry})
 
-    def add_segments(self, entries):
+    def add_segments(self, entries, attribute_schema=None):
         """Stage segment files that were written already (e.g. by another process).
 
         Each entry is what :func:`shardann.storage.write_segment` returned for
@@ -235,9 +235,27 @@ class Transaction:
         its lists must lie in 0..nlist-1. The files stay the caller's:
         :meth:`abort` or a lost commit does not delete them.
 
+        ``attribute_schema`` (``pyarrow.Schema``): the segments hold these
+        attribute columns. A store without attributes takes them as its own
+        (as :meth:`add` with the first attributes does; the rows committed
+        before read as nulls); a store with other columns raises ``ValueError``
+        naming the first that differs. Segments without attribute columns need
+        no schema: their rows read as nulls in a store that has some.
+
         Returns the number of rows staged.
         """
         self._require_trained()
+        if attribute_schema is not None:
+            have = self._attr_schema
+            if have is None:
+                self._attr_schema = attribute_schema
+            elif not have.equals(attribute_schema, check_metadata=False):
+                diff = next((f"{f.name!r}" for f in attribute_schema
+                             if f.name not in have.names or have.field(f.name).type != f.type),
+                             f"{have.names}")
+                raise ValueError(f"{self._root} has the attribute columns "
+                                 f"{[f'{f.name}: {f.type}' for f in have]}; the segments' "
+                                 f"columns differ at {diff}")
         nlist = self._nlist
         seen = {s["path"] for s in self._base["files"]["segments"]} - self._drop
         seen |= {s["path"] for s in self._new_segments}

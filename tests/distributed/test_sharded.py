@@ -14,6 +14,7 @@ from dist_support import assert_same, build_local
 
 import shardann
 from shardann.distributed import SearchResult, ShardedIndex, place_lists
+from shardann.storage import IndexStore
 
 pytestmark = pytest.mark.ray
 
@@ -142,8 +143,15 @@ def test_add_remove_durable_and_visible(ray_local, data, tmp_path):
         D, I = sharded.search(xb[4500:4510], 1, nprobe=32)
         # l2 residual PQ: a stored vector is almost always its own nearest hit
         assert (I[:, 0] == np.arange(4500, 4510)).mean() >= 0.8
+        # the coordinator's per-list sizes follow its writes (the stored ones, read anew)
+        np.testing.assert_array_equal(sharded.list_sizes(),
+                                      IndexStore.open(tmp_path / "idx").list_sizes())
         assert sharded.remove_ids(np.arange(4500, 4510)) == 10
         assert sharded.remove_ids(np.arange(4500, 4510)) == 0
+        sizes = sharded.list_sizes()
+        np.testing.assert_array_equal(sizes, IndexStore.open(tmp_path / "idx").list_sizes())
+        assert sizes.dtype == np.int64 and sizes.sum() == sharded.ntotal == 5990
+        assert sum(sharded.stats()["shard_rows"]) == 5990
         _, I2 = sharded.search(xb[4500:4510], 10, nprobe=32)
         assert not np.isin(I2, np.arange(4500, 4510)).any()
         with pytest.raises(ValueError, match="already in the index"):

@@ -453,6 +453,25 @@ def test_append_attributes(tmp_path, attr_rows, attr_parquet_dir):
                progress=False)
 
 
+@pytest.mark.slow  # 8 s: two ingest jobs
+def test_append_attributes_to_an_index_without(tmp_path, attr_rows):
+    # as index.add: the appended columns become the index's, the rows it held are nulls
+    x, attrs = attr_rows
+    path = str(tmp_path / "idx")
+    _write_attrs(tmp_path / "bare.parquet", x[:1500], pa.table({}))
+    ingest(path, str(tmp_path / "bare.parquet"), **TRAIN)
+    assert IndexStore.open(path).attribute_schema is None
+    ref = load_index(IndexStore.open(path), lists=np.zeros(0, np.int64))
+    ref.add(x[:1500], ids=np.arange(1500))
+    more = attrs.slice(1500, 1000)
+    _write_attrs(tmp_path / "more.parquet", x[1500:2500], more)
+    ingest(path, str(tmp_path / "more.parquet"), attributes=ATTR_COLUMNS, progress=False)
+    ref.add(x[1500:2500], ids=np.arange(1500, 2500), attributes=more)
+    got = _assert_same_attr_answers(path, ref, data(30, seed=9))
+    years = got.get_attributes([0, 1499, 1500], ["year"]).column("year").to_pylist()
+    assert years == [None, None, more.column("year")[0].as_py()]
+
+
 def test_bad_rows_are_skipped_with_their_attributes(tmp_path, attr_rows):
     x, attrs = attr_rows
     x = x[:1000].copy()

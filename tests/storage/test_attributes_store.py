@@ -112,6 +112,37 @@ def test_attributes_added_to_a_store_without_them(tmp_path, make_index, sdata):
     assert I[0].tolist() == [NB, -1, -1]
 
 
+def test_segments_with_attributes_added_to_a_store_without_them(tmp_path, make_index, sdata):
+    # what an ingest appending attributes commits: segments written elsewhere
+    from shardann.storage import write_segment
+
+    path = tmp_path / "s"
+    plain = make_index("ivfflat")
+    plain.save(path)
+    store = IndexStore.open(path)
+    ids = np.arange(NB, NB + 50)
+    list_no, cols = plain.encode(plain.prepare(sdata[0][:50] + 0.5))
+    schema = _attrs(ids).schema
+    rel = "segments/appended.parquet"
+    entry = write_segment(path / rel, list_no, ids, cols, plain.columns,
+                          attributes=_attrs(ids))
+    with pytest.raises(shardann.CorruptIndexError):  # its columns, unannounced
+        store.transaction().add_segments([{"path": rel, **entry}])
+    with store.transaction() as txn:
+        txn.add_segments([{"path": rel, **entry}], attribute_schema=schema)
+    index = shardann.open_index(path)
+    assert index.attribute_schema.equals(schema)
+    got = index.get_attributes([0, NB + 1])
+    assert got.column("year").to_pylist() == [None, 2000 + (NB + 1) % 25]
+    D, I = index.search(sdata[0][:1] + 0.5, 3, filter="lang IS NULL", nprobe=16)
+    assert (I[I >= 0] < NB).all() and (I >= 0).all()  # the old rows read as nulls
+    # a store with other columns refuses them, naming the column
+    other = pa.schema([("lang", pa.string()), ("year", pa.int64()),
+                       ("tags", pa.list_(pa.string()))])
+    with pytest.raises(ValueError, match="differ at 'year'"):
+        IndexStore.open(path).transaction().add_segments([], attribute_schema=other)
+
+
 def test_vectors_stay_zero_copy_and_columns_read_with_pyarrow(tmp_path, make_index):
     index = _with_attributes(make_index("ivfpq", keep_vectors=True))
     store = IndexStore.create(tmp_path / "s", index)
