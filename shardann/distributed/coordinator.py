@@ -18,7 +18,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from .._validation import MAX_ID, as_id_array, as_ids, check_int, check_probe_ratio
+from .._validation import MAX_ID, as_id_array, as_ids, as_vectors, check_int, check_probe_ratio
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
 from ..filters import as_attribute_table, check_columns, compile_filter, filter_key, filter_probes
 from ..metric import keys_to_distances
@@ -80,7 +80,7 @@ class ShardedIndex:
     def create(cls, path, *, d, nlist, M=None, nbits=8, metric="l2", sample, opq=False,
                keep_vectors=False, pca=None, seed=0, niter=25, pq_niter=25, column="embedding",
                sample_size=None, num_shards=1, replicas=1, storage_options=None,
-               **open_kwargs):
+               calibration=1000, **open_kwargs):
         """Train a new index on ``sample`` on the coordinator, store it at
         ``path`` (no vectors yet) and open it on ``num_shards`` shards.
 
@@ -91,17 +91,20 @@ class ShardedIndex:
         sub-quantizers of ``nbits``; ``pca`` reduces either to that many
         dimensions (see :class:`~shardann.IVFPQIndex`). ``sample`` is float32 (n, d) or a Ray
         Dataset whose ``column`` holds the vectors (``sample_size`` rows are
-        drawn from it, default 256 * nlist).
+        drawn from it, default 256 * nlist). ``calibration``: queries sampled from
+        the added rows for :meth:`estimate_recall` (0: none; see
+        :class:`~shardann.IVFPQIndex`).
         """
         from ..index import IVFFlatIndex, IVFPQIndex
         from ..storage import IndexStore
 
         if M is None:
-            index = IVFFlatIndex(d, nlist, metric, seed=seed, niter=niter, pca=pca)
+            index = IVFFlatIndex(d, nlist, metric, seed=seed, niter=niter, pca=pca,
+                                 calibration=calibration)
         else:
             index = IVFPQIndex(d, nlist, M, nbits, metric, seed=seed, opq=opq,
                                keep_vectors=keep_vectors, niter=niter, pq_niter=pq_niter,
-                               pca=pca)
+                               pca=pca, calibration=calibration)
         if not isinstance(sample, np.ndarray) and hasattr(sample, "iter_batches"):
             sample = sample_dataset(sample, sample_size or 256 * nlist, column=column,
                                     seed=seed)
@@ -137,7 +140,7 @@ class ShardedIndex:
         (default: the cluster's CPUs divided among the shards, at least 1), so
         shards scanning at once do not oversubscribe the cores.
         """
-        from ..index import load_index
+        from ..index import calibration_source, load_index
         from ..storage import IndexStore, location
 
         self = object.__new__(cls)
@@ -151,6 +154,7 @@ class ShardedIndex:
         self.version = store.version
         self._write_lock = threading.Lock()
         self.model = load_index(store, lists=np.zeros(0, np.int64))
+        self._cal = calibration_source(store)  # read when an estimate (or add) needs it
         self._attribute_schema = store.attribute_schema
         self.metric = self.model.metric
         self.d = self.model.d
@@ -606,7 +610,9 @@ class ShardedIndex:
     def _add(self, x, ids, attributes):
         self._check_writable()
         model = self.model
-        x = model.prepare(x)
+        cal = self._calibration_for_add()
+        raw = None if cal is None else as_vectors(x, self.d)
+        x = model.prepare(x if raw is None else raw)
         n = x.shape[0]
         table = (None if attributes is None
                  else as_attribute_table(attributes, n, self._attribute_schema))
@@ -625,7 +631,18 @@ class ShardedIndex:
             return ids
         list_no, cols = model.encode(x)
         extra = {} if table is None else {"attributes": table}
-        base, new = self._commit(lambda txn: txn.add(list_no, ids, **cols, **extra))
+        if cal is not None:  # a copy: the served one stays until the commit
+            cal = cal.copy()
+            cal.add(raw, x, ids, model.prepare, self.contains)
+
+        def stage(txn):
+            txn.add(list_no, ids, **cols, **extra)
+            if cal is not None:
+                txn.set_calibration(cal.to_bytes())
+
+        base, new = self._commit(stage)
+        if cal is not None:
+            self._cal = cal
         new_schema = table is not None and self._attribute_schema is None
         if new_schema:  # the first attributes fix the schema
             self._attribute_schema = table.schema
@@ -651,7 +668,20 @@ class ShardedIndex:
             present = ids[self.contains(ids)]
             if present.size == 0:
                 return 0
-            base, new = self._commit(lambda txn: txn.delete(present))
+            from ..index import CalibrationSet
+
+            cal = self._cal
+            if isinstance(cal, CalibrationSet):  # (a stored one is filtered when read)
+                cal = cal.copy()
+                cal.remove(present)
+
+            def stage(txn):
+                txn.delete(present)
+                if cal is not self._cal:
+                    txn.set_calibration(cal.to_bytes())
+
+            base, new = self._commit(stage)
+            self._cal = cal
             out = self._broadcast({s: ("remove_ids", (present,))
                                    for s in range(self.num_shards)}, "remove", base, new)
             self._update_list_sizes(out, new)
@@ -681,6 +711,38 @@ class ShardedIndex:
         reads them from the store)."""
         return self._list_sizes.copy()
 
+    def _calibration_for_add(self):
+        """The calibration set an add keeps up to date (read from the store if need
+        be, or started when the index is empty), or None."""
+        from ..index import CalibrationSet, load_calibration
+
+        if self._cal is None:
+            size = self.model.calibration
+            if size and self.ntotal == 0:
+                return CalibrationSet(self.d, self.metric, size, seed=self.model.seed)
+            return None
+        self._cal = load_calibration(self._cal, self.contains)
+        return self._cal
+
+    def estimate_recall(self, k=10, nprobe=None, refine_factor=0, *, probe_ratio=None,
+                        confidence=0.95):
+        """Estimate recall@k of :meth:`search` with a confidence interval, from the
+        index's calibration set — as the local index's
+        :meth:`~shardann.IVFPQIndex.estimate_recall` (same code path: the
+        calibration queries go through this coordinator's search and shards).
+        Returns a :class:`~shardann.index.RecallEstimate`; ``ValueError`` when
+        the index has no calibration set (e.g. built by the Ray Data ingest)."""
+        from ..index import estimate_recall, load_calibration
+
+        k, nprobe, refine_factor = self.model.check_search(k, nprobe, refine_factor)
+        cal = load_calibration(self._cal, self.contains, required=True)
+        self._cal = cal
+        return estimate_recall(
+            cal, lambda q, kk: self.search(q, kk, nprobe=nprobe, refine_factor=refine_factor,
+                                           probe_ratio=probe_ratio),
+            self.contains, k, nprobe=nprobe, refine_factor=refine_factor,
+            probe_ratio=probe_ratio, confidence=confidence)
+
     def contains(self, ids):
         """bool (n,): which ids are in the index (asks every shard)."""
         ids = as_id_array(ids)
@@ -703,7 +765,7 @@ class ShardedIndex:
         The list placement is kept (open again to rebalance). Returns the
         version now served.
         """
-        from ..index import load_index
+        from ..index import calibration_source, load_index
         from ..storage import IndexStore
 
         with self._write_lock:
@@ -717,6 +779,7 @@ class ShardedIndex:
             new = int(store.version)
             actors = [(s, r, a) for s, g in enumerate(self._actors) for r, a in enumerate(g)]
             self.model = model
+            self._cal = calibration_source(store)
             self._attribute_schema = store.attribute_schema
             self._list_sizes = np.asarray(store.list_sizes(), np.int64)
             self.ntotal = int(self._list_sizes.sum())

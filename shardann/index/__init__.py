@@ -1,9 +1,18 @@
 """Single-process indexes (no Ray)."""
 
+from ._calibration import (
+    CalibrationSet,
+    RecallEstimate,
+    calibration_source,
+    estimate_recall,
+    load_calibration,
+    recall_interval,
+)
 from .base import BaseIndex
 from .flat import FlatIndex, brute_force_knn
 from .ivf import IVFFlatIndex, IVFIndex, IVFPQIndex
 from .serialize import index_from_state, load_index, open_index
 
-__all__ = ["BaseIndex", "FlatIndex", "IVFFlatIndex", "IVFIndex", "IVFPQIndex",
-           "brute_force_knn", "index_from_state", "load_index", "open_index"]
+__all__ = ["BaseIndex", "CalibrationSet", "FlatIndex", "IVFFlatIndex", "IVFIndex", "IVFPQIndex",
+           "RecallEstimate", "brute_force_knn", "calibration_source", "estimate_recall",
+           "load_calibration", "recall_interval", "index_from_state", "load_index", "open_index"]

@@ -210,5 +210,6 @@ def _merge(index, loc):
     if state.trained:
         index.set_lists(*state.lists, next_id=max(state.next_id, index.next_id),
                         attributes=state.attributes)
+        index._cal = store if store.calibration_file is not None else None  # read lazily
     adopt(index, store, lists)
     return store.version

@@ -42,6 +42,10 @@ class BaseIndex:
     kind = "base"
     #: kind -> index class, filled as subclasses are defined
     _kinds = {}
+    #: calibration queries a new index samples for recall estimates (0: none; see
+    #: shardann.index._calibration); IVF indexes take it as a parameter
+    calibration = 0
+    _cal = None  # None, a CalibrationSet, or the store view to read it from
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -268,13 +272,29 @@ class BaseIndex:
         Returns the int64 ids that were added.
         """
         self._require_trained("add")
-        x = self.prepare(x)
+        cal = self._calibration_for_add()
+        raw = None if cal is None else as_vectors(x, self.d)
+        x = self.prepare(x if raw is None else raw)
         table = self._attribute_rows(attributes, x.shape[0])
         ids = self._new_ids(ids, x.shape[0])
         if x.shape[0]:
             list_no, payload = self._encode(x)
             self._add_rows(list_no, ids, payload, table)
+            if cal is not None:  # the exact neighbours of the calibration queries
+                cal.add(raw, x, ids, self.prepare, self.contains)
         return ids
+
+    def _calibration_for_add(self):
+        """The calibration set an ``add`` keeps up to date, or None (IVF indexes
+        keep one: see :meth:`shardann.IVFPQIndex.estimate_recall`)."""
+        return None
+
+    def _calibration_bytes(self):
+        """The calibration file ``to_state`` stores, or None."""
+        return None
+
+    def _calibration_removed(self, ids):
+        """Hook: rows ``ids`` left the index."""
 
     def _new_ids(self, ids, n):
         """Validate user ids for ``n`` new rows (or make default ones)."""
@@ -352,6 +372,7 @@ class BaseIndex:
         table = self._attribute_rows(attributes, n)
         if n:
             self._add_rows(list_no, ids, checked, table)
+            self._cal = None  # rows it has not seen (no raw vectors here)
 
     def _log_change(self, added, ids):
         """Note ids added or removed since the origin version (for ``save(merge=True)``)."""
@@ -397,6 +418,7 @@ class BaseIndex:
             return 0
         changed = np.unique(self._lists.owners(dead))
         self._log_change(False, self._lists.ids[dead])
+        self._calibration_removed(self._lists.ids[dead])
         self._lists.remove(dead)
         self._sorted_ids = None
         self._posmap = None
@@ -553,6 +575,7 @@ class BaseIndex:
         self._posmap = None
         self._next_id = max(int(next_id), int(ids.max()) + 1 if n else 0)
         self._changes = None  # the rows are no longer the origin's plus logged changes
+        self._cal = None  # rows it has not seen (the loader attaches a stored one after)
         self._on_mutation()
 
     def to_state(self, *, lists=True):
@@ -582,7 +605,7 @@ class BaseIndex:
         attrs = self._list_attributes()
         return IndexState(self.kind, config, True, arrays, nlist, self.columns, sizes, ids,
                           payload, next_id, attributes=None if attrs is None else attrs.packed(),
-                          attribute_schema=schema)
+                          attribute_schema=schema, calibration=self._calibration_bytes())
 
     @staticmethod
     def from_state(state):

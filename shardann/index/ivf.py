@@ -45,6 +45,8 @@ from ..results import empty_results, merge_results
 from ..sq import decode as sq_decode
 from ..sq import encode as sq_encode
 from ..sq import query_frame, train_scale
+from ._calibration import DEFAULT_SIZE as DEFAULT_CALIBRATION
+from ._calibration import CalibrationSet, estimate_recall, for_add, require, state_bytes
 from ._lists import InvertedLists
 from ._probing import prune_probes
 from .base import BaseIndex
@@ -149,8 +151,10 @@ class IVFIndex(BaseIndex):
     """
 
     def __init__(self, d, nlist, metric="l2", *, nprobe=1, seed=0, niter=25,
-                 max_points_per_centroid=256, verbose=False, num_threads=None, pca=None):
+                 max_points_per_centroid=256, verbose=False, num_threads=None, pca=None,
+                 calibration=DEFAULT_CALIBRATION):
         super().__init__(d, metric)
+        self.calibration = check_int("calibration", calibration, low=0)
         self.num_threads = num_threads
         self.pca = None if pca is None else check_int("pca", pca, low=1, high=self.d)
         self._pca = None  # the trained shardann.pca.PCA when pca is set
@@ -234,6 +238,7 @@ class IVFIndex(BaseIndex):
         self._posmap = None
         self._next_id = 0
         self._changes = None  # a new model: nothing since the origin can be replayed
+        self._cal = None
         return self
 
     def _set_centroids(self, centroids):
@@ -342,6 +347,49 @@ class IVFIndex(BaseIndex):
         """
         return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor,
                               filter=filter, columns=columns, probe_ratio=probe_ratio)
+
+    def _calibration_for_add(self):
+        return for_add(self)
+
+    def _calibration_bytes(self):
+        return state_bytes(self._cal)
+
+    def _calibration_removed(self, ids):
+        if isinstance(self._cal, CalibrationSet):  # (a stored one is filtered when read)
+            self._cal.remove(ids)
+
+    def estimate_recall(self, k=10, nprobe=None, refine_factor=0, *, probe_ratio=None,
+                        confidence=0.95):
+        """Estimate recall@k of :meth:`search` at these settings, with a
+        confidence interval, from the index's calibration set.
+
+        The calibration queries (``calibration`` rows sampled from the data
+        the index was built from, see :mod:`shardann.index._calibration`) are
+        searched with the index's own search (``k + 1`` hits, each query's own
+        id dropped) and compared with their exact top-``k`` among the index's
+        current rows, kept up to date through ``add`` and ``remove_ids``
+        without keeping raw vectors.
+
+        Parameters
+        ----------
+        k : int in 1..100. nprobe, refine_factor, probe_ratio : as for
+            :meth:`search`. confidence : float in (0, 1), of the interval.
+
+        Returns a :class:`~shardann.index.RecallEstimate` (``recall``,
+        ``lower``, ``upper``, ``n_queries``, ...). Raises ``ValueError`` when
+        the index has no calibration set (built with ``calibration=0``, or its
+        rows came from ``add_preassigned`` / ``set_lists`` / an ingest). A
+        stored set is read from the store on the first call (opening an index
+        never reads it).
+        """
+        k, nprobe, refine_factor = self.check_search(k, nprobe, refine_factor)
+        cal = require(self._cal, self.contains)
+        self._cal = cal
+        return estimate_recall(
+            cal, lambda q, kk: self.search(q, kk, nprobe=nprobe, refine_factor=refine_factor,
+                                           probe_ratio=probe_ratio),
+            self.contains, k, nprobe=nprobe, refine_factor=refine_factor,
+            probe_ratio=probe_ratio, confidence=confidence)
 
     def probe(self, q, nprobe, probe_ratio=None):
         """Coarse quantization of prepared queries (the output of ``prepare``).
@@ -521,7 +569,9 @@ class IVFIndex(BaseIndex):
         return {**super().get_config(), "nlist": self.nlist, "nprobe": self.nprobe,
                 "seed": self.seed, "niter": self.niter,
                 "max_points_per_centroid": self.max_points_per_centroid,
-                **({"pca": self.pca} if self.pca is not None else {})}
+                **({"pca": self.pca} if self.pca is not None else {}),
+                **({"calibration": self.calibration}
+                   if self.calibration != DEFAULT_CALIBRATION else {})}
 
     def _trained_arrays(self):
         if not self.is_trained:
@@ -563,6 +613,8 @@ class IVFFlatIndex(IVFIndex):
         centroids and the lists hold ``pca``-dimensional vectors and the scan
         is exact in that space only. ``refine_factor`` is refused (the original
         vectors are not kept); ``reconstruct`` maps the reduced vectors back.
+    calibration : int >= 0, calibration queries sampled from the added rows
+        for :meth:`estimate_recall` (default 1000; 0: none). Saved with the index.
 
     Examples
     --------
@@ -627,6 +679,10 @@ class IVFPQIndex(IVFIndex):
         stay in the original one, so ``refine_factor`` re-ranks on the original
         vectors. ``reconstruct`` returns the kept vectors, or without them the
         decoded codes mapped back to ``d`` dimensions.
+    calibration : int >= 0, calibration queries sampled from the added rows
+        for :meth:`estimate_recall` (default 1000; 0: none): their exact
+        neighbours are kept up to date at every ``add`` (one matrix product
+        per batch) and saved with the index (``calibration/`` in the store).
 
     Examples
     --------
@@ -641,10 +697,11 @@ class IVFPQIndex(IVFIndex):
     def __init__(self, d, nlist, M, nbits=8, metric="l2", *, seed=0, opq=False,
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
                  max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
-                 fast_scan=True, verbose=False, num_threads=None, pca=None):
+                 fast_scan=True, verbose=False, num_threads=None, pca=None,
+                 calibration=DEFAULT_CALIBRATION):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
                          max_points_per_centroid=max_points_per_centroid, verbose=verbose,
-                         num_threads=num_threads, pca=pca)
+                         num_threads=num_threads, pca=pca, calibration=calibration)
         self._fast_scan = check_bool("fast_scan", fast_scan)
         M = check_int("M", M, low=1)
         if self.pca is not None and self.pca % M:

@@ -9,6 +9,7 @@ knows no index class: ``index.to_state()`` turns an index into an
 import logging
 
 from ..errors import CorruptIndexError
+from ._calibration import stored
 from ._saving import adopt
 from .base import BaseIndex
 from .flat import FlatIndex  # noqa: F401  (registers the kind)
@@ -95,4 +96,5 @@ def load_index(store, lists=None):
     except ValueError as exc:
         raise CorruptIndexError(f"{store.manifest_path}: {exc}") from exc
     adopt(index, store, lists)  # its saves commit on top of this version only
+    index._cal = stored(store)  # read when a recall estimate (or an add) needs it
     return index

@@ -17,6 +17,8 @@ for operators, :func:`repair` (a damaged newest manifest).
 
 import os
 
+from ._calibration import decode as _decode_calibration
+from ._calibration import encode as _encode_calibration
 from ._codebooks import decode as _decode_codebooks
 from ._codebooks import encode as _encode_codebooks
 from ._crash import ENV_VAR as CRASH_ENV_VAR
@@ -78,6 +80,22 @@ def decode_codebooks(data, path):
     float32 arrays by name and ``meta`` {"kind", "config", "format_version", ...}.
     Raises :class:`shardann.CorruptIndexError` naming ``path`` for damaged bytes."""
     return _decode_codebooks(data, os.fspath(path))
+
+
+def encode_calibration(arrays, meta):
+    """The bytes of a calibration file (docs/format.md): ``arrays`` ``ids``
+    int64 (m,), ``vectors`` float32 (m, d), ``live`` bool (m,), ``truth_ids``
+    int64 (m, k_max), ``truth_distances`` float32 (m, k_max), ``truth_bound``
+    float32 (m,); ``meta`` a
+    JSON-able dict kept in the file (with ``rows`` = m)."""
+    return _encode_calibration(arrays, {**meta, "rows": int(len(arrays["ids"]))})
+
+
+def decode_calibration(data, path):
+    """``(arrays, meta)`` from calibration file bytes (see
+    :func:`encode_calibration`). Raises :class:`shardann.CorruptIndexError`
+    naming ``path`` for damaged bytes."""
+    return _decode_calibration(data, os.fspath(path))
 
 
 def location(path, storage_options=None):
@@ -153,6 +171,7 @@ def repair(path, *, rollback=False, supersede=None, storage_options=None):
 
 __all__ = ["CRASH_ENV_VAR", "CRASH_POINTS", "FORMAT_VERSION", "FutureFormatError",
            "IndexState", "IndexStore", "MAX_SEGMENT_ROWS", "ROW_GROUP_ROWS", "SCHEMES",
-           "Transaction", "crash_point", "decode_codebooks", "encode_codebooks", "fast_crc32",
+           "Transaction", "crash_point", "decode_calibration", "decode_codebooks",
+           "encode_calibration", "encode_codebooks", "fast_crc32",
            "fsync_dir", "is_uri", "list_versions", "location", "read_manifest", "repair",
            "write_segment"]

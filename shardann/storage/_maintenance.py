@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import CorruptIndexError
 from . import _manifest
+from ._calibration import CALIBRATION_DIR
 from ._files import file_crc32
 from ._fs import location
 from ._grouping import group_by_list, hits
@@ -36,6 +37,7 @@ def compact(view, *, min_rows=None, max_segment_rows=MAX_SEGMENT_ROWS):
         names = names + [ATTRIBUTES]
     parts = view._live_rows(picked, None, names)
     try:
+        txn.keep_calibration()  # the same live rows: its neighbours still hold
         txn.drop_segments(s["path"] for s in picked)
         if parts:
             sizes, ids, payload = group_by_list(parts, view.nlist, names)
@@ -74,8 +76,9 @@ def vacuum(view, keep=1, *, grace_seconds=3600.0):
     def files_of(m):
         f = m["files"]
         out = {s["path"] for s in f["segments"]} | {t["path"] for t in f["tombstones"]}
-        if f.get("codebooks"):
-            out.add(f["codebooks"]["path"])
+        for single in ("codebooks", "calibration"):
+            if f.get(single):
+                out.add(f[single]["path"])
         return out
 
     keep_files = set().union(*(files_of(readable[v]) for v in kept))
@@ -87,7 +90,7 @@ def vacuum(view, keep=1, *, grace_seconds=3600.0):
         loc.sync_dir(MANIFEST_DIR)
     now = time.time()
     candidates = []
-    for sub in (SEGMENT_DIR, TOMBSTONE_DIR):
+    for sub in (SEGMENT_DIR, TOMBSTONE_DIR, CALIBRATION_DIR):
         candidates += [f"{sub}/{n}" for n in loc.listdir(sub)]
     candidates += [n for n in loc.listdir() if n.startswith("codebooks")]
     candidates += [f"{MANIFEST_DIR}/{n}" for n in loc.listdir(MANIFEST_DIR)
@@ -144,6 +147,15 @@ def verify(view):
         try:
             view._arrays = None
             _check_arrays(view._codebook_arrays(), m, loc.path(cb["path"]))
+        except CorruptIndexError as exc:
+            problems.append(str(exc))
+    cal = files.get("calibration")
+    if cal is not None and whole(cal, "calibration file"):
+        try:
+            arrays, _ = view.read_calibration()
+            if arrays["ids"].size != cal.get("rows", arrays["ids"].size):
+                problems.append(f"{loc.path(cal['path'])}: holds {arrays['ids'].size} "
+                                f"queries; the manifest says {cal['rows']}")
         except CorruptIndexError as exc:
             problems.append(str(exc))
     for t in files["tombstones"]:

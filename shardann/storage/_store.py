@@ -18,6 +18,7 @@ import os
 
 from ..errors import CorruptIndexError
 from . import _maintenance, _manifest
+from ._calibration import CALIBRATION_DIR
 from ._fs import location
 from ._manifest import MANIFEST_DIR, FutureFormatError
 from ._transaction import MAX_SEGMENT_ROWS, Transaction, as_state, write_state
@@ -63,7 +64,8 @@ class IndexStore(StoreView):
             raise FileExistsError(f"{root} exists and is not a directory")
         if _manifest.list_versions(loc):
             raise FileExistsError(f"{root} already holds a shardann index; open it")
-        foreign = set(loc.listdir()) - {MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR}
+        foreign = set(loc.listdir()) - {MANIFEST_DIR, SEGMENT_DIR, TOMBSTONE_DIR,
+                                        CALIBRATION_DIR}
         foreign = {f for f in foreign if not f.startswith("codebooks-")}
         if foreign:
             raise FileExistsError(

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
 from ..filters import as_attribute_table, null_table
-from . import _codebooks, _manifest, _segments, _tombstones
+from . import _calibration, _codebooks, _manifest, _segments, _tombstones
 from ._crash import crash_point
 from ._files import check_size, fast_crc32
 from ._fs import location
@@ -38,6 +38,10 @@ MAX_SEGMENT_ROWS = 1 << 24
 #: what a segment entry handed to :meth:`Transaction.add_segments` must hold
 SEGMENT_ENTRY_KEYS = ("path", "size", "crc32", "footer_size", "footer_crc32", "rows",
                       "min_id", "max_id", "row_groups")
+#: a transaction's calibration set: the base's unless it adds rows (see set_calibration)
+_AUTO = "auto"
+#: the base's calibration set, whatever the transaction does (a compaction)
+_KEEP = "keep"
 
 
 def _now():
@@ -86,6 +90,7 @@ class Transaction:
         self._replace = None  # (kind, config, trained, nlist, spec, codebooks entry, arrays)
         self._next_id = 0  # with _replace: the state's own next default id
         self._written = []
+        self._calibration = _AUTO  # or _KEEP, or the new version's entry (a dict) / None
         self._operation = operation
         self._advice = advice or _manifest.TRANSACTION_ADVICE
         self.committed = None
@@ -285,6 +290,42 @@ class Transaction:
         self._new_segments += staged
         return int(sum(e["rows"] for e in staged))
 
+    def set_calibration(self, data):
+        """Stage the new version's calibration file: ``data`` its bytes (written
+        now, see :func:`shardann.storage.encode_calibration`), or None for none.
+
+        Without this call a transaction keeps the base version's calibration
+        set unless it adds rows: their exact neighbours are not in it, so the
+        new version has none rather than a wrong one (the writer that adds
+        rows and keeps the set up to date stages it here).
+        """
+        self._check_open()
+        if data is None:
+            self._calibration = None
+            return
+        if not isinstance(data, bytes):
+            raise TypeError(f"calibration data must be bytes; got {type(data).__name__}")
+        old = self._base["files"].get("calibration")
+        crc = fast_crc32(data)
+        if old and old["size"] == len(data) and old["crc32"] == crc and self._loc.exists(
+                old["path"]):
+            self._calibration = dict(old)
+            return
+        _, meta = _calibration.decode(data, "calibration data")
+        self._loc.check_writable()
+        self._loc.makedirs(_calibration.CALIBRATION_DIR)
+        rel = f"{_calibration.CALIBRATION_DIR}/{uuid.uuid4().hex}.parquet"
+        self._written.append(rel)
+        size, crc = self._loc.write_new(rel, data)
+        self._calibration = {"path": rel, "size": size, "crc32": crc,
+                             "rows": int(meta.get("rows", 0))}
+
+    def keep_calibration(self):
+        """Keep the base version's calibration set even though rows are staged
+        (a compaction rewrites rows it already covers)."""
+        self._check_open()
+        self._calibration = _KEEP
+
     def delete(self, ids):
         """Stage the deletion of ``ids`` (unknown ids are ignored)."""
         self._check_open()
@@ -340,6 +381,7 @@ class Transaction:
         self._drop = {s["path"] for s in self._base["files"]["segments"]}
         self._next_id = state.next_id
         self._attr_schema = state.attribute_schema
+        self.set_calibration(state.calibration)
         if state.ntotal:
             self._next_id = max(self._next_id, int(state.ids.max()) + 1)
             return self.add_lists(*state.lists, row_group_rows=row_group_rows,
@@ -412,6 +454,11 @@ class Transaction:
                                    "seq": version})
                 for s, h in zip(segments, hidden, strict=True):
                     s["deleted"] = s.get("deleted", 0) + h
+        cal = self._calibration
+        if cal in (_AUTO, _KEEP):
+            cal = base["files"].get("calibration")
+            if cal is not None and self._new_segments and self._calibration == _AUTO:
+                cal = None  # rows it does not cover: none rather than a wrong one
         segments += self._new_segments
         # a tombstone matters only to older segments that have deleted rows
         min_seq = min((s["seq"] for s in segments if s["deleted"]), default=version)
@@ -431,6 +478,8 @@ class Transaction:
             "columns": spec, "ntotal": ntotal, "next_id": int(next_id),
             "files": {"codebooks": cb_entry, "segments": segments, "tombstones": tombstones},
         }
+        if cal is not None:  # (absent, not null, without one: older readers)
+            body["files"]["calibration"] = dict(cal)
         if self._attr_schema is not None:  # (absent, not null, without: older readers)
             body["attributes"] = attribute_spec(self._attr_schema)
         crash_point("commit.before_manifest")

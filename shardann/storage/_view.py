@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import CorruptIndexError
 from ..filters import null_table
-from . import _codebooks, _manifest, _tombstones
+from . import _calibration, _codebooks, _manifest, _tombstones
 from ._files import check_size, read_checked
 from ._fs import location
 from ._grouping import as_ids, group_by_list, hits, sorted_counts
@@ -250,6 +250,32 @@ class StoreView:
                                     "codebooks file")
                 self._arrays, _ = _codebooks.decode(data, path, checked=True)
         return self._arrays
+
+    @property
+    def calibration_file(self):
+        """This version's calibration entry {path, size, crc32, rows} (a copy), or
+        None when it has no calibration set."""
+        entry = self._m["files"].get("calibration")
+        return None if entry is None else dict(entry)
+
+    def read_calibration_bytes(self):
+        """The calibration file's bytes, size and checksum checked against the
+        manifest, or None. Raises :class:`shardann.CorruptIndexError` naming it."""
+        entry = self._m["files"].get("calibration")
+        if entry is None:
+            return None
+        return read_checked(self._loc, entry["path"], entry["size"], entry["crc32"],
+                            "calibration file")
+
+    def read_calibration(self):
+        """``(arrays, meta)`` of this version's calibration set (see
+        docs/format.md), or None when it has none. Only read when called:
+        opening a version or loading its lists never reads it."""
+        data = self.read_calibration_bytes()
+        if data is None:
+            return None
+        path = self._loc.path(self._m["files"]["calibration"]["path"])
+        return _calibration.decode(data, path, checked=True)
 
     def trained_arrays(self):
         """The trained arrays (centroids, codebooks, opq_rotation) as float32 copies."""

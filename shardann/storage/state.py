@@ -43,6 +43,10 @@ class IndexState:
         model alone).
     attribute_schema : pyarrow.Schema of the attribute columns, or None
         (taken from ``attributes`` when only that is given).
+    calibration : bytes or None, the calibration file (held-out queries and
+        their exact neighbours, for recall estimates; see docs/format.md),
+        or None when the index has none. ``load_state`` leaves it None: it is
+        read only when asked for (:meth:`StoreView.read_calibration`).
 
     ``list_sizes``, ``ids`` and ``payload`` default to no rows. Arrays read from
     a store may be read-only views of Arrow buffers; do not modify them in place.
@@ -60,6 +64,7 @@ class IndexState:
     next_id: int = 0
     attributes: object = None
     attribute_schema: object = None
+    calibration: bytes | None = None
 
     def __post_init__(self):
         if self.attribute_schema is None and self.attributes is not None:
@@ -132,6 +137,9 @@ class IndexState:
             if arr.shape != (n, width) or arr.dtype != dtype:
                 raise ValueError(f"payload[{name!r}] must be {dtype} ({n}, {width}); got "
                                  f"{arr.dtype} {arr.shape}")
+        if self.calibration is not None and not isinstance(self.calibration, bytes):
+            raise TypeError("calibration must be the bytes of a calibration file or None; "
+                            f"got {type(self.calibration).__name__}")
         if self.attributes is not None and (
                 self.attributes.num_rows != n
                 or not self.attributes.schema.equals(self.attribute_schema)):
