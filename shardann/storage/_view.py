@@ -72,7 +72,8 @@ class StoreView:
         fallback to an older version. Older versions still open when asked for
         by number, and :func:`shardann.storage.repair` sets the damaged
         manifest aside or supersedes it. Opening checks the manifest's checksum,
-        the codebooks' checksum and the size of every data file; a segment's
+        the codebooks' checksum and the size of every data file (the
+        calibration file's too, which is read only when asked for); a segment's
         footer checksum is checked when it is first read, and the CRC-32 of
         every column chunk on every read.
 
@@ -123,6 +124,8 @@ class StoreView:
             self._codebook_arrays()  # small: read and checksummed whole
         checks = [(s, "segment") for s in files["segments"]]
         checks += [(t, "tombstone file") for t in files["tombstones"]]
+        if files.get("calibration") is not None:  # its size only: read when asked for
+            checks.append((files["calibration"], "calibration file"))
         if self._loc.local:
             for entry, what in checks:
                 check_size(self._loc, entry["path"], entry["size"], what)
