@@ -301,7 +301,8 @@ def test_argmin_from_dots(ip):
     assert not (labels == 5).any()
 
 
-@pytest.mark.parametrize("dsub", [1, 4, 5, 8, 11])  # 4- and 8-wide register kernels, wider
+# 4-, 8-, 12- and 16-wide register kernels, wider
+@pytest.mark.parametrize("dsub", [1, 4, 5, 8, 11, 12, 13, 16, 17])
 @pytest.mark.parametrize("n", [1, 60, 128, 300])
 def test_argmin_l2_lowdim_exact_on_integers(n, dsub):
     rng = np.random.default_rng(8)
@@ -318,6 +319,23 @@ def test_argmin_l2_lowdim_exact_on_integers(n, dsub):
     np.testing.assert_array_equal(labels, np.argmin(ref, axis=1))  # first minimum on ties
     np.testing.assert_array_equal(keys, ref.min(axis=1))
     assert not (labels == 7).any()
+
+
+@pytest.mark.parametrize("dsub", [9, 12, 13, 16])
+def test_argmin_register_kernels_equal_the_row_block_kernel(dsub):
+    # 9..16 dimensions moved from _argmin_any to the zero-padded register
+    # kernels: the same keys bit for bit, so trained models do not change
+    rng = np.random.default_rng(20 + dsub)
+    n = 1000  # not a multiple of the 32-row block
+    x = (rng.standard_normal((n, dsub + 3)) * 3).astype(np.float32)
+    c = x[:256, 2:2 + dsub] + rng.standard_normal((256, dsub)).astype(np.float32) * 0.1
+    cn = np.einsum("ij,ij->i", c, c).astype(np.float32)
+    want = np.empty(n, np.int64), np.empty(n, np.float32)
+    kkm._argmin_any(x, 2, c, cn, *want)
+    got = np.empty(n, np.int64), np.empty(n, np.float32)
+    kkm.argmin_l2_lowdim(readonly(x), 2, *readonly(c, cn), *got)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_argmin_l2_lowdim_real_data():
@@ -360,7 +378,7 @@ def _int_codebooks(rng, M, ksub, dsub, lo=-3, hi=4):
     return rng.integers(lo, hi, (M, ksub, dsub)).astype(np.float32)
 
 
-@pytest.mark.parametrize("dsub", [3, 8, 10])
+@pytest.mark.parametrize("dsub", [3, 8, 10, 16, 17])
 @pytest.mark.parametrize("nbits", [1, 2, 4, 6, 8])
 def test_pq_assign_exact_on_integers(nbits, dsub):
     rng = np.random.default_rng(11 + nbits)
@@ -374,7 +392,7 @@ def test_pq_assign_exact_on_integers(nbits, dsub):
     np.testing.assert_array_equal(out, pq_encode_numpy(x, cb))
 
 
-@pytest.mark.parametrize("dsub", [2, 5, 8, 12])
+@pytest.mark.parametrize("dsub", [2, 5, 8, 12, 16, 20])
 def test_pq_assign_residual_equals_assign_of_residuals(dsub):
     # real-valued data: the residual must be the same float32 subtraction as
     # NumPy's, or near-ties would flip codes; 1100 rows cross the 1024-row tile
@@ -932,6 +950,7 @@ def test_scatter_rows():
 # kernels exercised only through another kernel
 _INDIRECT = {"heap_replace_top": "heap_push", "unpack_one": "unpack_codes",
              "exact_key": "pairwise_keys", "pad_centroids": "argmin_l2_lowdim",
+             "pad_width": "argmin_l2_lowdim",
              "nearest_rows": "pq_assign"}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import serial_and_parallel
-from .kmeans import SIMD_ROWS, _argmin_any, nearest_rows
+from .kmeans import REGS_MAX_DIM, SIMD_ROWS, _argmin_any, nearest_rows, pad_width
 
 
 def pq_assign(x, codebooks, cnorms, out_codes):
@@ -35,12 +35,12 @@ def pq_assign_residual(x, base, labels, codebooks, cnorms, out_codes):
 
     x : float32 (n, d). base : float32 (nlist, d). labels : int64 (n,).
 
-    Sub-vectors of up to 8 dimensions and wider ones take separate kernels,
+    Sub-vectors of up to 16 dimensions and wider ones take separate kernels,
     chosen here, so a process compiles only the one its data needs.
     """
     codebooks = np.ascontiguousarray(codebooks, dtype=np.float32)
     cnorms = np.ascontiguousarray(cnorms, dtype=np.float32)
-    if codebooks.shape[2] <= 8:
+    if codebooks.shape[2] <= REGS_MAX_DIM:
         _assign_regs(x, base, labels, codebooks, cnorms, out_codes)
     else:
         _assign_wide(x, base, labels, codebooks, cnorms, out_codes)
@@ -57,14 +57,14 @@ def _residual_rows(x, base, labels, s, nb, tile):
 
 @njit(cache=True, nogil=True)
 def _assign_regs(x, base, labels, codebooks, cnorms, out_codes):
-    # dsub <= 8: 32 rows at a time through every sub-quantizer while in cache
+    # dsub <= 16: 32 rows at a time through every sub-quantizer while in cache
     # (one sub-quantizer at a time over all rows would reread x M times), the
-    # sub-centroids zero padded to 4 or 8 dimensions for the register kernel
+    # sub-centroids zero padded to 4, 8, 12 or 16 dimensions for the register kernel
     n, d = x.shape
     M, ksub, dsub = codebooks.shape
     residual = labels.shape[0] > 0
     R = SIMD_ROWS
-    width = 4 if dsub <= 4 else 8
+    width = pad_width(dsub)
     padded = np.zeros((M, ksub, width), np.float32)
     for m in range(M):
         for j in range(ksub):
@@ -90,7 +90,7 @@ def _assign_regs(x, base, labels, codebooks, cnorms, out_codes):
 
 @njit(cache=True, nogil=True)
 def _assign_wide(x, base, labels, codebooks, cnorms, out_codes):
-    # dsub > 8: one sub-quantizer at a time over a tile of rows (all rows
+    # dsub > 16: one sub-quantizer at a time over a tile of rows (all rows
     # when there is no residual to form)
     n, d = x.shape
     M, ksub, dsub = codebooks.shape
