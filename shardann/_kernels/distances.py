@@ -96,3 +96,14 @@ def _rerank_exact_body(q, centroids, cand, ip, keys, lists):
 
 
 rerank_exact_serial, rerank_exact_parallel = serial_and_parallel(_rerank_exact_body)
+
+
+def _residual_norms_body(x, base, labels, out):
+    """``out[i] = |x[i] - base[labels[i]]|^2``: float32 (n, d), (nlist, d),
+    int64 (n,) -> float32 (n,) (an IVF row's distance to its centroid)."""
+    for i in prange(x.shape[0]):
+        out[i] = l2sq(x[i], base[labels[i]])
+
+
+# rows are independent: the parallel twin gives the same norms
+residual_norms_serial, residual_norms_parallel = serial_and_parallel(_residual_norms_body)

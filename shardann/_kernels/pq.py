@@ -212,3 +212,36 @@ def pq_l2_tables(q, codebooks):
                     s += u * u
                 out[i, m, j] = s
     return out
+
+
+
+def _residual_errors_body(x, base, labels, codes, codebooks, nbits, out_coarse, out_pq):
+    """Quantization errors of PQ-encoded rows, in one pass without temporaries.
+
+    x : float32 (n, d). base : float32 (nlist, d). labels : int64 (n,).
+    codes : uint8 (n, code_size), the packed PQ codes of the residuals
+    ``x - base[labels]`` with codebooks float32 (M, 2**nbits, d / M).
+    out_coarse : float32 (n,) gets ``|x - base[label]|^2``; out_pq : float32
+    (n,) gets ``|x - base[label] - decode(code)|^2``.
+    """
+    n = x.shape[0]
+    M, _, dsub = codebooks.shape
+    mask = np.uint32((1 << nbits) - 1)
+    for i in prange(n):
+        c = labels[i]
+        sc = np.float32(0)
+        sp = np.float32(0)
+        for m in range(M):
+            k = unpack_one(codes[i], m, nbits, mask)
+            for t in range(dsub):
+                j = m * dsub + t
+                r = x[i, j] - base[c, j]
+                sc += r * r
+                e = r - codebooks[m, k, t]
+                sp += e * e
+        out_coarse[i] = sc
+        out_pq[i] = sp
+
+
+# rows are independent: the parallel twin gives the same errors
+residual_errors_serial, residual_errors_parallel = serial_and_parallel(_residual_errors_body)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._text import format_bytes
+from ..drift import DEFAULT_THRESHOLD
 from ._common import EXIT_OK, common_options
 
 HELP = "Describe an index saved with index.save(PATH)."
@@ -12,6 +13,11 @@ def add_arguments(parser):
     common_options(parser, in_subcommand=True)
     parser.add_argument("path", metavar="PATH",
                         help="index directory or URI (s3://, gs://, az://, file://)")
+    parser.add_argument("--drift-threshold", type=float, default=DEFAULT_THRESHOLD,
+                        metavar="RATIO",
+                        help="recommend a retrain when the mean coarse or PQ error of the "
+                             "vectors added since training exceeds the training error by "
+                             f"this factor (default {DEFAULT_THRESHOLD})")
     return parser
 
 
@@ -56,8 +62,22 @@ def run(args):
              ("files", f"{len(m['files']['segments'])} segment(s), "
                        f"{len(m['files']['tombstones'])} tombstone file(s), "
                        f"{format_bytes(store.location.total_size())} stored")]
-    width = max(len(name) for name, _ in rows)
+    drift = drift_rows(store, args.drift_threshold, sizes if "nlist" in cfg
+                       and store.is_trained else None)
+    width = max(len(name) for name, _ in rows + drift)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if drift:
+        print("Drift")
+        for name, value in drift:
+            print(f"{name:<{width}}  {value}")
     return EXIT_OK
+
+
+def drift_rows(store, threshold, sizes):
+    """The "Drift" section's rows (none without a drift baseline)."""
+    from shardann.drift import report_lines
+
+    report = store.drift(threshold, list_sizes=sizes)
+    return [] if report is None else report_lines(report)
 

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from ..errors import CommitConflictError, CorruptIndexError, DuplicateIdError
+from ._drift import adopt as drift_adopt
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def adopt(index, store, lists=None):
     index._origin = {"root": store.path, "version": store.version, "model": model_key(store),
                      "lists": lists}
     index._changes = []
+    drift_adopt(getattr(index, "_drift", None), store.manifest.get("drift"))
 
 
 def net_changes(log):
@@ -194,6 +196,9 @@ def _merge(index, loc):
                          else index.get_attributes(added))
                 txn.add(L.owners(pos), added, **{k: L.data[k][pos] for k in index.columns},
                         attributes=attrs)
+                drift = getattr(index, "_drift", None)
+                if drift is not None:
+                    txn.record_drift(drift["pending"])
             store = txn.commit()
         except CommitConflictError:
             continue  # another writer again: replay on the new newest

@@ -2,6 +2,7 @@
 search plumbing, reconstruct and remove."""
 
 import collections
+import copy
 import logging
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..filters import as_attribute_table, check_columns, compile_filter, filter_
 from ..metric import check_metric, keys_to_distances, normalize_rows
 from ..results import empty_results
 from ._attributes import MASK_CACHE_SIZE, ListAttributes
+from ._drift import from_state as drift_from_state
 
 #: A filter is "sparse" when the rows passing it are at most this fraction of the
 #: index, or at most FILTER_SPARSE_ROWS: a search then scans a compact copy of
@@ -282,6 +284,7 @@ class BaseIndex:
             self._add_rows(list_no, ids, payload, table)
             if cal is not None:  # the exact neighbours of the calibration queries
                 cal.add(raw, x, ids, self.prepare, self.contains)
+            self._record_drift(x, list_no, payload)
         return ids
 
     def _calibration_for_add(self):
@@ -295,6 +298,14 @@ class BaseIndex:
 
     def _calibration_removed(self, ids):
         """Hook: rows ``ids`` left the index."""
+
+    def _record_drift(self, x, list_no, payload):
+        """Hook: count the quantization errors of rows just added (IVF indexes)."""
+
+    def drift(self, threshold=None):
+        """Drift of the added vectors against the training data (see
+        :meth:`IVFIndex.drift`); None for an index without quantizer."""
+        return None
 
     def _new_ids(self, ids, n):
         """Validate user ids for ``n`` new rows (or make default ones)."""
@@ -597,15 +608,17 @@ class BaseIndex:
             return IndexState(self.kind, config, False, {}, nlist, None, next_id=self._next_id,
                               attribute_schema=schema)
         arrays = {k: np.array(v, np.float32) for k, v in self._trained_arrays().items()}
+        drift = copy.deepcopy(getattr(self, "_drift", None))
         if not lists:
             return IndexState(self.kind, config, True, arrays, nlist, self.columns,
-                              next_id=self._next_id, attribute_schema=schema)
+                              next_id=self._next_id, attribute_schema=schema, drift=drift)
         sizes, ids, payload = self._lists.packed()
         next_id = max(self._next_id, int(ids.max()) + 1 if len(ids) else 0)
         attrs = self._list_attributes()
         return IndexState(self.kind, config, True, arrays, nlist, self.columns, sizes, ids,
                           payload, next_id, attributes=None if attrs is None else attrs.packed(),
-                          attribute_schema=schema, calibration=self._calibration_bytes())
+                          attribute_schema=schema, calibration=self._calibration_bytes(),
+                          drift=drift)
 
     @staticmethod
     def from_state(state):
@@ -634,6 +647,8 @@ class BaseIndex:
             raise ValueError(f"a trained {cls.__name__} needs arrays {sorted(want)}; the "
                              f"state has {sorted(state.arrays)}")
         index._set_trained_arrays(state.arrays)
+        if hasattr(index, "_drift"):
+            index._drift = drift_from_state(state.drift)
         if state.columns is not None and state.columns != index.columns:
             raise ValueError(f"columns {state.columns} do not fit a {cls.__name__} with "
                              f"config {state.config} (expected {index.columns})")

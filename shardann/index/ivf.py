@@ -36,6 +36,8 @@ from .._validation import (
     check_probe_ratio,
     check_search_args,
 )
+from ..drift import DEFAULT_THRESHOLD, baseline, drift_report
+from ..drift import stats as error_stats
 from ..filters import filter_probes
 from ..kmeans import KMeans, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
@@ -47,6 +49,9 @@ from ..sq import encode as sq_encode
 from ..sq import query_frame, train_scale
 from ._calibration import DEFAULT_SIZE as DEFAULT_CALIBRATION
 from ._calibration import CalibrationSet, estimate_recall, for_add, require, state_bytes
+from ._drift import BASELINE_ROWS, new_log, quantization_errors
+from ._drift import record as record_drift
+from ._drift import section as drift_section
 from ._lists import InvertedLists
 from ._probing import prune_probes
 from .base import BaseIndex
@@ -166,6 +171,7 @@ class IVFIndex(BaseIndex):
         self.verbose = bool(verbose)
         self.centroids = None
         self._cnorms = None
+        self._drift = None  # drift bookkeeping (see _drift.py), set by train
         self.nprobe = nprobe
 
     # -- parameters ------------------------------------------------------------
@@ -232,6 +238,7 @@ class IVFIndex(BaseIndex):
                     verbose=self.verbose)
         self._set_centroids(km.train(xr).centroids)
         self._train_payload(x, xr)
+        self._drift = new_log(self._training_baseline(x))
         self._lists = self._new_lists()
         self._sorted_ids = None
         self._on_mutation()
@@ -240,6 +247,17 @@ class IVFIndex(BaseIndex):
         self._changes = None  # a new model: nothing since the origin can be replayed
         self._cal = None
         return self
+
+    def _training_baseline(self, x):
+        """Drift baseline (:func:`shardann.drift.baseline`) of prepared training
+        rows ``x``, on a seeded sample of at most BASELINE_ROWS of them."""
+        n = x.shape[0]
+        if n > BASELINE_ROWS:
+            rng = np.random.default_rng(self.seed)
+            x = x[np.sort(rng.choice(n, BASELINE_ROWS, replace=False))]
+        labels, payload = self._encode(x)
+        return baseline(self.quantization_errors(x, labels, payload), labels, self.nlist,
+                        ksub=getattr(getattr(self, "pq", None), "ksub", None))
 
     def _set_centroids(self, centroids):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -291,6 +309,63 @@ class IVFIndex(BaseIndex):
         xr = self._reduce(x)
         labels = self._assign(xr)
         return labels, self._payload(x, xr, labels)
+
+    # -- drift -------------------------------------------------------------------
+    def _drift_codes(self, payload):
+        """``(pq, codes)`` of the PQ error, or ``(None, None)`` without PQ."""
+        return None, None
+
+    def quantization_errors(self, x, list_no, payload):
+        """Quantization errors of prepared rows encoded by :meth:`encode`.
+
+        Parameters
+        ----------
+        x : float32 (n, d), prepared. list_no : int64 (n,).
+        payload : dict, the rows' payload columns as :meth:`encode` made them.
+
+        Returns ``{"coarse": float32 (n,)[, "pq": float32 (n,)]}``: squared L2
+        distance to the centroid of the row's list and, for IVF-PQ, of the
+        residual to its decoded code — in the centroids' space (after PCA /
+        OPQ).
+        """
+        pq, codes = self._drift_codes(payload)
+        return quantization_errors(self._reduce(x), self.centroids, list_no, pq, codes)
+
+    def drift_stats(self, x, list_no, payload):
+        """Drift stats (:func:`shardann.drift.stats`, mergeable) of prepared rows
+        ``x`` encoded as ``(list_no, payload)`` by :meth:`encode`, for a
+        coordinator or an ingest worker that adds them elsewhere; None when the
+        index has no drift baseline."""
+        if self._drift is None or not len(list_no):
+            return None
+        return error_stats(self.quantization_errors(x, list_no, payload),
+                           self._drift["baseline"])
+
+    def _record_drift(self, x, list_no, payload):
+        st = self.drift_stats(x, list_no, payload)
+        if st is not None:
+            record_drift(self._drift, st)
+
+    def drift(self, threshold=None):
+        """How far the vectors added since training drifted from the training
+        data: :func:`shardann.drift.drift_report` of this index.
+
+        Returns a dict: ``"training"`` (mean/std/p50/p90 of the coarse and PQ
+        errors on the training sample), ``"since_training"`` and ``"latest"``
+        (the vectors added since training, and those of the newest commit —
+        or added since the last save; ``{"n", "coarse": {"mean", "std",
+        "ratio", "over_train_p90"}, "pq": ...}``), ``"lists"`` (list-size
+        imbalance: max/mean, cv, empty lists), ``"retrain_recommended"`` and
+        ``"reasons"``. ``threshold`` (default
+        :data:`shardann.drift.DEFAULT_THRESHOLD`, 1.25): the error ratio
+        above which a retrain is recommended. None when the index has no
+        drift baseline (untrained, or trained by a shardann before 0.1 kept
+        one).
+        """
+        if self._drift is None:
+            return None
+        return drift_report(drift_section(self._drift), self._lists.size,
+                            DEFAULT_THRESHOLD if threshold is None else threshold)
 
     # -- search --------------------------------------------------------------------
     def check_search(self, k, nprobe=None, refine_factor=0):
@@ -879,6 +954,9 @@ class IVFPQIndex(IVFIndex):
         return (super()._trained_arrays_names() + ("codebooks",)
                 + (("opq_rotation",) if self.opq is not None else ())
                 + (("vector_scale",) if self.keep_vectors == "int8" else ()))
+
+    def _drift_codes(self, payload):
+        return self.pq, payload["codes"]
 
     def _set_trained_arrays(self, arrays):
         self.pq.codebooks = np.ascontiguousarray(arrays["codebooks"], dtype=np.float32)

@@ -12,6 +12,7 @@ import uuid
 
 import numpy as np
 
+from ..drift import empty_stats, merge_stats
 from ..errors import CommitConflictError, CorruptIndexError, NotTrainedError
 from ..filters import as_attribute_table, null_table
 from . import _calibration, _codebooks, _manifest, _segments, _tombstones
@@ -93,6 +94,8 @@ class Transaction:
         self._calibration = _AUTO  # or _KEEP, or the new version's entry (a dict) / None
         self._operation = operation
         self._advice = advice or _manifest.TRANSACTION_ADVICE
+        self._drift = None  # stats of the rows this transaction adds (record_drift)
+        self._drift_state = None  # with _replace: the state's drift bookkeeping
         self.committed = None
 
     # -- staging ---------------------------------------------------------------------
@@ -326,6 +329,14 @@ class Transaction:
         self._check_open()
         self._calibration = _KEEP
 
+    def record_drift(self, stats):
+        """Count drift ``stats`` (:func:`shardann.drift.stats` of rows staged by
+        this transaction) in the new version's ``drift`` section: its
+        ``"added"``, ``"since_training"`` and ``"latest"`` (docs/format.md).
+        Ignored when the version has no drift baseline."""
+        self._check_open()
+        self._drift = merge_stats(self._drift, stats)
+
     def delete(self, ids):
         """Stage the deletion of ``ids`` (unknown ids are ignored)."""
         self._check_open()
@@ -382,6 +393,7 @@ class Transaction:
         self._next_id = state.next_id
         self._attr_schema = state.attribute_schema
         self.set_calibration(state.calibration)
+        self._drift_state = copy.deepcopy(state.drift)
         if state.ntotal:
             self._next_id = max(self._next_id, int(state.ids.max()) + 1)
             return self.add_lists(*state.lists, row_group_rows=row_group_rows,
@@ -482,6 +494,9 @@ class Transaction:
             body["files"]["calibration"] = dict(cal)
         if self._attr_schema is not None:  # (absent, not null, without: older readers)
             body["attributes"] = attribute_spec(self._attr_schema)
+        drift = self._drift_section(version)
+        if drift is not None:  # (absent without a baseline, as for older readers)
+            body["drift"] = drift
         crash_point("commit.before_manifest")
         _manifest.publish(loc, body, self._advice)
         crash_point("commit.after_publish")
@@ -492,6 +507,32 @@ class Transaction:
         elif cb_entry == base["files"].get("codebooks"):
             store._arrays = self._store._arrays
         return store
+
+    def _drift_section(self, version):
+        """The new manifest's ``drift`` section: the baseline, the stats of the
+        rows added by this commit, since training and by the newest commit
+        that added any (None without a baseline)."""
+        if self._replace is not None:
+            prior = self._drift_state
+            if not prior or not prior.get("baseline") or not self._replace[2]:
+                return None
+            base = prior["baseline"]
+            added = merge_stats(prior.get("pending"), self._drift)
+            since = merge_stats(prior.get("since_training"), self._drift)
+            latest = prior.get("latest")
+        else:
+            prior = self._base.get("drift")
+            if not prior:
+                return None
+            base = prior["baseline"]
+            added = self._drift
+            since = merge_stats(prior.get("since_training"), added)
+            latest = prior.get("latest")
+        empty = empty_stats(base)
+        if added and added["n"]:
+            latest = {"version": version, **added}
+        return {"baseline": base, "added": added or empty, "since_training": since or empty,
+                "latest": latest}
 
     def _count_hidden(self, segments, dead):
         """Rows of each segment newly hidden by deleting ``dead`` (sorted unique)."""

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from ..drift import DEFAULT_THRESHOLD, drift_report
 from ..errors import CorruptIndexError
 from ..filters import null_table
 from . import _calibration, _codebooks, _manifest, _tombstones
@@ -430,6 +431,22 @@ class StoreView:
                 sizes += sorted_counts(rows["list_id"], self.nlist)
         return sizes
 
+    def drift(self, threshold=None, list_sizes=None):
+        """The drift report of this version (:func:`shardann.drift.drift_report`:
+        the errors of the vectors added since training against the training
+        errors, list imbalance, retrain verdict at ``threshold``, default
+        :data:`shardann.drift.DEFAULT_THRESHOLD`), or None when the manifest
+        has no drift section (a flat index, an untrained one, or one trained
+        by a shardann that did not record it). Reads the list_id columns for
+        the list sizes unless ``list_sizes`` (int (nlist,)) is given."""
+        section = self._m.get("drift")
+        if not section or not self.is_trained:
+            return None
+        if list_sizes is None:
+            list_sizes = self.list_sizes()
+        return drift_report(section, list_sizes,
+                            DEFAULT_THRESHOLD if threshold is None else threshold)
+
     def live_ids(self, segments=None):
         """int64 (n,): the live ids of some of this version's segments (manifest
         entries; default all), tombstones applied, in segment then list order.
@@ -468,4 +485,5 @@ class StoreView:
         attrs = payload.pop(ATTRIBUTES, None)
         return IndexState(self.kind, config, True, self.trained_arrays(), self.nlist,
                           payload_columns(self._m["columns"]), sizes, ids, payload,
-                          self.next_id, attributes=attrs, attribute_schema=self._attr_schema)
+                          self.next_id, attributes=attrs, attribute_schema=self._attr_schema,
+                          drift=copy.deepcopy(self._m.get("drift")))

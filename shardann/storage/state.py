@@ -47,6 +47,12 @@ class IndexState:
         their exact neighbours, for recall estimates; see docs/format.md),
         or None when the index has none. ``load_state`` leaves it None: it is
         read only when asked for (:meth:`StoreView.read_calibration`).
+    drift : dict or None, the drift bookkeeping of an IVF index (see
+        :mod:`shardann.drift`): ``"baseline"`` (training errors),
+        ``"since_training"`` (stats of every row added since training),
+        ``"pending"`` (of the rows added since the state's store version, the
+        next commit's ``"added"``) and ``"latest"`` (the newest commit that
+        added rows, with its ``"version"``); None when the model has none.
 
     ``list_sizes``, ``ids`` and ``payload`` default to no rows. Arrays read from
     a store may be read-only views of Arrow buffers; do not modify them in place.
@@ -65,6 +71,7 @@ class IndexState:
     attributes: object = None
     attribute_schema: object = None
     calibration: bytes | None = None
+    drift: dict | None = None
 
     def __post_init__(self):
         if self.attribute_schema is None and self.attributes is not None:
