@@ -364,7 +364,7 @@ class IVFIndex(BaseIndex):
         """
         if self._drift is None:
             return None
-        return drift_report(drift_section(self._drift), self._lists.size,
+        return drift_report(drift_section(self._drift), self.list_sizes(),
                             DEFAULT_THRESHOLD if threshold is None else threshold)
 
     # -- search --------------------------------------------------------------------
