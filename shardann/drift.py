@@ -144,7 +144,7 @@ def _summary(st, base):
         var = max(s["sumsq"] / n - mean * mean, 0.0)
         train = base[kind]["mean"]
         out[kind] = {"mean": mean, "std": math.sqrt(var),
-                     "ratio": mean / train if train > 0 else math.inf,
+                     "ratio": mean / train if train > 0 else None,
                      "over_train_p90": s["over_p90"] / n}
     return out
 
@@ -221,8 +221,9 @@ def report_lines(report):
         for kind in KINDS:
             if kind in part:
                 p = part[kind]
+                ratio = "?" if p["ratio"] is None else f"{p['ratio']:.2f}"
                 rows.append((f"{kind} error, {label}",
-                             f"mean {p['mean']:.4g} = {p['ratio']:.2f}x training; "
+                             f"mean {p['mean']:.4g} = {ratio}x training; "
                              f"{100 * p['over_train_p90']:.0f}% above training p90; "
                              f"{part['n']:,} vectors{where}"))
     lists = report["lists"]
@@ -242,3 +243,23 @@ def report_lines(report):
                      + (f" with >= {MIN_ROWS} vectors added" if
                         report["since_training"]["n"] < MIN_ROWS else "") + ")"))
     return rows
+
+
+def gauges(report):
+    """The figures ``/metrics`` exports, by Prometheus name (values are floats;
+    a ratio without added vectors is left out)."""
+    out = {}
+    since = report["since_training"]
+    for kind in KINDS:
+        r = since.get(kind, {}).get("ratio")
+        if r is not None:
+            out[f"shardann_drift_{kind}_ratio"] = float(r)
+    out["shardann_drift_added_vectors"] = float(since["n"])
+    out["shardann_drift_retrain_recommended"] = float(report["retrain_recommended"])
+    out["shardann_drift_threshold"] = report["threshold"]
+    lists = report["lists"]
+    if lists is not None:
+        out["shardann_list_imbalance"] = lists["max_over_mean"]
+        out["shardann_list_size_cv"] = lists["cv"]
+        out["shardann_empty_lists"] = float(lists["empty"])
+    return out

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..drift import merge_stats
 from ..errors import CommitConflictError
 from ..storage import IndexStore, crash_point, read_manifest
 
@@ -19,13 +20,18 @@ logger = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 5
 
 
-def commit_stage(run, state, model, entries):
-    """Publish the segments ``entries`` (manifest entries); return the new store version."""
+def commit_stage(run, state, model, entries, drift=None):
+    """Publish the segments ``entries`` (manifest entries); return the new store version.
+    ``drift``: the new rows' drift stats, recorded in the manifest."""
     t = time.perf_counter()
     crash_point("ingest.before_commit")
     if state["mode"] == "create":
         model_state = model.to_state(lists=False)
         model_state.attribute_schema = run.attribute_schema  # the segments' columns
+        if model_state.drift is not None and drift:  # the rows come with the model
+            d = model_state.drift
+            d["pending"] = merge_stats(d.get("pending"), drift)
+            d["since_training"] = merge_stats(d.get("since_training"), drift)
         store = IndexStore.create_from_segments(run.loc, model_state, entries)
     else:
         for attempt in range(COMMIT_ATTEMPTS):
@@ -40,6 +46,7 @@ def commit_stage(run, state, model, entries):
             txn = store.transaction()
             # attributes appended to an index without: the store takes their columns
             txn.add_segments(entries, attribute_schema=run.attribute_schema)
+            txn.record_drift(drift)
             try:
                 store = txn.commit()
                 break

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..drift import merge_stats
 from ..errors import InputError
 from ..results import merge_results
 from ..storage import IndexStore, crash_point
@@ -62,13 +63,14 @@ def aggregate(run, model):
     """Totals over every block's marker, in block order: ``{"counts"`` (rows per
     list), ``"rows"``, ``"skipped"``, ``"examples"`` (bad rows explained),
     ``"runs"`` (run names), ``"intervals"`` (min id, max id, block, runs),
+    ``"drift"`` (the rows' drift stats, :func:`shardann.drift.merge_stats`),
     ``"scratch"`` (bytes), ``"worker_seconds"``, ``"gt"`` (exact top-k of the
     check queries, or None)``}``."""
     nlist = model.nlist
     k = run.opts["spot_check_k"]
     agg = {"counts": np.zeros(nlist, np.int64), "rows": 0, "skipped": 0, "examples": [],
            "runs": [], "intervals": [], "scratch": 0,
-           "worker_seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}}
+           "worker_seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}, "drift": None}
     gt = None
     for b in range(len(run.plan.blocks)):
         path = block_marker(run.job_dir, b)
@@ -79,6 +81,7 @@ def aggregate(run, model):
         agg["rows"] += meta["rows"]
         agg["skipped"] += meta["skipped"]
         agg["scratch"] += meta["bytes"]
+        agg["drift"] = merge_stats(agg["drift"], meta.get("drift"))
         for key, v in meta.get("seconds", {}).items():
             agg["worker_seconds"][key] += v
         room = 20 - len(agg["examples"])

@@ -447,7 +447,7 @@ class _Job:
             agg = encode_stage(run, state, model)
             check_ids(run, state, agg)
             entries = merge_stage(run, state, model, agg)
-            store = commit_stage(run, state, model, entries)
+            store = commit_stage(run, state, model, entries, drift=agg["drift"])
             return self._after_commit(state, store, agg)
 
     def _fresh_state(self):

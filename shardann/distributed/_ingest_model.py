@@ -5,6 +5,7 @@ model and the check rows are checkpointed in the job directory
 (``model.parquet``, ``queries.npz``), so a resumed job does not train again.
 """
 
+import json
 import logging
 import os
 import time
@@ -74,17 +75,24 @@ def model_stage(run, state):
     to, ``codebooks=``, or trained on a sample); sets ``run.queries``."""
     mpath = run.scratch.path("model.parquet")
     qpath = run.scratch.path("queries.npz")
+    dpath = run.scratch.path("drift.json")  # the model's drift baseline, if any
     if os.path.exists(mpath) and os.path.exists(qpath):
         with open(mpath, "rb") as f:
             arrays, meta = decode_codebooks(f.read(), mpath)
         with np.load(qpath) as z:
             run.queries = (z["rows"], z["x"])
-        return build_model(meta["kind"], meta["config"], arrays)
+        drift = None
+        if os.path.exists(dpath):
+            with open(dpath) as f:
+                drift = json.load(f)
+        return build_model(meta["kind"], meta["config"], arrays, drift=drift)
     o = run.opts
     source = None
+    drift = None
     if state["mode"] == "append":
         store = IndexStore.open(run.loc, state["base_version"])
         source = (store.kind, store.config, store.trained_arrays())
+        drift = store.manifest.get("drift")  # its baseline measures the new rows
     elif o["codebooks"] is not None:
         source = codebooks_source(o["codebooks"])[:3]
     if source is not None:
@@ -92,7 +100,7 @@ def model_stage(run, state):
         config = dict(config)
         if kind == "ivfpq" and state["mode"] == "create":
             config["keep_vectors"] = o["keep_vectors"] or False
-        model = build_model(kind, config, arrays)
+        model = build_model(kind, config, arrays, drift=drift)
         if model.d != run.plan.d:
             raise ValueError(f"the model has d={model.d} but the inputs have d={run.plan.d}")
         _, queries = sample(run, 0, model.nlist)
@@ -108,6 +116,9 @@ def model_stage(run, state):
     buf = encode_codebooks(model.to_state(lists=False).arrays, model.kind, model.get_config())
     rows, x = queries
     replace_into(qpath, lambda f: np.savez(f, rows=rows, x=x))
+    drift = model.to_state(lists=False).drift
+    if drift is not None:
+        replace_into(dpath, lambda f: f.write(json.dumps(drift).encode()))
     replace_into(mpath, lambda f: f.write(buf))  # last: the model stage is done
     return model
 

@@ -117,9 +117,9 @@ class JobRun:
         if model is None:  # sampling needs no model; give a trivial one
             ctx.update(kind=None)
         else:
-            ctx.update(kind=model.kind, config=model.get_config(),
-                       arrays=model.to_state(lists=False).arrays, nlist=model.nlist,
-                       metric=model.metric)
+            st = model.to_state(lists=False)
+            ctx.update(kind=model.kind, config=model.get_config(), arrays=st.arrays,
+                       nlist=model.nlist, metric=model.metric, drift=st.drift)
         return ctx
 
     def map(self, groups, fn, ctx, on_row):

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from .._rows import scatter_rows, take_rows
+from ..drift import merge_stats
 from ..errors import InputError
 from ..filters import as_attribute_table, null_table
 from ..index.flat import exact_search_keys
@@ -112,8 +113,9 @@ def _write_block_marker(path, meta, counts, gt_keys, gt_ids):
 
 
 # -- the model in a worker ---------------------------------------------------------------------
-def build_model(kind, config, arrays, *, for_encoding=False):
-    """A trained, empty core index from its kind, config and trained arrays."""
+def build_model(kind, config, arrays, *, for_encoding=False, drift=None):
+    """A trained, empty core index from its kind, config and trained arrays
+    (and its drift bookkeeping, ``IndexState.drift``, when given)."""
     from ..index import index_from_state
 
     if kind not in ("ivfpq", "ivfflat"):
@@ -121,7 +123,8 @@ def build_model(kind, config, arrays, *, for_encoding=False):
     config = dict(config)
     if for_encoding and "precompute_max_bytes" in config:
         config["precompute_max_bytes"] = 0  # search tables are not needed to encode
-    return index_from_state(IndexState(kind, config, True, arrays, config["nlist"]))
+    return index_from_state(IndexState(kind, config, True, arrays, config["nlist"],
+                                       drift=drift))
 
 
 _CONTEXT = {}
@@ -149,8 +152,8 @@ def job_context(ctx):
         # one Ray CPU per task: Numba to one thread (Ray sets BLAS's to one)
         numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
                                          int(c.get("threads", 1)))))
-        model = (build_model(c["kind"], c["config"], c["arrays"], for_encoding=True)
-                 if c.get("kind") else None)
+        model = (build_model(c["kind"], c["config"], c["arrays"], for_encoding=True,
+                             drift=c.get("drift")) if c.get("kind") else None)
         _CONTEXT.clear()
         hit = _CONTEXT[key] = (c, model)
     return hit
@@ -308,7 +311,8 @@ def encode_block(ctx, model, b):
     gt = [(np.full((nq, k), np.inf, np.float32), np.full((nq, k), -1, np.int64))]
     meta = {"block": b, "file": f.path, "rows": 0, "skipped": 0, "examples": [], "parts": [],
             "min_id": None, "max_id": None, "bytes": 0, "unreadable": None,
-            "seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}, "pid": os.getpid()}
+            "seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}, "pid": os.getpid(),
+            "drift": None}
     secs = meta["seconds"]
     skip = ctx["skip_bad_rows"]
     # this block's bytes and the next ones' (likely this worker's next tasks)
@@ -365,6 +369,8 @@ def encode_block(ctx, model, b):
             xp = model.prepare(x)
             del x
             labels, cols = model.encode(xp)
+            # the rows' quantization errors (shardann.drift), summed over the block
+            meta["drift"] = merge_stats(meta["drift"], model.drift_stats(xp, labels, cols))
             top = _exact_topk(ctx, xp, gids)
             if top is not None:
                 gt = [merge_results(gt + [top], k, "l2")]

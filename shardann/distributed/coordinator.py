@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from .._validation import MAX_ID, as_id_array, as_ids, as_vectors, check_int, check_probe_ratio
+from ..drift import DEFAULT_THRESHOLD, drift_report
 from ..errors import DuplicateIdError, ShardUnavailableError, StaleShardError
 from ..filters import as_attribute_table, check_columns, compile_filter, filter_key, filter_probes
 from ..metric import keys_to_distances
@@ -155,6 +156,7 @@ class ShardedIndex:
         self._write_lock = threading.Lock()
         self.model = load_index(store, lists=np.zeros(0, np.int64))
         self._cal = calibration_source(store)  # read when an estimate (or add) needs it
+        self._drift = store.manifest.get("drift")  # the served version's drift section
         self._attribute_schema = store.attribute_schema
         self.metric = self.model.metric
         self.d = self.model.d
@@ -585,7 +587,9 @@ class ShardedIndex:
         base = self.version
         txn = IndexStore.open(self._loc, version=base).transaction()
         stage(txn)
-        new = int(txn.commit().version)
+        store = txn.commit()
+        new = int(store.version)
+        self._drift = store.manifest.get("drift")
         self.version = new
         return base, new
 
@@ -631,12 +635,14 @@ class ShardedIndex:
             return ids
         list_no, cols = model.encode(x)
         extra = {} if table is None else {"attributes": table}
+        drift = model.drift_stats(x, list_no, cols)  # of these rows, for the manifest
         if cal is not None:  # a copy: the served one stays until the commit
             cal = cal.copy()
             cal.add(raw, x, ids, model.prepare, self.contains)
 
         def stage(txn):
             txn.add(list_no, ids, **cols, **extra)
+            txn.record_drift(drift)
             if cal is not None:
                 txn.set_calibration(cal.to_bytes())
 
@@ -780,6 +786,7 @@ class ShardedIndex:
             actors = [(s, r, a) for s, g in enumerate(self._actors) for r, a in enumerate(g)]
             self.model = model
             self._cal = calibration_source(store)
+            self._drift = store.manifest.get("drift")
             self._attribute_schema = store.attribute_schema
             self._list_sizes = np.asarray(store.list_sizes(), np.int64)
             self.ntotal = int(self._list_sizes.sum())
@@ -819,6 +826,17 @@ class ShardedIndex:
         shards = [{"shard": s, "replicas": self.replicas, "alive": alive[s]}
                   for s in range(self.num_shards)]
         return {"status": health_status(alive, self.replicas), "shards": shards}
+
+    def drift(self, threshold=None):
+        """Drift of the vectors added since training against the training data,
+        as :meth:`shardann.IVFPQIndex.drift` reports it for the local index:
+        from the served version's manifest (kept current by this
+        coordinator's adds) and :meth:`list_sizes`. None when the index has no
+        drift baseline."""
+        if not self._drift:
+            return None
+        return drift_report(self._drift, self.list_sizes(),
+                            DEFAULT_THRESHOLD if threshold is None else threshold)
 
     def stats(self):
         """Per-shard and per-replica statistics (rows, calls, memory, node)."""

@@ -302,6 +302,11 @@ class BaseIndex:
     def _record_drift(self, x, list_no, payload):
         """Hook: count the quantization errors of rows just added (IVF indexes)."""
 
+    def drift_stats(self, x, list_no, payload):
+        """Drift stats of encoded rows (see :meth:`IVFIndex.drift_stats`); None
+        for an index without quantizer."""
+        return None
+
     def drift(self, threshold=None):
         """Drift of the added vectors against the training data (see
         :meth:`IVFIndex.drift`); None for an index without quantizer."""

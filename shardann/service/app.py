@@ -12,7 +12,7 @@ Routes (JSON; every route but ``/v1/health`` needs ``Authorization: Bearer
                             "attributes": [{"lang": "en", ...}, ...]}``
 ``DELETE /v1/vectors``      delete ``{"ids": [...]}``
 ``GET /v1/health``          per-shard liveness (503 when a shard has no replica)
-``GET /v1/stats``           ntotal, versions, shards, balance, request counters
+``GET /v1/stats``           ntotal, versions, shards, balance, drift, request counters
 ``POST /v1/admin/reload``   switch to the newest (or a given) committed version
 ``GET /metrics``            Prometheus text format
 ``GET /openapi.json``       the OpenAPI schema

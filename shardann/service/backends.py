@@ -119,7 +119,8 @@ class ShardedBackend:
     def stats(self):
         s = self.index.stats()
         s.update(backend=self.kind, name=self.name, d=self.d, metric=self.metric,
-                 read_only=bool(self.index.read_only), versions=self.versions())
+                 read_only=bool(self.index.read_only), versions=self.versions(),
+                 drift=self.index.drift())
         return s
 
     def health(self, timeout_s=2.0):
@@ -305,7 +306,8 @@ class LocalBackend:
                 "replicas": 1, "read_only": False, "shard_rows": rows, "balance": 1.0,
                 "shards": [{"shard": 0, "replica": 0, "ntotal": self.ntotal,
                             "calls": dict(self.calls), "scanned_lists": None,
-                            "list_bytes": self.index.memory_bytes()["list_bytes"]}]}
+                            "list_bytes": self.index.memory_bytes()["list_bytes"]}],
+                "drift": self.index.drift()}
 
     def health(self, timeout_s=2.0):
         alive = 0 if self.unavailable else 1

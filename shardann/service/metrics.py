@@ -17,6 +17,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ._driftmetrics import DriftCollector
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -128,6 +130,8 @@ class ServiceMetrics:
         self.reloads = Counter("shardann_reloads", "Index version switches", registry=r)
         self._shards = _ShardCollector()
         r.register(self._shards)
+        self._drift = DriftCollector()
+        r.register(self._drift)
         self._lock = threading.Lock()
         self.counts = collections.defaultdict(collections.Counter)  # endpoint -> status -> n
         self.error_counts = collections.Counter()
@@ -162,4 +166,5 @@ class ServiceMetrics:
     def render(self, shard_stats=None):
         """The Prometheus text exposition (bytes)."""
         self._shards.snapshot = shard_stats
+        self._drift.snapshot = shard_stats
         return generate_latest(self.registry)
