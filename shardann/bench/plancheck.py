@@ -115,9 +115,10 @@ def check_plan(xb, xq, *, metric="l2", k=10, target_recall=0.9, sample_size=50_0
     Returns a JSON-able dict: ``plan`` (:meth:`.planner.Plan.to_dict`), ``rows``
     (``{"nprobe", "planned", "predicted", "measured", "error", "coarse_predicted",
     "coarse_measured"}`` at the planned nprobe and its neighbours; coarse: the
-    share of the true top-k in the probed lists), ``error`` (at the planned point), ``qps_per_core``
-    ``{"predicted", "measured"}`` and ``seconds`` spent measuring, building and
-    searching.
+    share of the true top-k in the probed lists), ``error`` (at the planned
+    point), ``qps_per_core`` ``{"predicted", "measured"}``, ``seconds`` spent
+    measuring, building and searching, and the planner's ``measurements`` (to
+    fit other models on them).
     """
     from .. import IVFPQIndex, brute_force_knn
     from ..results import recall_at_k
@@ -175,7 +176,7 @@ def check_plan(xb, xq, *, metric="l2", k=10, target_recall=0.9, sample_size=50_0
             "plan": p.to_dict(), "rows": rows, "error": planned["error"],
             "qps_per_core": {"predicted": p.qps_per_core,
                              "measured": xq.shape[0] / min(cpus)},
-            "seconds": seconds}
+            "seconds": seconds, "measurements": meas.to_dict()}
 
 
 def format_check(report, tolerance=TOLERANCE):

@@ -5,7 +5,7 @@ recall, measured on a sample and extrapolated to the planned size.
 data of dimension ``d``: :func:`shardann.bench.datasets.synthetic`) at a few
 list counts and database sizes (:mod:`._plan_measure`), fits the model of
 :mod:`._plan_model` (recall = coarse recall x code-stage survival, each a
-plane in log nprobe, log nlist and log N; cost linear in lists, codes and
+plane in log nprobe, log nlist and log N after a transform; cost linear in lists, codes and
 candidates visited) and searches the candidates: every measured code layout
 (nbits, M), kept-vector type and refine factor, list counts around sqrt(N),
 and the smallest nprobe whose predicted recall reaches the target. The plan
@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 #: what the plan's figures rest on, printed with it
 MODEL = (
     "recall = C x S. C (share of the true top-k in the probed lists) is a Weibull law in "
-    "nprobe: log(-log(1-C)) is a plane in log nprobe, log nlist and log N; S (share of "
-    "those the ADC scan + refine returns) is a plane in the same logs. Both are fitted by "
-    "weighted least squares on the sample, locally in nprobe and nlist (kernels of "
+    "nprobe: log(-log(1-C)) is a plane in log nprobe, log nlist and log N; sqrt(1-S), S "
+    "the share of those the ADC scan + refine returns, is a plane in the same logs. Both "
+    "are fitted by weighted least squares on the sample, locally in nprobe and nlist (kernels of "
     f"{_plan_model.BANDWIDTH['nprobe']} and {_plan_model.BANDWIDTH['nlist']} in log units, "
     "extended linearly beyond the measured range) and globally in log N (the sample's full, "
     "half and quarter databases give the slope). CPU per query = a + b*nlist (coarse) + "
