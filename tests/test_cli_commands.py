@@ -76,3 +76,27 @@ def test_python_m_shardann_cli_errors_are_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shardann info: error: "), out.stderr
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_info_recall(tmp_path, capsys):
+    from shardann.bench.datasets import synthetic
+
+    x = synthetic(2000, 16, seed=0)
+    index = shardann.IVFPQIndex(16, 8, 4, calibration=100, pq_niter=5).train(x)
+    index.add(x)
+    index.save(tmp_path / "idx")
+    want = index.estimate_recall(5, 2)
+    assert main(["info", str(tmp_path / "idx")]) == 0
+    out = capsys.readouterr().out
+    assert "calibration" in out and "100 queries" in out and "recall@" not in out
+    assert main(["info", str(tmp_path / "idx"), "--recall", "--k", "5", "--nprobe", "2"]) == 0
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("recall@5")][0]
+    assert f"{want.recall:.4f}  [{want.lower:.4f}, {want.upper:.4f}]" in line
+    assert "nprobe=2" in line and "100 queries" in line
+    assert main(["info", str(tmp_path / "idx"), "--recall", "--k", "101"]) == 2
+    none = shardann.IVFFlatIndex(16, 8, calibration=0).train(x)
+    none.add(x)
+    none.save(tmp_path / "none")
+    assert main(["info", str(tmp_path / "none"), "--recall"]) == 1
+    assert "no calibration set" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import numpy as np
 
 from .._text import format_bytes
 from ..drift import DEFAULT_THRESHOLD
+from . import _recall
 from ._common import EXIT_OK, common_options
 
 HELP = "Describe an index saved with index.save(PATH)."
@@ -18,11 +19,13 @@ def add_arguments(parser):
                         help="recommend a retrain when the mean coarse or PQ error of the "
                              "vectors added since training exceeds the training error by "
                              f"this factor (default {DEFAULT_THRESHOLD})")
+    _recall.add_arguments(parser)
     return parser
 
 
 def run(args):
-    """Handler of ``shardann info``: reads the manifest and codebooks, not the lists."""
+    """Handler of ``shardann info``: reads the manifest and codebooks, not the lists
+    (``--recall`` loads the index and its calibration set)."""
     from shardann.storage import IndexStore
 
     store = IndexStore.open(args.path)
@@ -62,6 +65,7 @@ def run(args):
              ("files", f"{len(m['files']['segments'])} segment(s), "
                        f"{len(m['files']['tombstones'])} tombstone file(s), "
                        f"{format_bytes(store.location.total_size())} stored")]
+    rows += _recall.rows(args, store)
     drift = drift_rows(store, args.drift_threshold, sizes if "nlist" in cfg
                        and store.is_trained else None)
     width = max(len(name) for name, _ in rows + drift)
