@@ -32,6 +32,7 @@ from ..errors import (
 from ..filters import check_columns, compile_filter
 from ._attrjson import encode_schema, hits_to_json, rows_to_table
 from ._batching import MicroBatcher
+from ._recall import RecallMonitor
 from .backends import open_backend
 from .config import ServiceConfig, check_auth_settings, resolve_token_digest
 from .metrics import ServiceMetrics
@@ -109,6 +110,9 @@ class SearchService:
         self._write_lock = asyncio.Lock()
         self._tasks = set()
         self._batched = self._make_batcher(serve_batching)
+        self.recall = RecallMonitor(self._estimate_recall, fraction=cfg.recall_cpu_fraction,
+                                    min_interval_s=cfg.recall_min_interval_s)
+        self.metrics.registry.register(self.recall)
         self.closed = False
 
     # -- plumbing ---------------------------------------------------------------------
@@ -295,6 +299,8 @@ class SearchService:
         timeout = self._timeout(req.timeout_s)
         shard_timeout = timeout * self.config.shard_timeout_fraction
         self.metrics.vectors.inc(len(q))
+        if expr is None:  # the replayed calibration queries are unfiltered
+            self.recall.record(req.k, req.nprobe, len(q))
         try:
             async with asyncio.timeout(timeout):
                 if len(q) == 1:
@@ -475,7 +481,16 @@ class SearchService:
                          "max_concurrent_batches": cfg.max_concurrent_batches},
             "auth": self.token_digest is not None,
         }
+        s["recall"] = self.recall.snapshot()
         return s
+
+    def _estimate_recall(self, k, nprobe):
+        """The served version's recall estimate (blocking; for the replay loop)."""
+        gen = self._acquire()
+        try:
+            return gen.backend.estimate_recall(k, nprobe)
+        finally:
+            self._release(gen)
 
     async def metrics_text(self):
         gen = self._acquire()
@@ -493,6 +508,8 @@ class SearchService:
     async def startup(self):
         """Background housekeeping once the event loop runs."""
         self._spawn(self._stop_stale_later())
+        if self.config.recall_estimate:
+            self._spawn(self.recall.run(self._run))
 
     async def shutdown(self):
         for task in list(self._tasks):

@@ -101,6 +101,10 @@ class ShardedBackend:
     def contains(self, ids):
         return self.index.contains(ids)
 
+    def estimate_recall(self, k, nprobe=None):
+        """Recall@k estimate from the calibration set (``ValueError`` without one)."""
+        return self.index.estimate_recall(k, nprobe)
+
     def newest_version(self):
         from ..storage import IndexStore
         return int(IndexStore.open(self.config.path).version)
@@ -275,6 +279,15 @@ class LocalBackend:
     def contains(self, ids):
         with self._lock:
             return self.index.contains(ids)
+
+    def estimate_recall(self, k, nprobe=None):
+        """Recall@k estimate from the calibration set (``ValueError`` without one)."""
+        fn = getattr(self.index, "estimate_recall", None)
+        if fn is None:
+            raise ValueError(f"a {type(self.index).__name__} is exact: no recall estimate")
+        with self._lock:
+            self._check_up()
+            return fn(k, nprobe)
 
     def _commit(self):
         if self.path is None:

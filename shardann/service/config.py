@@ -64,6 +64,12 @@ class ServiceConfig:
         stopped once its in-flight requests finish, but not before this many
         seconds (so other ingress replicas can switch too).
     access_log : Serve's per-request access log lines in the replica log.
+    recall_estimate : replay the index's calibration queries in the background
+        at the (k, nprobe) settings searches use, exporting
+        ``shardann_recall_estimate{k,nprobe}`` (see :mod:`shardann.service._recall`).
+    recall_cpu_fraction : the share of wall time those replays may take, in
+        (0, 1] (default 0.01: a replay of t seconds, then 99 t of rest).
+    recall_min_interval_s : the shortest rest between two replays.
     """
 
     path: str = ""
@@ -97,6 +103,9 @@ class ServiceConfig:
     replica_num_cpus: float = 1.0
     retire_grace_s: float = 5.0
     access_log: bool = False
+    recall_estimate: bool = True
+    recall_cpu_fraction: float = 0.01
+    recall_min_interval_s: float = 1.0
 
     def __post_init__(self):
         self.validate()
@@ -125,6 +134,12 @@ class ServiceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        f = self.recall_cpu_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"recall_cpu_fraction must be in (0, 1]; got {f!r}")
+        m = self.recall_min_interval_s
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0:
+            raise ValueError(f"recall_min_interval_s must be a number >= 0; got {m!r}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0; got {self.request_timeout_s}")
         if not 0 < self.shard_timeout_fraction <= 1:

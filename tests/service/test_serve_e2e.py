@@ -390,3 +390,26 @@ def test_attributes_and_filters_over_http(tmp_path, svc_data, direct_port):
     # what the service acknowledged is in the store
     again = shardann.open_index(path)
     assert again.get_attributes(np.array([70_000]), ["year"]).column(0).to_pylist() == [2030]
+
+
+def test_online_recall_estimate_over_http(store, svc_data, direct_port):
+    """The replay of the calibration queries through the served shards: /v1/stats and
+    /metrics carry the estimate of the settings searches used, equal to the local
+    index's (2 shards answer as the local index)."""
+    _, xq, _ = svc_data
+    want = shardann.open_index(store).estimate_recall(10, 4)
+    with serving(store, direct_port, "direct", num_shards=2, recall_cpu_fraction=1.0,
+                 recall_min_interval_s=0.2, **AUTH) as url, Client(url, TOKEN) as client:
+        client.search(xq[:3], 10, nprobe=4)
+        deadline = time.monotonic() + 60
+        while not client.stats()["recall"]["estimates"]:
+            assert time.monotonic() < deadline, client.stats()["recall"]
+            time.sleep(0.2)
+        est = client.stats()["recall"]["estimates"][0]
+        assert (est["k"], est["nprobe"]) == (10, 4)
+        assert (est["recall"], est["lower"], est["upper"]) == (want.recall, want.lower,
+                                                               want.upper)
+        metrics = client.metrics()
+        value = re.search(r'^shardann_recall_estimate\{k="10",nprobe="4"\} (\S+)$', metrics,
+                          re.M)
+        assert value and float(value.group(1)) == pytest.approx(want.recall)
