@@ -102,6 +102,13 @@ def add_arguments(parser):
     parser.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_timeout_s * 1e3,
                         help="micro-batching: longest wait to fill such a batch "
                              f"(default {d.batch_wait_timeout_s * 1e3:g} ms)")
+    parser.add_argument("--recall-cpu-fraction", type=float, default=d.recall_cpu_fraction,
+                        metavar="F",
+                        help="online recall estimate: share of the wall time the background "
+                             "replay of the calibration queries may take (default "
+                             f"{d.recall_cpu_fraction:g})")
+    parser.add_argument("--no-recall-estimate", action="store_true",
+                        help="no background recall estimate (shardann_recall_estimate)")
     parser.add_argument("--detach", action="store_true",
                         help="deploy and exit, leaving the app running on the cluster "
                              "(stop it with `serve shutdown` or shardann.service.stop)")
@@ -118,7 +125,9 @@ def config_from_args(args):
         max_body_bytes=args.max_body_bytes, request_timeout_s=args.timeout_s,
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests, batch_max_size=args.batch_max_size,
-        batch_wait_timeout_s=args.batch_wait_ms / 1e3)
+        batch_wait_timeout_s=args.batch_wait_ms / 1e3,
+        recall_estimate=not args.no_recall_estimate,
+        recall_cpu_fraction=args.recall_cpu_fraction)
 
 
 def _check_port_free(host, port):

@@ -34,6 +34,11 @@ def test_arguments_make_a_config(tmp_path):
     assert (cfg.num_shards, cfg.replicas, cfg.max_k) == (3, 2, 50)
     assert cfg.batch_wait_timeout_s == pytest.approx(0.005)
     assert os.path.isabs(cfg.path) and args.port == 9000 and args.host == "127.0.0.1"
+    assert cfg.recall_estimate and cfg.recall_cpu_fraction == 0.01
+    cfg = config_from_args(_args("idx", "--recall-cpu-fraction", "0.05", "--no-recall-estimate"))
+    assert (cfg.recall_estimate, cfg.recall_cpu_fraction) == (False, 0.05)
+    with pytest.raises(ValueError, match="recall_cpu_fraction"):
+        config_from_args(_args("idx", "--recall-cpu-fraction", "0"))
 
 
 @pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("127.8.9.1", True),
