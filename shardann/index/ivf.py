@@ -68,15 +68,19 @@ def _parallel(nq):
 _blas = None  # threadpoolctl's controller of the loaded BLAS, made on first use
 
 
-def _one_blas_thread(parallel):
-    """Context keeping BLAS on one thread for a batch the Numba threads scan.
+def _one_blas_thread(batch):
+    """Context keeping BLAS on one thread for the coarse product of a batch.
 
-    OpenBLAS's workers spin for a while after a matrix product, on the cores
-    Numba's threads then need: measured on 2 cores, a batch on 2 Numba threads
-    ran at 0.92x the speed of 1 thread while the coarse product had used both.
+    OpenBLAS's threads cost more than they give on these small products and
+    spin for a while afterwards, on the cores Numba's threads (or a node's
+    shard actors) then need: measured on 2 cores, a batch on 2 Numba threads
+    ran at 0.92x the speed of 1 thread while the coarse product had used both,
+    and a probe of 256 queries (d=128, 1024 lists) took 6.4 ms with two BLAS
+    threads, 1.7 ms with one. A single query (``batch`` False) skips the
+    limit's few microseconds: OpenBLAS keeps a one-row product on one thread.
     """
     global _blas
-    if not parallel:
+    if not batch:
         return contextlib.nullcontext()
     if _blas is None:
         from threadpoolctl import ThreadpoolController
@@ -489,7 +493,8 @@ class IVFIndex(BaseIndex):
             ``probe_ratio`` both are (nq, w), w <= nprobe the most lists a query
             keeps, and the skipped lists are -1.
         """
-        return self._probe(self._reduce(q), nprobe, probe_ratio)
+        with self._threads(), _one_blas_thread(q.shape[0] > 1):
+            return self._probe(self._reduce(q), nprobe, probe_ratio)
 
     def _probe(self, qr, nprobe, probe_ratio=None):
         """:meth:`probe` of reduced (nq, space_d) queries."""
@@ -504,7 +509,7 @@ class IVFIndex(BaseIndex):
                      probe_ratio=None):
         with self._threads():
             qr = self._reduce(q)
-            with _one_blas_thread(_parallel(q.shape[0])):
+            with _one_blas_thread(q.shape[0] > 1):
                 dis0, probes = self._probe(qr, nprobe, probe_ratio)
                 if filter is not None and probe_ratio is None:
                     # (probe_ratio chose the lists itself: they are scanned as chosen)
