@@ -169,6 +169,11 @@ def test_info_prints_the_drift_section(trained, rows, tmp_path, capsys):
     assert "coarse error, since training" in out and "list imbalance" in out
     assert main(["info", str(path), "--drift-threshold", "100"]) == 0
     assert "retrain recommended" not in capsys.readouterr().out
+    assert main(["info", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ntotal"] == 6000 and out["version"] == 2
+    assert out["drift"]["retrain_recommended"] and out["drift"]["since_training"]["n"] == 6000
+    assert out["list_sizes"]["empty"] == out["drift"]["lists"]["empty"] == 0
 
 
 def test_flat_and_old_stores_have_no_drift(tmp_path, rows):

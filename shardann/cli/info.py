@@ -1,5 +1,7 @@
 """``shardann info PATH``: describe an index written by ``index.save(PATH)``."""
 
+import json
+
 import numpy as np
 
 from .._text import format_bytes
@@ -20,6 +22,8 @@ def add_arguments(parser):
                              "vectors added since training exceeds the training error by "
                              f"this factor (default {DEFAULT_THRESHOLD})")
     _recall.add_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print the description as one JSON object (with the drift report)")
     return parser
 
 
@@ -29,6 +33,11 @@ def run(args):
     from shardann.storage import IndexStore
 
     store = IndexStore.open(args.path)
+    if getattr(args, "json", False):
+        out = info_json(store, args.drift_threshold)
+        out["recall"] = dict(_recall.rows(args, store))  # as the text rows say it
+        print(json.dumps(out, indent=1))
+        return EXIT_OK
     cfg = store.config
     d = cfg["d"]
     rows = [("path", store.path),
@@ -76,6 +85,27 @@ def run(args):
         for name, value in drift:
             print(f"{name:<{width}}  {value}")
     return EXIT_OK
+
+
+def info_json(store, threshold):
+    """``shardann info --json``: the manifest's figures as values, and the drift
+    report (:func:`shardann.drift.drift_report`, null without a baseline)."""
+    m = store.manifest
+    out = {"path": store.path, "kind": store.kind, "config": store.config,
+           "trained": store.is_trained, "ntotal": store.ntotal, "version": store.version,
+           "operation": m["operation"], "created_at": m["created_at"],
+           "versions": len(store.history()), "segments": len(m["files"]["segments"]),
+           "tombstones": len(m["files"]["tombstones"]),
+           "stored_bytes": store.location.total_size(),
+           "attributes": (None if store.attribute_schema is None else
+                          {f.name: str(f.type) for f in store.attribute_schema}),
+           "list_sizes": None, "drift": None}
+    if "nlist" in store.config and store.is_trained:
+        sizes = store.list_sizes()
+        out["list_sizes"] = {"min": int(sizes.min()), "mean": float(sizes.mean()),
+                             "max": int(sizes.max()), "empty": int((sizes == 0).sum())}
+        out["drift"] = store.drift(threshold, list_sizes=sizes)
+    return out
 
 
 def drift_rows(store, threshold, sizes):
