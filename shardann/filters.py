@@ -15,6 +15,7 @@ Attribute columns are normalised when they enter an index
 timestamps, dates and lists of strings (``list<string>``).
 """
 
+import functools
 import logging
 import pickle
 
@@ -156,6 +157,7 @@ def null_table(schema, n):
 
 # -- SQL-like strings ------------------------------------------------------------------
 
+@functools.cache
 def _sqlglot():
     # the tokenizer reads CONTAINS as the ``@>`` operator, which sqlglot parses
     # into ArrayContainsAll: positions in error messages stay the user's
@@ -468,11 +470,20 @@ def expand_probes(dis0, probes, counts, sizes, nprobe):
     valid = probes >= 0
     safe = np.where(valid, probes, 0)
     target = np.where(valid[:, :nprobe], sizes[safe[:, :nprobe]], 0).sum(axis=1)
-    passing = np.cumsum(np.where(valid, counts[safe], 0), axis=1)
+    return _take_until(dis0, probes, counts, target, np.full(nq, nprobe))
+
+
+def _take_until(dis0, probes, counts, target, least):
+    """Each query's first lists of a ranking (nq, L) until their passing rows
+    (``counts``) reach ``target`` (nq,), at least ``least`` (nq,) of them; -1
+    after a query's last, the width the most any query takes."""
+    nq, width = probes.shape
+    valid = probes >= 0
+    passing = np.cumsum(np.where(valid, counts[np.where(valid, probes, 0)], 0), axis=1)
     # lists needed: the first position whose running count reaches the target
     need = np.minimum((passing < target[:, None]).sum(axis=1) + 1, width)
-    need = np.maximum(need, nprobe)
-    w = int(need.max()) if nq else nprobe
+    need = np.maximum(need, least)
+    w = int(need.max()) if nq else int(least.max(initial=0))
     keep = np.arange(w)[None, :] < need[:, None]
     return (np.ascontiguousarray(dis0[:, :w]),
             np.ascontiguousarray(np.where(keep, probes[:, :w], -1)))
@@ -483,8 +494,16 @@ def filter_probes(dis0, probes, counts, sizes, rank):
     filtered search, for a local index and a coordinator alike.
 
     Each query probes further down its coarse ranking until the rows passing
-    the filter in its lists reach the rows its ``nprobe`` lists hold
-    (:func:`expand_probes`). The ranking is taken as deep as the sparsest
+    the filter in its lists reach ``sqrt(s)`` times the rows its ``nprobe``
+    lists hold, ``s`` the fraction of the index that passes: about
+    ``nprobe / sqrt(s)`` lists (10x at 1%), between scanning the ``nprobe``
+    lists alone (recall falls with ``s``: the passing neighbours lie
+    farther) and scanning as many passing rows as they hold (``nprobe / s``
+    lists, 100x at 1%, for recall no better than the PQ's ceiling; see
+    README, "Filters and attributes", for the measured figures). Only lists
+    holding passing rows are ranked (and returned): the others add nothing,
+    and ranking every list against a query costs more than scanning a
+    selective filter's few rows. They are ranked as deep as the sparsest
     query needs at the filter's average density, twice over (a query needing
     more stops there).
 
@@ -494,27 +513,34 @@ def filter_probes(dis0, probes, counts, sizes, rank):
         an unfiltered search scans (-1: no list).
     counts : int64 (nlist,), rows passing the filter per list.
     sizes : int64 (nlist,), live rows per list.
-    rank : callable ``rank(depth) -> (dis0, probes)``, the queries' ``depth``
-        closest lists (float32 / int64 (nq, depth), closest first), called
-        only when some query needs more lists.
+    rank : callable ``rank(depth, lists) -> (dis0, probes)``: the queries'
+        ``depth`` closest lists among the sorted int64 ``lists`` (float32 /
+        int64 (nq, depth), closest first, ties by the smaller list: the full
+        ranking with the other lists left out); called only when some query
+        needs more lists.
 
     Returns ``(dis0, probes)`` as given when every query's lists hold enough
     passing rows (or nothing passes, or every list is probed already), else
-    of a width in nprobe..nlist.
+    the passing lists to scan, closest first (-1 after a query's last).
     """
     nlist = len(counts)
     nprobe = probes.shape[1]
     valid = probes >= 0
     safe = np.where(valid, probes, 0)
-    have = np.where(valid, counts[safe], 0).sum(axis=1)
-    want = np.where(valid, sizes[safe], 0).sum(axis=1)
     total = int(counts.sum())
+    density = total / max(int(sizes.sum()), 1)
+    have = np.where(valid, counts[safe], 0).sum(axis=1)
+    want = np.where(valid, sizes[safe], 0).sum(axis=1) * np.sqrt(density)
     if total == 0 or (have >= want).all() or nprobe >= nlist:
         return dis0, probes
-    density = total / max(int(sizes.sum()), 1)
-    depth = min(nlist, max(nprobe + 1, int(np.ceil(2 * nprobe / density))))
-    full_dis0, full_probes = rank(depth)
-    return expand_probes(full_dis0, full_probes, counts, sizes, nprobe)
+    lists = np.flatnonzero(counts).astype(np.int64)
+    # twice the lists the filter's density needs, of which these hold passing rows
+    depth = int(np.ceil(2 * nprobe / np.sqrt(density) * lists.size / nlist))
+    depth = min(lists.size, max(depth, nprobe + 1))
+    full_dis0, full_probes = rank(depth, lists)
+    # the passing lists among a query's own probes come first in its ranking
+    least = (valid & (counts[safe] > 0)).sum(axis=1)
+    return _take_until(full_dis0, full_probes, counts, want, least)
 
 
 def check_columns(columns, schema):

@@ -322,7 +322,7 @@ def test_preassigned_and_candidates_take_compiled_filters(data, filled, name):
     sizes = index.list_sizes()
     assert sizes.dtype == np.int64 and sizes.shape == (NLIST,) and sizes.sum() == NB
     dis0, probes = filter_probes(*index.probe(q, 4), counts, sizes,
-                                 lambda depth: index.probe(q, depth))
+                                 lambda depth, lists: index.probe(q, depth, lists=lists))
     assert probes.shape[1] > 4  # the filter is selective enough to probe further
     D2, I2 = index.search_preassigned(q, dis0, probes, K, skw.get("refine_factor", 0),
                                       filter=expr)

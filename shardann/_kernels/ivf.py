@@ -180,13 +180,52 @@ def _block_allowed(allowed, first, n):
     return bits
 
 
+@njit(inline="always")
+def _rows_to_score(allowed, start, end):
+    # rows of [start, end) a filter lets through (all of them without one)
+    if allowed is None:
+        return end - start
+    n = 0
+    for r in range(start, end):
+        n += allowed[r] != 0
+    return n
+
+
+@njit(inline="always")
+def _direct_key(qlut_q, list_terms, lst, query, centroid, codebooks, code, base):
+    # The key _scan_rows gives an 8-bit row, without the list's table: each
+    # entry it reads is computed as _fill_table computes it, and added in the
+    # same order, so the key is the same bit for bit. Inner product: the table
+    # is the query's own (no list cost); not called for it.
+    M = code.shape[0]
+    s = base
+    if list_terms is not None:
+        for m in range(M):
+            c = code[m]
+            s += list_terms[lst, m, c] + qlut_q[m, c]
+    elif codebooks is not None:
+        dsub = codebooks.shape[2]
+        for m in range(M):
+            c = code[m]
+            v = np.float32(0.0)
+            for t in range(dsub):
+                u = query[m * dsub + t] - centroid[m * dsub + t] - codebooks[m, c, t]
+                v += u * u
+            s += v
+    return s
+
+
 def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                 k, queries, centroids, codebooks, out_d, out_pos, allowed=None):
+                 k, queries, centroids, codebooks, out_d, out_pos, allowed=None, direct=0):
     # _ivfpq_body for nbits=8 (a code byte is a sub-code: the ADC table is the
-    # byte table), without the other widths' paths: it compiles in less time
+    # byte table), without the other widths' paths: it compiles in less time.
+    # ``direct`` > 0 (a filtered search): a list with fewer rows to score than
+    # that is scored entry by entry instead of building its L2 table, which
+    # costs M * 256 entries however few rows pass (same keys either way)
     nq, nprobe = probes.shape
     M = qlut.shape[1]
     ksub = qlut.shape[2]
+    per_list = list_terms is not None or codebooks is not None
     for q in prange(nq):
         hd = np.empty(k, np.float32)
         hi = np.empty(k, np.int64)
@@ -198,12 +237,20 @@ def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_si
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
+            start = list_start[lst]
+            end = start + list_size[lst]
+            if per_list and direct > 0 and _rows_to_score(allowed, start, end) < direct:
+                for r in range(start, end):
+                    if allowed is not None and allowed[r] == 0:
+                        continue
+                    s = _direct_key(qlut[q], list_terms, lst, queries[q], centroids[lst],
+                                    codebooks, codes[r], dis0[q, p])
+                    _offer(hd, hi, hid, k, s, r, ids[r])
+                continue
             _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
                         centroids, codebooks, L)
             have_table = True
-            start = list_start[lst]
-            _scan_rows(L, codes, ids, start, start + list_size[lst], dis0[q, p],
-                       hd, hi, hid, k, allowed)
+            _scan_rows(L, codes, ids, start, end, dis0[q, p], hd, hi, hid, k, allowed)
         heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
 
 

@@ -446,7 +446,8 @@ class ShardedIndex:
             # (probe_ratio's lists are scanned as chosen, as locally)
             counts, sizes = self._passing_counts(expr, version, deadline, allow_partial)
             dis0, probes = filter_probes(dis0, probes, counts, sizes,
-                                         lambda depth: model.probe(q, depth))
+                                         lambda depth, lists: model.probe(q, depth,
+                                                                          lists=lists))
         exact = bool(refine_factor) and model.refines
         kk = k * refine_factor if exact else k
         owner = np.where(probes >= 0, self.owner[probes], -1)  # -1: a list probe_ratio skips
@@ -516,6 +517,10 @@ class ShardedIndex:
         out = (sum((results[s][0] for s in results), zero),
                sum((results[s][1] for s in results), zero))
         if missing:
+            # their lists count as wholly passing (this coordinator's sizes): the rule
+            # still probes them, and the search reports those shards missing
+            lost = np.isin(self.owner, missing)
+            out[0][lost] = out[1][lost] = self._list_sizes[lost]
             return out
         with self._down_lock:
             self._counts_cache[key] = out

@@ -95,6 +95,10 @@ def _mask_arg(allowed):
     return () if allowed is None else (allowed,)
 
 
+#: a scan of a selective filter's passing rows (8-bit PQ) scores a list with fewer
+#: rows than this without building its L2 table (M * 256 entries)
+_DIRECT_ROWS = np.int64(32)
+
 #: candidates beyond ``nprobe`` that the coarse quantizer re-ranks with exact keys
 _PROBE_SPARE = 8
 
@@ -470,7 +474,7 @@ class IVFIndex(BaseIndex):
             self.contains, k, nprobe=nprobe, refine_factor=refine_factor,
             probe_ratio=probe_ratio, confidence=confidence)
 
-    def probe(self, q, nprobe, probe_ratio=None):
+    def probe(self, q, nprobe, probe_ratio=None, *, lists=None):
         """Coarse quantization of prepared queries (the output of ``prepare``).
 
         Parameters
@@ -484,6 +488,11 @@ class IVFIndex(BaseIndex):
             ``probe_ratio * dist <= dist_best`` (details in
             :func:`shardann.index._probing.prune_probes`). Larger is faster
             and less accurate.
+        lists : sorted int64 array of list numbers, or None (all): rank only
+            these (nprobe at most their number). The ranking is the full one
+            with the other lists left out (same keys, ties by the smaller
+            list) — what the selectivity rule of a filtered search ranks
+            (:func:`shardann.filters.filter_probes`).
 
         Returns
         -------
@@ -494,13 +503,20 @@ class IVFIndex(BaseIndex):
             keeps, and the skipped lists are -1.
         """
         with self._threads(), _one_blas_thread(q.shape[0] > 1):
-            return self._probe(self._reduce(q), nprobe, probe_ratio)
+            return self._probe(self._reduce(q), nprobe, probe_ratio, lists)
 
-    def _probe(self, qr, nprobe, probe_ratio=None):
+    def _probe(self, qr, nprobe, probe_ratio=None, lists=None):
         """:meth:`probe` of reduced (nq, space_d) queries."""
         probe_ratio = check_probe_ratio(probe_ratio)
-        dis0, probes = coarse_probe(qr, self.centroids, self._cnorms, nprobe, self._ip,
+        if lists is None:
+            dis0, probes = coarse_probe(qr, self.centroids, self._cnorms, nprobe, self._ip,
+                                        parallel=_parallel(qr.shape[0]))
+        else:
+            lists = np.asarray(lists, np.int64)
+            dis0, at = coarse_probe(qr, np.ascontiguousarray(self.centroids[lists]),
+                                    self._cnorms[lists], nprobe, self._ip,
                                     parallel=_parallel(qr.shape[0]))
+            probes = lists[at]
         if probe_ratio is None:
             return dis0, probes
         return prune_probes(dis0, probes, probe_ratio)
@@ -513,9 +529,9 @@ class IVFIndex(BaseIndex):
                 dis0, probes = self._probe(qr, nprobe, probe_ratio)
                 if filter is not None and probe_ratio is None:
                     # (probe_ratio chose the lists itself: they are scanned as chosen)
-                    dis0, probes = filter_probes(dis0, probes, self._passing(filter)[1],
-                                                 self._lists.size,
-                                                 lambda depth: self._probe(qr, depth))
+                    dis0, probes = filter_probes(
+                        dis0, probes, self._passing(filter)[1], self._lists.size,
+                        lambda depth, lists: self._probe(qr, depth, lists=lists))
             allowed, probes, lists = self._filtered(filter, probes, plan=True)
             return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed, lists)
 
@@ -922,8 +938,12 @@ class IVFPQIndex(IVFIndex):
                self.centroids, books, out_d, out_p, *mask)
         elif self.nbits == 8:  # its own kernel: compiles in less time than any width's
             fn = ivfpq8_scan_parallel if _parallel(nq) else ivfpq8_scan_serial
+            # the passing rows' copy of a selective filter: lists with few rows skip
+            # their table (the keys are the same; with a mask, building the table
+            # measured faster than reading each passing row's entries)
+            direct = mask if L is self._lists else (None, _DIRECT_ROWS)
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
-               q, self.centroids, books, out_d, out_p, *mask)
+               q, self.centroids, books, out_d, out_p, *direct)
         else:
             fn = ivfpq_scan_parallel if _parallel(nq) else ivfpq_scan_serial
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
