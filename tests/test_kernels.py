@@ -48,6 +48,31 @@ def _run_topk(dist, ids, k):
     return out_d, out_i
 
 
+
+@pytest.mark.parametrize("ip", [False, True])
+def test_exact_search_keys_over_many_blocks_with_a_limit(ip):
+    """The running k-th key skips rows in later blocks (and a caller's limit rows above
+    it): the top-k over 5+ blocks still equals a full sort, ties by smaller id, and
+    with a limit every key above it is left out (padding where fewer than k pass)."""
+    from shardann.index.flat import exact_search_keys
+
+    rng = np.random.default_rng(5)
+    xb = rng.integers(-2, 3, (20_000, 8)).astype(np.float32)  # many exact ties
+    q = rng.integers(-2, 3, (37, 8)).astype(np.float32)
+    ids = rng.permutation(10**6)[:20_000].astype(np.int64)
+    keys = -(q @ xb.T) if ip else ((q[:, None, :] - xb[None]) ** 2).sum(-1)
+    keys = keys.astype(np.float32)
+    for k in (1, 50, 130):
+        want_d, want_i = topk_smallest(keys, ids, k)
+        got_d, got_i = exact_search_keys(*readonly(q, xb, ids), k, ip)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_d, want_d.astype(np.float32))
+        limit = want_d[:, k // 2].astype(np.float32)
+        got_d, got_i = exact_search_keys(q, xb, ids, k, ip, limit=limit)
+        inside = want_d <= limit[:, None]
+        np.testing.assert_array_equal(got_i, np.where(inside, want_i, -1))
+
+
 @pytest.mark.parametrize("clamp", [False, True])
 @pytest.mark.parametrize("integer", [True, False])
 def test_topk_from_dots_rounds_like_numpy(clamp, integer):

@@ -82,7 +82,8 @@ def heap_sort_into(hd, hi, hid, out_d, out_i):
         heap_replace_top(hd, hi, hid, n, d, i, ident)
 
 
-def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, allowed=None):
+def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, allowed=None,
+                         limit=None):
     """Row-wise k smallest keys ``base[j] - scale * dots[q, j] + qadd[q]``.
 
     The keys are formed on the fly: one pass over the dot products instead of
@@ -102,6 +103,11 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
         padded with (+inf, -1).
     allowed : uint8 (n,) or None; columns where it is 0 are skipped (a filter).
         None compiles a variant without the test.
+    limit : float32 (nq,) or None; keys above ``limit[q]`` are skipped before
+        they reach the heap. The caller knows they cannot make its final top-k
+        (e.g. the k-th key of an earlier block of the same rows): the heap then
+        sees few rows after the first block instead of restarting from scratch.
+        Rows are padded with (+inf, -1) where fewer than k keys pass.
     """
     nq, n = dots.shape
     zero = np.float32(0.0)
@@ -111,12 +117,15 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
         hid = np.empty(k, np.int64)
         heap_init(hd, hi, hid)
         add = qadd[q]
+        lim = np.float32(np.inf) if limit is None else limit[q]
         for j in range(n):
             if allowed is not None and allowed[j] == 0:
                 continue
             v = (base[j] - scale * dots[q, j]) + add
             if clamp and v < zero:
                 v = zero
+            if v > lim:
+                continue
             heap_push(hd, hi, hid, k, v, ids[j], ids[j])
         heap_sort_into(hd, hi, hid, out_d[q], out_i[q])
 

@@ -22,14 +22,15 @@ def _db_block(nq):
     return int(min(65536, max(4096, 1 << (rows - 1).bit_length())))
 
 
-def exact_search_keys(q, xb, ids, k, ip, xb_norms=None, allowed=None):
+def exact_search_keys(q, xb, ids, k, ip, xb_norms=None, allowed=None, limit=None):
     """Exact top-k keys of ``q`` float32 (nq, d) against ``xb`` float32 (n, d).
 
     Distances come from BLAS matrix products in blocks; keys are squared L2
     (clamped at 0) or the negated inner product. ``allowed`` uint8 (n,) (or
-    None): rows where it is 0 are never ranked (a filter). Returns keys
-    float32 (nq, k) and ids int64 (nq, k), best first, ties by smaller id,
-    padded with (+inf, -1).
+    None): rows where it is 0 are never ranked (a filter). ``limit`` float32
+    (nq,) (or None): keys above it are not wanted (a caller's running k-th key),
+    so they are left out. Returns keys float32 (nq, k) and ids int64 (nq, k),
+    best first, ties by smaller id, padded with (+inf, -1).
     """
     nq = q.shape[0]
     if ip:
@@ -46,20 +47,30 @@ def exact_search_keys(q, xb, ids, k, ip, xb_norms=None, allowed=None):
         qe = min(nq, qs + _Q_BLOCK)
         parts = []
         step = _db_block(qe - qs)
+        # a key above the k-th of an earlier block cannot make the top-k: later
+        # blocks skip those rows before their heaps (most rows, once k are found)
+        lim = np.full(qe - qs, np.inf, np.float32)
+        if limit is not None:
+            np.minimum(lim, np.asarray(limit, np.float32)[qs:qe], out=lim)
         for s in range(0, xb.shape[0], step):
             e = min(xb.shape[0], s + step)
             dots = q[qs:qe] @ xb[s:e].T
             kd = np.empty((qe - qs, k), np.float32)
             ki = np.empty((qe - qs, k), np.int64)
             # the filter's mask only when there is one: None runs the unfiltered kernel
-            mask = () if allowed is None else (allowed[s:e],)
+            mask = None if allowed is None else allowed[s:e]
             if ip:  # 0 - 1 * dot + 0 = -dot
                 topk_from_dots(dots, np.zeros(e - s, np.float32), np.float32(1), q_zero[qs:qe],
-                               False, ids[s:e], k, kd, ki, *mask)
+                               False, ids[s:e], k, kd, ki, mask, lim)
             else:
                 topk_from_dots(dots, xb_norms[s:e], np.float32(2), q_norms[qs:qe], True,
-                               ids[s:e], k, kd, ki, *mask)
-            parts.append((kd, ki))
+                               ids[s:e], k, kd, ki, mask, lim)
+            np.minimum(lim, kd[:, -1], out=lim)
+            # hits come first in each row: the columns where no row has one are padding
+            # (most of them once the limit bites), and leaving them out keeps the merge small
+            width = int(np.count_nonzero((ki >= 0).any(axis=0)))
+            if width or not parts:
+                parts.append((kd[:, :max(width, 1)], ki[:, :max(width, 1)]))
         # partial results are keys, so merge them as a smaller-is-better metric
         out_keys[qs:qe], out_ids[qs:qe] = merge_results(parts, k, "l2")
     return out_keys, out_ids
