@@ -196,3 +196,21 @@ def test_transactions_keep_or_drop_the_set(tmp_path):
     assert store.calibration_file is None
     with pytest.raises(ValueError, match="no calibration set"):
         shardann.open_index(path).estimate_recall()
+
+
+def test_a_missing_file_drops_the_set_not_the_add(tmp_path, caplog):
+    """The store's calibration file deleted under an open index: an add goes on (the
+    set is dropped with a warning), and estimates then say there is no set."""
+    x = synthetic(1200, D, seed=9)
+    index = shardann.IVFFlatIndex(D, 8, calibration=50).train(x)
+    index.add(x[:1000])
+    path = tmp_path / "idx"
+    index.save(str(path))
+    again = shardann.open_index(str(path))
+    (path / IndexStore.open(str(path)).calibration_file["path"]).unlink()
+    with caplog.at_level("WARNING", logger="shardann.index._calibration"):
+        again.add(x[1000:], np.arange(1000, 1200))
+    assert again.ntotal == 1200
+    assert "calibration set dropped" in caplog.text and "missing" in caplog.text
+    with pytest.raises(ValueError, match="no calibration set"):
+        again.estimate_recall()

@@ -29,6 +29,7 @@ import statistics
 import numpy as np
 
 from .._validation import as_id_array, check_int
+from ..errors import CorruptIndexError
 from ..metric import distances_to_keys, keys_to_distances, uses_ip
 from ..results import merge_results
 from .flat import exact_search_keys
@@ -377,7 +378,15 @@ def for_add(index):
                                               seed=getattr(index, "seed", 0))
         return cal
     if not isinstance(cal, CalibrationSet):
-        cal = index._cal = loaded(cal, index.contains)
+        try:
+            cal = loaded(cal, index.contains)
+        except (CorruptIndexError, OSError) as exc:
+            # the set is an aid to estimates: an add must not fail because its file
+            # went away (e.g. the store was deleted under an open index); the index
+            # goes on without one, and estimate_recall says there is none
+            logger.warning("calibration set dropped, it could not be read: %s", exc)
+            cal = None
+        index._cal = cal
     return cal
 
 
