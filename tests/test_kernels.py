@@ -1068,3 +1068,29 @@ def test_first_compile_in_a_process_is_logged_once(tmp_path):
                            text=True, check=True).stdout for _ in range(2)]
     assert runs[0].count("compiling Numba kernels") == 1, runs[0]
     assert runs[1] == "", runs[1]
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_residual_errors_and_norms_equal_numpy(nbits):
+    """The drift measurement's kernels: coarse |x - c|^2 and PQ |x - c - decode|^2 per
+    row, serial and parallel, against NumPy on integer data (exact sums)."""
+    rng = np.random.default_rng(21)
+    n, d, M, nlist = 300, 12, 4, 7
+    x = rng.integers(-4, 5, (n, d)).astype(np.float32)
+    base = rng.integers(-2, 3, (nlist, d)).astype(np.float32)
+    labels = rng.integers(0, nlist, n).astype(np.int64)
+    books = rng.integers(-2, 3, (M, 2 ** nbits, d // M)).astype(np.float32)
+    raw = rng.integers(0, 2 ** nbits, (n, M)).astype(np.uint8)
+    codes = pack_numpy(raw, nbits)
+    r = x - base[labels]
+    want_c = (r ** 2).sum(1)
+    want_p = ((r - pq_decode_numpy(raw, books)) ** 2).sum(1)
+    for fn in (kd.residual_norms_serial, kd.residual_norms_parallel):
+        out = np.empty(n, np.float32)
+        fn(*readonly(x, base, labels), out)
+        np.testing.assert_array_equal(out, want_c)
+    for fn in (kpq.residual_errors_serial, kpq.residual_errors_parallel):
+        oc, op = np.empty(n, np.float32), np.empty(n, np.float32)
+        fn(*readonly(x, base, labels, codes, books), nbits, oc, op)
+        np.testing.assert_array_equal(oc, want_c)
+        np.testing.assert_array_equal(op, want_p)
