@@ -1,6 +1,6 @@
 """`shardann bench core|distributed`: every option is described, and the runs
 work without the optional packages of the ``bench`` extra (faiss-cpu and
-matplotlib) and say what they skipped.""""""
+matplotlib) and say what they skipped."""
 
 import argparse
 import importlib
