@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptIndexError
-from ._manifest import FORMAT_VERSION, check_format_version
+from ._manifest import FORMAT_VERSION, open_small_file
 
 CALIBRATION_DIR = "calibration"
 META_KEY = b"shardann"
@@ -74,16 +74,7 @@ def encode(arrays, meta):
 def decode(data, path, *, checked=False):
     """``(arrays, meta)`` from calibration file bytes (private, writable arrays).
     Raises :class:`~shardann.CorruptIndexError` naming ``path``."""
-    try:
-        pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=not checked)
-        meta = json.loads(pf.schema_arrow.metadata[META_KEY])
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a JSON object")
-    except Exception as exc:
-        raise CorruptIndexError(f"{path}: unreadable calibration file ({exc})") from exc
-    if meta.get("format") != FILE_FORMAT:
-        raise CorruptIndexError(f"{path}: not a shardann calibration file")
-    check_format_version(meta.get("format_version"), path)
+    pf, meta = open_small_file(data, path, FILE_FORMAT, "calibration file", checked=checked)
     try:
         table = pf.read(use_threads=False)
         m = table.num_rows

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptIndexError
-from ._manifest import FORMAT_VERSION, check_format_version
+from ._manifest import FORMAT_VERSION, open_small_file
 
 META_KEY = b"shardann"
 FILE_FORMAT = "shardann-codebooks"
@@ -59,16 +59,7 @@ def decode(data, path, *, checked=False):
     Parquet's page checksums are not checked again. Reads format versions 1
     and 2; raises :class:`~shardann.CorruptIndexError` naming ``path``.
     """
-    try:
-        pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=not checked)
-        meta = json.loads(pf.schema_arrow.metadata[META_KEY])
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a JSON object")
-    except Exception as exc:
-        raise CorruptIndexError(f"{path}: unreadable codebooks file ({exc})") from exc
-    if meta.get("format") != FILE_FORMAT:
-        raise CorruptIndexError(f"{path}: not a shardann codebooks file")
-    check_format_version(meta.get("format_version"), path)
+    pf, meta = open_small_file(data, path, FILE_FORMAT, "codebooks file", checked=checked)
     try:
         table = pf.read(use_threads=False)
         if meta["format_version"] >= 2:

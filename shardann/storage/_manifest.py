@@ -202,3 +202,25 @@ def publish(loc, body, advice=TRANSACTION_ADVICE):
         loc.publish(manifest_rel(version), data)
     except FileExistsError:
         raise taken_error(loc, version, advice) from None
+
+
+def open_small_file(data, path, file_format, what, *, checked=False):
+    """``(ParquetFile, meta)`` of a small single-purpose Parquet file (codebooks,
+    calibration): its JSON metadata under the ``shardann`` key must name
+    ``file_format`` and a readable format version. ``checked``: the bytes already
+    matched the manifest's CRC-32, so page checksums are not verified again.
+    Raises :class:`~shardann.CorruptIndexError` naming ``path`` and ``what``."""
+    import pyarrow as pa  # only the model files need Arrow here, not the manifest
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=not checked)
+        meta = json.loads(pf.schema_arrow.metadata[b"shardann"])
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+    except Exception as exc:
+        raise CorruptIndexError(f"{path}: unreadable {what} ({exc})") from exc
+    if meta.get("format") != file_format:
+        raise CorruptIndexError(f"{path}: not a shardann {what}")
+    check_format_version(meta.get("format_version"), path)
+    return pf, meta
