@@ -820,14 +820,33 @@ def quantize():
     return run
 
 
+def _qlut_rows(Q):
+    """The (tables, 16) quantized tables of a ``qlut`` (the pair layout of
+    block_mask_avx2), checking each table's second lane copy."""
+    pair = Q.reshape(-1, 2, 2, 2, 16)  # (pair, nibble, byte in pair, lane copy, entry)
+    np.testing.assert_array_equal(pair[:, :, :, 1], pair[:, :, :, 0])
+    # sub-quantizer 4p + 2 (byte in pair) + nibble
+    return pair[:, :, :, 0].transpose(0, 2, 1, 3).reshape(-1, 16)
+
+
+MASK_KERNELS = [pytest.param(kfs.block_mask_avx2, id="avx2"),
+                pytest.param(kfs.block_mask_avx512, id="avx512", marks=pytest.mark.skipif(
+                    not kfs.WIDE, reason="needs AVX-512BW"))]
+
+
 @needs_avx2
-@pytest.mark.parametrize("code_size", [1, 4, 16])
-def test_block_mask(code_size, quantize):
+@pytest.mark.parametrize("kernel", MASK_KERNELS)
+@pytest.mark.parametrize("code_size", [1, 3, 4, 16, 17])
+def test_block_mask(code_size, kernel, quantize):
     from numba import njit
 
     @njit
     def mask_of(bcodes, offset, qlut, cs, thr):
-        return kfs.block_mask(bcodes, offset, qlut, cs, thr)
+        return kernel(bcodes, offset, qlut, cs, thr)
+
+    @njit
+    def size_of(cs):
+        return kfs.qlut_size(cs)
 
     rng = np.random.default_rng(31)
     n = 75  # three blocks, the last one partial
@@ -835,10 +854,11 @@ def test_block_mask(code_size, quantize):
     tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([n], np.int64))
     out = tiles.ravel()
     L = rng.standard_normal((2 * code_size, 16)).astype(np.float32)
-    Q = np.empty(2 * code_size * 32, np.uint8)
+    Q = np.full(size_of(code_size), 77, np.uint8)  # quantize_tables writes every byte
+    assert Q.size == 128 * ((code_size + 1) // 2)
     quantize(L, 2 * code_size, Q)
-    q16 = Q.reshape(-1, 32)[:, :16].astype(np.int64)
-    np.testing.assert_array_equal(Q.reshape(-1, 32)[:, 16:], Q.reshape(-1, 32)[:, :16])
+    q16 = _qlut_rows(Q).astype(np.int64)
+    assert (q16[2 * code_size:] == 0).all()
     padded = np.zeros((96, code_size), np.uint8)
     padded[:n] = codes
     even, odd = np.arange(0, 2 * code_size, 2), np.arange(1, 2 * code_size, 2)
@@ -850,15 +870,69 @@ def test_block_mask(code_size, quantize):
             assert got == want, (thr, b)
 
 
+@pytest.mark.skipif(not kfs.WIDE, reason="needs AVX-512BW")
+@pytest.mark.parametrize("code_size", [1, 5, 128])
+def test_block_masks_of_both_paths_agree_on_large_sums(code_size):
+    # up to 256 sub-quantizers of entries near 255: sums near the uint16
+    # limit, where the AVX-512 path's wrapped accumulators must still cancel
+    from numba import njit
+
+    @njit
+    def masks(bcodes, offset, qlut, cs, thr):
+        return (kfs.block_mask_avx2(bcodes, offset, qlut, cs, thr),
+                kfs.block_mask_avx512(bcodes, offset, qlut, cs, thr))
+
+    rng = np.random.default_rng(34 + code_size)
+    codes = rng.integers(0, 256, (64, code_size), dtype=np.uint8)
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([64], np.int64))
+    for trial in range(20):
+        Q = rng.integers(200 if trial % 2 else 0, 256, 128 * ((code_size + 1) // 2),
+                         dtype=np.uint8)
+        Q.reshape(-1, 2, 16)[:, 1] = Q.reshape(-1, 2, 16)[:, 0]
+        for thr in rng.integers(0, 65536, 8):
+            for b in range(2):
+                a, w = masks(readonly(tiles.ravel()), b * 32 * code_size, Q, code_size, thr)
+                assert a == w, (trial, thr, b)
+
+
+@pytest.mark.parametrize("code_size", [1, 3, 32])
+def test_score_block(code_size):
+    """Every masked row's key is the scalar scan's (base + byte terms in byte
+    order), bit for bit; with AVX-512 block_scores gives all 32 rows."""
+    from numba import njit
+
+    @njit
+    def scores(bcodes, at, L, cs, base, mask, out):
+        kfs.score_block(bcodes, at, L, cs, base, mask, out)
+
+    rng = np.random.default_rng(35)
+    codes = rng.integers(0, 256, (64, code_size), dtype=np.uint8)
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([64], np.int64))
+    L = (rng.standard_normal((2 * code_size, 16)) * 100).astype(np.float32)
+    base = np.float32(rng.standard_normal() * 1000)
+    for b in range(2):
+        rows = codes[32 * b:32 * b + 32]
+        want = np.full(32, base, np.float32)
+        for j in range(code_size):
+            want = want + (L[2 * j, rows[:, j] & 15] + L[2 * j + 1, rows[:, j] >> 4])
+        for mask in (np.uint32(0xFFFFFFFF), np.uint32(0x80000005)):
+            out = np.full(32, np.nan, np.float32)
+            scores(readonly(tiles.ravel()), b * 32 * code_size, L, code_size, base, mask, out)
+            bits = np.array([(int(mask) >> i) & 1 for i in range(32)], bool)
+            np.testing.assert_array_equal(out[bits], want[bits])
+            if kfs.WIDE:
+                np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("M", [1, 7, 32])
 def test_quantized_tables_bound_every_sum(M, quantize):
     rng = np.random.default_rng(32 + M)
     rows = M + M % 2
     L = np.zeros((rows, 16), np.float32)
     L[:M] = rng.standard_normal((M, 16)) * rng.uniform(0.01, 100, (M, 1))
-    Q = np.empty(rows * 32, np.uint8)
+    Q = np.empty(128 * -(-rows // 4), np.uint8)
     offset, scale, magnitude = quantize(L, M, Q)
-    q16 = Q.reshape(rows, 32)[:, :16].astype(np.int64)
+    q16 = _qlut_rows(Q)[:rows].astype(np.int64)
     assert (q16[M:] == 0).all() and q16.max() <= 255
     codes = rng.integers(0, 16, (5000, rows))
     codes[0] = L.argmin(1)  # the smallest and largest sums

@@ -319,7 +319,8 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
         hid = np.empty(k, np.int64)
         heap_init(hd, hi, hid)
         L = np.zeros((2 * code_size, 16), np.float32)  # rows past M stay zero
-        Q = np.empty(2 * code_size * fastscan.BLOCK, np.uint8)
+        Q = np.empty(fastscan.qlut_size(code_size), np.uint8)
+        S = np.empty(fastscan.BLOCK, np.float32)  # the keys of a block's passing rows
         offset = np.float32(0.0)
         scale = np.float32(0.0)
         slack = np.float32(0.0)
@@ -362,14 +363,11 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
                     mask = fastscan.block_mask(bcodes, at, Q, code_size, thr)
                 if mask == 0:
                     continue
+                fastscan.score_block(bcodes, at, L, code_size, base, mask, S)
                 for i in range(min(fastscan.BLOCK, n - b)):
                     if (mask >> i) & 1:
                         r = start + b + i
-                        s = base
-                        for j in range(code_size):
-                            c = bcodes[at + j * fastscan.BLOCK + i]
-                            s += L[2 * j, c & 15] + L[2 * j + 1, c >> 4]
-                        _offer(hd, hi, hid, k, s, r, ids[r])
+                        _offer(hd, hi, hid, k, S[i], r, ids[r])
                 # only scoring moves the heap top, so only then can the threshold fall
                 thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
                 if thr < 0:
