@@ -461,7 +461,7 @@ class IVFIndex(BaseIndex):
         Returns a :class:`~shardann.index.RecallEstimate` (``recall``,
         ``lower``, ``upper``, ``n_queries``, ...). Raises ``ValueError`` when
         the index has no calibration set (built with ``calibration=0``, or its
-        rows came from ``add_preassigned`` / ``set_lists`` / an ingest). A
+        rows came from ``add_preassigned`` / ``set_lists``). A
         stored set is read from the store on the first call (opening an index
         never reads it).
         """
