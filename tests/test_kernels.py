@@ -813,8 +813,12 @@ def quantize():
 
     @njit
     def run(L, M, out):
-        offset, scale, magnitude = kfs.table_bounds(L, M)
-        kfs.quantize_tables(L, M, scale, out)
+        rows = kfs.table_rows(-(-M // 2))
+        T = np.zeros((rows, 16), np.float32)
+        T[:M] = L[:M]
+        lows = np.empty(rows, np.float32)
+        offset, scale, magnitude = kfs.table_bounds(T, lows)
+        kfs.quantize_tables(T, M, lows, scale, out)
         return offset, scale, magnitude
 
     return run
@@ -922,6 +926,28 @@ def test_score_block(code_size):
             np.testing.assert_array_equal(out[bits], want[bits])
             if kfs.WIDE:
                 np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("rows", [16, 64, 256])
+def test_row_bounds(rows):
+    from numba import njit
+
+    @njit
+    def bounds(L, lows):
+        return kfs.row_bounds(L, lows)
+
+    rng = np.random.default_rng(36 + rows)
+    L = (rng.standard_normal((rows, 16)) * rng.uniform(0.01, 100, (rows, 1))
+         + rng.standard_normal((rows, 1)) * 50).astype(np.float32)
+    L[-3:] = 0  # rows past the sub-quantizers
+    lows = np.empty(rows, np.float32)
+    offset, widest, magnitude = bounds(L, lows)
+    lo, hi = L.min(1), L.max(1)
+    np.testing.assert_array_equal(lows, lo)
+    assert widest == (hi - lo).max()
+    np.testing.assert_allclose(offset, lo.astype(np.float64).sum(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(magnitude, np.maximum(-lo, hi).astype(np.float64).sum(),
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("M", [1, 7, 32])

@@ -322,34 +322,90 @@ def _check_table_type(L):
     _simd.check_c_array("a fast-scan table", L, types.float32, 2)
 
 
-def _row_reduce(pick):
-    @intrinsic
-    def reduce_row(typingctx, L, row):
-        _check_table_type(L)
-
-        def codegen(context, builder, signature, args):
-            v = builder.load(_row_pointer(context, builder, signature.args[0], *args), align=4)
-            # halving tree of compare-and-select (minps / maxps); LLVM's
-            # reduce.fmin intrinsic would expand to scalar NaN handling
-            width = 16
-            while width > 1:
-                width //= 2
-                undef = ir.Constant(v.type, ir.Undefined)
-                a = builder.shuffle_vector(
-                    v, undef, ir.Constant(_simd.vec(_simd.I32, width), list(range(width))))
-                b = builder.shuffle_vector(
-                    v, undef, ir.Constant(_simd.vec(_simd.I32, width),
-                                          list(range(width, 2 * width))))
-                v = builder.select(builder.fcmp_ordered(pick, a, b), a, b)
-            return builder.extract_element(v, ir.Constant(_simd.I32, 0))
-
-        return types.float32(L, row), codegen
-
-    return reduce_row
+def _halve(builder, a, b, width, pick):
+    # a, b each hold 16 / width rows of `width` partial results side by side;
+    # keep the `pick` of each row's two halves: one vector of twice the rows
+    half = width // 2
+    rows = 2 * (16 // width)
+    first = [r * width + t for r in range(rows) for t in range(half)]
+    second = [r * width + half + t for r in range(rows) for t in range(half)]
+    x = builder.shuffle_vector(a, b, ir.Constant(_V16I32, first))
+    y = builder.shuffle_vector(a, b, ir.Constant(_V16I32, second))
+    # compare-and-select (minps / maxps); LLVM's minnum would add NaN handling
+    return builder.select(builder.fcmp_ordered(pick, x, y), x, y)
 
 
-row_min = _row_reduce("<")  # smallest of the 16 entries of a table row
-row_max = _row_reduce(">")  # largest of the 16 entries of a table row
+def _reduce16(builder, vecs, pick):
+    # lane i of the result: the `pick` (min / max) of the 16 entries of vecs[i]
+    width = 16
+    while len(vecs) > 1:
+        vecs = [_halve(builder, vecs[i], vecs[i + 1], width, pick)
+                for i in range(0, len(vecs), 2)]
+        width //= 2
+    return vecs[0]
+
+
+def _hsum(builder, v):
+    total = builder.extract_element(v, ir.Constant(_simd.I32, 0))
+    for i in range(1, 16):
+        total = builder.fadd(total, builder.extract_element(v, ir.Constant(_simd.I32, i)))
+    return total
+
+
+def _hmax(builder, v):
+    top = builder.extract_element(v, ir.Constant(_simd.I32, 0))
+    for i in range(1, 16):
+        e = builder.extract_element(v, ir.Constant(_simd.I32, i))
+        top = builder.select(builder.fcmp_ordered(">", e, top), e, top)
+    return top
+
+
+@intrinsic
+def row_bounds(typingctx, L, lows):
+    """``lows[m]`` = the smallest entry of row ``m`` of ``L`` for every row, and
+    returns ``(sum of the row minima, widest row (max - min), sum over rows of
+    max(|min|, |max|))``. L : float32 C-contiguous (rows, 16), rows a multiple
+    of 16 (:func:`table_rows`); lows : float32 (>= rows,). Sixteen rows at a
+    time: a halving tree over pairs of rows leaves each row's minimum (and
+    maximum) in a lane of its own, with no horizontal reduction per row."""
+    _check_table_type(L)
+    _simd.check_c_array("row minima", lows, types.float32, 1)
+    sig = types.UniTuple(types.float32, 3)(L, lows)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        groups = builder.lshr(builder.extract_value(arr.shape, 0), ir.Constant(_simd.I64, 4))
+        low_p = _simd.data_pointer(context, builder, signature.args[1], args[1])
+        zero = ir.Constant(_V16F32, [0.0] * 16)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(3)]
+        with cgutils.for_range(builder, groups) as loop:
+            first = builder.mul(loop.index, ir.Constant(_simd.I64, 16))
+            vecs = [builder.load(_row_pointer(context, builder, signature.args[0], args[0],
+                                              builder.add(first, ir.Constant(_simd.I64, i))),
+                                 align=4) for i in range(16)]
+            lo = _reduce16(builder, vecs, "<")
+            hi = _reduce16(builder, vecs, ">")
+            builder.store(lo, _simd.vector_at(builder, low_p, first, _V16F32), align=4)
+            off, wide, mag = (builder.load(a) for a in sums)
+            spread = builder.fsub(hi, lo)
+            neg = builder.fsub(zero, lo)  # max(|lo|, |hi|) = max(-lo, hi) as lo <= hi
+            absmax = builder.select(builder.fcmp_ordered(">", neg, hi), neg, hi)
+            builder.store(builder.fadd(off, lo), sums[0])
+            builder.store(builder.select(builder.fcmp_ordered(">", spread, wide), spread, wide),
+                          sums[1])
+            builder.store(builder.fadd(mag, absmax), sums[2])
+        off, wide, mag = (builder.load(a) for a in sums)
+        return context.make_tuple(builder, signature.return_type,
+                                  [_hsum(builder, off), _hmax(builder, wide), _hsum(builder, mag)])
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def table_rows(code_size):
+    """Rows of the float table array of ``code_size`` code bytes: ``2 code_size``
+    rounded up to 16 (:func:`row_bounds` takes 16 rows at a time)."""
+    return (2 * code_size + 15) // 16 * 16
 
 
 @intrinsic
@@ -402,20 +458,14 @@ def add_rows(typingctx, L, A, B):
 
 
 @njit(inline="always")
-def table_bounds(L, M):
+def table_bounds(L, lows):
     """``(offset, scale, magnitude)`` of the float tables ``L`` (C-contiguous
-    float32 (>= M, 16)): every row sums to at least ``offset`` (the sum of
-    the table minima), ``scale`` maps the widest table onto 0..255, and
-    ``magnitude`` bounds the running sums' absolute value (to size slack)."""
-    offset = np.float32(0.0)
-    magnitude = np.float32(0.0)
-    widest = np.float32(0.0)
-    for m in range(M):
-        lo = row_min(L, m)
-        hi = row_max(L, m)
-        offset += lo
-        magnitude += max(abs(lo), abs(hi))
-        widest = max(widest, hi - lo)
+    float32 (:func:`table_rows` (code_size), 16), rows past the sub-quantizers
+    zero): every row sums to at least ``offset`` (the sum of the table
+    minima, left in ``lows`` float32 (rows,)), ``scale`` maps the widest table
+    onto 0..255, and ``magnitude`` bounds the running sums' absolute value
+    (to size slack)."""
+    offset, widest, magnitude = row_bounds(L, lows)
     scale = np.float32(255.0) / widest if widest > 0 else np.float32(0.0)
     if not scale < np.inf:
         scale = np.float32(0.0)
@@ -423,14 +473,14 @@ def table_bounds(L, M):
 
 
 @njit(inline="always")
-def quantize_tables(L, M, scale, out):
+def quantize_tables(L, M, lows, scale, out):
     """Quantize the float tables ``L`` to uint8 in ``out`` (uint8
     (:func:`qlut_size` (code_size),), the ``qlut`` layout of
-    :func:`block_mask_avx2`, rows past ``M`` zero) with ``scale`` from
-    :func:`table_bounds`: every row then sums to at least
+    :func:`block_mask_avx2`, rows past ``M`` zero) with ``lows`` and ``scale``
+    from :func:`table_bounds`: every row then sums to at least
     ``offset + (quantized sum) / scale``."""
     for m in range(M):
-        quantize_row(L, m, row_min(L, m), scale, out)
+        quantize_row(L, m, lows[m], scale, out)
     for m in range(M, out.shape[0] // BLOCK):
         # qlut place of sub-quantizer m (as quantize_row's): pair, byte in pair, nibble
         at = (m >> 2) * _PAIR + ((m >> 1) & 1) * BLOCK + (m & 1) * 2 * BLOCK

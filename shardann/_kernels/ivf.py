@@ -318,7 +318,8 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
         hi = np.empty(k, np.int64)
         hid = np.empty(k, np.int64)
         heap_init(hd, hi, hid)
-        L = np.zeros((2 * code_size, 16), np.float32)  # rows past M stay zero
+        L = np.zeros((fastscan.table_rows(code_size), 16), np.float32)  # rows past M stay 0
+        lows = np.empty(L.shape[0], np.float32)
         Q = np.empty(fastscan.qlut_size(code_size), np.uint8)
         S = np.empty(fastscan.BLOCK, np.float32)  # the keys of a block's passing rows
         offset = np.float32(0.0)
@@ -337,7 +338,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
                 fresh = _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
                                     centroids, codebooks, L)
             if fresh:
-                offset, scale, magnitude = fastscan.table_bounds(L, M)
+                offset, scale, magnitude = fastscan.table_bounds(L, lows)
                 # float sums of <= 2 * code_size + 1 terms round by far less
                 slack = np.float32(2.0 ** -14) * magnitude
                 quantized = False
@@ -348,7 +349,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
             if thr < 0:
                 continue  # not even the smallest sum of this list can enter
             if not quantized:
-                fastscan.quantize_tables(L, M, scale, Q)
+                fastscan.quantize_tables(L, M, lows, scale, Q)
                 quantized = True
             start = list_start[lst]
             n = list_size[lst]
