@@ -1068,6 +1068,123 @@ def test_scatter_rows():
     np.testing.assert_array_equal(dst, ref)
 
 
+
+# ---------------------------------------------------------------------------
+# bounded Lloyd steps (shardann.kmeans._BoundedAssignment)
+# ---------------------------------------------------------------------------
+
+
+def _key_lower_bound_np(key, xnorm, margin, ip):
+    if np.isinf(key):
+        return np.inf
+    key = float(key)
+    if ip:
+        return key - margin - kkm.BOUND_SLACK * (abs(key) + margin)
+    sq = key + xnorm ** 2 - margin
+    sq -= kkm.BOUND_SLACK * (abs(key) + xnorm ** 2 + margin)
+    return np.sqrt(sq) * (1 - kkm.BOUND_SLACK) if sq > 0 else 0.0
+
+
+@pytest.mark.parametrize("ip", [False, True])
+def test_group_bounds(ip):
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((40, 9)).astype(np.float32)
+    c = rng.standard_normal((7, 9)).astype(np.float32)
+    group_of = np.array([0, 1, 0, 2, 1, 2, 2], np.int64)
+    labels = rng.integers(0, 7, 40).astype(np.int64)
+    drift = rng.uniform(0, 0.5, 3)
+    xn = np.sqrt((x.astype(np.float64) ** 2).sum(1))
+    start = rng.uniform(-2, 6, (40, 3))
+    start[3, 1] = np.inf  # a group without another centroid stays out
+    lower = start.copy()
+    own = np.empty(40)
+    need = np.empty((40, 3), np.bool_)
+    gamma, cmax = 1e-3, float(np.sqrt((c.astype(np.float64) ** 2).sum(1)).max())
+    active = kkm.group_bounds(*readonly(x, labels, c, group_of, drift), lower,
+                              readonly(xn), gamma, cmax, ip, own, need)
+    S = kkm.BOUND_SLACK
+    xd, cd = x.astype(np.float64), c[labels].astype(np.float64)
+    if ip:
+        want_own = -(xd * cd).sum(1)
+        drop = xn[:, None] * drift[None]
+        low = start - drop
+        with np.errstate(invalid="ignore"):  # inf - inf in the branch not taken
+            low = np.where(np.isinf(low), low, low - S * (np.abs(low) + drop))
+        hi = want_own + S * xn * cmax
+        stale = ~(low - hi[:, None] > (gamma * xn * cmax * (1 + S))[:, None])
+    else:
+        want_own = ((xd - cd) ** 2).sum(1)
+        low = np.maximum((start - drift[None]) * (1 - S), 0.0)
+        margin = gamma * (xn + cmax) ** 2
+        rhs = (want_own * (1 + S) + margin) * (1 + S)
+        stale = ~(low * low * (1 - S) > rhs[:, None])
+    rows = stale.any(1)
+    stale[np.flatnonzero(rows), group_of[labels[rows]]] = True
+    np.testing.assert_allclose(own, want_own, rtol=1e-12)
+    np.testing.assert_allclose(lower, low, rtol=1e-12)
+    np.testing.assert_array_equal(need, stale)
+    assert active == rows.sum() and 0 < active < 40
+    assert not need[3, 1] or group_of[labels[3]] == 1
+
+
+@pytest.mark.parametrize("ip", [False, True])
+def test_merge_group_keys_and_finish_rows(ip):
+    rng = np.random.default_rng(32)
+    n, d = 30, 5
+    x = rng.integers(-3, 4, (n, d)).astype(np.float32)
+    c = rng.integers(-3, 4, (8, d)).astype(np.float32)
+    c[6] = c[1]  # a tie across groups: decided exactly, not by group order
+    group_of = np.array([0, 1, 0, 1, 2, 2, 0, 1], np.int64)
+    cn = (c * c).sum(1).astype(np.float32)
+    xn = np.sqrt((x.astype(np.float64) ** 2).sum(1))
+    margin = np.full(n, 0.5)
+    best, second, bsec = (np.full(n, np.inf, np.float32) for _ in range(3))
+    arg = np.zeros(n, np.int64)
+    lower = np.full((n, 3), -7.0)
+    rows = np.arange(0, n, 2)  # the other rows are not asked for
+    for g in range(3):
+        m = np.flatnonzero(group_of == g)
+        dots = np.ascontiguousarray(c[m] @ x.T)
+        kkm.merge_group_keys(*readonly(dots, rows, cn[m], m, rows), g, ip, *readonly(xn, margin),
+                             best, arg, second, bsec, lower)
+    keys = -(x.astype(np.float64) @ c.T) if ip else cn[None] - 2.0 * (x.astype(np.float64)
+                                                                      @ c.T)
+    for i in range(n):
+        if i % 2:
+            assert np.isinf(best[i]) and (lower[i] == -7.0).all()
+            continue
+        order = sorted(range(8), key=lambda j: (keys[i, j], group_of[j], j))
+        assert best[i] == keys[i, order[0]] and second[i] == keys[i, order[1]]
+        assert arg[i] == order[0]
+        same = [keys[i, j] for j in range(8) if group_of[j] == group_of[order[0]]]
+        assert bsec[i] == (sorted(same)[1] if len(same) > 1 else np.inf)
+        for g in range(3):
+            gmin = min(keys[i, j] for j in range(8) if group_of[j] == g)
+            assert lower[i, g] == _key_lower_bound_np(np.float32(gmin), xn[i], 0.5, ip)
+    labels = np.full(n, -1, np.int64)
+    before = lower.copy()
+    near = kkm.finish_rows(*readonly(rows, best, arg, second, bsec, xn, margin), ip,
+                           readonly(group_of), labels, lower)
+    want_near = rows[second[rows].astype(np.float64) - best[rows] <= 0.5]
+    np.testing.assert_array_equal(near, want_near)
+    np.testing.assert_array_equal(labels[rows], arg[rows])
+    assert (labels[1::2] == -1).all()
+    for i in rows:
+        g = group_of[arg[i]]
+        want = before[i].copy()
+        if i not in want_near:
+            want[g] = _key_lower_bound_np(bsec[i], xn[i], 0.5, ip)
+        np.testing.assert_array_equal(lower[i], want)
+
+
+def test_gather_rows():
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    rows = np.array([5, 0, 5, 7], np.int64)
+    buf = np.full((6, 3), -1, np.float32)
+    out = kkm.gather_rows(*readonly(x, rows), buf)
+    np.testing.assert_array_equal(out, x[rows])
+    assert out.shape == (4, 3) and (buf[4:] == -1).all()
+
 # ---------------------------------------------------------------------------
 # coverage guard: a new kernel needs a twin here
 # ---------------------------------------------------------------------------
@@ -1075,7 +1192,7 @@ def test_scatter_rows():
 # kernels exercised only through another kernel
 _INDIRECT = {"heap_replace_top": "heap_push", "unpack_one": "unpack_codes",
              "exact_key": "pairwise_keys", "pad_centroids": "argmin_l2_lowdim",
-             "pad_width": "argmin_l2_lowdim",
+             "pad_width": "argmin_l2_lowdim", "key_lower_bound": "merge_group_keys",
              "nearest_rows": "pq_assign"}
 
 

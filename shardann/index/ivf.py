@@ -150,6 +150,32 @@ def coarse_probe(q, centroids, cnorms, nprobe, ip, parallel=False):
     return dis0, probes
 
 
+class _TrainingLabels:
+    """The coarse labels of an index's training rows, each row assigned at
+    most once while ``train`` runs (the payload's sample and the drift
+    baseline's overlap: for 8-bit PQ they are the same rows).
+    :func:`~shardann.kmeans.nearest_centroids` gives a row the same label in
+    any batch, so the labels equal a full assignment's."""
+
+    def __init__(self, index, xr):
+        self.index, self.xr = index, xr
+        self.known = np.full(xr.shape[0], -1, np.int64)
+
+    def invalidate(self):
+        """The centroids' and rows' columns were reordered (which rounds
+        differently): callers assign afresh."""
+        self.xr = None
+
+    def __call__(self, rows=None):
+        """Labels int64 (m,) of the rows ``rows`` int64 (m,) (all rows: None)."""
+        if rows is None:
+            rows = np.arange(self.xr.shape[0])
+        missing = rows[self.known[rows] < 0]
+        if missing.size:
+            self.known[missing] = self.index._assign(self.xr[missing])
+        return self.known[rows]
+
+
 class IVFIndex(BaseIndex):
     """Shared inverted-file machinery: coarse quantizer, lists, nprobe.
 
@@ -245,8 +271,9 @@ class IVFIndex(BaseIndex):
                     metric=self.metric, max_points_per_centroid=self.max_points_per_centroid,
                     verbose=self.verbose)
         self._set_centroids(km.train(xr).centroids)
-        self._train_payload(x, xr)
-        self._drift = new_log(self._training_baseline(x))
+        labels_of = _TrainingLabels(self, xr)
+        self._train_payload(x, xr, labels_of)
+        self._drift = new_log(self._training_baseline(x, labels_of))
         self._lists = self._new_lists()
         self._sorted_ids = None
         self._on_mutation()
@@ -256,14 +283,19 @@ class IVFIndex(BaseIndex):
         self._cal = None
         return self
 
-    def _training_baseline(self, x):
+    def _training_baseline(self, x, labels_of):
         """Drift baseline (:func:`shardann.drift.baseline`) of prepared training
-        rows ``x``, on a seeded sample of at most BASELINE_ROWS of them."""
+        rows ``x``, on a seeded sample of at most BASELINE_ROWS of them;
+        ``labels_of``, a :class:`_TrainingLabels` of them."""
         n = x.shape[0]
+        rows = np.arange(n)
         if n > BASELINE_ROWS:
             rng = np.random.default_rng(self.seed)
-            x = x[np.sort(rng.choice(n, BASELINE_ROWS, replace=False))]
-        labels, payload = self._encode(x)
+            rows = np.sort(rng.choice(n, BASELINE_ROWS, replace=False))
+            x = x[rows]
+        xr = self._reduce(x)
+        labels = self._assign(xr) if labels_of.xr is None else labels_of(rows)
+        payload = self._payload(x, xr, labels)
         return baseline(self.quantization_errors(x, labels, payload), labels, self.nlist,
                         ksub=getattr(getattr(self, "pq", None), "ksub", None))
 
@@ -293,7 +325,7 @@ class IVFIndex(BaseIndex):
         """The inverse of :meth:`_reduce` (its best approximation with ``pca``)."""
         return y if self._pca is None else self._pca.reverse(y)
 
-    def _train_payload(self, x, xr):
+    def _train_payload(self, x, xr, labels_of):
         pass
 
     def _new_lists(self):
@@ -850,16 +882,21 @@ class IVFPQIndex(IVFIndex):
         """Prepared-space rows back to the input space (undo the OPQ rotation)."""
         return x if self.opq is None or self.pca is not None else self.opq.reverse(x)
 
-    def _train_payload(self, x, xr):
-        labels = self._assign(xr)
-        residuals = xr - self.centroids[labels]
+    def _train_payload(self, x, xr, labels_of):
         if self._pca is not None and self.opq is None:
+            residuals = xr - self.centroids[labels_of()]
             # PCA's directions come by decreasing variance: spread them over the
             # sub-quantizers by the variance the codes will have to hold
             order = balanced_order(residuals.var(axis=0), self.M)
             self._pca.reorder(order)
             self._set_centroids(self.centroids[:, order])
+            labels_of.invalidate()  # reordered columns round differently
             residuals = np.ascontiguousarray(residuals[:, order])
+        else:
+            # only the rows the codebooks train on (FAISS samples first too)
+            rows = self.pq.training_rows(xr.shape[0])
+            sample = xr if rows is None else xr[rows]
+            residuals = sample - self.centroids[labels_of(rows)]
         self.pq.train(residuals)
         self._precompute()
         if self.keep_vectors == "int8":
