@@ -366,27 +366,12 @@ def merge_group_keys(dots_t, cols, cnorms, members, rows, g, ip, xnorms, margin_
         (L2) or key (ip) of each of the group's centroids, its BLAS minimum
         less the margin (the row's own group is fixed later).
     """
-    gk, m = dots_t.shape
+    m = dots_t.shape[1]
     gmin = np.empty(m, np.float32)
     gsec = np.empty(m, np.float32)
-    garg = np.zeros(m, np.int32)
+    garg = np.empty(m, np.int64)
     # every column (a vectorized pass), then the ones asked for
-    for p in range(m):
-        gmin[p] = np.inf
-        gsec[p] = np.inf
-    scale = np.float32(1.0) if ip else np.float32(2.0)
-    for j in range(gk):
-        b = np.float32(0.0) if ip else cnorms[j]
-        col = dots_t[j]
-        jj = np.int32(j)
-        for p in range(m):
-            v = b - scale * col[p]
-            cur = gmin[p]
-            better = v < cur  # strict: the first centroid wins ties
-            s = gsec[p]
-            gsec[p] = cur if better else (v if v < s else s)
-            gmin[p] = v if better else cur
-            garg[p] = jj if better else garg[p]
+    argmin_from_dots(dots_t, cnorms, ip, garg, gmin, gsec)
     for q in range(rows.shape[0]):
         i = rows[q]
         p = cols[q]
