@@ -6,7 +6,14 @@ import logging
 
 import numpy as np
 import pytest
-from ingest_support import TRAIN, assert_same_calibration, data, reference, write_mixed
+from ingest_support import (
+    TRAIN,
+    assert_same_calibration,
+    data,
+    reference,
+    write_mixed,
+    write_parquet,
+)
 
 from shardann.distributed import ingest
 from shardann.index import CalibrationSet, brute_force_knn, load_index
@@ -99,3 +106,18 @@ def test_no_set_where_none_can_be_kept(tmp_path, xb, inputs, caplog):
         load_index(IndexStore.open(path)).estimate_recall()
     with pytest.raises(ValueError, match="do not pass calibration"):
         ingest(path, inputs[1], calibration=50, progress=False)
+
+
+def test_skipped_rows_are_neither_queries_nor_neighbours(tmp_path, xb):
+    # a set larger than the input: every row is drawn, the bad ones too
+    x = np.array(xb[:600])
+    x[[3, 250]] = np.nan
+    src = str(tmp_path / "in.parquet")
+    write_parquet(src, x)
+    path = str(tmp_path / "idx")
+    s = ingest(path, src, skip_bad_rows=True, calibration=1000, **TRAIN)
+    assert s.skipped_rows == 2
+    keep = np.setdiff1d(np.arange(600), [3, 250])
+    got = assert_same_calibration(path, reference(path, x[keep], ids=keep)._cal)
+    assert got.nqueries == got.rows_seen == 598 and not got.closed
+    assert not np.isin([3, 250], got.truth_ids).any()
