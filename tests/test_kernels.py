@@ -22,6 +22,7 @@ from core_support import (
 from shardann import sq
 from shardann._kernels import distances as kd
 from shardann._kernels import fastscan as kfs
+from shardann._kernels import fastscan8 as kfs8
 from shardann._kernels import ivf as kivf
 from shardann._kernels import kmeans as kkm
 from shardann._kernels import pq as kpq
@@ -770,6 +771,8 @@ def test_ivfpq_modes_agree_for_l2():
 # ---------------------------------------------------------------------------
 
 needs_avx2 = pytest.mark.skipif(not kfs.AVAILABLE, reason="fast scan needs x86 AVX2")
+needs_vbmi = pytest.mark.skipif(not kfs8.AVAILABLE,
+                                reason="8-bit fast scan needs x86 AVX-512 VBMI")
 
 
 def _tiled(codes, start, size):
@@ -971,30 +974,38 @@ def test_quantized_tables_bound_every_sum(M, quantize):
     assert kfs.block_threshold(offset - 1.0, 0.0, offset, scale, 0.0) == -1
 
 
-def _run_fastscan(fn, s, mode, k):
-    # scans the slab re-laid in tiles; returns positions in the row-major slab
+def _run_fastscan(fn, s, mode, k, allowed=None):
+    # scans the slab re-laid in tiles (``allowed``: over the row-major slab, as
+    # the scalar scan takes it); returns positions in the row-major slab
     qlut, terms, books, dis0 = _pq_inputs(s, mode)
     tiles, tstart, plain_row = _tiled(s["codes"], s["start"], s["size"])
     ids = np.where(plain_row >= 0, s["ids"][np.maximum(plain_row, 0)], -1)
     nq = s["probes"].shape[0]
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
+    mask = ()
+    if allowed is not None:
+        mask = (readonly(np.where(plain_row >= 0, allowed[np.maximum(plain_row, 0)], 0)
+                         .astype(np.uint8)),)
     fn(readonly(qlut), _readonly_or_none(terms),
        *readonly(dis0, s["probes"], tiles, ids, tstart, s["size"]), k,
-       *readonly(s["queries"], s["centroids"]), _readonly_or_none(books), out_d, out_p)
+       *readonly(s["queries"], s["centroids"]), _readonly_or_none(books), out_d, out_p, *mask)
     return out_d, np.where(out_p >= 0, plain_row[np.maximum(out_p, 0)], -1)
 
 
-@needs_avx2
+@pytest.mark.parametrize("nbits", [pytest.param(4, marks=needs_avx2),
+                                   pytest.param(8, marks=needs_vbmi)])
 @pytest.mark.parametrize("mode", MODES, ids=MODE_NAMES)
 @pytest.mark.parametrize("M", [6, 7, 8])
 @pytest.mark.parametrize("integer", [True, False])
 @pytest.mark.parametrize("k", [1, 12, 40])
-def test_fastscan_equals_scalar_scan(mode, M, integer, k):
+def test_fastscan_equals_scalar_scan(nbits, mode, M, integer, k):
     # the pre-filter may only skip rows that cannot enter: bit-identical results
-    s = _pq_slab(4000 + M + 10 * integer, M, 4, 2, integer=integer)
+    s = _pq_slab(4000 + M + 10 * integer + nbits, M, nbits, 2, integer=integer)
     ref = _run_pq_scan(kivf.ivfpq_scan_serial, s, mode, k)
-    for fn in (kivf.ivfpq4_fastscan_serial, kivf.ivfpq4_fastscan_parallel):
+    fast = ((kivf.ivfpq4_fastscan_serial, kivf.ivfpq4_fastscan_parallel) if nbits == 4
+            else (kivf.ivfpq8_fastscan_serial, kivf.ivfpq8_fastscan_parallel))
+    for fn in fast:
         got = _run_fastscan(fn, s, mode, k)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
@@ -1014,6 +1025,128 @@ def test_fastscan_equals_scalar_scan_on_long_lists():
         got = _run_fastscan(kivf.ivfpq4_fastscan_serial, s, mode, 10)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
+
+
+@pytest.fixture
+def quantize8():
+    from numba import njit
+
+    @njit
+    def run(L, A, B, lo, hi, out, add):
+        if add:
+            kfs8.add_bounds(L, A, B, lo, hi)
+        else:
+            kfs8.row_bounds(L, lo, hi)
+        offset, scale, magnitude = kfs8.table_bounds(lo, hi, L.shape[0])
+        kfs8.quantize_rows(L, lo, scale, out)
+        return offset, scale, magnitude
+
+    return run
+
+
+@needs_vbmi
+@pytest.mark.parametrize("M", [1, 7, 32])
+@pytest.mark.parametrize("add", [True, False])
+def test_quantized_8bit_tables_bound_every_sum(M, add, quantize8):
+    rng = np.random.default_rng(40 + M)
+    A = (rng.standard_normal((M, 256)) * rng.uniform(0.01, 100, (M, 1))).astype(np.float32)
+    B = rng.standard_normal((M, 256)).astype(np.float32)
+    L = np.empty((M, 256), np.float32) if add else A + B
+    lo, hi = np.empty(M, np.float32), np.empty(M, np.float32)
+    Q = np.empty(M * 256, np.uint8)
+    offset, scale, magnitude = quantize8(L, *readonly(A, B), lo, hi, Q, add)
+    # NumPy twin: the same float32 operations give the same bits
+    ref = A + B
+    np.testing.assert_array_equal(L, ref)
+    np.testing.assert_array_equal(lo, ref.min(1))
+    np.testing.assert_array_equal(hi, ref.max(1))
+    widest = (ref.max(1) - ref.min(1)).max()
+    assert scale == np.float32(255.0) / widest
+    assert offset == np.float32(sum(ref.min(1).tolist(), np.float32(0)))
+    want = np.minimum((ref - ref.min(1)[:, None]) * scale, np.float32(255)).astype(np.uint8)
+    np.testing.assert_array_equal(Q.reshape(M, 256), want)
+    codes = rng.integers(0, 256, (5000, M))
+    codes[0] = ref.argmin(1)  # the smallest and largest sums
+    codes[1] = ref.argmax(1)
+    exact = ref[np.arange(M), codes].astype(np.float64).sum(1)
+    bound = offset + want.astype(np.int64)[np.arange(M), codes].sum(1) / np.float64(scale)
+    assert (exact >= bound - 1e-5 * magnitude).all()
+    assert (exact - bound).max() <= M / scale * (1 + 1e-3)  # each term loses < 1 step
+
+
+@needs_vbmi
+@pytest.mark.parametrize("M", [1, 5, 32])
+def test_block_mask_8bit(M):
+    from numba import njit
+
+    @njit
+    def mask_of(bcodes, first, second, qlut, m, thr):
+        return kfs8.block_mask(bcodes, first, second, qlut, m, thr)
+
+    rng = np.random.default_rng(41 + M)
+    n = 150  # five tiles: two full blocks and an odd tile
+    codes = rng.integers(0, 256, (n, M), dtype=np.uint8)
+    # the edges of both halves of the table (the top bit picks the half)
+    codes[:4, :] = np.array([0, 127, 128, 255], np.uint8)[:, None]
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([n], np.int64))
+    out = readonly(tiles.ravel())
+    Q = rng.integers(0, 256, M * 256).astype(np.uint8)
+    padded = np.zeros((160, M), np.uint8)
+    padded[:n] = codes
+    acc = Q.reshape(M, 256).astype(np.int64)[np.arange(M), padded].sum(1)
+    span = 32 * M
+    for thr in (0, int(np.median(acc)), int(acc.max()) - 1, 65535):
+        for t in (0, 2, 4):
+            second = (t + 1) * span if t < 4 else t * span  # the odd tile: read twice
+            got = mask_of(out, t * span, second, readonly(Q), M, thr)
+            upper = t + 1 if t < 4 else t
+            rows = list(range(32 * t, 32 * t + 32)) + list(range(32 * upper, 32 * upper + 32))
+            want = sum(1 << i for i, r in enumerate(rows) if acc[r] <= thr)
+            assert got & ((1 << 64) - 1) == want, (thr, t)
+
+
+def test_lowest_bit():
+    from numba import njit
+
+    @njit
+    def low(x):
+        return kfs8.lowest_bit(x)
+
+    for x in (1, 6, 1 << 40, -(1 << 63), -1, 0):
+        want = 64 if x == 0 else (x & -x).bit_length() - 1
+        assert low(np.int64(x)) == want
+
+
+def _long_lists(s, rng, M, low, high):
+    sizes = rng.integers(low, high, s["size"].size)
+    start, size, ids, owner = _slab(rng, sizes.size, sizes)
+    raw = rng.integers(0, 256, (ids.size, M)).astype(np.uint8)
+    s.update(start=start, size=size, ids=ids, owner=owner, raw=raw, codes=raw.copy())
+    return s
+
+
+@needs_vbmi
+@pytest.mark.parametrize("filtered", [False, True])
+def test_fastscan8_equals_scalar_scan_on_long_lists(filtered):
+    # lists of hundreds of rows (blocks of 64, odd tiles at the ends): the heap
+    # fills and most rows are skipped; a filter's mask is applied per block
+    rng = np.random.default_rng(43)
+    s = _long_lists(_pq_slab(4300, 16, 8, 2, integer=False), rng, 16, 1, 400)
+    allowed = (rng.random(s["ids"].size) < 0.3).astype(np.uint8) if filtered else None
+    mask = () if allowed is None else (readonly(allowed),)
+    for mode in MODES:
+        for k in (1, 10, 100):
+            qlut, terms, books, dis0 = _pq_inputs(s, mode)
+            nq = s["probes"].shape[0]
+            ref_d, ref_p = np.empty((nq, k), np.float32), np.empty((nq, k), np.int64)
+            kivf.ivfpq8_scan_serial(
+                readonly(qlut), _readonly_or_none(terms),
+                *readonly(dis0, s["probes"], s["codes"], s["ids"], s["start"], s["size"]), k,
+                *readonly(s["queries"], s["centroids"]), _readonly_or_none(books),
+                ref_d, ref_p, *mask)
+            got = _run_fastscan(kivf.ivfpq8_fastscan_serial, s, mode, k, allowed)
+            np.testing.assert_array_equal(got[0], ref_d)
+            np.testing.assert_array_equal(got[1], ref_p)
 
 
 @pytest.mark.parametrize("ip", [False, True])
@@ -1193,7 +1326,7 @@ def test_gather_rows():
 _INDIRECT = {"heap_replace_top": "heap_push", "unpack_one": "unpack_codes",
              "exact_key": "pairwise_keys", "pad_centroids": "argmin_l2_lowdim",
              "pad_width": "argmin_l2_lowdim", "key_lower_bound": "merge_group_keys",
-             "nearest_rows": "pq_assign"}
+             "nearest_rows": "pq_assign", "scale_for": "table_bounds"}
 
 
 def test_every_kernel_has_a_twin():
@@ -1203,8 +1336,8 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
 
     source = pathlib.Path(__file__).read_text()
-    aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk",
-               ktr: "ktr", kref: "kref"}
+    aliases = {kd: "kd", kfs: "kfs", kfs8: "kfs8", kivf: "kivf", kkm: "kkm", kpq: "kpq",
+               ktopk: "ktopk", ktr: "ktr", kref: "kref"}
     missing = []
     for mod, alias in aliases.items():
         for name, obj in inspect.getmembers(mod):

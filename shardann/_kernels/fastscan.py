@@ -38,7 +38,9 @@ BLOCK = 32
 MAX_SUBQ = 256  # uint16 lanes hold sums of up to 257 terms of at most 255
 
 
-def _host_has(*features):
+def host_has(*features):
+    """Whether Numba compiles for this host and its CPU has every one of ``features``
+    (LLVM's names: "avx2", "avx512vbmi", ...)."""
     if config.CPU_NAME or config.CPU_FEATURES:
         return False  # compiling for a chosen (maybe generic) CPU: do not assume any
     try:
@@ -50,9 +52,9 @@ def _host_has(*features):
         return False
 
 
-AVAILABLE = _host_has("avx2")
+AVAILABLE = host_has("avx2")
 #: AVX-512 (F and BW): exact block scores with 16-entry float permutes
-WIDE = AVAILABLE and _host_has("avx512f", "avx512bw")
+WIDE = AVAILABLE and host_has("avx512f", "avx512bw")
 
 _V32I8 = _simd.vec(ir.IntType(8), BLOCK)
 _V32I16 = _simd.vec(ir.IntType(16), BLOCK)
@@ -466,10 +468,17 @@ def table_bounds(L, lows):
     onto 0..255, and ``magnitude`` bounds the running sums' absolute value
     (to size slack)."""
     offset, widest, magnitude = row_bounds(L, lows)
+    return offset, scale_for(widest), magnitude
+
+
+@njit(inline="always")
+def scale_for(widest):
+    """The scale mapping a table of range ``widest`` onto 0..255 (0 when there is
+    none: every entry then quantizes to 0, a valid lower bound)."""
     scale = np.float32(255.0) / widest if widest > 0 else np.float32(0.0)
     if not scale < np.inf:
         scale = np.float32(0.0)
-    return offset, scale, magnitude
+    return scale
 
 
 @njit(inline="always")

@@ -6,13 +6,15 @@ import logging
 import numba
 import numpy as np
 
-from .._kernels import fastscan
+from .._kernels import fastscan, fastscan8
 from .._kernels.distances import rerank_exact_parallel, rerank_exact_serial
 from .._kernels.ivf import (
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
     ivfpq4_fastscan_parallel,
     ivfpq4_fastscan_serial,
+    ivfpq8_fastscan_parallel,
+    ivfpq8_fastscan_serial,
     ivfpq8_scan_parallel,
     ivfpq8_scan_serial,
     ivfpq_scan_parallel,
@@ -794,10 +796,10 @@ class IVFPQIndex(IVFIndex):
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
         2**nbits floats) to keep; above it tables are built per (query, list).
-    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2: hold the codes in
-        32-row blocks and scan them with the SIMD pre-filter (same results,
-        several times faster; lists are padded to whole blocks). False keeps
-        them row-major for the scalar scan.
+    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2 and ``nbits=8`` on CPUs
+        with AVX-512 VBMI: hold the codes in 32-row blocks and scan them with
+        the SIMD pre-filter (same results, faster; lists are padded to whole
+        blocks). False keeps them row-major for the scalar scan.
     num_threads : threads of a batch search (None: Numba's setting, every core
         by default); results do not depend on it.
     pca : int in 1..d (a multiple of ``M``) or None. Project vectors onto their
@@ -852,7 +854,7 @@ class IVFPQIndex(IVFIndex):
 
     @property
     def fast_scan(self):
-        """Whether 4-bit codes are held for the SIMD fast scan (set at construction)."""
+        """Whether 4-bit and 8-bit codes are held for the SIMD fast scan (set at construction)."""
         return self._fast_scan
 
     @property
@@ -926,8 +928,12 @@ class IVFPQIndex(IVFIndex):
     def _tiled_columns(self):
         # decided when lists are made, so a machine without AVX2 that opens an
         # index gets the row-major layout its scalar scan reads
-        usable = (self._fast_scan and self.nbits == 4 and fastscan.AVAILABLE
-                  and 2 * self.code_size <= fastscan.MAX_SUBQ)
+        if not self._fast_scan:
+            return ()
+        if self.nbits == 4:
+            usable = fastscan.AVAILABLE and 2 * self.code_size <= fastscan.MAX_SUBQ
+        else:
+            usable = self.nbits == 8 and fastscan8.AVAILABLE and self.M <= fastscan8.MAX_SUBQ
         return ("codes",) if usable else ()
 
     def _columns(self):
@@ -968,7 +974,10 @@ class IVFPQIndex(IVFIndex):
         out_d = np.empty((nq, k), np.float32)
         out_p = np.empty((nq, k), np.int64)
         if "codes" in L.tiled:
-            fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
+            if self.nbits == 8:
+                fn = ivfpq8_fastscan_parallel if _parallel(nq) else ivfpq8_fastscan_serial
+            else:
+                fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
             # its SIMD table code reads whole rows: C-contiguous tables (no copy here)
             fn(np.ascontiguousarray(qlut), None if terms is None else np.ascontiguousarray(terms),
                dis0, probes, L.data["codes"].tiles, L.ids, L.start, L.size, k, q,
