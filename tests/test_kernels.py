@@ -74,6 +74,25 @@ def test_exact_search_keys_over_many_blocks_with_a_limit(ip):
         np.testing.assert_array_equal(got_i, np.where(inside, want_i, -1))
 
 
+def test_topk_from_dots_resumes_from_an_earlier_result():
+    """``resume=True`` starts each row's heap from the result already in the output:
+    two column blocks, the second resumed, equal one pass over all columns (ties by
+    smaller id, padding of rows with fewer than k kept)."""
+    rng = np.random.default_rng(8)
+    dist = rng.integers(0, 6, (9, 300)).astype(np.float32)  # many ties
+    ids = rng.permutation(10**5)[:300].astype(np.int64)
+    for k in (1, 7, 40, 320):
+        want_d, want_i = topk_smallest(dist, ids, k)
+        out_d = np.empty((9, k), np.float32)
+        out_i = np.empty((9, k), np.int64)
+        for s, e, resume in ((0, 120, False), (120, 300, True)):
+            ktopk.topk_from_dots_serial(dist[:, s:e].copy(), np.zeros(e - s, np.float32),
+                                        np.float32(-1), np.zeros(9, np.float32), False,
+                                        ids[s:e].copy(), k, out_d, out_i, None, None, resume)
+        np.testing.assert_array_equal(out_i, want_i)
+        np.testing.assert_array_equal(out_d, want_d.astype(np.float32))
+
+
 @pytest.mark.parametrize("clamp", [False, True])
 @pytest.mark.parametrize("integer", [True, False])
 def test_topk_from_dots_rounds_like_numpy(clamp, integer):
