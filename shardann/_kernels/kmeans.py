@@ -319,7 +319,8 @@ def group_bounds(x, labels, centroids, group_of, drift, lower, xnorms, gamma, cm
                 s += v * v
             own[i] = s
             hi = s * up
-            margin = gamma * (xnorms[i] + cmax) ** 2
+            size = xnorms[i] + cmax  # a product, not a call to pow
+            margin = gamma * size * size
         any_need = False
         for g in range(t):
             if ip:
