@@ -78,3 +78,31 @@ def test_probe_ranks_near_ties_exactly(trained):
         d1, p1 = index.probe(q[i:i + 1], 8)
         np.testing.assert_array_equal(p1[0], probes[i])
         np.testing.assert_array_equal(d1[0], dis0[i])
+
+
+def test_probe_keeps_the_largest_centroid_norm(tmp_path):
+    """The rounding margin's largest centroid norm is computed once per set of
+    centroids (trained, loaded, unpickled), and the probe gives the same lists
+    and keys as with the norm computed per call."""
+    import pickle
+
+    from shardann.index.ivf import coarse_probe
+    from shardann.kmeans import largest_norm, rounding_margin
+
+    rng = np.random.default_rng(5)
+    index = shardann.IVFFlatIndex(D, 8, seed=0)
+    index.train(rng.standard_normal((400, D)).astype(np.float32))
+    c = index.centroids
+    q = np.concatenate([rng.standard_normal((6, D)).astype(np.float32), c[2:3],
+                        (c[5:6] + c[6:7]) / 2])  # on a centroid, between two
+    index.add(rng.standard_normal((200, D)).astype(np.float32))
+    index.save(tmp_path / "ix")
+    for held in (index, shardann.open_index(tmp_path / "ix"), pickle.loads(pickle.dumps(index))):
+        assert held._cmax == largest_norm(held.centroids) > 0
+        np.testing.assert_array_equal(rounding_margin(q, held.centroids, False, held._cmax),
+                                      rounding_margin(q, held.centroids, False))
+        for nprobe in (1, 3, 8):
+            got = held.probe(q, nprobe)
+            ref = coarse_probe(q, held.centroids, held._cnorms, nprobe, False)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0], ref[0])
