@@ -17,15 +17,20 @@ Three kinds of values, all JSON-able dicts (they go into manifests):
   the stats of two batches, two commits or two ingest blocks add up
   (:func:`merge_stats`);
 * a **report** (:func:`drift_report`): the means, their ratios to the
-  training means, the list-size imbalance and whether a retrain is
-  recommended.
+  training means, the *relative* PQ error (mean PQ error over mean coarse
+  error: the share of the residual energy the codes miss) and its ratio to
+  training's, the list-size imbalance and whether a retrain is recommended.
 
-Retrain rule: recommended when the mean coarse or PQ error of the vectors
-added since training exceeds the training mean by more than ``threshold``
-(default :data:`DEFAULT_THRESHOLD` = 1.25, i.e. 25 % above), once at least
-:data:`MIN_ROWS` vectors were added. Vectors from the training distribution
-measure 0.97-1.1 (in-sample training error is slightly optimistic); shifted
-data measures far above (see the README, "Drift").
+Retrain rule: recommended when the mean coarse or PQ error, or the relative
+PQ error, of the vectors added since training exceeds the training figure by
+more than ``threshold`` (default :data:`DEFAULT_THRESHOLD` = 1.25, i.e. 25 %
+above), once at least :data:`MIN_ROWS` vectors were added. Vectors from the
+training distribution measure 0.97-1.1 (in-sample training error is slightly
+optimistic); shifted data measures far above (see the README, "Drift"). The
+relative error is there for data that contracts: its absolute errors fall
+below the training ones while the codebooks, fitted to larger residuals,
+reproduce a larger share of each residual wrongly, and recall falls. It is
+derived from the sums the stats already keep, so old manifests report it too.
 """
 
 import math
@@ -39,6 +44,8 @@ DEFAULT_THRESHOLD = 1.25
 MIN_ROWS = 100
 #: the error kinds, in report order
 KINDS = ("coarse", "pq")
+#: the report's name of the relative PQ error (PQ mean over coarse mean)
+RELATIVE = "pq_relative"
 
 
 def _percentiles(e):
@@ -146,7 +153,18 @@ def _summary(st, base):
         out[kind] = {"mean": mean, "std": math.sqrt(var),
                      "ratio": mean / train if train > 0 else None,
                      "over_train_p90": s["over_p90"] / n}
+    rel, rel_train = _relative(out), _relative(base)
+    if rel is not None and rel_train:
+        out[RELATIVE] = {"mean": rel, "ratio": rel / rel_train}
     return out
+
+
+def _relative(part):
+    """Mean PQ error over mean coarse error of a summary or baseline (None
+    without a PQ error or with a zero coarse error)."""
+    if "pq" not in part or "coarse" not in part or not part["coarse"]["mean"] > 0:
+        return None
+    return part["pq"]["mean"] / part["coarse"]["mean"]
 
 
 def drift_report(section, list_sizes=None, threshold=DEFAULT_THRESHOLD):
@@ -189,6 +207,12 @@ def drift_report(section, list_sizes=None, threshold=DEFAULT_THRESHOLD):
                                f"training is {r:.2f}x the training error "
                                f"({since[kind]['mean']:.4g} vs {base[kind]['mean']:.4g}; "
                                f"threshold {threshold:g}x)")
+        rel = since.get(RELATIVE)
+        if rel is not None and rel["ratio"] > threshold:
+            reasons.append(f"relative PQ error (PQ over coarse error) of the {since['n']} "
+                           f"vectors added since training is {rel['ratio']:.2f}x training's "
+                           f"({rel['mean']:.4g} vs {_relative(base):.4g}; threshold "
+                           f"{threshold:g}x): the codes miss a larger share of each residual")
     notes = []
     per_code = base.get("pq", {}).get("rows_per_code")
     if per_code is not None and per_code < ROWS_PER_CODE:
@@ -226,6 +250,11 @@ def report_lines(report):
                              f"mean {p['mean']:.4g} = {ratio}x training; "
                              f"{100 * p['over_train_p90']:.0f}% above training p90; "
                              f"{part['n']:,} vectors{where}"))
+        if RELATIVE in part:
+            p = part[RELATIVE]
+            rows.append((f"pq/coarse, {label}",
+                         f"{p['mean']:.4g} = {p['ratio']:.2f}x training "
+                         f"({_relative(base):.4g}){where}"))
     lists = report["lists"]
     if lists is not None:
         text = (f"max/mean {lists['max_over_mean']:.2f}, cv {lists['cv']:.2f}, "
@@ -254,6 +283,8 @@ def gauges(report):
         r = since.get(kind, {}).get("ratio")
         if r is not None:
             out[f"shardann_drift_{kind}_ratio"] = float(r)
+    if RELATIVE in since:
+        out[f"shardann_drift_{RELATIVE}_ratio"] = float(since[RELATIVE]["ratio"])
     out["shardann_drift_added_vectors"] = float(since["n"])
     out["shardann_drift_retrain_recommended"] = float(report["retrain_recommended"])
     out["shardann_drift_threshold"] = report["threshold"]

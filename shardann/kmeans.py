@@ -6,7 +6,16 @@ import time
 import numpy as np
 
 from ._kernels.distances import nearest_exact
-from ._kernels.kmeans import argmin_from_dots, argmin_l2_lowdim, centroid_sums
+from ._kernels.kmeans import (
+    BOUND_SLACK,
+    argmin_from_dots,
+    argmin_l2_lowdim,
+    centroid_sums,
+    finish_rows,
+    gather_rows,
+    group_bounds,
+    merge_group_keys,
+)
 from ._matrix_io import read_matrix, write_matrix
 from ._validation import as_vectors, check_choice, check_int
 from .errors import NotTrainedError
@@ -40,6 +49,11 @@ def assigns_without_blas(d, ip=False):
     return not ip and d <= _DIRECT_MAX_DIM
 
 
+def _margin_gamma(d):
+    """Relative rounding bound of :func:`rounding_margin` for dimension ``d``."""
+    return 8.0 * (d + 4) * 2.0 ** -24
+
+
 def largest_norm(centroids):
     """The largest row norm of float32 (n, d) ``centroids`` (a float), in float64:
     what :func:`rounding_margin` needs of them; callers that keep their
@@ -64,9 +78,8 @@ def rounding_margin(x, centroids, ip, cmax=None):
     d = x.shape[1]
     xn = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     cmax = largest_norm(centroids) if cmax is None else cmax
-    gamma = 8.0 * (d + 4) * 2.0 ** -24
     size = xn * cmax if ip else (xn + cmax) ** 2
-    return (gamma * size).astype(np.float32)
+    return (_margin_gamma(d) * size).astype(np.float32)
 
 
 def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
@@ -89,24 +102,158 @@ def nearest_centroids(x, centroids, *, ip=False, cnorms=None):
     ``|x|^2`` for the squared distance) or ``-x.c`` for ip, as BLAS computed
     them (for objectives; the labels are what must not vary).
     """
-    n = x.shape[0]
-    labels = np.empty(n, np.int64)
-    keys = np.empty(n, np.float32)
     if cnorms is None:
         cnorms = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
     if assigns_without_blas(x.shape[1], ip):
+        labels = np.empty(x.shape[0], np.int64)
+        keys = np.empty(x.shape[0], np.float32)
         # a fixed sequence of operations per row: the same label in any batch
         argmin_l2_lowdim(x, 0, centroids, cnorms, labels, keys)
         return labels, keys
+    labels, keys, _, _, _ = _nearest_blas(x, centroids, ip, cnorms)
+    return labels, keys
+
+
+def _nearest_blas(x, centroids, ip, cnorms):
+    """:func:`nearest_centroids` by BLAS products; also returns the second
+    smallest BLAS key float32 (n,), the rounding margin float32 (n,) and the rows
+    decided by exact keys int64 (m,) (whose label need not be the BLAS argmin)."""
+    n = x.shape[0]
+    labels = np.empty(n, np.int64)
+    keys = np.empty(n, np.float32)
     second = np.empty(n, np.float32)
     step = _block_rows(centroids.shape[0], x.shape[1])
     for s in range(0, n, step):
         e = min(n, s + step)
         argmin_from_dots(centroids @ x[s:e].T, cnorms, ip, labels[s:e], keys[s:e], second[s:e])
-    near = np.flatnonzero(second - keys <= rounding_margin(x, centroids, ip))
+    margin = rounding_margin(x, centroids, ip)
+    near = np.flatnonzero(second - keys <= margin)
     if near.size:
         nearest_exact(x, near, centroids, ip, labels)
-    return labels, keys
+    return labels, keys, second, margin, near
+
+
+#: centroids per group of the bounded assignment's lower bounds: small enough
+#: that most groups are ruled out per row, large enough for BLAS to run well
+_GROUP_SIZE = 32
+#: memory for the bounded assignment's per-row, per-group lower bounds
+_BOUNDS_BYTES = 1 << 28
+#: rows per block of the bounded assignment: each group's product takes the
+#: block whole when it needs most of it, else gathers the rows that need it
+_SPARSE_BLOCK = 4096
+
+
+class _BoundedAssignment:
+    """The assignments of exact Lloyd iterations over one training set, with
+    per-group lower bounds (Yinyang k-means, Ding et al., ICML 2015): after
+    the first, each row computes its keys only to the groups of centroids
+    its bounds cannot rule out (and its own centroid's group), by one BLAS
+    product per group over the rows that need it.
+
+    :meth:`assign` returns the labels :func:`nearest_centroids` would return
+    for the whole set, which are the argmin of the exact keys (first on ties):
+    rows whose BLAS keys are more than :func:`rounding_margin` apart are
+    ranked the same by exact keys, the others are decided by them. A group is
+    skipped only when its lower bound exceeds the row's exact float64 key to
+    its own centroid by more than that margin; then by the margin's own
+    argument no centroid of the group has an exact key below the own one.
+    Among the computed groups the same rule as :func:`nearest_centroids`
+    picks the label (BLAS keys from any product shape round within the
+    margin). The bounds round the safe way: one from BLAS keys takes off the
+    full margin (more than their rounding), each float64 step loses a
+    relative :data:`BOUND_SLACK` (far above its rounding).
+    """
+
+    def __init__(self, x, ip, k):
+        self.x, self.ip = x, ip
+        n = x.shape[0]
+        self.xnorms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        self.groups = min(-(-k // _GROUP_SIZE), max(1, _BOUNDS_BYTES // (8 * n)))
+        self.group_of = self.members = None
+        self.labels = np.zeros(n, np.int64)
+        self.lower = None
+        self.previous = None
+        self.recomputed = 0  # (row, group) pairs through BLAS at the last assign
+
+    def _group(self, centroids):
+        """Groups of nearby centroids (a small k-means of the centroids, as
+        Yinyang k-means does): a row far from a group is far from all of it,
+        so the group's bound holds while its centroids move."""
+        k = centroids.shape[0]
+        if self.groups > 1:
+            km = KMeans(centroids.shape[1], self.groups, niter=5, seed=0, metric="l2",
+                        max_points_per_centroid=0, min_points_per_centroid=0)
+            _, group_of = np.unique(km.train(centroids).assign(centroids), return_inverse=True)
+        else:
+            group_of = np.zeros(k, np.int64)
+        self.group_of = group_of.astype(np.int64)
+        self.members = [np.flatnonzero(self.group_of == g)
+                        for g in range(int(self.group_of.max()) + 1)]
+        self.groups = len(self.members)
+        self.lower = np.empty((self.x.shape[0], self.groups), np.float64)
+
+    def assign(self, centroids):
+        """Labels int64 (n,) of the rows and the objective (the sum of the
+        squared distances, or of the keys ``-x.c`` for ip) under float32 (k, d)
+        ``centroids``."""
+        x, ip = self.x, self.ip
+        n, d = x.shape
+        if self.group_of is None:
+            self._group(centroids)
+        cnorms = np.einsum("ij,ij->i", centroids, centroids).astype(np.float32)
+        cmax = float(np.sqrt(cnorms.astype(np.float64).max())) * (1 + BOUND_SLACK)
+        gamma = _margin_gamma(d)
+        margin = gamma * (self.xnorms * cmax if ip else (self.xnorms + cmax) ** 2)
+        best = np.full(n, np.inf, np.float32)
+        second = np.full(n, np.inf, np.float32)
+        best_second = np.full(n, np.inf, np.float32)
+        arg = np.zeros(n, np.int64)
+        args = (ip, self.xnorms, margin, best, arg, second, best_second, self.lower)
+        parts = [(m, centroids[m], cnorms[m]) for m in self.members]
+        own = need = None
+        if self.previous is not None:
+            drift = np.sqrt(((centroids.astype(np.float64) - self.previous) ** 2).sum(axis=1))
+            gdrift = np.zeros(self.groups)
+            np.maximum.at(gdrift, self.group_of, drift)
+            own = np.empty(n, np.float64)
+            need = np.empty((n, self.groups), np.bool_)
+            group_bounds(x, self.labels, centroids, self.group_of, gdrift * (1 + BOUND_SLACK),
+                         self.lower, self.xnorms, gamma, cmax, ip, own, need)
+        step = _block_rows(centroids.shape[0], d) if need is None else _SPARSE_BLOCK
+        buf = np.empty((step, d), np.float32)
+        self.recomputed = 0
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            block = np.arange(e - s)
+            if need is None:  # every pair: one product for the block
+                dots = centroids @ x[s:e].T
+                for g, (m, _, cn) in enumerate(parts):
+                    merge_group_keys(dots[m], block, cn, m, s + block, g, *args)
+                self.recomputed += (e - s) * self.groups
+                continue
+            for g, (m, cg, cn) in enumerate(parts):
+                cols = np.flatnonzero(need[s:e, g])
+                self.recomputed += cols.size
+                if 2 * cols.size > e - s:  # most of the block: no gather
+                    merge_group_keys(cg @ x[s:e].T, cols, cn, m, s + cols, g, *args)
+                elif cols.size:
+                    merge_group_keys(cg @ gather_rows(x, s + cols, buf).T, block[:cols.size],
+                                     cn, m, s + cols, g, *args)
+        rows = np.arange(n) if need is None else np.flatnonzero(need.any(axis=1))
+        near = finish_rows(rows, best, arg, second, best_second, self.xnorms, margin, ip,
+                           self.group_of, self.labels, self.lower)
+        if near.size:
+            nearest_exact(x, near, centroids, ip, self.labels)
+        keys = best[rows].astype(np.float64)
+        if not ip:
+            keys += self.xnorms[rows] ** 2
+        total = float(keys.sum())
+        if own is not None:
+            kept = np.ones(n, np.bool_)
+            kept[rows] = False
+            total += float(own.sum(where=kept))
+        self.previous = centroids.astype(np.float64)
+        return self.labels, total
 
 
 def split_empty_clusters(centroids, counts, rng):
@@ -238,18 +385,28 @@ class KMeans:
 
     def _train_lloyd(self, x, C, rng, t0):
         ip = uses_ip(self.metric)
-        xnorm_sum = 0.0 if ip else float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        # bounds need the BLAS path's second keys; the direct kernel is cheap anyway
+        bounded = None if assigns_without_blas(self.d, ip) else _BoundedAssignment(x, ip, self.k)
+        xnorm_sum = 0.0 if ip or bounded else float(np.einsum("ij,ij->", x, x,
+                                                              dtype=np.float64))
         for it in range(self.niter):
-            labels, keys = nearest_centroids(x, C, ip=ip)
-            self.obj.append(float(keys.sum(dtype=np.float64)) + xnorm_sum)
+            if bounded is None:
+                labels, keys = nearest_centroids(x, C, ip=ip)
+                self.obj.append(float(keys.sum(dtype=np.float64)) + xnorm_sum)
+            else:
+                labels, obj = bounded.assign(C)
+                self.obj.append(obj)
             sums, counts = centroid_sums(x, labels, self.k)
             nz = counts > 0
             C[nz] = (sums[nz] / counts[nz, None]).astype(np.float32)
             nsplit = split_empty_clusters(C, counts, rng)
             if self.spherical:
                 normalize_rows(C)
-            self._log("k-means iter %d/%d: objective %.6g, %d empty clusters split, %.2fs",
-                      it + 1, self.niter, self.obj[-1], nsplit, time.perf_counter() - t0)
+            self._log("k-means iter %d/%d: objective %.6g, %.3g of the keys computed, %d "
+                      "empty clusters split, %.2fs", it + 1, self.niter, self.obj[-1],
+                      1.0 if bounded is None else bounded.recomputed / (x.shape[0] *
+                                                                         bounded.groups),
+                      nsplit, time.perf_counter() - t0)
         return C
 
     def _train_minibatch(self, x, C, rng, t0):

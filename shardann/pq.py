@@ -106,6 +106,16 @@ class ProductQuantizer:
         return self._derived
 
     # -- training ------------------------------------------------------------
+    def training_rows(self, n):
+        """The rows int64 (m,), ascending, of an n-row training set that
+        :meth:`train` trains on, or None for all of them (a caller may pass
+        just those rows: the same codebooks)."""
+        cap = self.ksub * self.max_points_per_centroid
+        if not self.max_points_per_centroid or n <= cap:
+            return None
+        # one sample shared by all sub-quantizers, as a sample of vectors
+        return np.sort(np.random.default_rng(self.seed).choice(n, cap, replace=False))
+
     def train(self, x, *, init_codebooks=None, niter=None):
         """Train the codebooks on float32 (n, d) ``x`` (n >= 2**nbits). Returns self."""
         x = as_vectors(x, self.d, allow_empty=False)
@@ -113,11 +123,9 @@ class ProductQuantizer:
         if n < self.ksub:
             raise ValueError(
                 f"PQ training needs at least 2**nbits={self.ksub} vectors; got {n}")
-        rng = np.random.default_rng(self.seed)
-        cap = self.ksub * self.max_points_per_centroid
-        if self.max_points_per_centroid and n > cap:
-            # one sample shared by all sub-quantizers, as a sample of vectors
-            x = x[np.sort(rng.choice(n, cap, replace=False))]
+        rows = self.training_rows(n)
+        if rows is not None:
+            x = x[rows]
         niter = self.niter if niter is None else niter
         books = np.empty((self.M, self.ksub, self.dsub), np.float32)
 

@@ -86,6 +86,29 @@ def test_shifted_data_recommends_a_retrain(trained, rows):
         index.drift(threshold=0)
 
 
+def test_contracting_data_reads_a_high_relative_error(trained, rows):
+    """Data scaled towards the origin sits closer to the centroids (absolute errors
+    below 1x) but the codebooks miss a larger share of each residual: the relative
+    PQ error flags it."""
+    index = fresh(trained)
+    index.add(rows[1] * np.float32(0.5))
+    rep = index.drift()
+    since = rep["since_training"]
+    assert since["coarse"]["ratio"] < 1 and since["pq"]["ratio"] < 1
+    rel = since["pq_relative"]
+    assert rel["mean"] == pytest.approx(since["pq"]["mean"] / since["coarse"]["mean"])
+    assert rel["ratio"] == pytest.approx(since["pq"]["ratio"] / since["coarse"]["ratio"])
+    assert rel["ratio"] > DEFAULT_THRESHOLD
+    assert rep["retrain_recommended"]
+    assert [r for r in rep["reasons"] if r.startswith("relative PQ error")]
+    from shardann.drift import gauges
+    assert gauges(rep)["shardann_drift_pq_relative_ratio"] == pytest.approx(rel["ratio"])
+    # unchanged data stays below the threshold on the relative figure too
+    same = fresh(trained)
+    same.add(rows[1])
+    assert same.drift()["since_training"]["pq_relative"]["ratio"] < DEFAULT_THRESHOLD
+
+
 def test_few_rows_never_recommend(trained, rows):
     index = fresh(trained)
     index.add(shifted(rows[1][:50]))

@@ -1,6 +1,6 @@
-"""The 4-bit SIMD fast scan inside IVFPQIndex: codes held once, in block
-layout, with the same results as the scalar scan over row-major codes while the
-lists change, after a save/open round trip and across pickling."""
+"""The 4-bit and 8-bit SIMD fast scans inside IVFPQIndex: codes held once, in
+block layout, with the same results as the scalar scan over row-major codes
+while the lists change, after a save/open round trip and across pickling."""
 
 import pickle
 
@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 import shardann
-from shardann._kernels import fastscan
+from shardann._kernels import fastscan, fastscan8
 from shardann.bench.datasets import synthetic_chunk
 from shardann.index._lists import InvertedLists
 from shardann.index._tiles import TiledRows
 
 needs_avx2 = pytest.mark.skipif(not fastscan.AVAILABLE, reason="fast scan needs x86 AVX2")
+needs_vbmi = pytest.mark.skipif(not fastscan8.AVAILABLE,
+                                reason="8-bit fast scan needs x86 AVX-512 VBMI")
 
 D = 32
 
@@ -23,9 +25,9 @@ def data():
     return synthetic_chunk(0, 12000, D), synthetic_chunk(1_000_000, 1_000_060, D)
 
 
-def _pair(x, metric="l2", M=8, **kw):
+def _pair(x, metric="l2", M=8, nbits=4, **kw):
     """(fast-scan index, scalar-scan twin), trained alike."""
-    return [shardann.IVFPQIndex(D, 24, M, 4, metric=metric, seed=3, fast_scan=fast, **kw)
+    return [shardann.IVFPQIndex(D, 24, M, nbits, metric=metric, seed=3, fast_scan=fast, **kw)
             .train(x[:4000]) for fast in (True, False)]
 
 
@@ -38,15 +40,18 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a[1], b[1])
 
 
-@needs_avx2
-@pytest.mark.parametrize("metric,M,kw", [
-    ("l2", 8, {}), ("cosine", 16, {}),
+@pytest.mark.parametrize("metric,M,nbits,kw", [
+    pytest.param("l2", 8, 4, {}, marks=needs_avx2),
+    pytest.param("cosine", 16, 4, {}, marks=needs_avx2),
+    pytest.param("l2", 8, 8, {}, marks=needs_vbmi),
     # each compiles kernels of its own: opt-in, to keep the default suite under 10 minutes
-    pytest.param("ip", 8, {}, marks=pytest.mark.slow),
-    pytest.param("l2", 16, {"precompute_max_bytes": 0}, marks=pytest.mark.slow)])
-def test_fast_scan_tracks_adds_and_removes(data, metric, M, kw):
+    pytest.param("cosine", 16, 8, {}, marks=[needs_vbmi, pytest.mark.slow]),
+    pytest.param("ip", 8, 4, {}, marks=[needs_avx2, pytest.mark.slow]),
+    pytest.param("l2", 16, 4, {"precompute_max_bytes": 0}, marks=[needs_avx2, pytest.mark.slow]),
+    pytest.param("l2", 16, 8, {"precompute_max_bytes": 0}, marks=[needs_vbmi, pytest.mark.slow])])
+def test_fast_scan_tracks_adds_and_removes(data, metric, M, nbits, kw):
     x, q = data
-    fast, scalar = _pair(x, metric, M, **kw)
+    fast, scalar = _pair(x, metric, M, nbits, **kw)
     assert _tiled(fast) and not _tiled(scalar)
     rng = np.random.default_rng(5)
     pos = 0
@@ -79,10 +84,11 @@ def test_codes_are_held_once(data):
     assert fast._lists.allocated_bytes() <= x.shape[0] * row + pad + 3 * 8 * fast.nlist
 
 
-@needs_avx2
-def test_fast_scan_after_save_and_open(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("nbits,kernels", [pytest.param(4, fastscan, marks=needs_avx2),
+                                            pytest.param(8, fastscan8, marks=needs_vbmi)])
+def test_fast_scan_after_save_and_open(data, tmp_path, monkeypatch, nbits, kernels):
     x, q = data
-    index = shardann.IVFPQIndex(D, 24, 8, 4, seed=3)
+    index = shardann.IVFPQIndex(D, 24, 8, nbits, seed=3)
     index.train(x[:4000])
     index.add(x)
     index.remove_ids(np.arange(0, x.shape[0], 5))
@@ -91,7 +97,7 @@ def test_fast_scan_after_save_and_open(data, tmp_path, monkeypatch):
     opened = shardann.open_index(tmp_path / "idx")
     assert _tiled(opened)
     _assert_same(opened.search(q, 10, nprobe=6), want)
-    monkeypatch.setattr(fastscan, "AVAILABLE", False)  # a CPU without AVX2 opens it
+    monkeypatch.setattr(kernels, "AVAILABLE", False)  # a CPU without the SIMD scan opens it
     plain = shardann.open_index(tmp_path / "idx")
     assert not _tiled(plain) and plain.fast_scan
     _assert_same(plain.search(q, 10, nprobe=6), want)

@@ -22,6 +22,7 @@ from core_support import (
 from shardann import sq
 from shardann._kernels import distances as kd
 from shardann._kernels import fastscan as kfs
+from shardann._kernels import fastscan8 as kfs8
 from shardann._kernels import ivf as kivf
 from shardann._kernels import kmeans as kkm
 from shardann._kernels import pq as kpq
@@ -71,6 +72,25 @@ def test_exact_search_keys_over_many_blocks_with_a_limit(ip):
         got_d, got_i = exact_search_keys(q, xb, ids, k, ip, limit=limit)
         inside = want_d <= limit[:, None]
         np.testing.assert_array_equal(got_i, np.where(inside, want_i, -1))
+
+
+def test_topk_from_dots_resumes_from_an_earlier_result():
+    """``resume=True`` starts each row's heap from the result already in the output:
+    two column blocks, the second resumed, equal one pass over all columns (ties by
+    smaller id, padding of rows with fewer than k kept)."""
+    rng = np.random.default_rng(8)
+    dist = rng.integers(0, 6, (9, 300)).astype(np.float32)  # many ties
+    ids = rng.permutation(10**5)[:300].astype(np.int64)
+    for k in (1, 7, 40, 320):
+        want_d, want_i = topk_smallest(dist, ids, k)
+        out_d = np.empty((9, k), np.float32)
+        out_i = np.empty((9, k), np.int64)
+        for s, e, resume in ((0, 120, False), (120, 300, True)):
+            ktopk.topk_from_dots_serial(dist[:, s:e].copy(), np.zeros(e - s, np.float32),
+                                        np.float32(-1), np.zeros(9, np.float32), False,
+                                        ids[s:e].copy(), k, out_d, out_i, None, None, resume)
+        np.testing.assert_array_equal(out_i, want_i)
+        np.testing.assert_array_equal(out_d, want_d.astype(np.float32))
 
 
 @pytest.mark.parametrize("clamp", [False, True])
@@ -770,6 +790,8 @@ def test_ivfpq_modes_agree_for_l2():
 # ---------------------------------------------------------------------------
 
 needs_avx2 = pytest.mark.skipif(not kfs.AVAILABLE, reason="fast scan needs x86 AVX2")
+needs_vbmi = pytest.mark.skipif(not kfs8.AVAILABLE,
+                                reason="8-bit fast scan needs x86 AVX-512 VBMI")
 
 
 def _tiled(codes, start, size):
@@ -813,21 +835,44 @@ def quantize():
 
     @njit
     def run(L, M, out):
-        offset, scale, magnitude = kfs.table_bounds(L, M)
-        kfs.quantize_tables(L, M, scale, out)
+        rows = kfs.table_rows(-(-M // 2))
+        T = np.zeros((rows, 16), np.float32)
+        T[:M] = L[:M]
+        lows = np.empty(rows, np.float32)
+        offset, scale, magnitude = kfs.table_bounds(T, lows)
+        kfs.quantize_tables(T, M, lows, scale, out)
         return offset, scale, magnitude
 
     return run
 
 
+def _qlut_rows(Q):
+    """The (tables, 16) quantized tables of a ``qlut`` (the pair layout of
+    block_mask_avx2), checking each table's second lane copy."""
+    pair = Q.reshape(-1, 2, 2, 2, 16)  # (pair, nibble, byte in pair, lane copy, entry)
+    np.testing.assert_array_equal(pair[:, :, :, 1], pair[:, :, :, 0])
+    # sub-quantizer 4p + 2 (byte in pair) + nibble
+    return pair[:, :, :, 0].transpose(0, 2, 1, 3).reshape(-1, 16)
+
+
+MASK_KERNELS = [pytest.param(kfs.block_mask_avx2, id="avx2"),
+                pytest.param(kfs.block_mask_avx512, id="avx512", marks=pytest.mark.skipif(
+                    not kfs.WIDE, reason="needs AVX-512BW"))]
+
+
 @needs_avx2
-@pytest.mark.parametrize("code_size", [1, 4, 16])
-def test_block_mask(code_size, quantize):
+@pytest.mark.parametrize("kernel", MASK_KERNELS)
+@pytest.mark.parametrize("code_size", [1, 3, 4, 16, 17])
+def test_block_mask(code_size, kernel, quantize):
     from numba import njit
 
     @njit
     def mask_of(bcodes, offset, qlut, cs, thr):
-        return kfs.block_mask(bcodes, offset, qlut, cs, thr)
+        return kernel(bcodes, offset, qlut, cs, thr)
+
+    @njit
+    def size_of(cs):
+        return kfs.qlut_size(cs)
 
     rng = np.random.default_rng(31)
     n = 75  # three blocks, the last one partial
@@ -835,10 +880,11 @@ def test_block_mask(code_size, quantize):
     tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([n], np.int64))
     out = tiles.ravel()
     L = rng.standard_normal((2 * code_size, 16)).astype(np.float32)
-    Q = np.empty(2 * code_size * 32, np.uint8)
+    Q = np.full(size_of(code_size), 77, np.uint8)  # quantize_tables writes every byte
+    assert Q.size == 128 * ((code_size + 1) // 2)
     quantize(L, 2 * code_size, Q)
-    q16 = Q.reshape(-1, 32)[:, :16].astype(np.int64)
-    np.testing.assert_array_equal(Q.reshape(-1, 32)[:, 16:], Q.reshape(-1, 32)[:, :16])
+    q16 = _qlut_rows(Q).astype(np.int64)
+    assert (q16[2 * code_size:] == 0).all()
     padded = np.zeros((96, code_size), np.uint8)
     padded[:n] = codes
     even, odd = np.arange(0, 2 * code_size, 2), np.arange(1, 2 * code_size, 2)
@@ -850,15 +896,91 @@ def test_block_mask(code_size, quantize):
             assert got == want, (thr, b)
 
 
+@pytest.mark.skipif(not kfs.WIDE, reason="needs AVX-512BW")
+@pytest.mark.parametrize("code_size", [1, 5, 128])
+def test_block_masks_of_both_paths_agree_on_large_sums(code_size):
+    # up to 256 sub-quantizers of entries near 255: sums near the uint16
+    # limit, where the AVX-512 path's wrapped accumulators must still cancel
+    from numba import njit
+
+    @njit
+    def masks(bcodes, offset, qlut, cs, thr):
+        return (kfs.block_mask_avx2(bcodes, offset, qlut, cs, thr),
+                kfs.block_mask_avx512(bcodes, offset, qlut, cs, thr))
+
+    rng = np.random.default_rng(34 + code_size)
+    codes = rng.integers(0, 256, (64, code_size), dtype=np.uint8)
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([64], np.int64))
+    for trial in range(20):
+        Q = rng.integers(200 if trial % 2 else 0, 256, 128 * ((code_size + 1) // 2),
+                         dtype=np.uint8)
+        Q.reshape(-1, 2, 16)[:, 1] = Q.reshape(-1, 2, 16)[:, 0]
+        for thr in rng.integers(0, 65536, 8):
+            for b in range(2):
+                a, w = masks(readonly(tiles.ravel()), b * 32 * code_size, Q, code_size, thr)
+                assert a == w, (trial, thr, b)
+
+
+@pytest.mark.parametrize("code_size", [1, 3, 32])
+def test_score_block(code_size):
+    """Every masked row's key is the scalar scan's (base + byte terms in byte
+    order), bit for bit; with AVX-512 block_scores gives all 32 rows."""
+    from numba import njit
+
+    @njit
+    def scores(bcodes, at, L, cs, base, mask, out):
+        kfs.score_block(bcodes, at, L, cs, base, mask, out)
+
+    rng = np.random.default_rng(35)
+    codes = rng.integers(0, 256, (64, code_size), dtype=np.uint8)
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([64], np.int64))
+    L = (rng.standard_normal((2 * code_size, 16)) * 100).astype(np.float32)
+    base = np.float32(rng.standard_normal() * 1000)
+    for b in range(2):
+        rows = codes[32 * b:32 * b + 32]
+        want = np.full(32, base, np.float32)
+        for j in range(code_size):
+            want = want + (L[2 * j, rows[:, j] & 15] + L[2 * j + 1, rows[:, j] >> 4])
+        for mask in (np.uint32(0xFFFFFFFF), np.uint32(0x80000005)):
+            out = np.full(32, np.nan, np.float32)
+            scores(readonly(tiles.ravel()), b * 32 * code_size, L, code_size, base, mask, out)
+            bits = np.array([(int(mask) >> i) & 1 for i in range(32)], bool)
+            np.testing.assert_array_equal(out[bits], want[bits])
+            if kfs.WIDE:
+                np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("rows", [16, 64, 256])
+def test_row_bounds(rows):
+    from numba import njit
+
+    @njit
+    def bounds(L, lows):
+        return kfs.row_bounds(L, lows)
+
+    rng = np.random.default_rng(36 + rows)
+    L = (rng.standard_normal((rows, 16)) * rng.uniform(0.01, 100, (rows, 1))
+         + rng.standard_normal((rows, 1)) * 50).astype(np.float32)
+    L[-3:] = 0  # rows past the sub-quantizers
+    lows = np.empty(rows, np.float32)
+    offset, widest, magnitude = bounds(L, lows)
+    lo, hi = L.min(1), L.max(1)
+    np.testing.assert_array_equal(lows, lo)
+    assert widest == (hi - lo).max()
+    np.testing.assert_allclose(offset, lo.astype(np.float64).sum(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(magnitude, np.maximum(-lo, hi).astype(np.float64).sum(),
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("M", [1, 7, 32])
 def test_quantized_tables_bound_every_sum(M, quantize):
     rng = np.random.default_rng(32 + M)
     rows = M + M % 2
     L = np.zeros((rows, 16), np.float32)
     L[:M] = rng.standard_normal((M, 16)) * rng.uniform(0.01, 100, (M, 1))
-    Q = np.empty(rows * 32, np.uint8)
+    Q = np.empty(128 * -(-rows // 4), np.uint8)
     offset, scale, magnitude = quantize(L, M, Q)
-    q16 = Q.reshape(rows, 32)[:, :16].astype(np.int64)
+    q16 = _qlut_rows(Q)[:rows].astype(np.int64)
     assert (q16[M:] == 0).all() and q16.max() <= 255
     codes = rng.integers(0, 16, (5000, rows))
     codes[0] = L.argmin(1)  # the smallest and largest sums
@@ -871,30 +993,38 @@ def test_quantized_tables_bound_every_sum(M, quantize):
     assert kfs.block_threshold(offset - 1.0, 0.0, offset, scale, 0.0) == -1
 
 
-def _run_fastscan(fn, s, mode, k):
-    # scans the slab re-laid in tiles; returns positions in the row-major slab
+def _run_fastscan(fn, s, mode, k, allowed=None):
+    # scans the slab re-laid in tiles (``allowed``: over the row-major slab, as
+    # the scalar scan takes it); returns positions in the row-major slab
     qlut, terms, books, dis0 = _pq_inputs(s, mode)
     tiles, tstart, plain_row = _tiled(s["codes"], s["start"], s["size"])
     ids = np.where(plain_row >= 0, s["ids"][np.maximum(plain_row, 0)], -1)
     nq = s["probes"].shape[0]
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
+    mask = ()
+    if allowed is not None:
+        mask = (readonly(np.where(plain_row >= 0, allowed[np.maximum(plain_row, 0)], 0)
+                         .astype(np.uint8)),)
     fn(readonly(qlut), _readonly_or_none(terms),
        *readonly(dis0, s["probes"], tiles, ids, tstart, s["size"]), k,
-       *readonly(s["queries"], s["centroids"]), _readonly_or_none(books), out_d, out_p)
+       *readonly(s["queries"], s["centroids"]), _readonly_or_none(books), out_d, out_p, *mask)
     return out_d, np.where(out_p >= 0, plain_row[np.maximum(out_p, 0)], -1)
 
 
-@needs_avx2
+@pytest.mark.parametrize("nbits", [pytest.param(4, marks=needs_avx2),
+                                   pytest.param(8, marks=needs_vbmi)])
 @pytest.mark.parametrize("mode", MODES, ids=MODE_NAMES)
 @pytest.mark.parametrize("M", [6, 7, 8])
 @pytest.mark.parametrize("integer", [True, False])
 @pytest.mark.parametrize("k", [1, 12, 40])
-def test_fastscan_equals_scalar_scan(mode, M, integer, k):
+def test_fastscan_equals_scalar_scan(nbits, mode, M, integer, k):
     # the pre-filter may only skip rows that cannot enter: bit-identical results
-    s = _pq_slab(4000 + M + 10 * integer, M, 4, 2, integer=integer)
+    s = _pq_slab(4000 + M + 10 * integer + nbits, M, nbits, 2, integer=integer)
     ref = _run_pq_scan(kivf.ivfpq_scan_serial, s, mode, k)
-    for fn in (kivf.ivfpq4_fastscan_serial, kivf.ivfpq4_fastscan_parallel):
+    fast = ((kivf.ivfpq4_fastscan_serial, kivf.ivfpq4_fastscan_parallel) if nbits == 4
+            else (kivf.ivfpq8_fastscan_serial, kivf.ivfpq8_fastscan_parallel))
+    for fn in fast:
         got = _run_fastscan(fn, s, mode, k)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
@@ -914,6 +1044,128 @@ def test_fastscan_equals_scalar_scan_on_long_lists():
         got = _run_fastscan(kivf.ivfpq4_fastscan_serial, s, mode, 10)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
+
+
+@pytest.fixture
+def quantize8():
+    from numba import njit
+
+    @njit
+    def run(L, A, B, lo, hi, out, add):
+        if add:
+            kfs8.add_bounds(L, A, B, lo, hi)
+        else:
+            kfs8.row_bounds(L, lo, hi)
+        offset, scale, magnitude = kfs8.table_bounds(lo, hi, L.shape[0])
+        kfs8.quantize_rows(L, lo, scale, out)
+        return offset, scale, magnitude
+
+    return run
+
+
+@needs_vbmi
+@pytest.mark.parametrize("M", [1, 7, 32])
+@pytest.mark.parametrize("add", [True, False])
+def test_quantized_8bit_tables_bound_every_sum(M, add, quantize8):
+    rng = np.random.default_rng(40 + M)
+    A = (rng.standard_normal((M, 256)) * rng.uniform(0.01, 100, (M, 1))).astype(np.float32)
+    B = rng.standard_normal((M, 256)).astype(np.float32)
+    L = np.empty((M, 256), np.float32) if add else A + B
+    lo, hi = np.empty(M, np.float32), np.empty(M, np.float32)
+    Q = np.empty(M * 256, np.uint8)
+    offset, scale, magnitude = quantize8(L, *readonly(A, B), lo, hi, Q, add)
+    # NumPy twin: the same float32 operations give the same bits
+    ref = A + B
+    np.testing.assert_array_equal(L, ref)
+    np.testing.assert_array_equal(lo, ref.min(1))
+    np.testing.assert_array_equal(hi, ref.max(1))
+    widest = (ref.max(1) - ref.min(1)).max()
+    assert scale == np.float32(255.0) / widest
+    assert offset == np.float32(sum(ref.min(1).tolist(), np.float32(0)))
+    want = np.minimum((ref - ref.min(1)[:, None]) * scale, np.float32(255)).astype(np.uint8)
+    np.testing.assert_array_equal(Q.reshape(M, 256), want)
+    codes = rng.integers(0, 256, (5000, M))
+    codes[0] = ref.argmin(1)  # the smallest and largest sums
+    codes[1] = ref.argmax(1)
+    exact = ref[np.arange(M), codes].astype(np.float64).sum(1)
+    bound = offset + want.astype(np.int64)[np.arange(M), codes].sum(1) / np.float64(scale)
+    assert (exact >= bound - 1e-5 * magnitude).all()
+    assert (exact - bound).max() <= M / scale * (1 + 1e-3)  # each term loses < 1 step
+
+
+@needs_vbmi
+@pytest.mark.parametrize("M", [1, 5, 32])
+def test_block_mask_8bit(M):
+    from numba import njit
+
+    @njit
+    def mask_of(bcodes, first, second, qlut, m, thr):
+        return kfs8.block_mask(bcodes, first, second, qlut, m, thr)
+
+    rng = np.random.default_rng(41 + M)
+    n = 150  # five tiles: two full blocks and an odd tile
+    codes = rng.integers(0, 256, (n, M), dtype=np.uint8)
+    # the edges of both halves of the table (the top bit picks the half)
+    codes[:4, :] = np.array([0, 127, 128, 255], np.uint8)[:, None]
+    tiles, _, _ = _tiled(codes, np.zeros(1, np.int64), np.array([n], np.int64))
+    out = readonly(tiles.ravel())
+    Q = rng.integers(0, 256, M * 256).astype(np.uint8)
+    padded = np.zeros((160, M), np.uint8)
+    padded[:n] = codes
+    acc = Q.reshape(M, 256).astype(np.int64)[np.arange(M), padded].sum(1)
+    span = 32 * M
+    for thr in (0, int(np.median(acc)), int(acc.max()) - 1, 65535):
+        for t in (0, 2, 4):
+            second = (t + 1) * span if t < 4 else t * span  # the odd tile: read twice
+            got = mask_of(out, t * span, second, readonly(Q), M, thr)
+            upper = t + 1 if t < 4 else t
+            rows = list(range(32 * t, 32 * t + 32)) + list(range(32 * upper, 32 * upper + 32))
+            want = sum(1 << i for i, r in enumerate(rows) if acc[r] <= thr)
+            assert got & ((1 << 64) - 1) == want, (thr, t)
+
+
+def test_lowest_bit():
+    from numba import njit
+
+    @njit
+    def low(x):
+        return kfs8.lowest_bit(x)
+
+    for x in (1, 6, 1 << 40, -(1 << 63), -1, 0):
+        want = 64 if x == 0 else (x & -x).bit_length() - 1
+        assert low(np.int64(x)) == want
+
+
+def _long_lists(s, rng, M, low, high):
+    sizes = rng.integers(low, high, s["size"].size)
+    start, size, ids, owner = _slab(rng, sizes.size, sizes)
+    raw = rng.integers(0, 256, (ids.size, M)).astype(np.uint8)
+    s.update(start=start, size=size, ids=ids, owner=owner, raw=raw, codes=raw.copy())
+    return s
+
+
+@needs_vbmi
+@pytest.mark.parametrize("filtered", [False, True])
+def test_fastscan8_equals_scalar_scan_on_long_lists(filtered):
+    # lists of hundreds of rows (blocks of 64, odd tiles at the ends): the heap
+    # fills and most rows are skipped; a filter's mask is applied per block
+    rng = np.random.default_rng(43)
+    s = _long_lists(_pq_slab(4300, 16, 8, 2, integer=False), rng, 16, 1, 400)
+    allowed = (rng.random(s["ids"].size) < 0.3).astype(np.uint8) if filtered else None
+    mask = () if allowed is None else (readonly(allowed),)
+    for mode in MODES:
+        for k in (1, 10, 100):
+            qlut, terms, books, dis0 = _pq_inputs(s, mode)
+            nq = s["probes"].shape[0]
+            ref_d, ref_p = np.empty((nq, k), np.float32), np.empty((nq, k), np.int64)
+            kivf.ivfpq8_scan_serial(
+                readonly(qlut), _readonly_or_none(terms),
+                *readonly(dis0, s["probes"], s["codes"], s["ids"], s["start"], s["size"]), k,
+                *readonly(s["queries"], s["centroids"]), _readonly_or_none(books),
+                ref_d, ref_p, *mask)
+            got = _run_fastscan(kivf.ivfpq8_fastscan_serial, s, mode, k, allowed)
+            np.testing.assert_array_equal(got[0], ref_d)
+            np.testing.assert_array_equal(got[1], ref_p)
 
 
 @pytest.mark.parametrize("ip", [False, True])
@@ -968,6 +1220,123 @@ def test_scatter_rows():
     np.testing.assert_array_equal(dst, ref)
 
 
+
+# ---------------------------------------------------------------------------
+# bounded Lloyd steps (shardann.kmeans._BoundedAssignment)
+# ---------------------------------------------------------------------------
+
+
+def _key_lower_bound_np(key, xnorm, margin, ip):
+    if np.isinf(key):
+        return np.inf
+    key = float(key)
+    if ip:
+        return key - margin - kkm.BOUND_SLACK * (abs(key) + margin)
+    sq = key + xnorm ** 2 - margin
+    sq -= kkm.BOUND_SLACK * (abs(key) + xnorm ** 2 + margin)
+    return np.sqrt(sq) * (1 - kkm.BOUND_SLACK) if sq > 0 else 0.0
+
+
+@pytest.mark.parametrize("ip", [False, True])
+def test_group_bounds(ip):
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((40, 9)).astype(np.float32)
+    c = rng.standard_normal((7, 9)).astype(np.float32)
+    group_of = np.array([0, 1, 0, 2, 1, 2, 2], np.int64)
+    labels = rng.integers(0, 7, 40).astype(np.int64)
+    drift = rng.uniform(0, 0.5, 3)
+    xn = np.sqrt((x.astype(np.float64) ** 2).sum(1))
+    start = rng.uniform(-2, 6, (40, 3))
+    start[3, 1] = np.inf  # a group without another centroid stays out
+    lower = start.copy()
+    own = np.empty(40)
+    need = np.empty((40, 3), np.bool_)
+    gamma, cmax = 1e-3, float(np.sqrt((c.astype(np.float64) ** 2).sum(1)).max())
+    active = kkm.group_bounds(*readonly(x, labels, c, group_of, drift), lower,
+                              readonly(xn), gamma, cmax, ip, own, need)
+    S = kkm.BOUND_SLACK
+    xd, cd = x.astype(np.float64), c[labels].astype(np.float64)
+    if ip:
+        want_own = -(xd * cd).sum(1)
+        drop = xn[:, None] * drift[None]
+        low = start - drop
+        with np.errstate(invalid="ignore"):  # inf - inf in the branch not taken
+            low = np.where(np.isinf(low), low, low - S * (np.abs(low) + drop))
+        hi = want_own + S * xn * cmax
+        stale = ~(low - hi[:, None] > (gamma * xn * cmax * (1 + S))[:, None])
+    else:
+        want_own = ((xd - cd) ** 2).sum(1)
+        low = np.maximum((start - drift[None]) * (1 - S), 0.0)
+        margin = gamma * (xn + cmax) ** 2
+        rhs = (want_own * (1 + S) + margin) * (1 + S)
+        stale = ~(low * low * (1 - S) > rhs[:, None])
+    rows = stale.any(1)
+    stale[np.flatnonzero(rows), group_of[labels[rows]]] = True
+    np.testing.assert_allclose(own, want_own, rtol=1e-12)
+    np.testing.assert_allclose(lower, low, rtol=1e-12)
+    np.testing.assert_array_equal(need, stale)
+    assert active == rows.sum() and 0 < active < 40
+    assert not need[3, 1] or group_of[labels[3]] == 1
+
+
+@pytest.mark.parametrize("ip", [False, True])
+def test_merge_group_keys_and_finish_rows(ip):
+    rng = np.random.default_rng(32)
+    n, d = 30, 5
+    x = rng.integers(-3, 4, (n, d)).astype(np.float32)
+    c = rng.integers(-3, 4, (8, d)).astype(np.float32)
+    c[6] = c[1]  # a tie across groups: decided exactly, not by group order
+    group_of = np.array([0, 1, 0, 1, 2, 2, 0, 1], np.int64)
+    cn = (c * c).sum(1).astype(np.float32)
+    xn = np.sqrt((x.astype(np.float64) ** 2).sum(1))
+    margin = np.full(n, 0.5)
+    best, second, bsec = (np.full(n, np.inf, np.float32) for _ in range(3))
+    arg = np.zeros(n, np.int64)
+    lower = np.full((n, 3), -7.0)
+    rows = np.arange(0, n, 2)  # the other rows are not asked for
+    for g in range(3):
+        m = np.flatnonzero(group_of == g)
+        dots = np.ascontiguousarray(c[m] @ x.T)
+        kkm.merge_group_keys(*readonly(dots, rows, cn[m], m, rows), g, ip, *readonly(xn, margin),
+                             best, arg, second, bsec, lower)
+    keys = -(x.astype(np.float64) @ c.T) if ip else cn[None] - 2.0 * (x.astype(np.float64)
+                                                                      @ c.T)
+    for i in range(n):
+        if i % 2:
+            assert np.isinf(best[i]) and (lower[i] == -7.0).all()
+            continue
+        order = sorted(range(8), key=lambda j: (keys[i, j], group_of[j], j))
+        assert best[i] == keys[i, order[0]] and second[i] == keys[i, order[1]]
+        assert arg[i] == order[0]
+        same = [keys[i, j] for j in range(8) if group_of[j] == group_of[order[0]]]
+        assert bsec[i] == (sorted(same)[1] if len(same) > 1 else np.inf)
+        for g in range(3):
+            gmin = min(keys[i, j] for j in range(8) if group_of[j] == g)
+            assert lower[i, g] == _key_lower_bound_np(np.float32(gmin), xn[i], 0.5, ip)
+    labels = np.full(n, -1, np.int64)
+    before = lower.copy()
+    near = kkm.finish_rows(*readonly(rows, best, arg, second, bsec, xn, margin), ip,
+                           readonly(group_of), labels, lower)
+    want_near = rows[second[rows].astype(np.float64) - best[rows] <= 0.5]
+    np.testing.assert_array_equal(near, want_near)
+    np.testing.assert_array_equal(labels[rows], arg[rows])
+    assert (labels[1::2] == -1).all()
+    for i in rows:
+        g = group_of[arg[i]]
+        want = before[i].copy()
+        if i not in want_near:
+            want[g] = _key_lower_bound_np(bsec[i], xn[i], 0.5, ip)
+        np.testing.assert_array_equal(lower[i], want)
+
+
+def test_gather_rows():
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    rows = np.array([5, 0, 5, 7], np.int64)
+    buf = np.full((6, 3), -1, np.float32)
+    out = kkm.gather_rows(*readonly(x, rows), buf)
+    np.testing.assert_array_equal(out, x[rows])
+    assert out.shape == (4, 3) and (buf[4:] == -1).all()
+
 # ---------------------------------------------------------------------------
 # coverage guard: a new kernel needs a twin here
 # ---------------------------------------------------------------------------
@@ -975,8 +1344,8 @@ def test_scatter_rows():
 # kernels exercised only through another kernel
 _INDIRECT = {"heap_replace_top": "heap_push", "unpack_one": "unpack_codes",
              "exact_key": "pairwise_keys", "pad_centroids": "argmin_l2_lowdim",
-             "pad_width": "argmin_l2_lowdim",
-             "nearest_rows": "pq_assign"}
+             "pad_width": "argmin_l2_lowdim", "key_lower_bound": "merge_group_keys",
+             "nearest_rows": "pq_assign", "scale_for": "table_bounds"}
 
 
 def test_every_kernel_has_a_twin():
@@ -986,8 +1355,8 @@ def test_every_kernel_has_a_twin():
     from numba.core.registry import CPUDispatcher
 
     source = pathlib.Path(__file__).read_text()
-    aliases = {kd: "kd", kfs: "kfs", kivf: "kivf", kkm: "kkm", kpq: "kpq", ktopk: "ktopk",
-               ktr: "ktr", kref: "kref"}
+    aliases = {kd: "kd", kfs: "kfs", kfs8: "kfs8", kivf: "kivf", kkm: "kkm", kpq: "kpq",
+               ktopk: "ktopk", ktr: "ktr", kref: "kref"}
     missing = []
     for mod, alias in aliases.items():
         for name, obj in inspect.getmembers(mod):

@@ -1,8 +1,9 @@
 """Numba kernels: plain ``@njit`` functions over contiguous arrays.
 
 A few inner loops are Numba intrinsics that emit LLVM vector IR (see
-``_simd.py``): the 4-bit fast scan (``fastscan.py``, x86 AVX2 only, with the
-scalar scan as fallback) and the low-dimensional argmin of PQ encoding.
+``_simd.py``): the 4-bit fast scan (``fastscan.py``, x86 AVX2, AVX-512 where the host has it)
+and the 8-bit one (``fastscan8.py``, x86 AVX-512 VBMI only), each with the scalar scan as
+fallback, and the low-dimensional argmin of PQ encoding.
 
 Arrays in, arrays out; no classes, no I/O, no Ray. Every kernel minimises a
 *key*: squared L2 for ``l2``, the negated inner product for ``ip``/``cosine``

@@ -4,7 +4,8 @@ Numba compiles loops over arrays; where a loop needs values to stay in
 vector registers across iterations (a running minimum over centroids) or an
 instruction Numba cannot express (a byte shuffle), the kernel is an
 ``@intrinsic`` that emits LLVM IR with these helpers. Generic vector IR
-compiles for any CPU; only :mod:`.fastscan` uses an x86-specific instruction.
+compiles for any CPU; only :mod:`.fastscan` and :mod:`.fastscan8` use x86-specific
+instructions.
 """
 
 from llvmlite import ir
@@ -47,3 +48,19 @@ def check_c_array(name, arr, dtype, ndim):
     if not (isinstance(arr, types.Array) and arr.ndim == ndim and arr.layout == "C"
             and arr.dtype == dtype):
         raise TypeError(f"{name} must be a C-contiguous {dtype} array with {ndim} dimensions")
+
+
+def reduce_select(builder, v, pick):
+    """The one float of ``v`` (a vector of a power-of-two width) that wins every
+    ``fcmp pick`` ("<": the smallest, ">": the largest): a halving tree of
+    compare-and-select (minps / maxps); LLVM's reduce.fmin intrinsic would
+    expand to scalar NaN handling."""
+    width = v.type.count
+    while width > 1:
+        width //= 2
+        undef = ir.Constant(v.type, ir.Undefined)
+        a = builder.shuffle_vector(v, undef, ir.Constant(vec(I32, width), list(range(width))))
+        b = builder.shuffle_vector(
+            v, undef, ir.Constant(vec(I32, width), list(range(width, 2 * width))))
+        v = builder.select(builder.fcmp_ordered(pick, a, b), a, b)
+    return builder.extract_element(v, ir.Constant(I32, 0))

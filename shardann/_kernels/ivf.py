@@ -19,7 +19,7 @@ results of one shard, N shards and the local index agree bit for bit.
 import numpy as np
 from numba import njit, prange
 
-from . import fastscan, serial_and_parallel
+from . import fastscan, fastscan8, serial_and_parallel
 from .distances import exact_key
 from .pq import unpack_one
 from .topk import heap_init, heap_replace_top, heap_sort_into
@@ -35,6 +35,16 @@ from .topk import heap_init, heap_replace_top, heap_sort_into
 #   neither: inner product, table = qlut[q], dis0 = -<q, c>
 
 @njit(inline="always")
+def _new_heap(k):
+    # an empty top-k heap: keys, slab positions, ids
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    hid = np.empty(k, np.int64)
+    heap_init(hd, hi, hid)
+    return hd, hi, hid
+
+
+@njit(inline="always")
 def _offer(hd, hi, hid, k, s, r, ident):
     if s < hd[0] or (s == hd[0] and ident < hid[0]):
         heap_replace_top(hd, hi, hid, k, s, r, ident)
@@ -44,10 +54,7 @@ def _ivfflat_body(queries, probes, vectors, ids, list_start, list_size, k, ip,
                   out_d, out_pos, allowed=None):
     nq, nprobe = probes.shape
     for q in prange(nq):
-        hd = np.empty(k, np.float32)
-        hi = np.empty(k, np.int64)
-        hid = np.empty(k, np.int64)
-        heap_init(hd, hi, hid)
+        hd, hi, hid = _new_heap(k)
         for p in range(nprobe):
             lst = probes[q, p]
             if lst < 0:
@@ -172,11 +179,11 @@ def _scan_rows(T, codes, ids, start, end, base, hd, hi, hid, k, allowed):
 
 @njit(inline="always")
 def _block_allowed(allowed, first, n):
-    # bit i set where row first + i passes the filter (i < n <= 32)
-    bits = np.uint32(0)
+    # int64 with bit i set where row first + i passes the filter (i < n <= 64)
+    bits = np.int64(0)
     for i in range(n):
         if allowed[first + i] != 0:
-            bits |= np.uint32(1) << np.uint32(i)
+            bits |= np.int64(1) << i
     return bits
 
 
@@ -227,10 +234,7 @@ def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_si
     ksub = qlut.shape[2]
     per_list = list_terms is not None or codebooks is not None
     for q in prange(nq):
-        hd = np.empty(k, np.float32)
-        hi = np.empty(k, np.int64)
-        hid = np.empty(k, np.int64)
-        heap_init(hd, hi, hid)
+        hd, hi, hid = _new_heap(k)
         L = np.empty((M, ksub), np.float32)
         have_table = False
         for p in range(nprobe):
@@ -266,10 +270,7 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
     bytewise = (8 % nbits) == 0
     mask = np.uint32((1 << nbits) - 1)
     for q in prange(nq):
-        hd = np.empty(k, np.float32)
-        hi = np.empty(k, np.int64)
-        hid = np.empty(k, np.int64)
-        heap_init(hd, hi, hid)
+        hd, hi, hid = _new_heap(k)
         L = np.empty((M, ksub), np.float32)
         T = np.empty((code_size, 256), np.float32)
         have_table = False
@@ -314,12 +315,11 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
     code_size = tiles.shape[1]
     bcodes = tiles.reshape(tiles.size)
     for q in prange(nq):
-        hd = np.empty(k, np.float32)
-        hi = np.empty(k, np.int64)
-        hid = np.empty(k, np.int64)
-        heap_init(hd, hi, hid)
-        L = np.zeros((2 * code_size, 16), np.float32)  # rows past M stay zero
-        Q = np.empty(2 * code_size * fastscan.BLOCK, np.uint8)
+        hd, hi, hid = _new_heap(k)
+        L = np.zeros((fastscan.table_rows(code_size), 16), np.float32)  # rows past M stay 0
+        lows = np.empty(L.shape[0], np.float32)
+        Q = np.empty(fastscan.qlut_size(code_size), np.uint8)
+        S = np.empty(fastscan.BLOCK, np.float32)  # the keys of a block's passing rows
         offset = np.float32(0.0)
         scale = np.float32(0.0)
         slack = np.float32(0.0)
@@ -336,7 +336,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
                 fresh = _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
                                     centroids, codebooks, L)
             if fresh:
-                offset, scale, magnitude = fastscan.table_bounds(L, M)
+                offset, scale, magnitude = fastscan.table_bounds(L, lows)
                 # float sums of <= 2 * code_size + 1 terms round by far less
                 slack = np.float32(2.0 ** -14) * magnitude
                 quantized = False
@@ -347,7 +347,7 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
             if thr < 0:
                 continue  # not even the smallest sum of this list can enter
             if not quantized:
-                fastscan.quantize_tables(L, M, scale, Q)
+                fastscan.quantize_tables(L, M, lows, scale, Q)
                 quantized = True
             start = list_start[lst]
             n = list_size[lst]
@@ -362,14 +362,11 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
                     mask = fastscan.block_mask(bcodes, at, Q, code_size, thr)
                 if mask == 0:
                     continue
+                fastscan.score_block(bcodes, at, L, code_size, base, mask, S)
                 for i in range(min(fastscan.BLOCK, n - b)):
                     if (mask >> i) & 1:
                         r = start + b + i
-                        s = base
-                        for j in range(code_size):
-                            c = bcodes[at + j * fastscan.BLOCK + i]
-                            s += L[2 * j, c & 15] + L[2 * j + 1, c >> 4]
-                        _offer(hd, hi, hid, k, s, r, ids[r])
+                        _offer(hd, hi, hid, k, S[i], r, ids[r])
                 # only scoring moves the heap top, so only then can the threshold fall
                 thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
                 if thr < 0:
@@ -387,3 +384,103 @@ def scatter_rows(dst, dst_rows, src):
         r = dst_rows[i]
         for j in range(src.shape[1]):
             dst[r, j] = src[i, j]
+
+
+@njit(inline="always")
+def _prefetch_next(probes, q, p, list_terms, tiles, list_start, list_size):
+    # the next list this query (or the next query) scans: its precomputed terms
+    # (M * 256 floats, read whole to build the table) and its codes
+    nq, nprobe = probes.shape
+    if p + 1 < nprobe:
+        nxt = probes[q, p + 1]
+    elif q + 1 < nq:
+        nxt = probes[q + 1, 0]
+    else:
+        return
+    if nxt < 0:
+        return
+    if list_terms is not None:
+        per = list_terms.shape[1] * list_terms.shape[2]
+        fastscan8.prefetch(list_terms, nxt * per, per)
+    span = tiles.shape[1] * tiles.shape[2]
+    fastscan8.prefetch(tiles, list_start[nxt] // fastscan.BLOCK * span,
+                       (list_size[nxt] + fastscan.BLOCK - 1) // fastscan.BLOCK * span)
+
+
+def _ivfpq8_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
+                          k, queries, centroids, codebooks, out_d, out_pos, allowed=None):
+    # The 8-bit scan of _ivfpq8_body with the AVX-512 VBMI pre-filter of
+    # fastscan8.py: a row is scored (exactly as there: base + table entries in
+    # sub-quantizer order) only when its quantized lower bound can still enter
+    # the heap. The codes are tiles (ntiles, M, 32) in block layout and every
+    # list starts on a tile; a 64-row block is two tiles (the second one's
+    # lanes ignored at a list's odd end).
+    nq, nprobe = probes.shape
+    M = qlut.shape[1]
+    ksub = qlut.shape[2]
+    span = M * fastscan.BLOCK  # bytes of one tile
+    bcodes = tiles.reshape(tiles.size)
+    for q in prange(nq):
+        hd, hi, hid = _new_heap(k)
+        L = np.empty((M, ksub), np.float32)
+        lo = np.empty(M, np.float32)
+        up = np.empty(M, np.float32)
+        Q = np.empty(M * ksub, np.uint8)
+        offset = np.float32(0.0)
+        scale = np.float32(0.0)
+        slack = np.float32(0.0)
+        have_table = False
+        quantized = False
+        for p in range(nprobe):
+            lst = probes[q, p]
+            if lst < 0 or list_size[lst] == 0:
+                continue
+            _prefetch_next(probes, q, p, list_terms, tiles, list_start, list_size)
+            if list_terms is not None:  # L2 precomputed, the common case: one SIMD pass
+                fastscan8.add_bounds(L, list_terms[lst], qlut[q], lo, up)
+                fresh = True
+            else:
+                fresh = _fill_table(have_table, qlut[q], list_terms, lst, queries[q],
+                                    centroids, codebooks, L)
+                if fresh:
+                    fastscan8.row_bounds(L, lo, up)
+            if fresh:
+                offset, scale, magnitude = fastscan8.table_bounds(lo, up, M)
+                # float sums of <= M + 1 terms round by far less
+                slack = np.float32(2.0 ** -14) * magnitude
+                quantized = False
+            have_table = True
+            base = dis0[q, p]
+            bound_slack = slack + np.float32(2.0 ** -14) * abs(base)
+            start = list_start[lst]
+            n = list_size[lst]
+            for b in range(0, n, fastscan8.BLOCK):
+                # the heap's top falls as rows enter: a tighter limit per block
+                thr = fastscan.block_threshold(hd[0], base, offset, scale, bound_slack)
+                if thr < 0:
+                    break  # not even the smallest sum of this list can enter
+                if not quantized:
+                    fastscan8.quantize_rows(L, lo, scale, Q)
+                    quantized = True
+                rest = n - b
+                first = (start + b) * M
+                second = first + span if rest > fastscan.BLOCK else first
+                valid = np.int64(-1) if rest >= 64 else (np.int64(1) << rest) - 1
+                if allowed is not None:
+                    valid &= _block_allowed(allowed, start + b, min(fastscan8.BLOCK, rest))
+                    if valid == 0:
+                        continue  # no row of the block passes the filter: skip its SIMD pass
+                mask = fastscan8.block_mask(bcodes, first, second, Q, M, thr) & valid
+                while mask != 0:
+                    i = fastscan8.lowest_bit(mask)
+                    mask &= mask - 1
+                    at = (first if i < fastscan.BLOCK else second) + (i & (fastscan.BLOCK - 1))
+                    s = base
+                    for j in range(M):
+                        s += L[j, bcodes[at + j * fastscan.BLOCK]]
+                    r = start + b + i
+                    _offer(hd, hi, hid, k, s, r, ids[r])
+        heap_sort_into(hd, hi, hid, out_d[q], out_pos[q])
+
+
+ivfpq8_fastscan_serial, ivfpq8_fastscan_parallel = serial_and_parallel(_ivfpq8_fastscan_body)

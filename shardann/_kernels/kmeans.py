@@ -254,3 +254,183 @@ def centroid_sums(x, labels, k):
         for t in range(d):
             sums[c, t] += x[i, t]
     return sums, counts
+
+
+
+#: relative slack on each float64 step of the bound kernels below (their
+#: distances, drifts and bound updates round by at most ``(d + 2) * 2**-53``
+#: relatively, far below this for any d < 10**6)
+BOUND_SLACK = 1e-10
+
+
+@njit(cache=True, nogil=True)
+def group_bounds(x, labels, centroids, group_of, drift, lower, xnorms, gamma, cmax, ip,
+                 own, need):
+    """One bound step of exact Lloyd with per-group lower bounds (Yinyang
+    k-means): which (row, group of centroids) pairs the next assignment must
+    compute.
+
+    After the centroids moved, each row's key to its own centroid is computed
+    exactly (float64), and its lower bound on the keys of each group is
+    lowered by the furthest a centroid of the group moved. A group whose
+    bound stays above the row's own key by more than the rounding margin of
+    :func:`shardann.kmeans.rounding_margin` holds neither the row's nearest
+    centroid by exact keys nor one BLAS could rank first, so it is skipped.
+    A row with a group to compute also computes its own centroid's group.
+
+    Parameters
+    ----------
+    x : float32 (n, d). labels : int64 (n,), the rows' centroids.
+    centroids : float32 (k, d), the moved centroids. group_of : int64 (k,),
+        each centroid's group.
+    drift : float64 (t,), per group the largest distance one of its centroids
+        moved (rounded up).
+    lower : float64 (n, t) in/out, per row and group a lower bound on the
+        distance (L2) or key (ip, ``-x.c``) of the group's centroids other
+        than the row's own; lowered here.
+    xnorms : float64 (n,) row norms. gamma, cmax : float, the rounding
+        margin's factor and the largest centroid norm.
+    ip : bool, keys are ``-x.c`` instead of distances.
+    own : float64 (n,) out, the exact squared distance (L2) or key (ip) to
+        the row's own centroid.
+    need : bool (n, t) out, the pairs to compute.
+
+    Returns the number of rows with a pair to compute.
+    """
+    n, d = x.shape
+    t = lower.shape[1]
+    up = 1.0 + BOUND_SLACK
+    down = 1.0 - BOUND_SLACK
+    active = 0
+    for i in range(n):
+        c = centroids[labels[i]]
+        s = 0.0
+        if ip:
+            for j in range(d):
+                s += np.float64(x[i, j]) * np.float64(c[j])
+            own[i] = -s
+            # Cauchy-Schwarz: no key fell by more than |x| * its centroid's drift;
+            # the dot product's float64 rounding is below BOUND_SLACK |x| cmax
+            hi = -s + BOUND_SLACK * xnorms[i] * cmax
+            margin = gamma * xnorms[i] * cmax * up
+        else:
+            for j in range(d):
+                v = np.float64(x[i, j]) - np.float64(c[j])
+                s += v * v
+            own[i] = s
+            hi = s * up
+            size = xnorms[i] + cmax  # a product, not a call to pow
+            margin = gamma * size * size
+        any_need = False
+        for g in range(t):
+            if ip:
+                drop = xnorms[i] * drift[g]
+                low = lower[i, g] - drop
+                if low != np.inf:  # +inf: no other centroid in the group
+                    low -= BOUND_SLACK * (abs(low) + drop)
+                lower[i, g] = low
+                stale = not (low - hi > margin)
+            else:
+                # triangle inequality: no centroid came nearer than it moved
+                low = (lower[i, g] - drift[g]) * down
+                low = low if low > 0.0 else 0.0
+                lower[i, g] = low
+                stale = not (low * low * down > (hi + margin) * up)
+            need[i, g] = stale
+            any_need |= stale
+        if any_need:
+            need[i, group_of[labels[i]]] = True
+            active += 1
+    return active
+
+
+# no fastmath: the bounds compare with +inf and must round as written
+@njit(cache=True, nogil=True)
+def merge_group_keys(dots_t, cols, cnorms, members, rows, g, ip, xnorms, margin_of, best, arg,
+                     second, best_second, lower):
+    """Fold one group's BLAS dot products into the rows' running best keys.
+
+    Parameters
+    ----------
+    dots_t : float32 (gk, b), ``centroids[members] @ xs.T`` for some rows ``xs``.
+    cols : int64 (m,), the columns of ``dots_t`` to fold in: rows ``rows``.
+    cnorms : float32 (gk,), those centroids' squared norms (ignored for ip).
+    members : int64 (gk,), the group's centroids, ascending.
+    rows : int64 (m,). g : int, the group.
+    ip : bool. xnorms, margin_of : float64 (n,), the row norms and rounding
+        margins.
+    best, second : float32 (n,) in/out, each row's smallest and second
+        smallest key so far (keys as in :func:`argmin_from_dots`); arg : int64
+        (n,) in/out, the centroid of ``best`` (first on ties); best_second :
+        float32 (n,) in/out, the second smallest key of ``best``'s group.
+    lower : float64 (n, t) out, column ``g``: a lower bound on the distance
+        (L2) or key (ip) of each of the group's centroids, its BLAS minimum
+        less the margin (the row's own group is fixed later).
+    """
+    m = dots_t.shape[1]
+    gmin = np.empty(m, np.float32)
+    gsec = np.empty(m, np.float32)
+    garg = np.empty(m, np.int64)
+    # every column (a vectorized pass), then the ones asked for
+    argmin_from_dots(dots_t, cnorms, ip, garg, gmin, gsec)
+    for q in range(rows.shape[0]):
+        i = rows[q]
+        p = cols[q]
+        v = gmin[p]
+        lower[i, g] = key_lower_bound(v, xnorms[i], margin_of[i], ip)
+        if v < best[i]:  # ties between groups are within any margin: decided exactly
+            second[i] = min(best[i], gsec[p])
+            best[i] = v
+            arg[i] = members[garg[p]]
+            best_second[i] = gsec[p]
+        elif v < second[i]:
+            second[i] = v
+
+
+@njit(inline="always")
+def key_lower_bound(key, xnorm, margin, ip):
+    """A lower bound on the distance (L2) or key (ip) behind a BLAS key: less
+    the rounding margin, then a relative :data:`BOUND_SLACK` for float64."""
+    if key == np.inf:
+        return np.inf
+    k = np.float64(key)
+    if ip:
+        return k - margin - BOUND_SLACK * (abs(k) + margin)
+    xsq = xnorm * xnorm
+    sq = k + xsq - margin
+    sq -= BOUND_SLACK * (abs(k) + xsq + margin)
+    return np.sqrt(sq) * (1.0 - BOUND_SLACK) if sq > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def finish_rows(rows, best, arg, second, best_second, xnorms, margin_of, ip, group_of,
+                labels, lower):
+    """Labels of the recomputed ``rows`` after :func:`merge_group_keys` saw all
+    their groups: the BLAS argmin, and for its group the lower bound of the
+    group's other centroids. Returns int64 (m,): the rows whose two best keys
+    are within the margin, for :func:`~shardann._kernels.distances.nearest_exact`
+    to decide (their bounds stay the groups' minima, which hold either way)."""
+    near = np.empty(rows.shape[0], np.int64)
+    m = 0
+    for i in rows:
+        labels[i] = arg[i]
+        if np.float64(second[i]) - np.float64(best[i]) <= margin_of[i]:
+            near[m] = i
+            m += 1
+        else:
+            lower[i, group_of[arg[i]]] = key_lower_bound(best_second[i], xnorms[i],
+                                                           margin_of[i], ip)
+    return near[:m]
+
+
+@njit(cache=True, nogil=True)
+def gather_rows(x, rows, out):
+    """``out[:m] = x[rows]`` for float32 (n, d) ``x``, int64 (m,) ``rows`` and a
+    reused float32 (>= m, d) buffer (twice as fast as NumPy's fancy indexing
+    into a new array here). Returns ``out[:m]``."""
+    m = rows.shape[0]
+    for p in range(m):
+        r = rows[p]
+        for j in range(x.shape[1]):
+            out[p, j] = x[r, j]
+    return out[:m]

@@ -83,7 +83,7 @@ def heap_sort_into(hd, hi, hid, out_d, out_i):
 
 
 def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, allowed=None,
-                         limit=None):
+                         limit=None, resume=False):
     """Row-wise k smallest keys ``base[j] - scale * dots[q, j] + qadd[q]``.
 
     The keys are formed on the fly: one pass over the dot products instead of
@@ -108,6 +108,10 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
         (e.g. the k-th key of an earlier block of the same rows): the heap then
         sees few rows after the first block instead of restarting from scratch.
         Rows are padded with (+inf, -1) where fewer than k keys pass.
+    resume : bool; True: ``out_d``/``out_i`` already hold a result of this
+        form (from earlier columns of the same rows, with ``ids`` as their
+        ids) and the heap starts from it, so a caller scanning a database in
+        blocks keeps one running top-k instead of merging partial results.
     """
     nq, n = dots.shape
     zero = np.float32(0.0)
@@ -116,6 +120,10 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
         hi = np.empty(k, np.int64)
         hid = np.empty(k, np.int64)
         heap_init(hd, hi, hid)
+        if resume:
+            for j in range(k):
+                if out_i[q, j] >= 0:
+                    heap_push(hd, hi, hid, k, out_d[q, j], out_i[q, j], out_i[q, j])
         add = qadd[q]
         lim = np.float32(np.inf) if limit is None else limit[q]
         for j in range(n):

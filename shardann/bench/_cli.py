@@ -90,8 +90,7 @@ def optional_systems(cfg, systems, plot_name):
     ``systems``: ``(module name, label, option)`` triples; ``cfg[option]`` true
     leaves that system out. Returns ``(modules, skipped)``: the modules in the
     order given (None where left out or not installed) and ``(what, why)`` pairs
-    for what the run skips (also the BLAS 1-thread limit without threadpoolctl
-    and the plot ``plot_name`` without matplotlib).
+    for what the run skips (also the plot ``plot_name`` without matplotlib).
     """
     skipped, modules = [], []
     for name, label, option in systems:
@@ -101,8 +100,6 @@ def optional_systems(cfg, systems, plot_name):
             if module is None:
                 skipped.append((label, why))
         modules.append(module)
-    if _timing.optional_import("threadpoolctl")[0] is None:
-        skipped.append(("the 1-thread limit of the BLAS pools", "threadpoolctl is not installed"))
     if not cfg["no_plot"] and _timing.optional_import("matplotlib")[0] is None:
         skipped.append((f"the plot {plot_name}", "matplotlib is not installed"))
     return modules, skipped

@@ -69,14 +69,11 @@ def format_report(report):
     sh = report["shardann_settings"]
     libs = report.get("libs", LIBS)
     with_faiss = "faiss" in libs
-    blas_limited = report.get("blas_limited", True)
-    threads = ", ".join(["FAISS OpenMP"] * with_faiss + ["Numba"]
-                        + ["BLAS via threadpoolctl"] * blas_limited)
+    threads = ", ".join(["FAISS OpenMP"] * with_faiss + ["Numba", "BLAS via threadpoolctl"])
     lines = [
         f"shardann bench core: n={ds['n']:,} d={ds['d']} nq={ds['nq']} ntrain={ds['ntrain']:,} "
         f"nlist={c['nlist']} M={c['M']} nprobe={c['nprobe']} k={c['k']} metric={c['metric']}; "
-        f"1 thread{' each' if with_faiss else ''} ({threads})"
-        + ("" if blas_limited else "; BLAS pools not limited (no threadpoolctl)"),
+        f"1 thread{' each' if with_faiss else ''} ({threads})",
         f"data: {ds['source']}; train: {ds['train']}"
         + (" (the same sample for both)" if with_faiss else ""),
         f"ground truth: {report['ground_truth']['method']}",

@@ -154,7 +154,6 @@ def run_benchmark(cfg, faiss=None, skipped=()):
         "config": {k: v for k, v in cfg.items() if k != "d_actual"},
         "libs": [lib for lib in LIBS if faiss is not None or lib != "faiss"],
         "skipped": [{"what": what, "why": why} for what, why in skipped],
-        "blas_limited": _timing.optional_import("threadpoolctl")[0] is not None,
         "dataset": prep["dataset"], "ground_truth": gt_info,
         "environment": environment(faiss), "faiss_defaults": fd,
         "shardann_settings": {"niter": fd["ivf.cp.niter"], "pq_niter": fd["pq.cp.niter"],

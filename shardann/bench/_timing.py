@@ -1,7 +1,7 @@
 """Timing helpers for the benchmarks: single-thread limits, repeated timings and
 latency percentiles (recall is :func:`shardann.results.recall_at_k`), and the
-optional packages of the ``bench`` extra (faiss-cpu, matplotlib,
-threadpoolctl), which are imported only here and only when asked for.
+optional packages of the ``bench`` extra (faiss-cpu, matplotlib, ScaNN),
+which are imported only here and only when asked for.
 
 Nothing here prints; callers log or print.
 """
@@ -13,15 +13,15 @@ import statistics
 import time
 
 import numpy as np
+import threadpoolctl
 
 _clock = time.perf_counter
 
 #: how to get the optional packages the benchmarks use (the ``bench`` extra: faiss-cpu,
-#: matplotlib, threadpoolctl, and ScaNN for ``bench frontier``)
+#: matplotlib, and ScaNN for ``bench frontier``)
 BENCH_EXTRA = 'pip install -e ".[bench]"'
 #: module name -> the name pip installs it by
-_DISTRIBUTION = {"faiss": "faiss-cpu", "matplotlib": "matplotlib", "scann": "scann",
-                 "threadpoolctl": "threadpoolctl"}
+_DISTRIBUTION = {"faiss": "faiss-cpu", "matplotlib": "matplotlib", "scann": "scann"}
 
 
 _cpu = time.process_time
@@ -110,9 +110,6 @@ def skip_note(prog, skipped):
 
 def threadpool_summary():
     """The native thread pools loaded in this process (BLAS, OpenMP), short form."""
-    threadpoolctl, why = optional_import("threadpoolctl")
-    if threadpoolctl is None:
-        return [{"error": why}]
     keep = ("user_api", "internal_api", "num_threads", "prefix", "version",
             "threading_layer", "architecture")
     return [{k: p.get(k) for k in keep if k in p} for p in threadpoolctl.threadpool_info()]
@@ -123,22 +120,18 @@ def single_thread(faiss=None):
     """Run the body on one thread: BLAS and OpenMP pools (threadpoolctl),
     FAISS's OpenMP (``faiss.omp_set_num_threads``) and Numba.
 
-    Without threadpoolctl (an optional package) the BLAS and OpenMP pools
-    keep their sizes; FAISS and Numba are still limited. The previous FAISS
-    and Numba thread counts are restored on exit; environment variables are
-    not touched.
+    The previous FAISS and Numba thread counts are restored on exit;
+    environment variables are not touched.
     """
     import numba
 
-    threadpoolctl, _ = optional_import("threadpoolctl")
     old_numba = numba.get_num_threads()
     old_faiss = faiss.omp_get_max_threads() if faiss is not None else None
     numba.set_num_threads(1)
     if faiss is not None:
         faiss.omp_set_num_threads(1)
     try:
-        with (threadpoolctl.threadpool_limits(limits=1) if threadpoolctl is not None
-              else contextlib.nullcontext()):
+        with threadpoolctl.threadpool_limits(limits=1):
             yield
     finally:
         numba.set_num_threads(old_numba)

@@ -12,7 +12,7 @@ to a PNG) and an equal-recall comparison. Everything lands in a JSON file.
 ``--fresh-process-latency`` instead saves indexes and times the first search
 in brand-new Python processes (Numba's on-disk cache vs a cold cache).
 
-FAISS, matplotlib and threadpoolctl are optional (``pip install -e ".[bench]"``).
+FAISS and matplotlib are optional (``pip install -e ".[bench]"``).
 Without them shardann is still measured; the run says in one line what it
 skipped: the FAISS columns, ratios and ground truth (exact search uses
 ``shardann.FlatIndex``; training iterations fall back to FAISS's usual
@@ -76,7 +76,7 @@ def _kind_list(text):
 def add_arguments(parser):
     """Add the ``bench core`` options to an ``argparse`` parser."""
     parser.epilog = (
-        "FAISS, matplotlib and threadpoolctl are optional (the bench extra: "
+        "FAISS and matplotlib are optional (the bench extra: "
         f"{_timing.BENCH_EXTRA}); without them shardann is measured alone, with no PNG and "
         "no 1-thread limit on the BLAS pools, and the run says in one line what it skipped.")
     data = parser.add_argument_group("data")

@@ -70,7 +70,7 @@ def _factor_list(text):
 
 def add_arguments(parser):
     """Add the ``bench frontier`` options to an ``argparse`` parser."""
-    parser.epilog = ("FAISS, ScaNN, matplotlib and threadpoolctl are optional (the bench "
+    parser.epilog = ("FAISS, ScaNN and matplotlib are optional (the bench "
                      f"extra: {_timing.BENCH_EXTRA}); a system that is not installed is left "
                      "out, and the run says so.")
     data = add_data_arguments(parser, DEFAULTS, "FAISS and ScaNN",

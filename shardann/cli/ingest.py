@@ -78,6 +78,9 @@ def add_arguments(parser):
                    help="keep raw vectors for refine (float32, or float16 to halve them)")
     m.add_argument("--codebooks", default=None, metavar="PATH",
                    help="reuse the trained model of this index (or codebooks file)")
+    m.add_argument("--calibration", type=int, default=None, metavar="N",
+                   help="calibration queries kept for recall estimates (shardann info "
+                        "--recall; 0: none; default 1000)")
     m.add_argument("--sample-size", type=int, default=None,
                    help="training sample (default 256 x nlist, at most 1 GiB), drawn in "
                         "runs of consecutive rows filling 4 KiB")
@@ -133,7 +136,8 @@ def run(args):
             attributes=_attribute_names(args.attributes),
             nlist=args.nlist, M=args.M, nbits=args.nbits, metric=args.metric, opq=args.opq,
             keep_vectors=args.keep_vectors or False, pca=args.pca, codebooks=args.codebooks,
-            sample_size=args.sample_size, seed=args.seed, niter=args.niter,
+            calibration=args.calibration, sample_size=args.sample_size, seed=args.seed,
+            niter=args.niter,
             pq_niter=args.niter, skip_bad_rows=args.skip_bad_rows, block_rows=args.block_rows,
             num_workers=args.workers, spot_check=args.spot_check, spot_check_k=10,
             spot_check_nprobe=args.nprobe, progress=not args.no_progress, job_id=args.job_id,

@@ -1,8 +1,10 @@
 """The **commit** stage of an ingest job: one manifest naming every new
 segment — the only moment the index changes. A new index is created with its
-model and segments in one commit; an append commits on top of the newest
-version after checking that the model did not change and that rows committed
-meanwhile do not share the job's ids.
+model, segments and calibration set in one commit; an append commits on top of
+the newest version after checking that the model did not change and that rows
+committed meanwhile do not share the job's ids, with the calibration set
+brought up to date (none when other writers committed meanwhile: the set would
+miss their rows).
 """
 
 import logging
@@ -20,14 +22,16 @@ logger = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 5
 
 
-def commit_stage(run, state, model, entries, drift=None):
+def commit_stage(run, state, model, entries, drift=None, calibration=None):
     """Publish the segments ``entries`` (manifest entries); return the new store version.
-    ``drift``: the new rows' drift stats, recorded in the manifest."""
+    ``drift``: the new rows' drift stats, recorded in the manifest;
+    ``calibration``: the new version's calibration file (bytes), or None for none."""
     t = time.perf_counter()
     crash_point("ingest.before_commit")
     if state["mode"] == "create":
         model_state = model.to_state(lists=False)
         model_state.attribute_schema = run.attribute_schema  # the segments' columns
+        model_state.calibration = calibration
         if model_state.drift is not None and drift:  # the rows come with the model
             d = model_state.drift
             d["pending"] = merge_stats(d.get("pending"), drift)
@@ -47,6 +51,13 @@ def commit_stage(run, state, model, entries, drift=None):
             # attributes appended to an index without: the store takes their columns
             txn.add_segments(entries, attribute_schema=run.attribute_schema)
             txn.record_drift(drift)
+            if calibration is not None:
+                if store.version == state["base_version"]:
+                    txn.set_calibration(calibration)
+                else:  # (without it the transaction drops the set: it adds rows)
+                    logger.warning("%s: other writers committed while this ingest ran; the "
+                                   "calibration set it kept up to date misses their rows, so "
+                                   "the new version has none", run.root)
             try:
                 store = txn.commit()
                 break

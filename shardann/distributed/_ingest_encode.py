@@ -38,6 +38,9 @@ def encode_stage(run, state, model):
     ctx = run.work_context(model)
     ctx.update(id_base=state["id_base"], k=run.opts["spot_check_k"],
                queries=model.prepare(qx) if qx.shape[0] else None)
+    job_cal = run.calibration
+    if job_cal is not None and job_cal.nqueries:
+        ctx["calibration"] = job_cal.worker_queries(model)
     sizes = np.array([b.stop - b.start for b in plan.blocks], np.int64)
     bar = run.bar("encode", int(sizes.sum()), int(sizes[done].sum()) if done else 0)
     try:
@@ -65,18 +68,23 @@ def aggregate(run, model):
     ``"runs"`` (run names), ``"intervals"`` (min id, max id, block, runs),
     ``"drift"`` (the rows' drift stats, :func:`shardann.drift.merge_stats`),
     ``"scratch"`` (bytes), ``"worker_seconds"``, ``"gt"`` (exact top-k of the
-    check queries, or None)``}``."""
+    check queries, or None), ``"calibration"`` (exact top-k_max of the
+    calibration queries, merged over the blocks; None when a block has none)``}``."""
     nlist = model.nlist
     k = run.opts["spot_check_k"]
     agg = {"counts": np.zeros(nlist, np.int64), "rows": 0, "skipped": 0, "examples": [],
            "runs": [], "intervals": [], "scratch": 0,
            "worker_seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}, "drift": None}
     gt = None
+    job_cal = run.calibration
+    cal = None
+    cal_missing = False
     for b in range(len(run.plan.blocks)):
         path = block_marker(run.job_dir, b)
         if not os.path.exists(path):
             raise RuntimeError(f"{path}: block {b} has no marker after the encode stage")
-        meta, counts, gk, gi = read_block_marker(path)
+        meta, counts, found = read_block_marker(path)
+        gk, gi = found["gt"]
         agg["counts"] += counts
         agg["rows"] += meta["rows"]
         agg["skipped"] += meta["skipped"]
@@ -93,7 +101,15 @@ def aggregate(run, model):
                                      [p["name"] for p in meta["parts"]]))
         if gk.size:
             gt = (gk, gi) if gt is None else merge_results([gt, (gk, gi)], k, "l2")
+        if job_cal is not None and job_cal.nqueries:
+            part = found["calibration"]
+            if part is None or part[0].shape[0] != job_cal.nqueries:
+                cal_missing = True
+            elif not cal_missing:
+                cal = part if cal is None else merge_results([cal, part], job_cal.cal.k_max,
+                                                             "l2")
     agg["gt"] = gt
+    agg["calibration"] = None if cal_missing else cal
     return agg
 
 

@@ -35,13 +35,14 @@ Stages, each with a progress bar (vectors/s, ETA):
    together); for each block it assigns lists and encodes with the core
    index's kernels, writes its rows sorted by list as a run in
    ``INDEX/_ingest/<job>/`` plus a done-marker, and finds the exact top-k of
-   the check queries among its rows.
+   the check queries and of the calibration queries among its rows.
    It first asks the kernel for the bytes of its block and of the next two
    (``posix_fadvise(WILLNEED)``), so that the disk reads while the CPU encodes.
 5. **merge**: one worker per list range gathers that range from every run
    (memory-mapped) into one store segment, row groups cut at list boundaries.
-6. **commit**: one manifest naming all new segments — the only moment the
-   index changes. Then the recall spot check and the summary.
+6. **commit**: one manifest naming all new segments and the calibration set
+   (the blocks' exact top-k of its queries merged; ``_ingest_calibration``) —
+   the only moment the index changes. Then the recall spot check and the summary.
 
 Parquet embedding columns of float32 (``list`` or ``fixed_size_list`` with d
 values in every row) are read by ``shardann._parquet``, which checks the
@@ -79,6 +80,7 @@ above it in this list:
 - ``_ingest_work``: the work Ray Data workers do (sample, encode, merge a unit).
 - ``_ingest_source``: a ``ray.data.Dataset`` input staged as Parquet; ``sample_dataset``.
 - ``_ingest_state``: the job directory, its lock, ``state.json``, resume, cleanup.
+- ``_ingest_calibration``: the job's calibration set (its draw, checkpoint, file).
 - ``_ingest_runtime``: what the stages share (``JobRun``: progress, timings, Ray Data).
 - ``_ingest_model`` (sample, train), ``_ingest_encode`` (encode, check_ids),
   ``_ingest_merge``, ``_ingest_commit``, ``_ingest_check`` (spot check): the stages.
@@ -100,8 +102,9 @@ from .._text import format_bytes as _human
 from .._validation import check_int
 from ..errors import InputError
 from ..filters import as_attribute_table
-from ..index import load_index
+from ..index import DEFAULT_CALIBRATION, load_index
 from ..storage import IndexStore, location
+from ._ingest_calibration import calibration_file
 from ._ingest_check import spot_check
 from ._ingest_commit import commit_stage
 from ._ingest_encode import aggregate, check_ids, encode_stage
@@ -163,7 +166,8 @@ class IngestSummary:
         if self.already_committed:
             lines.append("  (this job had been committed already; nothing was redone)")
         if self.stage_seconds:
-            order = ("stage", "sample", "train", "encode", "check_ids", "merge", "commit", "check")
+            order = ("stage", "sample", "train", "encode", "check_ids", "merge", "calibration",
+                     "commit", "check")
             stages = sorted(self.stage_seconds.items(),
                             key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
             lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages))
@@ -185,7 +189,7 @@ class IngestSummary:
 def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None, d=None,
            nlist=None, M=None,
            nbits=8, metric="l2", opq=False, keep_vectors=False, pca=None, codebooks=None,
-           sample_size=None, seed=0, niter=25, pq_niter=25, skip_bad_rows=False,
+           calibration=None, sample_size=None, seed=0, niter=25, pq_niter=25, skip_bad_rows=False,
            block_rows=None, num_workers=None, merge_bytes=MERGE_BYTES, spot_check=100,
            spot_check_k=10, spot_check_nprobe=None, progress=True, job_id=None,
            work_dir=None, storage_options=None):
@@ -229,6 +233,15 @@ def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None,
         ``M``; with ``keep_vectors`` refine re-ranks on the original vectors).
     codebooks : path of an index (or of its ``codebooks-*.parquet`` file)
         whose trained model to reuse instead of training.
+    calibration : int >= 0, queries of the new index's calibration set (for
+        ``estimate_recall``, ``shardann info --recall`` and the service's
+        recall estimate; 0: none), as :class:`shardann.IVFPQIndex`'s
+        ``calibration`` (default 1,000, or the ``codebooks`` index's). They
+        are drawn from the input rows as a local ``index.add`` of the same rows
+        draws them (seeded by ``seed``), and the encode workers find their
+        exact neighbours among every block; the set then equals a local
+        index's. Appending brings the index's set up to date (the new rows'
+        neighbours merged in), or keeps none when the index has rows but no set.
     sample_size : training sample (default ``256 * nlist``, at most 1 GiB),
         drawn in runs of consecutive rows filling 4 KiB (every row equally
         likely; see the module docstring).
@@ -271,7 +284,8 @@ def ingest(path, inputs, *, column="embedding", id_column=None, attributes=None,
     job = _Job(path, inputs, column=column, id_column=id_column, attributes=attributes, d=d,
                nlist=nlist, M=M,
                nbits=nbits, metric=metric, opq=opq, keep_vectors=keep_vectors, pca=pca,
-               codebooks=codebooks, sample_size=sample_size, seed=seed, niter=niter,
+               codebooks=codebooks, calibration=calibration, sample_size=sample_size,
+               seed=seed, niter=niter,
                pq_niter=pq_niter, skip_bad_rows=skip_bad_rows, block_rows=block_rows,
                num_workers=num_workers, merge_bytes=merge_bytes, spot_check=spot_check,
                spot_check_k=spot_check_k, spot_check_nprobe=spot_check_nprobe,
@@ -327,6 +341,8 @@ class _Job:
                      "spot_check_nprobe"):
             if o[name] is not None:
                 check_int(name, o[name], low=1)
+        if o["calibration"] is not None:
+            check_int("calibration", o["calibration"], low=0)
         if o["keep_vectors"] is True:
             o["keep_vectors"] = "float32"
         existing = IndexStore.open(loc).config if IndexStore.exists(loc) else None
@@ -400,8 +416,9 @@ class _Job:
         keys = ("nlist", "M", "nbits", "metric", "opq", "keep_vectors", "sample_size", "seed",
                 "niter", "pq_niter", "skip_bad_rows", "spot_check", "spot_check_k")
         ident = {"inputs": self.plan.identity(), **{k: o[k] for k in keys}}
-        if o["pca"] is not None:  # only when set: the names of older jobs stay the same
-            ident["pca"] = o["pca"]
+        for name in ("pca", "calibration"):  # only when set: older jobs keep their names
+            if o[name] is not None:
+                ident[name] = o[name]
         if o["codebooks"] is not None:
             ident["codebooks"] = codebooks_source(o["codebooks"])[3]
         text = json.dumps(ident, sort_keys=True, default=str).encode()
@@ -410,9 +427,11 @@ class _Job:
     def _check_append_options(self, cfg):
         """Appending uses the index's own model: refuse options that contradict it."""
         o = self.opts
-        given = {"nlist": o["nlist"], "M": o["M"], "pca": o["pca"], "codebooks": o["codebooks"]}
+        given = {"nlist": o["nlist"], "M": o["M"], "pca": o["pca"], "codebooks": o["codebooks"],
+                 "calibration": o["calibration"]}
+        defaults = {"calibration": DEFAULT_CALIBRATION}  # (the config leaves defaults out)
         clash = [f"{k}={v!r}" for k, v in given.items()
-                 if v is not None and (k == "codebooks" or cfg.get(k) != v)]
+                 if v is not None and (k == "codebooks" or cfg.get(k, defaults.get(k)) != v)]
         if o["metric"] != "l2" and o["metric"] != cfg["metric"]:
             clash.append(f"metric={o['metric']!r}")
         if o["keep_vectors"] and o["keep_vectors"] != cfg.get("keep_vectors"):
@@ -447,7 +466,11 @@ class _Job:
             agg = encode_stage(run, state, model)
             check_ids(run, state, agg)
             entries = merge_stage(run, state, model, agg)
-            store = commit_stage(run, state, model, entries, drift=agg["drift"])
+            t = time.perf_counter()
+            cal = calibration_file(run, agg, model)
+            run.timed("calibration", t)
+            store = commit_stage(run, state, model, entries, drift=agg["drift"],
+                                 calibration=cal)
             return self._after_commit(state, store, agg)
 
     def _fresh_state(self):

@@ -1,8 +1,10 @@
 """The first stages of an ingest job, on the driver: **sample** the inputs (the
-training rows and the held-out recall-check rows) and **train** the model —
-or take the model of the index being appended to, or of ``codebooks=``. The
-model and the check rows are checkpointed in the job directory
-(``model.parquet``, ``queries.npz``), so a resumed job does not train again.
+training rows, the held-out recall-check rows and the calibration queries the
+index's calibration set draws, see ``_ingest_calibration``) and **train** the
+model — or take the model of the index being appended to, or of
+``codebooks=``. The model, the check rows and the calibration draw are
+checkpointed in the job directory (``model.parquet``, ``queries.npz``,
+``calibration.npz``), so a resumed job does not train or draw again.
 """
 
 import json
@@ -15,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import IndexStore, decode_codebooks, encode_codebooks, fast_crc32
+from ._ingest_calibration import load_checkpoint, plan_calibration, save_checkpoint
 from ._ingest_fs import is_remote, local_path
 from ._ingest_work import build_model, draw_rows, replace_into, sample_block
 
@@ -62,17 +65,20 @@ def new_model(d, opts):
     from ..index import IVFFlatIndex, IVFPQIndex
 
     o = opts
+    # calibration: the size of the set the job draws (default: the index's default)
+    cal = {} if o.get("calibration") is None else {"calibration": o["calibration"]}
     if o["M"] is None:
         return IVFFlatIndex(d, o["nlist"], o["metric"], seed=o["seed"], niter=o["niter"],
-                            pca=o["pca"], verbose=True)
+                            pca=o["pca"], verbose=True, **cal)
     return IVFPQIndex(d, o["nlist"], o["M"], o["nbits"], o["metric"], seed=o["seed"],
                       opq=o["opq"], keep_vectors=o["keep_vectors"] or False, niter=o["niter"],
-                      pq_niter=o["pq_niter"], pca=o["pca"], verbose=True)
+                      pq_niter=o["pq_niter"], pca=o["pca"], verbose=True, **cal)
 
 
 def model_stage(run, state):
     """The trained model of the job (from its checkpoint, the index appended
-    to, ``codebooks=``, or trained on a sample); sets ``run.queries``."""
+    to, ``codebooks=``, or trained on a sample); sets ``run.queries`` and
+    ``run.calibration`` (a ``JobCalibration`` or None)."""
     mpath = run.scratch.path("model.parquet")
     qpath = run.scratch.path("queries.npz")
     dpath = run.scratch.path("drift.json")  # the model's drift baseline, if any
@@ -81,6 +87,7 @@ def model_stage(run, state):
             arrays, meta = decode_codebooks(f.read(), mpath)
         with np.load(qpath) as z:
             run.queries = (z["rows"], z["x"])
+        run.calibration = load_checkpoint(run)
         drift = None
         if os.path.exists(dpath):
             with open(dpath) as f:
@@ -100,19 +107,26 @@ def model_stage(run, state):
         config = dict(config)
         if kind == "ivfpq" and state["mode"] == "create":
             config["keep_vectors"] = o["keep_vectors"] or False
+        if state["mode"] == "create" and o["calibration"] is not None:
+            config["calibration"] = o["calibration"]
         model = build_model(kind, config, arrays, drift=drift)
         if model.d != run.plan.d:
             raise ValueError(f"the model has d={model.d} but the inputs have d={run.plan.d}")
-        _, queries = sample(run, 0, model.nlist)
+        job_cal = plan_calibration(run, state, model)
+        _, queries = sample(run, 0, model.nlist, job_cal, state["id_base"])
     else:
         model = new_model(run.plan.d, o)
-        train, queries = sample(run, sample_size(run, model.nlist), model.nlist)
+        job_cal = plan_calibration(run, state, model)
+        train, queries = sample(run, sample_size(run, model.nlist), model.nlist, job_cal,
+                                state["id_base"])
         t = time.perf_counter()
         logger.info("training %r on %d vectors", model, train.shape[0])
         model.train(train)
         del train
         run.timed("train", t)
     run.queries = queries
+    run.calibration = job_cal
+    save_checkpoint(run, job_cal)
     buf = encode_codebooks(model.to_state(lists=False).arrays, model.kind, model.get_config())
     rows, x = queries
     replace_into(qpath, lambda f: np.savez(f, rows=rows, x=x))
@@ -132,8 +146,10 @@ def sample_size(run, nlist):
     return int(min(s, max(0, run.plan.total_rows - run.opts["spot_check"])))
 
 
-def sample(run, size, nlist):
-    """Read a uniform sample of ``size`` rows and the disjoint check queries.
+def sample(run, size, nlist, job_cal=None, id_base=0):
+    """Read a uniform sample of ``size`` rows, the disjoint check queries and
+    the calibration rows ``job_cal`` drew (a ``JobCalibration``, given their
+    ids and raw vectors; they may be training or check rows too).
 
     Returns ``(sample float32 (m, d), (query rows int64, queries float32))``.
     """
@@ -147,21 +163,24 @@ def sample(run, size, nlist):
     drawn = draw_rows(total, size + nq, max(1, SAMPLE_RUN_BYTES // (4 * plan.d)),
                       np.random.default_rng(run.opts["seed"]))
     qrows = np.sort(drawn[:nq])
-    drawn = np.sort(drawn)
+    train_rows = drawn[nq:]
+    cal_rows = np.zeros(0, np.int64) if job_cal is None else job_cal.rows
+    drawn = np.union1d(drawn, cal_rows)  # sorted
     starts = plan.block_offsets()
     ends = starts + np.array([b.stop - b.start for b in plan.blocks], np.int64)
     lo = np.searchsorted(drawn, starts)
     hi = np.searchsorted(drawn, ends)
     todo = np.flatnonzero(hi > lo)
     ctx = run.work_context(None)
-    ctx["drawn"] = drawn
-    rows_parts, x_parts = [], []
+    ctx.update(drawn=drawn, id_base=id_base)
+    rows_parts, ids_parts, x_parts = [], [], []
     bar = run.bar("sample", int((ends - starts)[todo].sum()))
     try:
         def on_row(row):
             if row["error"]:
                 raise InputError(row["error"])
             rows_parts.append(row["rows"])
+            ids_parts.append(row["ids"])
             x_parts.append(row["x"])
             b = plan.blocks[int(row["block"])]
             bar.update(b.stop - b.start)
@@ -177,12 +196,20 @@ def sample(run, size, nlist):
     finally:
         bar.close()
     rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, np.int64)
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
     x = np.concatenate(x_parts) if x_parts else np.zeros((0, plan.d), np.float32)
     order = np.argsort(rows)
-    rows, x = rows[order], x[order]
+    rows, ids, x = rows[order], ids[order], x[order]
     is_q = np.isin(rows, qrows)
+    is_train = np.isin(rows, train_rows)
+    if job_cal is not None:
+        is_cal = np.isin(rows, cal_rows)
+        job_cal.take_rows(rows[is_cal], ids[is_cal], x[is_cal])
     run.timed("sample", t)
     if size:
         logger.info("sampled %d training rows and %d check rows from %d blocks",
-                    int((~is_q).sum()), int(is_q.sum()), todo.size)
-    return x[~is_q], (rows[is_q], np.ascontiguousarray(x[is_q]))
+                    int(is_train.sum()), int(is_q.sum()), todo.size)
+    if job_cal is not None:
+        logger.info("calibration set: %d queries kept, %d drawn from the job's %d rows",
+                    job_cal.keep.size, job_cal.ids.size, total)
+    return x[is_train], (rows[is_q], np.ascontiguousarray(x[is_q]))

@@ -28,6 +28,8 @@ class JobRun:
     stage_seconds : dict stage -> wall seconds of this run.
     queries : ``(rows int64, x float32)``, the recall-check rows (set by the
         model stage).
+    calibration : the job's ``_ingest_calibration.JobCalibration`` (its
+        calibration set and the queries it drew), or None (set by the model stage).
     resumed_blocks : blocks an earlier run had encoded (set by the encode stage).
     attribute_schema : ``pyarrow.Schema`` of the attribute columns the job
         stores (the index's when appending to one that has some), or None.
@@ -50,6 +52,7 @@ class JobRun:
         self.t0 = time.perf_counter() if t0 is None else t0
         self.stage_seconds = {}
         self.queries = None
+        self.calibration = None
         self.resumed_blocks = 0
         self.attribute_schema = None
 

@@ -36,6 +36,7 @@ from .._rows import scatter_rows, take_rows
 from ..drift import merge_stats
 from ..errors import InputError
 from ..filters import as_attribute_table, null_table
+from ..index import exact_neighbours
 from ..index.flat import exact_search_keys
 from ..metric import uses_ip
 from ..results import merge_results
@@ -99,16 +100,22 @@ def segment_name(job_id, attempt, r):
 
 
 def read_block_marker(path):
-    """(meta dict, counts int64 (nlist,), gt_keys, gt_ids) of a finished block."""
+    """``(meta dict, counts int64 (nlist,), found)`` of a finished block; ``found``
+    maps ``"gt"`` (the check queries' exact top-k among its rows) and
+    ``"calibration"`` (the calibration queries', or None: the job keeps no
+    set, or a run before ingest kept one wrote the marker) to (keys, ids)."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-        return meta, z["counts"], z["gt_keys"], z["gt_ids"]
+        cal = (z["cal_keys"], z["cal_ids"]) if "cal_keys" in z.files else None
+        return meta, z["counts"], {"gt": (z["gt_keys"], z["gt_ids"]), "calibration": cal}
 
 
-def _write_block_marker(path, meta, counts, gt_keys, gt_ids):
+def _write_block_marker(path, meta, counts, gt, cal):
+    extra = {} if cal is None else {"cal_keys": cal[0], "cal_ids": cal[1]}
+
     def write(f):
         np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), counts=counts,
-                 gt_keys=gt_keys, gt_ids=gt_ids)
+                 gt_keys=gt[0], gt_ids=gt[1], **extra)
     replace_into(path, write)
 
 
@@ -208,11 +215,12 @@ def draw_rows(total, count, run, rng):
 
 
 def sample_block(c, b):
-    """The drawn rows of block ``b``: ``{"block", "error", "rows", "x"}``.
+    """The drawn rows of block ``b``: ``{"block", "error", "rows", "ids", "x"}``.
 
-    ``c`` holds the ``plan``, the sorted global rows ``drawn`` and
-    ``skip_bad_rows``; ``rows`` are global row numbers (int64) and ``x`` the
-    raw float32 vectors. Bad input is reported in ``error``, not raised.
+    ``c`` holds the ``plan``, the sorted global rows ``drawn``, ``id_base`` and
+    ``skip_bad_rows``; ``rows`` are global row numbers (int64), ``ids`` their
+    ids (int64: the id column's, or ``id_base`` + row) and ``x`` the raw
+    float32 vectors. Bad input is reported in ``error``, not raised.
     """
     plan = c["plan"]
     block = plan.blocks[b]
@@ -220,9 +228,9 @@ def sample_block(c, b):
     drawn = c["drawn"]  # sorted global rows
     lo, hi = np.searchsorted(drawn, [f.offset + block.start, f.offset + block.stop])
     want = drawn[lo:hi] - f.offset
-    rows, xs = [], []
+    rows, ids, xs = [], [], []
     out = {"block": b, "error": "", "rows": np.zeros(0, np.int64),
-           "x": np.zeros((0, plan.d), np.float32)}
+           "ids": np.zeros(0, np.int64), "x": np.zeros((0, plan.d), np.float32)}
     try:
         for part in read_block(plan, block, rows=want):
             file_rows = part.file_rows()
@@ -232,6 +240,7 @@ def sample_block(c, b):
                 return {**out, "error": _bad_message(f, file_rows, part, gids, i)}
             keep = ~part.bad
             rows.append(f.offset + file_rows[keep])
+            ids.append(np.asarray(_ids_for(c, f, part, file_rows), np.int64)[keep])
             xs.append(np.asarray(part.x[keep], np.float32))
     except InputError as exc:
         return {**out, "error": str(exc)}
@@ -241,7 +250,7 @@ def sample_block(c, b):
                     f"{block.stop - 1} ({type(exc).__name__}: {exc})"}
         return out
     if rows:
-        out.update(rows=np.concatenate(rows), x=np.concatenate(xs))
+        out.update(rows=np.concatenate(rows), ids=np.concatenate(ids), x=np.concatenate(xs))
     return out
 
 
@@ -285,6 +294,16 @@ def _load_table(path):
     return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
 
 
+def _calibration_topk(ctx, xp, gids, acc):
+    """A part's rows (prepared float32 (n, d), ids int64 (n,)) taken into
+    ``acc``, the block's running exact top-k_max of the calibration queries
+    (``ctx["calibration"]``: prepared queries, own ids, k_max; see
+    ``_ingest_calibration``), own ids left out."""
+    q, own, k = ctx["calibration"]
+    top = exact_neighbours(q, xp, gids, own, k, ctx["metric"])
+    return merge_results([acc, top], k, "l2")
+
+
 def _exact_topk(ctx, xp, gids):
     q = ctx["queries"]
     k = ctx["k"]
@@ -309,6 +328,10 @@ def encode_block(ctx, model, b):
     counts = np.zeros(nlist, np.int64)
     nq = 0 if ctx["queries"] is None else ctx["queries"].shape[0]
     gt = [(np.full((nq, k), np.inf, np.float32), np.full((nq, k), -1, np.int64))]
+    cal = None
+    if ctx.get("calibration") is not None:
+        m, kc = ctx["calibration"][0].shape[0], ctx["calibration"][2]
+        cal = (np.full((m, kc), np.inf, np.float32), np.full((m, kc), -1, np.int64))
     meta = {"block": b, "file": f.path, "rows": 0, "skipped": 0, "examples": [], "parts": [],
             "min_id": None, "max_id": None, "bytes": 0, "unreadable": None,
             "seconds": {"read": 0.0, "encode": 0.0, "write": 0.0}, "pid": os.getpid(),
@@ -374,6 +397,8 @@ def encode_block(ctx, model, b):
             top = _exact_topk(ctx, xp, gids)
             if top is not None:
                 gt = [merge_results(gt + [top], k, "l2")]
+            if cal is not None:
+                cal = _calibration_topk(ctx, xp, gids, cal)
             del xp
             t2 = time.perf_counter()
             secs["encode"] += t2 - t
@@ -390,7 +415,7 @@ def encode_block(ctx, model, b):
         j += 1
     meta["parts"] = [p for p in meta["parts"] if p["name"]]
     fsync_dir(os.path.join(job_dir, ITEMS_DIR))
-    _write_block_marker(block_marker(job_dir, b), meta, counts, gt[0][0], gt[0][1])
+    _write_block_marker(block_marker(job_dir, b), meta, counts, gt[0], cal)
     return meta["rows"]
 
 

@@ -755,7 +755,7 @@ class ShardedIndex:
         :meth:`~shardann.IVFPQIndex.estimate_recall` (same code path: the
         calibration queries go through this coordinator's search and shards).
         Returns a :class:`~shardann.index.RecallEstimate`; ``ValueError`` when
-        the index has no calibration set (e.g. built by the Ray Data ingest)."""
+        the index has no calibration set (e.g. built with ``calibration=0``)."""
         from ..index import estimate_recall, load_calibration
 
         k, nprobe, refine_factor = self.model.check_search(k, nprobe, refine_factor)

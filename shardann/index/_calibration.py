@@ -28,6 +28,7 @@ import statistics
 
 import numpy as np
 
+from .._kernels.refine import float32_keys_serial
 from .._validation import as_id_array, check_int
 from ..errors import CorruptIndexError
 from ..metric import distances_to_keys, keys_to_distances, uses_ip
@@ -41,6 +42,43 @@ DEFAULT_SIZE = 1000
 #: exact neighbours kept per query: estimates for any k <= K_MAX (the slack above
 #: k absorbs removals)
 K_MAX = 100
+#: candidates past ``k_max`` that the BLAS pass of :func:`exact_neighbours` hands
+#: to the exact re-keying, so that rows BLAS rounds across the cut still compete
+SHORTLIST_SLACK = 8
+
+
+def exact_neighbours(q, xb, ids, own, k, metric):
+    """Exact top-``k`` of prepared queries among rows, each query's own id left out.
+
+    Parameters
+    ----------
+    q : float32 (m, d), prepared queries. xb : float32 (n, d), prepared rows.
+    ids : int64 (n,), the rows' ids. own : int64 (m,), each query's own id
+        (left out of its neighbours; -1 for none).
+    k : int, neighbours per query. metric : "l2", "ip" or "cosine".
+
+    Returns keys float32 (m, k) (squared L2, or the negated inner product)
+    and ids int64 (m, k), best first, ties by smaller id, padded (+inf, -1).
+
+    The same rows get the same neighbours and keys in any batch: BLAS (through
+    :func:`~shardann.index.flat.exact_search_keys`) only shortlists ``k + 1 +``
+    :data:`SHORTLIST_SLACK` rows, whose keys are then computed from each
+    (query, row) pair alone (the refine kernel). So a calibration set's truth
+    is the same whether its rows came in one add, many adds, or the blocks of
+    an ingest job on other processes.
+    """
+    m, n = q.shape[0], xb.shape[0]
+    if m == 0 or n == 0:
+        return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64))
+    ip = uses_ip(metric)
+    _, pos = exact_search_keys(q, xb, np.arange(n, dtype=np.int64),
+                               min(k + 1 + SHORTLIST_SLACK, n), ip)
+    keys = np.empty(pos.shape, np.float32)
+    float32_keys_serial(q, xb, pos, ip, keys)  # +inf where pos is -1
+    found = np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1)
+    mine = found == np.asarray(own, np.int64)[:, None]
+    keys[mine], found[mine] = np.inf, -1
+    return merge_results([(keys, found)], k, "l2")
 
 
 class CalibrationSet:
@@ -88,8 +126,9 @@ class CalibrationSet:
 
         arrays = {"ids": self.ids, "vectors": self.vectors, "live": self.live,
                   "truth_ids": self.truth_ids,
-                  "truth_distances": keys_to_distances(self.truth_keys, self.metric),
-                  "truth_bound": keys_to_distances(self.bound, self.metric)}
+                  # (copies: the conversion negates ip keys in place)
+                  "truth_distances": keys_to_distances(self.truth_keys.copy(), self.metric),
+                  "truth_bound": keys_to_distances(self.bound.copy(), self.metric)}
         meta = {"metric": self.metric, "size": self.size, "seed": self.seed,
                 "rows_seen": self.rows_seen, "closed": self.closed}
         return encode_calibration(arrays, meta)
@@ -113,13 +152,30 @@ class CalibrationSet:
 
     # -- upkeep ------------------------------------------------------------------------
     def _top(self, q, xb, ids, own):
-        """Exact top-k_max keys of prepared queries ``q`` against rows ``xb`` (ids),
-        each query's ``own`` id left out."""
-        kk = self.k_max + 1
-        keys, found = exact_search_keys(q, xb, ids, kk, uses_ip(self.metric))
-        mine = found == own[:, None]
-        keys[mine], found[mine] = np.inf, -1
-        return keys, found
+        """Exact top-k_max of prepared queries ``q`` against rows ``xb`` (ids),
+        each query's ``own`` id left out (:func:`exact_neighbours`)."""
+        return exact_neighbours(q, xb, ids, own, self.k_max, self.metric)
+
+    def draw(self, n):
+        """The queries that stay and the rows that join when a batch of ``n``
+        rows is added next: ``(keep, new)``, int64 positions among the set's
+        queries and among the batch's rows, ascending. The set is not changed
+        (:meth:`absorb` does that).
+
+        While the set is open every row joins; the batch that passes ``size``
+        rows draws ``size`` of all rows seen so far uniformly, seeded by the
+        set's seed, the rows seen before and ``n``, so the same batches give the
+        same queries whoever computes their neighbours.
+        """
+        n = int(n)
+        if self.closed:
+            return np.arange(self.nqueries), np.zeros(0, np.int64)
+        total = self.rows_seen + n
+        if total <= self.size:
+            return np.arange(self.nqueries), np.arange(n, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, self.rows_seen, n])
+        pick = np.sort(rng.choice(total, self.size, replace=False))
+        return pick[pick < self.rows_seen], pick[pick >= self.rows_seen] - self.rows_seen
 
     def add(self, raw, prepared, ids, prepare, contains):
         """Take in a batch of rows added to the index (before they are).
@@ -137,13 +193,39 @@ class CalibrationSet:
         n = ids.size
         if n == 0:
             return
+        keep, new = self.draw(n)
+        q = prepared[new]
+        if keep.size:
+            q = np.concatenate([prepare(self.vectors[keep]), q])
+        found = self._top(q, prepared, ids, np.concatenate([self.ids[keep], ids[new]]))
+        self.absorb(keep, raw[new], ids[new], found, n, prepare, contains)
+
+    def absorb(self, keep, raw_new, ids_new, found, n, prepare, contains):
+        """Finish adding a batch of ``n`` rows whose queries were chosen by
+        :meth:`draw` and whose neighbours were found elsewhere (an ingest job's
+        workers, block by block).
+
+        Parameters
+        ----------
+        keep : int64, the queries that stay (:meth:`draw`).
+        raw_new : float32 (j, d), the batch rows that join as queries, as given
+            (those of :meth:`draw`'s ``new`` that were added: rows an ingest
+            skipped as bad are left out).
+        ids_new : int64 (j,), their ids.
+        found : ``(keys float32 (len(keep) + j, k_max), ids int64)``, the exact
+            top-``k_max`` of the kept queries, then the new ones, among the
+            batch's rows, own ids left out (:func:`exact_neighbours`, merged
+            over parts with :func:`~shardann.results.merge_results`).
+        n : the batch's rows, as given to :meth:`draw`.
+        prepare, contains : as for :meth:`add`.
+        """
+        keys_found, ids_found = found
+        nkeep = keep.size
         if self.closed:
             if self.nqueries:
-                q = prepare(self.vectors)
                 self.truth_keys, self.truth_ids, self.bound = _settle(
-                    *merge_results([(self.truth_keys, self.truth_ids),
-                                    self._top(q, prepared, ids, self.ids)], self.k_max, "l2"),
-                    self.bound)
+                    *merge_results([(self.truth_keys, self.truth_ids), found], self.k_max,
+                                   "l2"), self.bound)
             return
         # open: every row seen so far is a query, so the rows before this batch are
         # known exactly (those still in the index: ``live``)
@@ -151,42 +233,30 @@ class CalibrationSet:
             self.live = np.asarray(contains(self.ids), bool)
         before_vec = self.vectors[self.live]
         before_ids = self.ids[self.live]
-        total = self.rows_seen + n
-        if total <= self.size:
-            keep = np.arange(self.nqueries)
-            new = np.arange(n)
-        else:  # close: a uniform sample of every row seen so far (seeded)
-            rng = np.random.default_rng([self.seed, self.rows_seen, n])
-            pick = np.sort(rng.choice(total, self.size, replace=False))
-            keep = pick[pick < self.rows_seen]
-            new = pick[pick >= self.rows_seen] - self.rows_seen
+        total = self.rows_seen + int(n)
+        if total > self.size:  # the draw closed the set (see :meth:`draw`)
             self.closed = True
-            logger.info("calibration set closed: %d queries drawn from %d rows", self.size,
-                        total)
+            logger.info("calibration set closed: %d queries drawn from %d rows",
+                        nkeep + ids_new.size, total)
         old_ids = self.ids[keep]
-        if keep.size:
-            q_old = prepare(self.vectors[keep])
-            keys_old, ids_old, bound_old = _settle(*merge_results(
-                [(self.truth_keys[keep], self.truth_ids[keep]),
-                 self._top(q_old, prepared, ids, old_ids)], self.k_max, "l2"), self.bound[keep])
-        else:
-            keys_old = np.zeros((0, self.k_max), np.float32)
-            ids_old = np.zeros((0, self.k_max), np.int64)
-            bound_old = np.zeros(0, np.float32)
-        q_new = prepared[new]
-        own = ids[new]
-        parts = [self._top(q_new, prepared, ids, own)]
-        if before_ids.size:
-            parts.append(self._top(q_new, prepare(before_vec), before_ids, own))
-        keys_new, ids_new, bound_new = _settle(
-            *merge_results(parts, self.k_max, "l2"), np.full(new.size, np.inf, np.float32))
-        self.ids = np.concatenate([old_ids, own])
-        self.vectors = np.ascontiguousarray(np.concatenate([self.vectors[keep], raw[new]]))
-        self.live = np.concatenate([self.live[keep], np.ones(new.size, bool)])
+        keys_old, ids_old, bound_old = _settle(*merge_results(
+            [(self.truth_keys[keep], self.truth_ids[keep]),
+             (keys_found[:nkeep], ids_found[:nkeep])], self.k_max, "l2"), self.bound[keep])
+        parts = [(keys_found[nkeep:], ids_found[nkeep:])]
+        if before_ids.size and ids_new.size:
+            parts.append(self._top(prepare(raw_new), prepare(before_vec), before_ids, ids_new))
+        keys_new, ids_new_truth, bound_new = _settle(
+            *merge_results(parts, self.k_max, "l2"), np.full(ids_new.size, np.inf, np.float32))
+        self.ids = np.concatenate([old_ids, np.asarray(ids_new, np.int64)])
+        self.vectors = np.ascontiguousarray(np.concatenate(
+            [self.vectors[keep], np.asarray(raw_new, np.float32).reshape(-1, self.d)]))
+        self.live = np.concatenate([self.live[keep], np.ones(ids_new.size, bool)])
         self.truth_keys = np.ascontiguousarray(np.concatenate([keys_old, keys_new]))
-        self.truth_ids = np.ascontiguousarray(np.concatenate([ids_old, ids_new]))
+        self.truth_ids = np.ascontiguousarray(np.concatenate([ids_old, ids_new_truth]))
         self.bound = np.concatenate([bound_old, bound_new])
-        self.rows_seen = total
+        # while open, every row seen is a query (the draw's positions count on it):
+        # rows of the batch that were not added (an ingest's bad rows) are not seen
+        self.rows_seen = total if self.closed else self.rows_seen + int(ids_new.size)
 
     def remove(self, ids):
         """Rows ``ids`` (int64) left the index: drop them from every query's
@@ -333,9 +403,10 @@ def estimate_recall(cal, search, contains, k, *, nprobe=None, refine_factor=0,
 # ``index._cal`` is None, a CalibrationSet, or the store view it is to be read from
 # (read when first needed: opening an index never reads it)
 NO_SET = ("the index has no calibration set: it was built with calibration=0, or its "
-          "rows came from a writer that does not keep one (ingest, add_preassigned, "
-          "set_lists, a merge that added rows), or it was opened from a store saved "
-          "without one. Rebuild with calibration=N (the default, 1000) to estimate recall")
+          "rows came from a writer that does not keep one (add_preassigned, set_lists, "
+          "a merge that added rows, an ingest with calibration=0 or before ingest kept "
+          "one), or it was opened from a store saved without one. Rebuild with "
+          "calibration=N (the default, 1000) to estimate recall")
 
 
 def loaded(index_cal, contains):

@@ -4,7 +4,6 @@ import numpy as np
 
 from .._kernels.topk import topk_from_dots_serial as topk_from_dots
 from ..metric import uses_ip
-from ..results import merge_results
 from ._lists import InvertedLists
 from .base import BaseIndex
 
@@ -45,34 +44,31 @@ def exact_search_keys(q, xb, ids, k, ip, xb_norms=None, allowed=None, limit=None
     out_ids = np.empty((nq, k), np.int64)
     for qs in range(0, nq, _Q_BLOCK):
         qe = min(nq, qs + _Q_BLOCK)
-        parts = []
         step = _db_block(qe - qs)
+        # one running top-k per query (each block's heap starts from it): no merge of
+        # per-block partial results at the end
         # a key above the k-th of an earlier block cannot make the top-k: later
         # blocks skip those rows before their heaps (most rows, once k are found)
         lim = np.full(qe - qs, np.inf, np.float32)
         if limit is not None:
             np.minimum(lim, np.asarray(limit, np.float32)[qs:qe], out=lim)
+        kd, ki = out_keys[qs:qe], out_ids[qs:qe]
         for s in range(0, xb.shape[0], step):
             e = min(xb.shape[0], s + step)
             dots = q[qs:qe] @ xb[s:e].T
-            kd = np.empty((qe - qs, k), np.float32)
-            ki = np.empty((qe - qs, k), np.int64)
+            resume = s > 0
             # the filter's mask only when there is one: None runs the unfiltered kernel
             mask = None if allowed is None else allowed[s:e]
             if ip:  # 0 - 1 * dot + 0 = -dot
                 topk_from_dots(dots, np.zeros(e - s, np.float32), np.float32(1), q_zero[qs:qe],
-                               False, ids[s:e], k, kd, ki, mask, lim)
+                               False, ids[s:e], k, kd, ki, mask, lim, resume)
             else:
                 topk_from_dots(dots, xb_norms[s:e], np.float32(2), q_norms[qs:qe], True,
-                               ids[s:e], k, kd, ki, mask, lim)
+                               ids[s:e], k, kd, ki, mask, lim, resume)
             np.minimum(lim, kd[:, -1], out=lim)
-            # hits come first in each row: the columns where no row has one are padding
-            # (most of them once the limit bites), and leaving them out keeps the merge small
-            width = int(np.count_nonzero((ki >= 0).any(axis=0)))
-            if width or not parts:
-                parts.append((kd[:, :max(width, 1)], ki[:, :max(width, 1)]))
-        # partial results are keys, so merge them as a smaller-is-better metric
-        out_keys[qs:qe], out_ids[qs:qe] = merge_results(parts, k, "l2")
+        if xb.shape[0] == 0:
+            kd.fill(np.inf)
+            ki.fill(-1)
     return out_keys, out_ids
 
 

@@ -6,13 +6,15 @@ import logging
 import numba
 import numpy as np
 
-from .._kernels import fastscan
+from .._kernels import fastscan, fastscan8
 from .._kernels.distances import rerank_exact_parallel, rerank_exact_serial
 from .._kernels.ivf import (
     ivfflat_scan_parallel,
     ivfflat_scan_serial,
     ivfpq4_fastscan_parallel,
     ivfpq4_fastscan_serial,
+    ivfpq8_fastscan_parallel,
+    ivfpq8_fastscan_serial,
     ivfpq8_scan_parallel,
     ivfpq8_scan_serial,
     ivfpq_scan_parallel,
@@ -153,6 +155,32 @@ def coarse_probe(q, centroids, cnorms, nprobe, ip, parallel=False, cmax=None):
     return dis0, probes
 
 
+class _TrainingLabels:
+    """The coarse labels of an index's training rows, each row assigned at
+    most once while ``train`` runs (the payload's sample and the drift
+    baseline's overlap: for 8-bit PQ they are the same rows).
+    :func:`~shardann.kmeans.nearest_centroids` gives a row the same label in
+    any batch, so the labels equal a full assignment's."""
+
+    def __init__(self, index, xr):
+        self.index, self.xr = index, xr
+        self.known = np.full(xr.shape[0], -1, np.int64)
+
+    def invalidate(self):
+        """The centroids' and rows' columns were reordered (which rounds
+        differently): callers assign afresh."""
+        self.xr = None
+
+    def __call__(self, rows=None):
+        """Labels int64 (m,) of the rows ``rows`` int64 (m,) (all rows: None)."""
+        if rows is None:
+            rows = np.arange(self.xr.shape[0])
+        missing = rows[self.known[rows] < 0]
+        if missing.size:
+            self.known[missing] = self.index._assign(self.xr[missing])
+        return self.known[rows]
+
+
 class IVFIndex(BaseIndex):
     """Shared inverted-file machinery: coarse quantizer, lists, nprobe.
 
@@ -249,8 +277,9 @@ class IVFIndex(BaseIndex):
                     metric=self.metric, max_points_per_centroid=self.max_points_per_centroid,
                     verbose=self.verbose)
         self._set_centroids(km.train(xr).centroids)
-        self._train_payload(x, xr)
-        self._drift = new_log(self._training_baseline(x))
+        labels_of = _TrainingLabels(self, xr)
+        self._train_payload(x, xr, labels_of)
+        self._drift = new_log(self._training_baseline(x, labels_of))
         self._lists = self._new_lists()
         self._sorted_ids = None
         self._on_mutation()
@@ -260,14 +289,19 @@ class IVFIndex(BaseIndex):
         self._cal = None
         return self
 
-    def _training_baseline(self, x):
+    def _training_baseline(self, x, labels_of):
         """Drift baseline (:func:`shardann.drift.baseline`) of prepared training
-        rows ``x``, on a seeded sample of at most BASELINE_ROWS of them."""
+        rows ``x``, on a seeded sample of at most BASELINE_ROWS of them;
+        ``labels_of``, a :class:`_TrainingLabels` of them."""
         n = x.shape[0]
+        rows = np.arange(n)
         if n > BASELINE_ROWS:
             rng = np.random.default_rng(self.seed)
-            x = x[np.sort(rng.choice(n, BASELINE_ROWS, replace=False))]
-        labels, payload = self._encode(x)
+            rows = np.sort(rng.choice(n, BASELINE_ROWS, replace=False))
+            x = x[rows]
+        xr = self._reduce(x)
+        labels = self._assign(xr) if labels_of.xr is None else labels_of(rows)
+        payload = self._payload(x, xr, labels)
         return baseline(self.quantization_errors(x, labels, payload), labels, self.nlist,
                         ksub=getattr(getattr(self, "pq", None), "ksub", None))
 
@@ -298,7 +332,7 @@ class IVFIndex(BaseIndex):
         """The inverse of :meth:`_reduce` (its best approximation with ``pca``)."""
         return y if self._pca is None else self._pca.reverse(y)
 
-    def _train_payload(self, x, xr):
+    def _train_payload(self, x, xr, labels_of):
         pass
 
     def _new_lists(self):
@@ -466,7 +500,7 @@ class IVFIndex(BaseIndex):
         Returns a :class:`~shardann.index.RecallEstimate` (``recall``,
         ``lower``, ``upper``, ``n_queries``, ...). Raises ``ValueError`` when
         the index has no calibration set (built with ``calibration=0``, or its
-        rows came from ``add_preassigned`` / ``set_lists`` / an ingest). A
+        rows came from ``add_preassigned`` / ``set_lists``). A
         stored set is read from the store on the first call (opening an index
         never reads it).
         """
@@ -768,10 +802,10 @@ class IVFPQIndex(IVFIndex):
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
         2**nbits floats) to keep; above it tables are built per (query, list).
-    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2: hold the codes in
-        32-row blocks and scan them with the SIMD pre-filter (same results,
-        several times faster; lists are padded to whole blocks). False keeps
-        them row-major for the scalar scan.
+    fast_scan : bool, for ``nbits=4`` on CPUs with AVX2 and ``nbits=8`` on CPUs
+        with AVX-512 VBMI: hold the codes in 32-row blocks and scan them with
+        the SIMD pre-filter (same results, faster; lists are padded to whole
+        blocks). False keeps them row-major for the scalar scan.
     num_threads : threads of a batch search (None: Numba's setting, every core
         by default); results do not depend on it.
     pca : int in 1..d (a multiple of ``M``) or None. Project vectors onto their
@@ -826,7 +860,7 @@ class IVFPQIndex(IVFIndex):
 
     @property
     def fast_scan(self):
-        """Whether 4-bit codes are held for the SIMD fast scan (set at construction)."""
+        """Whether 4-bit and 8-bit codes are held for the SIMD fast scan (set at construction)."""
         return self._fast_scan
 
     @property
@@ -856,16 +890,21 @@ class IVFPQIndex(IVFIndex):
         """Prepared-space rows back to the input space (undo the OPQ rotation)."""
         return x if self.opq is None or self.pca is not None else self.opq.reverse(x)
 
-    def _train_payload(self, x, xr):
-        labels = self._assign(xr)
-        residuals = xr - self.centroids[labels]
+    def _train_payload(self, x, xr, labels_of):
         if self._pca is not None and self.opq is None:
+            residuals = xr - self.centroids[labels_of()]
             # PCA's directions come by decreasing variance: spread them over the
             # sub-quantizers by the variance the codes will have to hold
             order = balanced_order(residuals.var(axis=0), self.M)
             self._pca.reorder(order)
             self._set_centroids(self.centroids[:, order])
+            labels_of.invalidate()  # reordered columns round differently
             residuals = np.ascontiguousarray(residuals[:, order])
+        else:
+            # only the rows the codebooks train on (FAISS samples first too)
+            rows = self.pq.training_rows(xr.shape[0])
+            sample = xr if rows is None else xr[rows]
+            residuals = sample - self.centroids[labels_of(rows)]
         self.pq.train(residuals)
         self._precompute()
         if self.keep_vectors == "int8":
@@ -895,8 +934,12 @@ class IVFPQIndex(IVFIndex):
     def _tiled_columns(self):
         # decided when lists are made, so a machine without AVX2 that opens an
         # index gets the row-major layout its scalar scan reads
-        usable = (self._fast_scan and self.nbits == 4 and fastscan.AVAILABLE
-                  and 2 * self.code_size <= fastscan.MAX_SUBQ)
+        if not self._fast_scan:
+            return ()
+        if self.nbits == 4:
+            usable = fastscan.AVAILABLE and 2 * self.code_size <= fastscan.MAX_SUBQ
+        else:
+            usable = self.nbits == 8 and fastscan8.AVAILABLE and self.M <= fastscan8.MAX_SUBQ
         return ("codes",) if usable else ()
 
     def _columns(self):
@@ -937,7 +980,10 @@ class IVFPQIndex(IVFIndex):
         out_d = np.empty((nq, k), np.float32)
         out_p = np.empty((nq, k), np.int64)
         if "codes" in L.tiled:
-            fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
+            if self.nbits == 8:
+                fn = ivfpq8_fastscan_parallel if _parallel(nq) else ivfpq8_fastscan_serial
+            else:
+                fn = ivfpq4_fastscan_parallel if _parallel(nq) else ivfpq4_fastscan_serial
             # its SIMD table code reads whole rows: C-contiguous tables (no copy here)
             fn(np.ascontiguousarray(qlut), None if terms is None else np.ascontiguousarray(terms),
                dis0, probes, L.data["codes"].tiles, L.ids, L.start, L.size, k, q,

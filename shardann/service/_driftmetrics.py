@@ -12,6 +12,9 @@ HELP = {
                                    "training mean",
     "shardann_drift_pq_ratio": "Mean PQ reconstruction error of the vectors added since "
                                "training over the training mean",
+    "shardann_drift_pq_relative_ratio": "Relative PQ error (mean PQ error over mean coarse "
+                                        "error) of the vectors added since training over "
+                                        "training's; above 1 when data contracts",
     "shardann_drift_added_vectors": "Vectors added since training (the ratios' sample)",
     "shardann_drift_retrain_recommended": "1 when a ratio exceeds the threshold "
                                           "(shardann info says 'retrain recommended')",

@@ -299,8 +299,6 @@ class SearchService:
         timeout = self._timeout(req.timeout_s)
         shard_timeout = timeout * self.config.shard_timeout_fraction
         self.metrics.vectors.inc(len(q))
-        if expr is None:  # the replayed calibration queries are unfiltered
-            self.recall.record(req.k, req.nprobe, len(q))
         try:
             async with asyncio.timeout(timeout):
                 if len(q) == 1:
@@ -317,6 +315,11 @@ class SearchService:
         except Exception as exc:
             raise self._map_error(exc, "search") from None
         D, I, A, missing, backend = res
+        # settings that answered are replayed (refine on an index without vectors
+        # fails here, not in the replay); filtered ones only counted: the
+        # calibration truth is unfiltered (see _recall)
+        self.recall.record(req.k, req.nprobe, req.refine_factor, req.probe_ratio, len(q),
+                           filtered=expr is not None)
         ids, dist = _json_results(D, I)
         out = {"ids": ids, "distances": dist, "metric": backend.metric,
                "version": backend.version, "partial": bool(missing),
@@ -484,11 +487,11 @@ class SearchService:
         s["recall"] = self.recall.snapshot()
         return s
 
-    def _estimate_recall(self, k, nprobe):
+    def _estimate_recall(self, k, nprobe, refine_factor=0, probe_ratio=None):
         """The served version's recall estimate (blocking; for the replay loop)."""
         gen = self._acquire()
         try:
-            return gen.backend.estimate_recall(k, nprobe)
+            return gen.backend.estimate_recall(k, nprobe, refine_factor, probe_ratio)
         finally:
             self._release(gen)
 

@@ -101,9 +101,9 @@ class ShardedBackend:
     def contains(self, ids):
         return self.index.contains(ids)
 
-    def estimate_recall(self, k, nprobe=None):
+    def estimate_recall(self, k, nprobe=None, refine_factor=0, probe_ratio=None):
         """Recall@k estimate from the calibration set (``ValueError`` without one)."""
-        return self.index.estimate_recall(k, nprobe)
+        return self.index.estimate_recall(k, nprobe, refine_factor, probe_ratio=probe_ratio)
 
     def newest_version(self):
         from ..storage import IndexStore
@@ -280,14 +280,14 @@ class LocalBackend:
         with self._lock:
             return self.index.contains(ids)
 
-    def estimate_recall(self, k, nprobe=None):
+    def estimate_recall(self, k, nprobe=None, refine_factor=0, probe_ratio=None):
         """Recall@k estimate from the calibration set (``ValueError`` without one)."""
         fn = getattr(self.index, "estimate_recall", None)
         if fn is None:
             raise ValueError(f"a {type(self.index).__name__} is exact: no recall estimate")
         with self._lock:
             self._check_up()
-            return fn(k, nprobe)
+            return fn(k, nprobe, refine_factor, probe_ratio=probe_ratio)
 
     def _commit(self):
         if self.path is None:

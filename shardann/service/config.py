@@ -65,8 +65,10 @@ class ServiceConfig:
         seconds (so other ingress replicas can switch too).
     access_log : Serve's per-request access log lines in the replica log.
     recall_estimate : replay the index's calibration queries in the background
-        at the (k, nprobe) settings searches use, exporting
-        ``shardann_recall_estimate{k,nprobe}`` (see :mod:`shardann.service._recall`).
+        at the (k, nprobe, refine_factor, probe_ratio) settings unfiltered
+        searches use, exporting
+        ``shardann_recall_estimate{k,nprobe,probe_ratio,refine_factor}`` (see
+        :mod:`shardann.service._recall`).
     recall_cpu_fraction : the share of wall time those replays may take, in
         (0, 1] (default 0.01: a replay of t seconds, then 99 t of rest).
     recall_min_interval_s : the shortest rest between two replays.

@@ -61,13 +61,29 @@ def write_mixed(dirpath, x, sizes, encodings=("fsl", "list", "binary"), row_grou
     return paths
 
 
-def reference(path, x, ids=None):
-    """A core index with the ingested index's model, the same vectors added directly."""
+def reference(path, x, ids=None, version=None):
+    """A core index with the ingested index's model (of ``version``, default the
+    newest), the same vectors added directly: it draws its own calibration set
+    (the stored one, which covers the ingested rows already, is left out)."""
     from shardann.index import load_index
     from shardann.storage import IndexStore
-    ref = load_index(IndexStore.open(path), lists=np.zeros(0, np.int64))
+    ref = load_index(IndexStore.open(path, version), lists=np.zeros(0, np.int64))
+    ref._cal = None
     ref.add(x, ids=np.arange(x.shape[0]) if ids is None else ids)  # default: row order
     return ref
+
+
+def assert_same_calibration(path, want, version=None):
+    """The calibration set stored at ``path`` is ``want`` (a CalibrationSet, e.g. the
+    one :func:`reference` drew), field by field."""
+    from shardann.index import CalibrationSet
+    from shardann.storage import IndexStore
+    got = CalibrationSet.from_file(*IndexStore.open(path, version).read_calibration())
+    for name in ("ids", "vectors", "live", "truth_ids", "truth_keys", "bound"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert (got.rows_seen, got.closed, got.size, got.seed) == (want.rows_seen, want.closed,
+                                                               want.size, want.seed)
+    return got
 
 
 def assert_same_index(path, x, ids=None, queries=None, **search_kw):

@@ -31,7 +31,8 @@ def _embed(xb, ids_offset=0):
 
 
 def assert_same_store(a, b):
-    """Two stores hold the same model, rows, codes and answer searches identically."""
+    """Two stores hold the same model, rows, codes and calibration set, and answer
+    searches identically."""
     from shardann.index import load_index
 
     sa, sb = IndexStore.open(a), IndexStore.open(b)
@@ -43,6 +44,11 @@ def assert_same_store(a, b):
     np.testing.assert_array_equal(la[1], lb[1])
     for name in la[2]:
         np.testing.assert_array_equal(la[2][name], lb[2][name])
+    ca, cb = sa.read_calibration(), sb.read_calibration()
+    assert ca is not None and cb is not None
+    assert ca[1] == cb[1]
+    for name, arr in ca[0].items():
+        np.testing.assert_array_equal(arr, cb[0][name], err_msg=name)
     q = data(30, seed=77)
     ia, ib = load_index(sa), load_index(sb)
     Da, Ia = ia.search(q, K, nprobe=NPROBE)

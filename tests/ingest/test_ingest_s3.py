@@ -146,7 +146,10 @@ def test_ingest_into_s3_equals_local(tmp_path, uploaded, monkeypatch):
     # the store holds the index's files only, every segment named by the manifest
     top, segments = _store_objects(uri)
     manifest = IndexStore.open(uri).manifest
-    assert top == {"_manifests", "segments", manifest["files"]["codebooks"]["path"]}
+    assert top == {"_manifests", "segments", "calibration",
+                   manifest["files"]["codebooks"]["path"]}
+    assert set(_store_objects(uri + "/calibration")[0]) == {
+        os.path.basename(manifest["files"]["calibration"]["path"])}
     assert segments == {os.path.basename(e["path"]) for e in manifest["files"]["segments"]}
     # the scratch went to ~/.cache/shardann/ingest/<store>/<job>: only the record is left
     (store_dir,) = os.listdir(tmp_path / "cache" / "shardann" / "ingest")

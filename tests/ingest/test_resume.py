@@ -14,7 +14,14 @@ import time
 
 import numpy as np
 import pytest
-from ingest_support import TRAIN, assert_same_index, data, write_mixed
+from ingest_support import (
+    TRAIN,
+    assert_same_calibration,
+    assert_same_index,
+    data,
+    reference,
+    write_mixed,
+)
 
 from shardann.distributed import ingest
 from shardann.index import load_index
@@ -190,6 +197,11 @@ def test_interrupted_and_resumed(tmp_path, inputs, monkeypatch, point):
     else:
         assert s.resumed_blocks >= 3
     assert_same_index(path, x)
+    # the calibration set drawn before the stop and the blocks' neighbours found
+    # before it: as two local adds make it
+    ref = reference(path, x[:N_A], version=1)
+    ref.add(x[N_A:], ids=np.arange(N_A, N_A + N_B))
+    assert_same_calibration(path, ref._cal)
 
 
 def test_changed_index_restarts_the_job(tmp_path, inputs, monkeypatch):

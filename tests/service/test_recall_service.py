@@ -42,10 +42,12 @@ def test_service_replays_the_settings_traffic_uses(small_index, svc_data):
         assert (e["recall"], e["lower"], e["upper"]) == (want.recall, want.lower, want.upper)
         assert e["n_queries"] == 1000 and rec["replays"] >= 1 and rec["fraction"] == 1.0
         text = c.get("/metrics").text
-        value = re.search(r'^shardann_recall_estimate\{k="10",nprobe="4"\} (\S+)$', text, re.M)
+        # k and nprobe as before, and the probe ratio ("": none) and refine factor
+        plain = r'\{k="10",nprobe="4",probe_ratio="",refine_factor="0"\}'
+        value = re.search(r'^shardann_recall_estimate' + plain + r' (\S+)$', text, re.M)
         assert value and float(value.group(1)) == pytest.approx(want.recall)
-        assert re.search(r'^shardann_recall_estimate_lower\{k="10",nprobe="4"\} ', text, re.M)
-        assert re.search(r'^shardann_recall_estimate_upper\{k="10",nprobe="4"\} ', text, re.M)
+        assert re.search(r'^shardann_recall_estimate_lower' + plain, text, re.M)
+        assert re.search(r'^shardann_recall_estimate_upper' + plain, text, re.M)
 
 
 def test_no_calibration_set_is_reported_not_fatal(svc_data):
@@ -72,3 +74,50 @@ def test_off_switch(small_index, svc_data):
         c.post("/v1/search", json={"vectors": xq[:1].tolist(), "k": 10})
         time.sleep(0.3)
         assert c.get("/v1/stats").json()["recall"]["replays"] == 0
+
+
+def test_replays_are_keyed_by_refine_and_probe_ratio_and_skip_filters(svc_data):
+    import numpy as np
+
+    import shardann
+
+    xb, xq, xt = svc_data
+    index = shardann.IVFPQIndex(xb.shape[1], 16, 8, 8, "l2", seed=0, niter=6, pq_niter=6,
+                                keep_vectors=True)
+    index.train(xt)
+    index.add(xb, attributes={"tag": np.arange(len(xb)) % 3})
+    settings = [{"k": 10, "nprobe": 4}, {"k": 10, "nprobe": 4, "refine_factor": 2},
+                {"k": 10, "nprobe": 4, "probe_ratio": 0.5}]
+    want = {i: index.estimate_recall(**kw) for i, kw in enumerate(settings)}
+    # the three settings estimate differently: a replay at (k, nprobe) alone would be wrong
+    assert len({w.recall for w in want.values()}) == 3
+    with local_client(index, recall_cpu_fraction=1.0, recall_min_interval_s=0.05) as c:
+        for kw in settings:
+            r = c.post("/v1/search", json={"vectors": xq[:2].tolist(), **kw})
+            assert r.status_code == 200
+        # filtered: counted, never replayed (the calibration truth is unfiltered)
+        r = c.post("/v1/search", json={"vectors": xq[:3].tolist(), "k": 5, "nprobe": 4,
+                                       "filter": "tag = 1"})
+        assert r.status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            rec = c.get("/v1/stats").json()["recall"]
+            if len(rec["estimates"]) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert rec["filtered_skipped"] == 3
+        got = {(e["k"], e["nprobe"], e["refine_factor"], e["probe_ratio"]): e
+               for e in rec["estimates"]}
+        assert set(got) == {(10, 4, 0, None), (10, 4, 2, None), (10, 4, 0, 0.5)}, rec
+        for i, kw in enumerate(settings):
+            e = got[(10, 4, kw.get("refine_factor", 0), kw.get("probe_ratio"))]
+            assert (e["recall"], e["lower"], e["upper"]) == (want[i].recall, want[i].lower,
+                                                             want[i].upper)
+        text = c.get("/metrics").text
+        for labels, w in ((r'k="10",nprobe="4",probe_ratio="",refine_factor="0"', want[0]),
+                          (r'k="10",nprobe="4",probe_ratio="",refine_factor="2"', want[1]),
+                          (r'k="10",nprobe="4",probe_ratio="0.5",refine_factor="0"', want[2])):
+            value = re.search(r'^shardann_recall_estimate\{' + labels + r'\} (\S+)$', text,
+                              re.M)
+            assert value and float(value.group(1)) == pytest.approx(w.recall), labels
+        assert 'k="5"' not in text  # the filtered setting has no estimate

@@ -410,6 +410,6 @@ def test_online_recall_estimate_over_http(store, svc_data, direct_port):
         assert (est["recall"], est["lower"], est["upper"]) == (want.recall, want.lower,
                                                                want.upper)
         metrics = client.metrics()
-        value = re.search(r'^shardann_recall_estimate\{k="10",nprobe="4"\} (\S+)$', metrics,
-                          re.M)
+        value = re.search(r'^shardann_recall_estimate\{k="10",nprobe="4",probe_ratio="",'
+                          r'refine_factor="0"\} (\S+)$', metrics, re.M)
         assert value and float(value.group(1)) == pytest.approx(want.recall)
