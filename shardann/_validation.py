@@ -165,3 +165,17 @@ def check_search_args(k, nprobe=None, nlist=None, refine_factor=0):
         nprobe = check_int("nprobe", nprobe, low=1, high=nlist)
     refine_factor = check_int("refine_factor", refine_factor, low=0)
     return k, nprobe, refine_factor
+
+
+def check_probe_gap(value):
+    """Return ``probe_gap`` as a float > 0 (``inf`` allowed), or None (off)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"probe_gap must be a number > 0 or None; got "
+                        f"{type(value).__name__} ({value!r})")
+    value = float(value)
+    if not value > 0.0:  # also refuses NaN
+        raise ValueError(f"probe_gap must be > 0 (larger scans more lists; inf scans all "
+                         f"nprobe); got {value!r}")
+    return value

@@ -26,21 +26,39 @@ def test_bench_probing_smoke(tmp_path, capsys):
     out = tmp_path / "results"
     status = main(["bench", "probing", "--n", "2000", "--d", "16", "--nq", "30",
                    "--train-size", "1000", "--nlist", "16", "--nprobe-sweep", "1,2,4",
-                   "--caps", "4", "--ratios", "0.5,0.9", "--targets", "0.8", "--reps", "1",
-                   "--no-faiss", "--out", str(out)])
+                   "--caps", "4", "--ratios", "0.5,0.9", "--gaps", "0.1,1e9",
+                   "--targets", "0.8", "--reps", "1", "--no-faiss", "--out", str(out)])
     text = capsys.readouterr().out
     assert status == 0, text
     report = json.loads((out / "probing.json").read_text())
     pts = report["points"]
-    assert [p["method"] for p in pts] == ["fixed"] * 3 + ["adaptive"] * 2
+    assert [p["method"] for p in pts] == ["fixed"] * 3 + ["ratio"] * 2 + ["gap"] * 2
     assert all(0 <= p["recall"] <= 1 and p["qps"] > 0 for p in pts)
     fixed = {p["nprobe"]: p for p in pts if p["method"] == "fixed"}
     assert [fixed[p]["lists"] for p in (1, 2, 4)] == [1.0, 2.0, 4.0]
-    ada = [p for p in pts if p["method"] == "adaptive"]
+    ada = [p for p in pts if p["method"] == "ratio"]
     assert 1.0 <= ada[1]["lists"] <= ada[0]["lists"] <= 4.0
+    gap = [p for p in pts if p["method"] == "gap"]
+    assert gap[1]["recall"] == fixed[4]["recall"]  # a gap that skips nothing: nprobe 4
+    assert gap[0]["recall"] <= gap[1]["recall"]
     row = report["summary"][0]
-    assert row["target"] == 0.8 and set(row) >= {"fixed", "adaptive", "adaptive_over_fixed"}
-    assert "adaptive/fixed" in text and "oracle" in text
+    assert row["target"] == 0.8 and set(row) >= {"fixed", "ratio", "ratio_over_fixed", "gap",
+                                                 "gap_over_fixed"}
+    assert "oracle" in text and "gap " in text
+
+
+def test_bench_probing_mixture_gap_only(tmp_path, capsys):
+    out = tmp_path / "results"
+    status = main(["bench", "probing", "--dataset", "mixture", "--n", "2000", "--d", "16",
+                   "--nq", "20", "--train-size", "1000", "--nlist", "16", "--nprobe-sweep",
+                   "1,4", "--caps", "4", "--ratios", "none", "--gaps", "0.3",
+                   "--targets", "0.5", "--reps", "1", "--no-faiss", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    report = json.loads((out / "probing.json").read_text())
+    assert report["dataset"]["source"] == "shardann.bench.datasets.mixture"
+    assert [p["method"] for p in report["points"]] == ["fixed", "fixed", "gap"]
+    assert "ratio" not in report["summary"][0]
 
 
 def test_bench_probing_bad_ratio_is_a_usage_error(capsys):

@@ -6,6 +6,11 @@ Lists live in one row-major slab: list ``l`` occupies rows
 see ``fastscan.py``). Each query visits its probed lists (``probes``, -1 = skip) and
 keeps the ``k`` smallest keys with their slab row positions.
 
+Adaptive probing reaches them as ``bounds``, float32 (nq, nprobe) or None:
+a query skips probed list ``p`` when ``bounds[q, p]`` exceeds the k-th best
+key it has found so far (in the lists before ``p``, in probe order); None
+compiles without the test.
+
 A filter reaches the scans as ``allowed``, uint8 over the slab rows (0: the
 row fails the filter and is never scored), or None, which Numba compiles as
 a variant without the test (so unfiltered scans run the code they always ran).
@@ -50,12 +55,23 @@ def _offer(hd, hi, hid, k, s, r, ident):
         heap_replace_top(hd, hi, hid, k, s, r, ident)
 
 
+@njit(inline="always")
+def _beyond(bounds, q, p, hd):
+    # Adaptive probing's per-list exit (``bounds`` float32 (nq, nprobe) or None,
+    # see shardann.index._probing.gap_bounds): list p is skipped when its bound
+    # exceeds the heap's top key, the k-th best so far (+inf until k rows are
+    # in). The top only falls, so a skipped list would be skipped later too.
+    return bounds is not None and bounds[q, p] > hd[0]
+
+
 def _ivfflat_body(queries, probes, vectors, ids, list_start, list_size, k, ip,
-                  out_d, out_pos, allowed=None):
+                  out_d, out_pos, allowed=None, bounds=None):
     nq, nprobe = probes.shape
     for q in prange(nq):
         hd, hi, hid = _new_heap(k)
         for p in range(nprobe):
+            if _beyond(bounds, q, p, hd):
+                continue
             lst = probes[q, p]
             if lst < 0:
                 continue
@@ -223,7 +239,8 @@ def _direct_key(qlut_q, list_terms, lst, query, centroid, codebooks, code, base)
 
 
 def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                 k, queries, centroids, codebooks, out_d, out_pos, allowed=None, direct=0):
+                 k, queries, centroids, codebooks, out_d, out_pos, allowed=None, direct=0,
+                 bounds=None):
     # _ivfpq_body for nbits=8 (a code byte is a sub-code: the ADC table is the
     # byte table), without the other widths' paths: it compiles in less time.
     # ``direct`` > 0 (a filtered search): a list with fewer rows to score than
@@ -238,6 +255,8 @@ def _ivfpq8_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_si
         L = np.empty((M, ksub), np.float32)
         have_table = False
         for p in range(nprobe):
+            if _beyond(bounds, q, p, hd):
+                continue
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
@@ -262,7 +281,8 @@ ivfpq8_scan_serial, ivfpq8_scan_parallel = serial_and_parallel(_ivfpq8_body)
 
 
 def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_size,
-                k, nbits, queries, centroids, codebooks, out_d, out_pos, allowed=None):
+                k, nbits, queries, centroids, codebooks, out_d, out_pos, allowed=None,
+                bounds=None):
     nq, nprobe = probes.shape
     M = qlut.shape[1]
     ksub = qlut.shape[2]
@@ -275,6 +295,8 @@ def _ivfpq_body(qlut, list_terms, dis0, probes, codes, ids, list_start, list_siz
         T = np.empty((code_size, 256), np.float32)
         have_table = False
         for p in range(nprobe):
+            if _beyond(bounds, q, p, hd):
+                continue
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
@@ -304,7 +326,8 @@ ivfpq_scan_serial, ivfpq_scan_parallel = serial_and_parallel(_ivfpq_body)
 
 
 def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
-                          k, queries, centroids, codebooks, out_d, out_pos, allowed=None):
+                          k, queries, centroids, codebooks, out_d, out_pos, allowed=None,
+                          bounds=None):
     # The 4-bit scan of _ivfpq_body with the SIMD pre-filter of fastscan.py:
     # a row is scored (exactly as there: base + byte terms in byte order) only
     # when its quantized lower bound can still enter the heap. The codes are
@@ -326,6 +349,8 @@ def _ivfpq4_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
         have_table = False
         quantized = False
         for p in range(nprobe):
+            if _beyond(bounds, q, p, hd):
+                continue
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue
@@ -408,7 +433,8 @@ def _prefetch_next(probes, q, p, list_terms, tiles, list_start, list_size):
 
 
 def _ivfpq8_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start, list_size,
-                          k, queries, centroids, codebooks, out_d, out_pos, allowed=None):
+                          k, queries, centroids, codebooks, out_d, out_pos, allowed=None,
+                          bounds=None):
     # The 8-bit scan of _ivfpq8_body with the AVX-512 VBMI pre-filter of
     # fastscan8.py: a row is scored (exactly as there: base + table entries in
     # sub-quantizer order) only when its quantized lower bound can still enter
@@ -432,6 +458,8 @@ def _ivfpq8_fastscan_body(qlut, list_terms, dis0, probes, tiles, ids, list_start
         have_table = False
         quantized = False
         for p in range(nprobe):
+            if _beyond(bounds, q, p, hd):
+                continue
             lst = probes[q, p]
             if lst < 0 or list_size[lst] == 0:
                 continue

@@ -1,7 +1,9 @@
 """The ``shardann bench probing`` run: fixed ``nprobe`` against adaptive
-probing (``probe_ratio``) on one index, single-threaded, at equal recall.
+probing (``probe_ratio``, ``probe_gap``) on one index, single-threaded, at
+equal recall.
 
-Every point (a fixed nprobe, or a (cap nprobe, probe_ratio) pair) is timed by
+Every point (a fixed nprobe, or a (cap nprobe, probe_ratio) or (cap nprobe,
+probe_gap) pair) is timed by
 ``_measure.sweep_interleaved`` (best of ``reps`` interleaved repetitions, so a
 change of machine load hits both methods alike). QPS at a target recall is
 that of the best mix of two measured settings of a method
@@ -93,9 +95,28 @@ def coverage_bounds(ranks, k, targets, cap):
     return out
 
 
+METHODS = ("ratio", "gap")  # the adaptive methods, compared with "fixed"
+
+
+def _data(cfg):
+    """``load_data``'s ``(xb, xq, xt, description)``, or a draw of
+    :func:`.datasets.mixture` with ``--dataset mixture`` (no ``--base``)."""
+    if cfg.get("base") or cfg.get("dataset", "synthetic") == "synthetic":
+        return load_data(cfg)
+    from .datasets import mixture
+
+    n, nq, nt = cfg["n"], cfg["nq"], cfg["train_size"]
+    x = mixture(n + nq + nt, cfg["d"], seed=cfg["seed"])
+    xb, xq, xt = (as_f32(a) for a in (x[:n], x[n:n + nq], x[n + nq:]))
+    desc = {"source": "shardann.bench.datasets.mixture", "seed": cfg["seed"],
+            "train": f"{nt} separate points from the same mixture", "n": n,
+            "d": int(xb.shape[1]), "nq": nq, "ntrain": nt}
+    return xb, xq, xt, desc
+
+
 def run_probing(cfg, faiss=None, skipped=()):
     """Build, sweep and reduce; return the report dict (see :mod:`.probing`)."""
-    xb, xq, xt, desc = load_data(cfg)
+    xb, xq, xt, desc = _data(cfg)
     k, nq = cfg["k"], xq.shape[0]
     if cfg["gt"]:
         gt, gt_info = _read_gt(cfg["gt"], nq, k), {"method": f"read from {cfg['gt']}"}
@@ -115,18 +136,22 @@ def run_probing(cfg, faiss=None, skipped=()):
         rf = cfg["refine_factor"] if index.refines else 0
         q = index.prepare(xq)
 
-        def point(method, nprobe, ratio):
+        def point(method, nprobe, ratio=None, gap=None):
             def search(queries, k_):
                 return index.search(queries, k_, nprobe=nprobe, refine_factor=rf,
-                                    probe_ratio=ratio)
-            label = f"nprobe {nprobe}" + ("" if ratio is None else f", probe_ratio {ratio:g}")
+                                    probe_ratio=ratio, probe_gap=gap)
+            label = (f"nprobe {nprobe}" + ("" if ratio is None else f", probe_ratio {ratio:g}")
+                     + ("" if gap is None else f", probe_gap {gap:g}"))
             pt = SweepPoint(method, method, search, xq, gt, label, nprobe=nprobe,
-                            probe_ratio=ratio)
+                            probe_ratio=ratio, probe_gap=gap)
+            # lists the coarse probe hands the scan (probe_gap skips some of them
+            # inside the scan: not counted here)
             pt.params["lists"] = float((index.probe(q, nprobe, ratio)[1] >= 0).sum(1).mean())
             return pt
 
-        points = [point("fixed", p, None) for p in cfg["nprobe_sweep"]]
-        points += [point("adaptive", c, r) for c in cfg["caps"] for r in cfg["ratios"]]
+        points = [point("fixed", p) for p in cfg["nprobe_sweep"]]
+        points += [point("ratio", c, ratio=r) for c in cfg["caps"] for r in cfg["ratios"]]
+        points += [point("gap", c, gap=g) for c in cfg["caps"] for g in cfg.get("gaps", ())]
         report["load_avg_start"], report["load_avg_end"] = sweep_interleaved(
             points, k, cfg["reps"])
         cap = max(cfg["nprobe_sweep"] + cfg["caps"])
@@ -141,16 +166,22 @@ def run_probing(cfg, faiss=None, skipped=()):
 
 def summarize(points, targets):
     """Per target recall: each method's QPS (best mix of two measured settings)
-    and best measured point, and the ratio adaptive / fixed."""
+    and best measured point, and each adaptive method's ratio to fixed
+    (``<method>_over_fixed``; methods without points are left out)."""
     rows = []
     for t in targets:
         row = {"target": t}
-        for m in ("fixed", "adaptive"):
+        for m in ("fixed", *METHODS):
             mine = [p for p in points if p["method"] == m]
+            if not mine:
+                continue
             qps, how = qps_at_recall_mixed(mine, t)
             row[m] = {"qps": qps, "how": how, "best_point": best_at_recall(mine, t)}
-        a, f = row["adaptive"]["qps"], row["fixed"]["qps"]
-        row["adaptive_over_fixed"] = a / f if a and f else None
+        f = row["fixed"]["qps"]
+        for m in METHODS:
+            if m in row:
+                a = row[m]["qps"]
+                row[f"{m}_over_fixed"] = a / f if a and f else None
         rows.append(row)
     return rows
 
@@ -164,22 +195,28 @@ def format_probing(report):
     lines = [f"shardann bench probing: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
              f"metric={c['metric']} nlist={c['nlist']} k={c['k']}, {idx}; 1 thread; best of "
              f"{c['reps']} interleaved repetitions", f"data: {ds['source']}", ""]
-    head = f"{'method':<9} {'nprobe':>6} {'ratio':>6} {'lists':>7} {'recall':>7} {'QPS':>9}"
+    head = (f"{'method':<9} {'nprobe':>6} {'ratio':>6} {'gap':>6} {'lists':>7} {'recall':>7} "
+            f"{'QPS':>9}")
     lines += [head, "-" * len(head)]
     for p in report["points"]:
         ratio = "-" if p["probe_ratio"] is None else f"{p['probe_ratio']:.2f}"
-        lines.append(f"{p['method']:<9} {p['nprobe']:>6} {ratio:>6} {p['lists']:>7.2f} "
-                     f"{p['recall']:>7.4f} {p['qps']:>9,.0f}")
+        gap = "-" if p.get("probe_gap") is None else f"{p['probe_gap']:g}"
+        lines.append(f"{p['method']:<9} {p['nprobe']:>6} {ratio:>6} {gap:>6} "
+                     f"{p['lists']:>7.2f} {p['recall']:>7.4f} {p['qps']:>9,.0f}")
     lines += ["", "QPS at equal recall (best mix of two measured settings of each method) "
-              "and the list coverage bound:"]
+              "and the list coverage bound (lists: as the coarse probe hands them to the "
+              "scan; probe_gap skips more inside it):"]
     for row, t in zip(report["summary"], c["targets"], strict=True):
-        f, a, cov = row["fixed"], row["adaptive"], report["coverage"][t]
-        ratio = row["adaptive_over_fixed"]
-        lines.append(
-            f"  recall {t:.2f}: fixed {_num(f['qps'])} ({f['how']}), adaptive "
-            f"{_num(a['qps'])} ({a['how']}), adaptive/fixed "
-            f"{'-' if ratio is None else f'{ratio:.2f}x'}; lists for that list coverage: "
-            f"fixed {_num(cov['fixed'], '.2f')}, oracle {_num(cov['oracle'], '.2f')}")
+        f, cov = row["fixed"], report["coverage"][t]
+        parts = [f"fixed {_num(f['qps'])} ({f['how']})"]
+        for m in METHODS:
+            if m in row:
+                ratio = row[f"{m}_over_fixed"]
+                parts.append(f"{m} {_num(row[m]['qps'])} ({row[m]['how']}) "
+                             f"{'-' if ratio is None else f'{ratio:.2f}x'}")
+        lines.append(f"  recall {t:.2f}: " + ", ".join(parts) + "; lists for that list "
+                     f"coverage: fixed {_num(cov['fixed'], '.2f')}, oracle "
+                     f"{_num(cov['oracle'], '.2f')}")
     return "\n".join(lines)
 
 

@@ -1,16 +1,18 @@
-"""``shardann bench probing``: adaptive probing (``search(..., probe_ratio=)``)
-against fixed ``nprobe`` on one index, one thread, at equal recall.
+"""``shardann bench probing``: adaptive probing (``search(..., probe_ratio=)``
+and ``search(..., probe_gap=)``) against fixed ``nprobe`` on one index, one
+thread, at equal recall.
 
-Sweeps fixed nprobe values and (cap nprobe, probe_ratio) pairs on one
-IVF-Flat or IVF-PQ index, times every point best-of-``reps`` with the
-repetitions interleaved, and prints, at each target recall, the QPS of both
-methods (best mix of two measured settings) and their ratio, with the
-list-coverage bound of any per-query choice of lists (see
-:mod:`._adaptive`). Writes ``probing.json``.
+Sweeps fixed nprobe values, (cap nprobe, probe_ratio) and (cap nprobe,
+probe_gap) pairs on one IVF-Flat or IVF-PQ index, times every point
+best-of-``reps`` with the repetitions interleaved, and prints, at each target
+recall, the QPS of each method (best mix of two measured settings) and its
+ratio to fixed nprobe, with the list-coverage bound of any per-query choice
+of lists (see :mod:`._adaptive`). Writes ``probing.json``.
 
 Usage::
 
     shardann bench probing --n 200000 --d 128 --nlist 1024
+    shardann bench probing --dataset mixture --index ivfpq --M 32 --nbits 8
     shardann bench probing --d 384 --metric cosine --index ivfpq --keep float32
 """
 
@@ -26,21 +28,35 @@ PROBING_JSON = "probing.json"
 QUICK = {"n": 20_000, "d": 64, "nq": 200, "train_size": 20_000, "nlist": 128}
 
 
-def _ratio_list(text):
+def _numbers(text, upper=None):
+    """Sorted distinct numbers > 0 (and <= ``upper``) of a comma-separated list."""
     try:
         vals = sorted({float(v) for v in text.split(",") if v.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") \
             from None
-    if not vals or vals[0] <= 0 or vals[-1] > 1:
-        raise argparse.ArgumentTypeError(f"expected numbers in (0, 1]; got {text!r}")
+    if not vals or not vals[0] > 0 or (upper is not None and vals[-1] > upper):
+        span = "> 0" if upper is None else f"in (0, {upper:g}]"
+        raise argparse.ArgumentTypeError(f"expected numbers {span}; got {text!r}")
     return vals
+
+
+def _ratio_list(text):
+    return _numbers(text, 1.0)
+
+
+def _or_none(parse):
+    """``parse``, or [] for "none" (no points of that method)."""
+    return lambda text: [] if text.strip().lower() == "none" else parse(text)
 
 
 def add_arguments(parser):
     """Add the ``bench probing`` options to an ``argparse`` parser."""
     data = add_data_arguments(parser, DEFAULTS, "the FAISS ground truth",
                               "training sample")
+    data.add_argument("--dataset", choices=("synthetic", "mixture"), default="synthetic",
+                      help="generated data without --base: synthetic (a curved manifold) "
+                           "or mixture (an anisotropic Gaussian mixture); default synthetic")
     data.add_argument("--gt", metavar="PATH",
                       help="ground-truth neighbour ids of the queries (.ivecs / .npy; ids are "
                            "row numbers of --base), at least k per query; default: exact "
@@ -65,11 +81,17 @@ def add_arguments(parser):
                       default=[16, 32],
                       help="nprobe of the adaptive points: the most lists a query may scan "
                            "(default 16,32)")
-    srch.add_argument("--ratios", type=_ratio_list,
+    srch.add_argument("--ratios", type=_or_none(_ratio_list),
                       default=[0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92,
                                0.94, 0.96, 0.98],
                       help="probe_ratio values (default 0.3,0.4,0.5,0.6,0.65,...,0.8,0.85,0.88,"
-                           "0.9,...,0.98: cosine similarities need the high end)")
+                           "0.9,...,0.98: cosine similarities need the high end; none: "
+                           "no probe_ratio points)")
+    srch.add_argument("--gaps", type=_or_none(_numbers),
+                      default=[0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0,
+                               1.5, 2.0, 3.0],
+                      help="probe_gap values (default 0.01,0.02,0.03,0.05,0.07,0.1,...,3; "
+                           "none: no probe_gap points)")
     srch.add_argument("--targets", type=_ratio_list, default=[0.8, 0.9, 0.95],
                       help="recalls to compare at (default 0.8,0.9,0.95)")
     srch.add_argument("--reps", type=int, default=3,

@@ -28,6 +28,10 @@ def add_arguments(parser):
     parser.add_argument("--probe-ratio", type=float, default=None, metavar="R",
                         help="adaptive probing: of the nprobe closest lists scan only those "
                              "whose closeness reaches R (in (0, 1]) times the closest one's")
+    parser.add_argument("--probe-gap", type=float, default=None, metavar="G",
+                        help="adaptive probing: skip list j once d(q, c_j) - d(q, c_1) > G "
+                             "x the k-th best distance found so far (l2/cosine; not with "
+                             "--shards)")
     parser.add_argument("--refine-factor", type=int, default=0,
                         help="re-rank k x this many candidates exactly (kept vectors)")
     parser.add_argument("--filter", default=None, metavar="CONDITION",
@@ -63,7 +67,7 @@ def run(args):
         raise CommandError(f"--queries {args.queries}: cannot read a .npy array ({exc})") \
             from None
     kwargs = {"nprobe": args.nprobe, "refine_factor": args.refine_factor,
-              "probe_ratio": args.probe_ratio,
+              "probe_ratio": args.probe_ratio, "probe_gap": args.probe_gap,
               "filter": args.filter, "columns": columns}
     try:
         res = _search(args, queries, kwargs)

@@ -397,7 +397,8 @@ class ShardedIndex:
         return self._attribute_schema
 
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0, probe_ratio=None,
-               filter=None, columns=None, timeout_s=None, allow_partial=False):
+               filter=None, columns=None, timeout_s=None, allow_partial=False,
+               probe_gap=None):
         """k nearest neighbours, exactly as the local index would answer.
 
         Returns ``(D, I)`` (float32, int64, (nq, k)); with ``columns=[...]``
@@ -410,7 +411,11 @@ class ShardedIndex:
         applied by every shard inside its scan, as the local index does.
         ``probe_ratio`` (adaptive probing, as the local index's
         :meth:`~shardann.IVFFlatIndex.search`) is applied here, at the coarse
-        probe: a shard receives only the lists worth scanning.
+        probe: a shard receives only the lists worth scanning. ``probe_gap``
+        is refused (``ValueError``): its rule skips a list by the k-th best
+        distance found in the lists before it, which a shard scanning its own
+        lists in parallel with the others does not know, so it could not
+        answer as the local index does.
 
         A shard that does not answer within ``timeout_s`` raises
         :class:`ShardUnavailableError`; with ``allow_partial=True`` a
@@ -419,6 +424,10 @@ class ShardedIndex:
         a search overlapping a write or :meth:`reload` is answered wholly at
         the version served when it finishes.
         """
+        if probe_gap is not None:
+            raise ValueError("probe_gap is not available on a sharded index (its rule needs "
+                             "the running k-th distance over lists scanned on other shards); "
+                             "use probe_ratio, or search a local index")
         while True:
             try:
                 return self._search(queries, k, nprobe, refine_factor, filter, columns,

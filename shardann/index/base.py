@@ -13,6 +13,7 @@ from .._validation import (
     as_ids,
     as_vectors,
     check_int,
+    check_probe_gap,
     check_probe_ratio,
     check_search_args,
 )
@@ -482,9 +483,9 @@ class BaseIndex:
 
     # -- search ----------------------------------------------------------------
     def search(self, queries, k=10, *, filter=None, columns=None, probe_ratio=None,
-               **kwargs):
+               probe_gap=None, **kwargs):
         """k nearest neighbours of each query (``nprobe``/``refine_factor``/
-        ``probe_ratio`` are checked, then ignored by exact indexes).
+        ``probe_ratio``/``probe_gap`` are checked, then ignored by exact indexes).
 
         ``filter``: None, a SQL-like string (``"lang = 'en' AND year >= 2023"``,
         see :mod:`shardann.filters`) or a ``pyarrow.compute.Expression`` over the
@@ -502,6 +503,7 @@ class BaseIndex:
         self._require_trained("search")
         k, nprobe, refine_factor = self.check_search(k, **kwargs)
         probe_ratio = check_probe_ratio(probe_ratio)
+        probe_gap = check_probe_gap(probe_gap)
         expr = self.compile_filter(filter)
         columns = check_columns(columns, self._attribute_schema)
         q = self.prepare(queries, "queries")
@@ -509,7 +511,8 @@ class BaseIndex:
             D, I = empty_results(q.shape[0], k, self.metric)
         else:
             keys, I = self._search_keys(q, k, nprobe=nprobe, refine_factor=refine_factor,
-                                        filter=expr, probe_ratio=probe_ratio)
+                                        filter=expr, probe_ratio=probe_ratio,
+                                        probe_gap=probe_gap)
             D = keys_to_distances(keys, self.metric)
         return self._with_columns(D, I, columns)
 

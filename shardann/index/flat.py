@@ -110,7 +110,8 @@ class FlatIndex(BaseIndex):
         n = lists.ntotal
         return lists.data["vectors"][:n], lists.ids[:n]
 
-    def _search_keys(self, q, k, nprobe=None, refine_factor=0, filter=None, probe_ratio=None):
+    def _search_keys(self, q, k, nprobe=None, refine_factor=0, filter=None, probe_ratio=None,
+                     probe_gap=None):
         xb, ids = self._rows()
         ip = uses_ip(self.metric)
         if not ip and self._norms is None:

@@ -35,6 +35,7 @@ from .._validation import (
     check_bool,
     check_choice,
     check_int,
+    check_probe_gap,
     check_probe_ratio,
     check_search_args,
 )
@@ -55,7 +56,7 @@ from ._drift import BASELINE_ROWS, new_log, quantization_errors
 from ._drift import record as record_drift
 from ._drift import section as drift_section
 from ._lists import InvertedLists
-from ._probing import prune_probes
+from ._probing import gap_bounds, prune_probes
 from .base import BaseIndex
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,12 @@ def _one_blas_thread(batch):
     return _blas.limit(limits=1, user_api="blas")
 
 
-def _mask_arg(allowed):
-    """The scan kernels' trailing ``allowed`` argument: none without a filter, so
-    an unfiltered scan runs the variant compiled without the test."""
+def _mask_arg(allowed, bounds=None):
+    """The scan kernels' trailing ``allowed`` (and ``bounds``) arguments: none
+    without a filter or adaptive bounds, so a plain scan runs the variant
+    compiled without the tests."""
+    if bounds is not None:
+        return (allowed, bounds)
     return () if allowed is None else (allowed,)
 
 
@@ -445,7 +449,7 @@ class IVFIndex(BaseIndex):
         return bool(self._refines and "vectors" in self._columns())
 
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0, filter=None,
-               columns=None, probe_ratio=None):
+               columns=None, probe_ratio=None, probe_gap=None):
         """k nearest neighbours of each query, scanning ``nprobe`` lists.
 
         Parameters
@@ -461,14 +465,26 @@ class IVFIndex(BaseIndex):
         probe_ratio : float in (0, 1] or None, adaptive probing: of the
             ``nprobe`` closest lists scan only those nearly as close as the
             closest one (see :meth:`probe`); None scans all ``nprobe``.
+        probe_gap : float > 0 or None, adaptive probing by the running k-th
+            distance: a query scans its lists closest first and skips list
+            ``j`` once ``d(q, c_j) - d(q, c_1) > probe_gap * D_k``, ``D_k`` the
+            squared L2 distance of the k-th best row found so far (with
+            ``refine_factor``, of the ``k * refine_factor``-th candidate);
+            smaller is faster and less accurate, ``inf`` scans all ``nprobe``
+            (see :func:`shardann.index._probing.gap_bounds`). l2 and cosine
+            only; may be combined with ``probe_ratio``. A sharded index refuses
+            it (its shards scan their lists in parallel, without the running
+            k-th distance of the others).
 
         Returns
         -------
         D float32 (nq, k), I int64 (nq, k)[, A pyarrow.Table] — see
         :meth:`BaseIndex.search`.
         """
+        self._gap_rule(probe_gap)  # refused before any work (an empty index included)
         return super().search(queries, k, nprobe=nprobe, refine_factor=refine_factor,
-                              filter=filter, columns=columns, probe_ratio=probe_ratio)
+                              filter=filter, columns=columns, probe_ratio=probe_ratio,
+                              probe_gap=probe_gap)
 
     def _calibration_for_add(self):
         return for_add(self)
@@ -562,7 +578,8 @@ class IVFIndex(BaseIndex):
         return prune_probes(dis0, probes, probe_ratio)
 
     def _search_keys(self, q, k, nprobe, refine_factor=0, filter=None,
-                     probe_ratio=None):
+                     probe_ratio=None, probe_gap=None):
+        bounds_of = self._gap_rule(probe_gap)
         with self._threads():
             qr = self._reduce(q)
             with _one_blas_thread(q.shape[0] > 1):
@@ -573,7 +590,20 @@ class IVFIndex(BaseIndex):
                         dis0, probes, self._passing(filter)[1], self._lists.size,
                         lambda depth, lists: self._probe(qr, depth, lists=lists))
             allowed, probes, lists = self._filtered(filter, probes, plan=True)
-            return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed, lists)
+            return self._scan_keys(q, qr, dis0, probes, k, refine_factor, allowed, lists,
+                                   bounds_of(dis0))
+
+    def _gap_rule(self, probe_gap):
+        """The function of ``dis0`` giving the scans' per-list bounds for
+        ``probe_gap`` (None: none; see :meth:`search`)."""
+        probe_gap = check_probe_gap(probe_gap)
+        if probe_gap is None or probe_gap == np.inf:
+            return lambda dis0: None
+        if self.metric == "ip":
+            raise ValueError("probe_gap needs distances (metric 'l2' or 'cosine'); an inner "
+                             "product index has none: use probe_ratio")
+        shift = 1.0 if self.metric == "cosine" else 0.0
+        return lambda dis0: gap_bounds(dis0, probe_gap, shift)
 
     def _filtered(self, expr, probes, plan=False):
         """(allowed, probes, lists) of a compiled filter: the slab mask (None
@@ -634,14 +664,15 @@ class IVFIndex(BaseIndex):
                                         probes, k, refine_factor, allowed, lists)
         return keys_to_distances(keys, self.metric), ids
 
-    def _scan_keys(self, q, qr, dis0, probes, k, refine_factor=0, allowed=None, lists=None):
+    def _scan_keys(self, q, qr, dis0, probes, k, refine_factor=0, allowed=None, lists=None,
+                   bounds=None):
         """(keys, ids) (nq, k) of the given lists; keys are smaller-is-better."""
         if refine_factor and self.refines:
             _, ids, exact = self._candidates(q, qr, dis0, probes, k * refine_factor, True,
-                                             allowed, lists)
+                                             allowed, lists, bounds)
             # keys are smaller-is-better whatever the metric: merge them as l2
             return merge_results([(exact, ids)], k, "l2")
-        keys, ids, _ = self._candidates(q, qr, dis0, probes, k, False, allowed, lists)
+        keys, ids, _ = self._candidates(q, qr, dis0, probes, k, False, allowed, lists, bounds)
         return keys, ids
 
     def scan_candidates(self, q, dis0, probes, kk, *, exact=False, filter=None):
@@ -667,9 +698,9 @@ class IVFIndex(BaseIndex):
         allowed, probes, lists = self._filtered(self.compile_filter(filter), probes, plan=True)
         return self._candidates(q, self._reduce(q), dis0, probes, kk, exact, allowed, lists)
 
-    def _candidates(self, q, qr, dis0, probes, kk, exact, allowed, lists=None):
+    def _candidates(self, q, qr, dis0, probes, kk, exact, allowed, lists=None, bounds=None):
         L = self._lists if lists is None else lists
-        keys, pos = self._scan(qr, dis0, probes, kk, allowed, L)
+        keys, pos = self._scan(qr, dis0, probes, kk, allowed, L, bounds)
         vectors = L.data.get("vectors")
         if exact and vectors is None:
             raise ValueError("refine_factor > 0 needs an index built with keep_vectors=True")
@@ -767,13 +798,13 @@ class IVFFlatIndex(IVFIndex):
     def _payload(self, x, xr, labels):
         return {"vectors": xr}
 
-    def _scan(self, q, dis0, probes, k, allowed=None, lists=None):
+    def _scan(self, q, dis0, probes, k, allowed=None, lists=None, bounds=None):
         L = self._lists if lists is None else lists
         out_d = np.empty((q.shape[0], k), np.float32)
         out_p = np.empty((q.shape[0], k), np.int64)
         fn = ivfflat_scan_parallel if _parallel(q.shape[0]) else ivfflat_scan_serial
         fn(q, probes, L.data["vectors"], L.ids, L.start, L.size, k, self._ip, out_d, out_p,
-           *_mask_arg(allowed))
+           *_mask_arg(allowed, bounds))
         return out_d, out_p
 
     def _decode_rows(self, pos):
@@ -957,10 +988,10 @@ class IVFPQIndex(IVFIndex):
         return cols
 
     # -- search ------------------------------------------------------------------------
-    def _scan(self, q, dis0, probes, k, allowed=None, lists=None):
+    def _scan(self, q, dis0, probes, k, allowed=None, lists=None, bounds=None):
         L = self._lists if lists is None else lists
         nq = q.shape[0]
-        mask = _mask_arg(allowed)
+        mask = _mask_arg(allowed, bounds)
         cb = self.pq.codebooks
         # the table kind is told by which of list_terms / codebooks is given
         # (see shardann._kernels.ivf): each compiles without the others' code
@@ -993,7 +1024,9 @@ class IVFPQIndex(IVFIndex):
             # the passing rows' copy of a selective filter: lists with few rows skip
             # their table (the keys are the same; with a mask, building the table
             # measured faster than reading each passing row's entries)
-            direct = mask if L is self._lists else (None, _DIRECT_ROWS)
+            direct = _mask_arg(allowed) if L is self._lists else (None, _DIRECT_ROWS)
+            if bounds is not None:
+                direct = (allowed, np.int64(0) if L is self._lists else _DIRECT_ROWS, bounds)
             fn(qlut, terms, dis0, probes, L.data["codes"], L.ids, L.start, L.size, k,
                q, self.centroids, books, out_d, out_p, *direct)
         else:

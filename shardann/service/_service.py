@@ -219,7 +219,8 @@ class SearchService:
 
         async def search_batch(items):
             # an item: (query (d,), group key (k, nprobe, refine, partial, probe ratio,
-            # filter text, columns), compiled filter, timeout); one fan-out per group
+            # filter text, columns, probe gap), compiled filter, timeout); one fan-out
+            # per group
             gen = self._acquire()
             try:
                 groups = collections.defaultdict(list)
@@ -229,13 +230,14 @@ class SearchService:
                 calls = []
                 for key in keys:
                     idx = groups[key]
-                    k, nprobe, refine, partial, ratio, _, columns = key
+                    k, nprobe, refine, partial, ratio, _, columns, gap = key
                     q = np.stack([items[i][0] for i in idx])
                     timeout = max(items[i][3] for i in idx)
                     self.metrics.batch_size.observe(len(idx))
                     calls.append(self._run(self._timed("search", gen.backend.search), q, k,
                                            nprobe=nprobe, refine_factor=refine,
-                                           probe_ratio=ratio, filter=items[idx[0]][2],
+                                           probe_ratio=ratio, probe_gap=gap,
+                                           filter=items[idx[0]][2],
                                            columns=None if columns is None else list(columns),
                                            timeout_s=timeout, allow_partial=partial))
                 results = await asyncio.gather(*calls, return_exceptions=True)
@@ -263,14 +265,14 @@ class SearchService:
         return MicroBatcher(search_batch, **options)
 
     async def _search_direct(self, q, k, nprobe, refine, partial, ratio, expr, columns,
-                             shard_timeout):
+                             shard_timeout, gap=None):
         gen = self._acquire()
         try:
             self.metrics.batch_size.observe(len(q))
             D, I, A, missing = await self._run(
                 self._timed("search", gen.backend.search), q, k, nprobe=nprobe,
-                refine_factor=refine, probe_ratio=ratio, filter=expr, columns=columns,
-                timeout_s=shard_timeout, allow_partial=partial)
+                refine_factor=refine, probe_ratio=ratio, probe_gap=gap, filter=expr,
+                columns=columns, timeout_s=shard_timeout, allow_partial=partial)
             return D, I, A, missing, gen.backend
         finally:
             self._release(gen)
@@ -304,22 +306,23 @@ class SearchService:
                 if len(q) == 1:
                     key = (req.k, req.nprobe, req.refine_factor, req.allow_partial,
                            req.probe_ratio, req.filter,
-                           None if columns is None else tuple(columns))
+                           None if columns is None else tuple(columns), req.probe_gap)
                     res = await self._batched((q[0], key, expr, shard_timeout))
                     if isinstance(res, BaseException):
                         raise res
                 else:
                     res = await self._search_direct(q, req.k, req.nprobe, req.refine_factor,
                                                     req.allow_partial, req.probe_ratio, expr,
-                                                    columns, shard_timeout)
+                                                    columns, shard_timeout, req.probe_gap)
         except Exception as exc:
             raise self._map_error(exc, "search") from None
         D, I, A, missing, backend = res
         # settings that answered are replayed (refine on an index without vectors
         # fails here, not in the replay); filtered ones only counted: the
         # calibration truth is unfiltered (see _recall)
+        # (probe_gap searches too: the estimate has no such setting to replay)
         self.recall.record(req.k, req.nprobe, req.refine_factor, req.probe_ratio, len(q),
-                           filtered=expr is not None)
+                           filtered=expr is not None or req.probe_gap is not None)
         ids, dist = _json_results(D, I)
         out = {"ids": ids, "distances": dist, "metric": backend.metric,
                "version": backend.version, "partial": bool(missing),

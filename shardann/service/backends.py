@@ -84,9 +84,10 @@ class ShardedBackend:
         return self.index.attribute_schema
 
     def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, filter=None,
-               columns=None, timeout_s=None, allow_partial=False):
+               columns=None, timeout_s=None, allow_partial=False, probe_gap=None):
         res = self.index.search(q, k, nprobe=nprobe, refine_factor=refine_factor,
-                                probe_ratio=probe_ratio, filter=filter, columns=columns,
+                                probe_ratio=probe_ratio, probe_gap=probe_gap, filter=filter,
+                                columns=columns,
                                 timeout_s=timeout_s,
                                 allow_partial=allow_partial)
         D, I, A = res if len(res) == 3 else (*res, None)
@@ -242,9 +243,9 @@ class LocalBackend:
         return self.index.attribute_schema
 
     def search(self, q, k, *, nprobe=None, refine_factor=0, probe_ratio=None, filter=None,
-               columns=None, timeout_s=None, allow_partial=False):
+               columns=None, timeout_s=None, allow_partial=False, probe_gap=None):
         kwargs = {"refine_factor": refine_factor, "probe_ratio": probe_ratio, "filter": filter,
-                  "columns": columns}
+                  "columns": columns, "probe_gap": probe_gap}
         if nprobe is not None:
             kwargs["nprobe"] = nprobe
         with self._lock:

@@ -191,10 +191,12 @@ class Client:
 
     # -- API ----------------------------------------------------------------------------
     def search(self, queries, k=10, *, nprobe=None, refine_factor=0, probe_ratio=None,
-               filter=None, columns=None, timeout_s=None, allow_partial=False):
+               filter=None, columns=None, timeout_s=None, allow_partial=False,
+               probe_gap=None):
         """k nearest neighbours: ``(D, I)`` float32/int64 (nq, k), best first.
 
-        ``nprobe``, ``refine_factor`` and ``probe_ratio`` as for the local index.
+        ``nprobe``, ``refine_factor``, ``probe_ratio`` and ``probe_gap`` as for
+        the local index (a sharded service refuses ``probe_gap`` with a 400).
 
         ``filter``: a SQL-like condition on the attribute columns (a string, as
         the service parses it). With ``columns=[...]`` returns ``(D, I, A)``,
@@ -209,6 +211,8 @@ class Client:
             body["nprobe"] = nprobe
         if probe_ratio is not None:
             body["probe_ratio"] = probe_ratio
+        if probe_gap is not None:
+            body["probe_gap"] = probe_gap
         if filter is not None:
             if not isinstance(filter, str):
                 raise TypeError("the service takes a filter as a string (its SQL-like form); "

@@ -46,6 +46,13 @@ def request_models(config, d):
                               "one's (similarity for ip/cosine, 1/distance for l2), in "
                               "(0, 1]; larger is faster and less accurate. Default: all "
                               "nprobe.")),
+        probe_gap=(Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None, Field(
+            None, description="Adaptive probing by the running k-th distance: each query "
+                              "scans its nprobe closest lists closest first and skips list "
+                              "j once d(q, c_j) - d(q, c_1) > probe_gap x the squared "
+                              "distance of the k-th best hit so far; > 0, smaller is faster "
+                              "and less accurate. l2 and cosine indexes, not sharded ones "
+                              "(400). Default: off.")),
         refine_factor=(Annotated[int, Field(strict=True, ge=0, le=config.max_refine_factor)],
                        Field(0, description="Re-rank k * refine_factor candidates exactly "
                                             "(needs an index with kept vectors); 0 = off.")),

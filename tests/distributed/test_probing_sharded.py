@@ -1,5 +1,6 @@
 """Adaptive probing through the coordinator: the coarse probe (and its
-pruning) happens there, so 1 and 3 shards answer exactly as the local index."""
+pruning) happens there, so 1 and 3 shards answer exactly as the local index;
+``probe_gap`` is refused."""
 
 import numpy as np
 import pytest
@@ -26,3 +27,6 @@ def test_sharded_probe_ratio_equals_local(ray_local, data, tmp_path, metric, sha
             sharded.search(xq, 10, probe_ratio=0)
         with pytest.raises(ValueError, match="probe_ratio"):
             sharded.search(xq, 10, probe_ratio=2.0)
+        # probe_gap's exit needs the running k-th distance across shards: refused
+        with pytest.raises(ValueError, match="probe_gap is not available on a sharded"):
+            sharded.search(xq, 10, nprobe=8, probe_gap=0.5)
