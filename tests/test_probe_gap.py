@@ -181,3 +181,17 @@ def test_inner_product_is_refused(data, built):
     flat = built("flat")
     np.testing.assert_array_equal(flat.search(xq, K, probe_gap=0.5)[1], flat.search(xq, K)[1])
 
+
+
+def test_probe_gap_for_a_target_recall(built):
+    index = built("ivfflat")
+    g, est = index.probe_gap_for(0.9, K, nprobe=NLIST, steps=8)
+    assert 0 < g < np.inf and est.recall >= 0.9 and est.probe_gap == g
+    assert index.estimate_recall(K, NLIST, probe_gap=g).recall == est.recall
+    # a gap much below it misses the target (observed ~0.6 at g / 16)
+    assert index.estimate_recall(K, NLIST, probe_gap=g / 16).recall < 0.9
+    # one list cannot reach it whatever the gap
+    g1, est1 = index.probe_gap_for(0.99, K, nprobe=1, steps=2)
+    assert g1 == np.inf and est1.recall < 0.99
+    with pytest.raises(ValueError, match="target_recall"):
+        index.probe_gap_for(1.0)

@@ -302,7 +302,7 @@ class RecallEstimate:
     ``confidence`` interval (see :func:`recall_interval`); ``n_queries``
     queries used, ``n_skipped`` left out (fewer than k exact neighbours left
     after removals); the search settings ``k``, ``nprobe``,
-    ``refine_factor``, ``probe_ratio``.
+    ``refine_factor``, ``probe_ratio``, ``probe_gap``.
     """
 
     recall: float
@@ -316,12 +316,14 @@ class RecallEstimate:
     probe_ratio: float | None
     confidence: float
     method: str = "wilson (kish effective n)"
+    probe_gap: float | None = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     def __str__(self):
         pr = "" if self.probe_ratio is None else f" probe_ratio={self.probe_ratio}"
+        pr += "" if self.probe_gap is None else f" probe_gap={self.probe_gap:g}"
         return (f"recall@{self.k} = {self.recall:.4f} [{self.lower:.4f}, {self.upper:.4f}] "
                 f"({self.confidence:.0%} interval; {self.n_queries} calibration queries; "
                 f"nprobe={self.nprobe} refine_factor={self.refine_factor}{pr})")
@@ -360,7 +362,7 @@ def recall_interval(per_query, k, confidence=0.95):
 
 
 def estimate_recall(cal, search, contains, k, *, nprobe=None, refine_factor=0,
-                    probe_ratio=None, confidence=0.95):
+                    probe_ratio=None, confidence=0.95, probe_gap=None):
     """Estimate recall@k of ``search`` on calibration set ``cal``.
 
     ``search(queries, kk)`` returns the index's ``(D, I)`` of float32 (m, d)
@@ -396,7 +398,7 @@ def estimate_recall(cal, search, contains, k, *, nprobe=None, refine_factor=0,
     return RecallEstimate(recall=p, lower=lo, upper=hi, n_queries=int(rows.size),
                           n_skipped=int(cal.nqueries - rows.size), k=k, nprobe=nprobe,
                           refine_factor=int(refine_factor), probe_ratio=probe_ratio,
-                          confidence=confidence)
+                          confidence=confidence, probe_gap=probe_gap)
 
 
 # -- an index's calibration set ----------------------------------------------------------

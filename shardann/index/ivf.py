@@ -497,7 +497,7 @@ class IVFIndex(BaseIndex):
             self._cal.remove(ids)
 
     def estimate_recall(self, k=10, nprobe=None, refine_factor=0, *, probe_ratio=None,
-                        confidence=0.95):
+                        confidence=0.95, probe_gap=None):
         """Estimate recall@k of :meth:`search` at these settings, with a
         confidence interval, from the index's calibration set.
 
@@ -510,8 +510,8 @@ class IVFIndex(BaseIndex):
 
         Parameters
         ----------
-        k : int in 1..100. nprobe, refine_factor, probe_ratio : as for
-            :meth:`search`. confidence : float in (0, 1), of the interval.
+        k : int in 1..100. nprobe, refine_factor, probe_ratio, probe_gap : as
+            for :meth:`search`. confidence : float in (0, 1), of the interval.
 
         Returns a :class:`~shardann.index.RecallEstimate` (``recall``,
         ``lower``, ``upper``, ``n_queries``, ...). Raises ``ValueError`` when
@@ -521,13 +521,64 @@ class IVFIndex(BaseIndex):
         never reads it).
         """
         k, nprobe, refine_factor = self.check_search(k, nprobe, refine_factor)
+        self._gap_rule(probe_gap)  # refused before the calibration set is read
         cal = require(self._cal, self.contains)
         self._cal = cal
         return estimate_recall(
             cal, lambda q, kk: self.search(q, kk, nprobe=nprobe, refine_factor=refine_factor,
-                                           probe_ratio=probe_ratio),
+                                           probe_ratio=probe_ratio, probe_gap=probe_gap),
             self.contains, k, nprobe=nprobe, refine_factor=refine_factor,
-            probe_ratio=probe_ratio, confidence=confidence)
+            probe_ratio=probe_ratio, confidence=confidence,
+            probe_gap=None if probe_gap is None else float(probe_gap))
+
+    def probe_gap_for(self, target_recall, k=10, nprobe=None, refine_factor=0, *,
+                      probe_ratio=None, steps=12):
+        """The smallest ``probe_gap`` whose estimated recall@k (on the index's
+        calibration set, :meth:`estimate_recall`) reaches ``target_recall`` at
+        these settings: a bisection on ``log(probe_gap)`` over [1e-3, 1e3].
+
+        Parameters
+        ----------
+        target_recall : float in (0, 1).
+        k, nprobe, refine_factor, probe_ratio : as for :meth:`search`; ``nprobe``
+            is the most lists a query may scan, so it caps what ``probe_gap``
+            can reach.
+        steps : int >= 1, bisection steps (each one search of the calibration
+            queries; 12 pin the gap within a factor 1.6 of 2**-12 in the log).
+
+        Returns
+        -------
+        probe_gap : float, or ``inf`` when even 1e3 (nearly all ``nprobe``
+            lists) misses the target (raise ``nprobe``).
+        estimate : :class:`~shardann.index.RecallEstimate` at that gap.
+
+        The estimate is of the calibration queries (rows of the data, not
+        your queries) and recall is only nearly monotone in the gap (a larger
+        gap scans more lists before a given one, so its k-th distance is
+        smaller there): check the answer with your queries where it matters.
+        """
+        target = float(target_recall)
+        if not 0 < target < 1:
+            raise ValueError(f"target_recall must be in (0, 1); got {target_recall!r}")
+        steps = check_int("steps", steps, low=1)
+
+        def est(g):
+            return self.estimate_recall(k, nprobe, refine_factor, probe_ratio=probe_ratio,
+                                        probe_gap=g)
+
+        lo, hi = np.log(1e-3), np.log(1e3)
+        best = est(float(np.exp(hi)))
+        if best.recall < target:
+            return np.inf, est(np.inf)
+        best_g = float(np.exp(hi))
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            e = est(float(np.exp(mid)))
+            if e.recall >= target:
+                hi, best, best_g = mid, e, float(np.exp(mid))
+            else:
+                lo = mid
+        return best_g, best
 
     def probe(self, q, nprobe, probe_ratio=None, *, lists=None):
         """Coarse quantization of prepared queries (the output of ``prepare``).
