@@ -104,3 +104,24 @@ def test_bench_frontier_pca_configurations(tmp_path, capsys):
     plain = [p for p in pts if p["config"] == "4-bit M=4 pca=8"][0]
     assert pca["recall"] > plain["recall"]
     assert main(["bench", "frontier", "--d", "16", "--pca", "32", "--quick"]) == 2
+
+
+def test_bench_frontier_sweeps_nlist(tmp_path, capsys):
+    """Several --nlist values: every system built at each, labelled with its
+    nlist; nprobe values above a build's nlist are left out of that build."""
+    out = tmp_path / "results"
+    status = main(["bench", "frontier", "--n", "2000", "--d", "16", "--nq", "20",
+                   "--train-size", "1000", "--nlist", "8,16", "--shardann-pq", "4x8",
+                   "--keep", "float16", "--no-faiss", "--no-scann", "--nprobe-sweep", "4,12",
+                   "--refine-factors", "0,2", "--reps", "1", "--no-plot", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    report = json.loads((out / "frontier.json").read_text())
+    pts = report["points"]
+    assert {p["config"] for p in pts} == {"4-bit M=8 nlist=8", "4-bit M=8 nlist=8 + float16",
+                                          "4-bit M=8 nlist=16",
+                                          "4-bit M=8 nlist=16 + float16"}
+    assert {p["nprobe"] for p in pts if "nlist=8" in p["config"]} == {4}
+    assert {p["nprobe"] for p in pts if "nlist=16" in p["config"]} == {4, 12}
+    assert [b["nlist"] for b in report["builds"]] == [8, 8, 16, 16]
+    assert "nlist=8,16" in text

@@ -29,6 +29,7 @@ from shardann._kernels import pq as kpq
 from shardann._kernels import refine as kref
 from shardann._kernels import topk as ktopk
 from shardann._kernels import transform as ktr
+from shardann.results import merge_results
 
 # ---------------------------------------------------------------------------
 # top-k and heaps
@@ -1204,31 +1205,35 @@ def test_fastscan8_equals_scalar_scan_on_long_lists(filtered):
 def test_shortlist_keys(ip, dtype):
     """Refine keys read in place from the slab match NumPy on the decoded rows
     (float16 widened, int8 through its per-dimension scale); -1 gives +inf;
-    the serial and parallel twins agree bit for bit."""
+    the serial and parallel twins agree bit for bit. The fused top-k keeps the
+    k best of those same keys, ties by smaller id, as merge_results orders them
+    (rows whose slab id is -1 are no candidates)."""
     rng = np.random.default_rng(22)
-    nq, c, d, n = 5, 7, 9, 30
+    nq, c, d, n, k = 5, 7, 9, 30, 4
     q = rng.standard_normal((nq, d)).astype(np.float32)
     x = rng.standard_normal((n, d)).astype(np.float32)
+    x[11] = x[3]  # equal keys: the smaller id must win
     pos = rng.integers(0, n, (nq, c)).astype(np.int64)
+    pos[:, :2] = [3, 11]
     pos[rng.random((nq, c)) < 0.3] = -1
+    pos[-1] = -1  # a query with no candidate: all padding
+    ids = rng.permutation(n).astype(np.int64) + 100
+    ids[5] = -1  # a slab row that holds no live vector
     if dtype == "int8":
         scale = sq.train_scale(x)
         stored = sq.encode(x, scale)
         rows = sq.decode(stored, scale)
         u, const = sq.query_frame(q, scale, ip)
-        args = (*readonly(u, const, stored, np.ascontiguousarray(scale[1]), pos), ip)
-        fns = (kref.int8_keys_serial, kref.int8_keys_parallel)
+        head = readonly(u, stored, np.ascontiguousarray(scale[1]), const)
     else:
         stored = x.astype(dtype)
         rows = stored.astype(np.float32)
         bits = stored.view(np.uint16) if dtype == "float16" else stored
-        args = (*readonly(q, bits, pos), ip)
-        fns = ((kref.float16_keys_serial, kref.float16_keys_parallel) if dtype == "float16"
-               else (kref.float32_keys_serial, kref.float32_keys_parallel))
+        head = readonly(q, bits, np.empty(0, np.float32), np.zeros(nq, np.float32))
     outs = []
-    for fn in fns:
+    for fn in (kref.shortlist_keys_serial, kref.shortlist_keys_parallel):
         out = np.empty((nq, c), np.float32)
-        fn(*args, out)
+        fn(*head, readonly(pos), ip, out)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     out = outs[0]
@@ -1238,6 +1243,14 @@ def test_shortlist_keys(ip, dtype):
         ref = exact_keys(q[i:i + 1], rows[pos[i][ok]], metric)[0]
         np.testing.assert_allclose(out[i][ok], ref, rtol=1e-4, atol=1e-4)
         assert np.isposinf(out[i][~ok]).all()
+    cand = np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+    ref_d, ref_i = merge_results([(out, cand)], k, "l2")
+    for fn in (kref.refine_topk_serial, kref.refine_topk_parallel):
+        got_d = np.empty((nq, k), np.float32)
+        got_i = np.empty((nq, k), np.int64)
+        fn(*head, *readonly(pos, ids), ip, k, got_d, got_i)
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_d, np.where(ref_i >= 0, ref_d, np.inf))
 
 
 def test_scatter_rows():

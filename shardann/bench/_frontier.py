@@ -70,9 +70,15 @@ def shardann_configs(cfg, d):
             for opq in ((False, True) if cfg.get("opq") else (False,))]
 
 
+def _nlist_tag(cfg):
+    # the nlist in the configuration labels only when the run sweeps several
+    return f" nlist={cfg['nlist']}" if len(cfg["nlists"]) > 1 else ""
+
+
 def _shardann_builds(cfg, fd, xt, xb, builds):
     """Train one shardann index per (nbits, M, pca, opq), twins for the other
-    kept-vector types. Appends ``(config label, search fn, refine factors)`` to builds."""
+    kept-vector types, at ``cfg["nlist"]``. Appends build dicts (config label,
+    nlist, search fn, refine factors) to builds."""
     keeps = cfg["keep"]
     for nbits, M, pca, opq in shardann_configs(cfg, xb.shape[1]):
         kind = f"ivfpq{nbits}" + ("-refine" if keeps else "")
@@ -83,15 +89,16 @@ def _shardann_builds(cfg, fd, xt, xb, builds):
         index = runner.make()
         wall, cpu, _ = _timing.timed(runner.train, index, xt)
         runner.add(index, xb)
-        base = f"{nbits}-bit M={M}" + (f" pca={pca}" if pca else "") + (" opq" if opq else "")
+        base = (f"{nbits}-bit M={M}" + (f" pca={pca}" if pca else "") + (" opq" if opq else "")
+                + _nlist_tag(cfg))
         logger.info("shardann %s: trained in %.1f s (%.1f s CPU)", base, wall, cpu)
-        builds.append({"system": "shardann", "config": base, "train_s": wall,
-                       "train_cpu_s": cpu, "refine": [0],
+        builds.append({"system": "shardann", "config": base, "nlist": cfg["nlist"],
+                       "train_s": wall, "train_cpu_s": cpu, "refine": [0],
                        "search": lambda q, k, p, r, ix=index, ru=runner: ru.search(ix, q, k, p, r)})
         for i, keep in enumerate(keeps):
             twin = index if i == 0 else runner.with_kept_vectors(index, keep, xt, xb)
             builds.append({"system": "shardann", "config": f"{base} + {keep}",
-                           "refine": [r for r in cfg["refine_factors"] if r],
+                           "nlist": cfg["nlist"], "refine": [r for r in cfg["refine_factors"] if r],
                            "search": lambda q, k, p, r, ix=twin, ru=runner:
                            ru.search(ix, q, k, p, r)})
 
@@ -107,9 +114,9 @@ def _faiss_builds(cfg, faiss, xt, xb, builds):
         runner.add(index, xb)
         logger.info("FAISS %s: trained in %.1f s", runner.key, wall)
         builds.append({"system": "faiss", "config": runner.key.replace(",RFlat", ""),
-                       "train_s": wall, "train_cpu_s": cpu, "refine": [0],
+                       "nlist": cfg["nlist"], "train_s": wall, "train_cpu_s": cpu, "refine": [0],
                        "search": lambda q, k, p, r, ix=index, ru=runner: ru.search(ix, q, k, p, r)})
-        builds.append({"system": "faiss", "config": runner.key,
+        builds.append({"system": "faiss", "config": runner.key, "nlist": cfg["nlist"],
                        "refine": [r for r in cfg["refine_factors"] if r],
                        "search": lambda q, k, p, r, ix=index, ru=runner: ru.search(ix, q, k, p, r)})
 
@@ -119,7 +126,8 @@ def _scann_builds(cfg, scann, xt, xb, builds):
                          max(cfg["refine_factors"]), cfg["k"], xt.shape[0])
     wall, cpu, searcher = _timing.timed(runner.build, xb)
     logger.info("ScaNN: built in %.1f s", wall)
-    builds.append({"system": "scann", "config": "AH 2-dim + reorder", "build_s": wall,
+    builds.append({"system": "scann", "config": "AH 2-dim + reorder" + _nlist_tag(cfg),
+                   "nlist": cfg["nlist"], "build_s": wall,
                    "build_cpu_s": cpu, "describe": runner.describe(),
                    "refine": [r for r in cfg["refine_factors"] if r],
                    "search": lambda q, k, p, r, s=searcher: runner.search(s, q, k, p, r)})
@@ -146,7 +154,7 @@ def run_frontier(cfg, faiss=None, scann=None, skipped=()):
     for _, M in cfg["shardann_pq"] + cfg["faiss_pq"]:
         if M < 1 or d % M:
             raise ValueError(f"M={M} does not divide d={d}")
-    fd = (faiss_defaults(faiss, d, cfg["nlist"], cfg["shardann_pq"][0][1],
+    fd = (faiss_defaults(faiss, d, cfg["nlists"][0], cfg["shardann_pq"][0][1],
                          "l2" if cfg["metric"] == "l2" else "ip")
           if faiss is not None else dict(FAISS_TRAIN_FALLBACK))
     report = {"benchmark": "shardann bench frontier",
@@ -158,16 +166,18 @@ def run_frontier(cfg, faiss=None, scann=None, skipped=()):
               "skipped": [{"what": w, "why": y} for w, y in skipped]}
     builds = []
     with _timing.single_thread(faiss):
-        _shardann_builds(cfg, fd, xt, xb, builds)
-        gc.collect()
-        if faiss is not None:
-            _faiss_builds(cfg, faiss, xt_n, xb_n, builds)
-        if scann is not None:
-            _scann_builds(cfg, scann, xt_n, xb_n, builds)
+        for nlist in cfg["nlists"]:  # every system at each number of lists / leaves
+            at = {**cfg, "nlist": nlist}
+            _shardann_builds(at, fd, xt, xb, builds)
+            gc.collect()
+            if faiss is not None:
+                _faiss_builds(at, faiss, xt_n, xb_n, builds)
+            if scann is not None:
+                _scann_builds(at, scann, xt_n, xb_n, builds)
         points = []
         for b in builds:
             q = xq if b["system"] == "shardann" else xq_n
-            for p in cfg["nprobe_sweep"]:
+            for p in [p for p in cfg["nprobe_sweep"] if p <= b["nlist"]] or [b["nlist"]]:
                 for r in b["refine"]:
                     points.append(SweepPoint(
                         b["system"], b["config"],

@@ -288,7 +288,8 @@ def format_frontier(report):
     la = [v for v in (report.get("load_avg_start"), report.get("load_avg_end")) if v is not None]
     lines = [
         f"shardann bench frontier: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
-        f"ntrain={ds['ntrain']:,} metric={c['metric']} nlist={c['nlist']} k={c['k']}; "
+        f"ntrain={ds['ntrain']:,} metric={c['metric']} "
+        f"nlist={','.join(map(str, c.get('nlists') or [c['nlist']]))} k={c['k']}; "
         f"1 thread each; best of {c['reps']} interleaved repetitions per point",
         f"data: {ds['source']}; ground truth: {report['ground_truth']['method']}",
         f"machine: {env['cpu']}, {env['os_cpu_count']} CPUs, flags "
@@ -356,7 +357,8 @@ def frontier_figure(report):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
     title = (f"recall-QPS frontier, 1 thread: n={ds['n']:,} d={ds['d']} nq={ds['nq']} "
-             f"metric={c['metric']} nlist={c['nlist']} (faint: every configuration point)")
+             f"metric={c['metric']} nlist={','.join(map(str, c.get('nlists') or [c['nlist']]))} "
+             "(faint: every configuration point)")
     ax.set_title(textwrap.fill(title, width=100), fontsize=10)
     fig.tight_layout()
     return fig

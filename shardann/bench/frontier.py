@@ -13,6 +13,9 @@ Users pick an index by the recall they need. This sweeps, on one dataset:
 - ScaNN (when installed): a tree of ``nlist`` leaves, anisotropic hashing with
   2 dimensions per 4-bit block, exact re-ordering of k × refine factor.
 
+With several ``--nlist`` values every system is built at each (the best
+nlist depends on the recall: fewer, longer lists probe cheaper at low nprobe).
+
 Every point is timed best-of-``reps``, the repetitions interleaved across all
 systems. It prints each system's Pareto frontier, the best QPS of each system at
 recall 0.7 / 0.8 / 0.9 / 0.95 with the ratio shardann / system, and which
@@ -80,8 +83,9 @@ def add_arguments(parser):
                            "least k per query; default: exact search")
 
     idx = parser.add_argument_group("configurations")
-    idx.add_argument("--nlist", type=int, default=None,
-                     help=f"IVF lists / ScaNN leaves (default {DEFAULTS['nlist']})")
+    idx.add_argument("--nlist", type=lambda t: sorted(set(positive_int_list(t))), default=None,
+                     help="IVF lists / ScaNN leaves; several (e.g. 512,1024) build every "
+                          f"system at each (default {DEFAULTS['nlist']})")
     idx.add_argument("--shardann-pq", type=pq_list, default=None,
                      help="shardann NBITSxM configurations (default for dimension d: "
                           "4x(d/2),4x(d/4),8x(d/4))")
@@ -125,7 +129,15 @@ def add_arguments(parser):
 
 
 def _validate(cfg):
-    err = check_settings(cfg, ("n", "d", "nq", "train_size", "nlist", "k", "reps"))
+    nlist = cfg["nlist"]
+    cfg["nlists"] = list(nlist) if isinstance(nlist, list) else [nlist]
+    # (the nprobe values above the largest nlist are dropped here, above a
+    # smaller one per build)
+    view = {**cfg, "nlist": max(cfg["nlists"])}
+    err = check_settings(view, ("n", "d", "nq", "train_size", "nlist", "k", "reps"))
+    cfg["nprobe_sweep"] = view["nprobe_sweep"]
+    if not err and min(cfg["nlists"]) < 1:
+        err = f"--nlist must be >= 1; got {min(cfg['nlists'])}"
     if not cfg["keep"]:
         cfg["refine_factors"] = [0]
     if not err and cfg["pca"] and not cfg["base"] and max(cfg["pca"]) > cfg["d"]:

@@ -28,7 +28,7 @@ import statistics
 
 import numpy as np
 
-from .._kernels.refine import float32_keys_serial
+from .._kernels.refine import shortlist_keys_serial
 from .._validation import as_id_array, check_int
 from ..errors import CorruptIndexError
 from ..metric import distances_to_keys, keys_to_distances, uses_ip
@@ -74,7 +74,8 @@ def exact_neighbours(q, xb, ids, own, k, metric):
     _, pos = exact_search_keys(q, xb, np.arange(n, dtype=np.int64),
                                min(k + 1 + SHORTLIST_SLACK, n), ip)
     keys = np.empty(pos.shape, np.float32)
-    float32_keys_serial(q, xb, pos, ip, keys)  # +inf where pos is -1
+    # float32 rows take no step or constant; +inf where pos is -1
+    shortlist_keys_serial(q, xb, np.empty(0, np.float32), np.zeros(m, np.float32), pos, ip, keys)
     found = np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1)
     mine = found == np.asarray(own, np.int64)[:, None]
     keys[mine], found[mine] = np.inf, -1

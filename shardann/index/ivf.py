@@ -22,12 +22,10 @@ from .._kernels.ivf import (
 )
 from .._kernels.pq import pq_dot_tables_parallel, pq_dot_tables_serial
 from .._kernels.refine import (
-    float16_keys_parallel,
-    float16_keys_serial,
-    float32_keys_parallel,
-    float32_keys_serial,
-    int8_keys_parallel,
-    int8_keys_serial,
+    refine_topk_parallel,
+    refine_topk_serial,
+    shortlist_keys_parallel,
+    shortlist_keys_serial,
 )
 from .._kernels.topk import topk_from_dots_parallel, topk_from_dots_serial
 from .._validation import (
@@ -46,7 +44,7 @@ from ..kmeans import KMeans, largest_norm, nearest_centroids, rounding_margin
 from ..metric import keys_to_distances, normalize_rows, uses_ip
 from ..pca import PCA, balanced_order
 from ..pq import OPQ, ProductQuantizer
-from ..results import empty_results, merge_results
+from ..results import empty_results
 from ..sq import decode as sq_decode
 from ..sq import encode as sq_encode
 from ..sq import query_frame, train_scale
@@ -104,6 +102,8 @@ def _mask_arg(allowed, bounds=None):
 #: a scan of a selective filter's passing rows (8-bit PQ) scores a list with fewer
 #: rows than this without building its L2 table (M * 256 entries)
 _DIRECT_ROWS = np.int64(32)
+#: the refine kernels' per-dimension steps for float kept vectors (their key has none)
+_NO_STEP = np.empty(0, np.float32)
 
 #: candidates beyond ``nprobe`` that the coarse quantizer re-ranks with exact keys
 _PROBE_SPARE = 8
@@ -719,10 +719,13 @@ class IVFIndex(BaseIndex):
                    bounds=None):
         """(keys, ids) (nq, k) of the given lists; keys are smaller-is-better."""
         if refine_factor and self.refines:
-            _, ids, exact = self._candidates(q, qr, dis0, probes, k * refine_factor, True,
-                                             allowed, lists, bounds)
-            # keys are smaller-is-better whatever the metric: merge them as l2
-            return merge_results([(exact, ids)], k, "l2")
+            L = self._lists if lists is None else lists
+            _, pos = self._scan(qr, dis0, probes, k * refine_factor, allowed, L, bounds)
+            out_d = np.empty((q.shape[0], k), np.float32)
+            out_i = np.empty((q.shape[0], k), np.int64)
+            fn = refine_topk_parallel if _parallel(q.shape[0]) else refine_topk_serial
+            fn(*self._refine_args(q, L.data["vectors"]), pos, L.ids, self._ip, k, out_d, out_i)
+            return out_d, out_i
         keys, ids, _ = self._candidates(q, qr, dis0, probes, k, False, allowed, lists, bounds)
         return keys, ids
 
@@ -768,19 +771,19 @@ class IVFIndex(BaseIndex):
         """Exact keys float32 (nq, c) of the slab rows ``pos`` int64 (nq, c)
         (-1: +inf) on the kept ``vectors``, read in place (no gathered copy)."""
         out = np.empty(pos.shape, np.float32)
-        par = _parallel(q.shape[0])
-        if vectors.dtype == np.float32:
-            fn = float32_keys_parallel if par else float32_keys_serial
-            fn(q, vectors, pos, self._ip, out)
-        elif vectors.dtype == np.float16:
-            fn = float16_keys_parallel if par else float16_keys_serial
-            fn(q, vectors.view(np.uint16), pos, self._ip, out)
-        else:  # int8 with a per-dimension scale (IVFPQIndex keep_vectors="int8")
-            u, const = query_frame(q, self._vector_scale, self._ip)
-            fn = int8_keys_parallel if par else int8_keys_serial
-            fn(u, const, vectors, np.ascontiguousarray(self._vector_scale[1]), pos,
-               self._ip, out)
+        fn = shortlist_keys_parallel if _parallel(q.shape[0]) else shortlist_keys_serial
+        fn(*self._refine_args(q, vectors), pos, self._ip, out)
         return out
+
+    def _refine_args(self, q, vectors):
+        """The refine kernels' ``(queries, rows, step, const)`` for the kept
+        ``vectors``: float16 rows as their uint16 bits; for int8 rows (with a
+        per-dimension scale) the queries in the codes' frame."""
+        if vectors.dtype == np.int8:
+            u, const = query_frame(q, self._vector_scale, self._ip)
+            return u, vectors, np.ascontiguousarray(self._vector_scale[1]), const
+        rows = vectors.view(np.uint16) if vectors.dtype == np.float16 else vectors
+        return q, rows, _NO_STEP, np.zeros(q.shape[0], np.float32)
 
     def get_config(self):
         # "pca" only when set: stores without it stay readable by older versions
