@@ -21,7 +21,7 @@ SUITES = {
     "distributed": "the sharded index in Ray local mode against the local index",
     "frontier": "the recall-QPS frontier of shardann's configurations against FAISS and ScaNN",
     "filter": "filtered search by selectivity against FAISS's IDSelector and LanceDB's where",
-    "probing": "adaptive probing (probe_ratio) against fixed nprobe at equal recall",
+    "probing": "adaptive probing (probe_ratio, probe_gap) against fixed nprobe at equal recall",
     "threads": "batch QPS and single-query latency of a local index by thread count",
     "plancheck": "shardann plan's predicted recall against the planned index built at scale",
 }
