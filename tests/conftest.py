@@ -41,28 +41,30 @@ def ground_truth(data):
     return out
 
 
-def _make(kind, metric, nbits, opq, keep_vectors, seed, nlist):
+def _make(kind, metric, nbits, opq, keep_vectors, seed, nlist, by_residual):
     if kind == "flat":
         return shardann.FlatIndex(D, metric)
     if kind == "ivfflat":
         return shardann.IVFFlatIndex(D, nlist, metric, seed=seed)
     if kind == "ivfpq":
         index = shardann.IVFPQIndex(D, nlist, M, nbits, metric, seed=seed, opq=opq,
-                                    keep_vectors=keep_vectors)
+                                    keep_vectors=keep_vectors, by_residual=by_residual)
         if opq:
             index.opq.niter = 8  # the default 25 rounds cost seconds; 8 is plenty here
         return index
     raise ValueError(kind)
 
 
-def _key(kind, metric="l2", nbits=8, opq=False, keep_vectors=False, seed=SEED, nlist=NLIST):
-    return (kind, metric, nbits, opq, keep_vectors, seed, nlist)
+def _key(kind, metric="l2", nbits=8, opq=False, keep_vectors=False, seed=SEED, nlist=NLIST,
+         by_residual=True):
+    return (kind, metric, nbits, opq, keep_vectors, seed, nlist, by_residual)
 
 
 @pytest.fixture(scope="session")
 def trained(data):
     """``trained(kind, metric="l2", nbits=8, opq=False, keep_vectors=False, seed=0,
-    nlist=NLIST)`` -> a trained, empty index shared by the session (do not mutate)."""
+    nlist=NLIST, by_residual=True)`` -> a trained, empty index shared by the session
+    (do not mutate)."""
     _, _, xt = data
     cache = {}
 

@@ -15,8 +15,8 @@ from shardann.results import merge_results
 
 IVF = [("ivfflat", {"metric": "ip"}), ("ivfpq", {}),
        ("ivfpq", {"metric": "cosine", "opq": True, "keep_vectors": True}),
-       ("ivfpq", {"nbits": 4})]
-IVF_IDS = ["ivfflat-ip", "ivfpq", "ivfpq-cosine-opq-keep", "ivfpq-4bit"]
+       ("ivfpq", {"nbits": 4}), ("ivfpq", {"nbits": 4, "by_residual": False})]
+IVF_IDS = ["ivfflat-ip", "ivfpq", "ivfpq-cosine-opq-keep", "ivfpq-4bit", "ivfpq-4bit-raw"]
 
 
 def _kw(index):

@@ -155,8 +155,10 @@ class ShardannRunner:
     lib = "shardann"
 
     def __init__(self, kind, d, nlist, M, metric, refine_factor, seed, niter, pq_niter,
-                 max_points_per_centroid, keep_vectors="float32", pca=None, opq=False):
+                 max_points_per_centroid, keep_vectors="float32", pca=None, opq=False,
+                 by_residual=True):
         self.kind, self.d, self.nlist, self.M = kind, d, nlist, M
+        self.by_residual = by_residual  # IVF-PQ: codes of residuals (True) or of the vectors
         self.pca, self.opq = pca, opq  # dimension reduction / rotation in front of the index
         self.keep_vectors = keep_vectors  # the dtype refine kinds keep
         self.metric, self.refine_factor, self.seed = metric, refine_factor, seed
@@ -175,7 +177,7 @@ class ShardannRunner:
         return IVFPQIndex(self.d, nlist, self.M, 4 if self.kind.startswith("ivfpq4") else 8,
                           self.metric, pq_niter=1 if warm_up else self.pq_niter, opq=self.opq,
                           keep_vectors=self.kind in REFINE_KINDS and self.keep_vectors,
-                          **common)
+                          by_residual=self.by_residual, **common)
 
     @property
     def _rf(self):
@@ -268,7 +270,9 @@ def model_twin(index, xt, *, keep_vectors=None, M=None, nbits=None):
         pq = ProductQuantizer(config["d"], config["M"], config["nbits"],
                               niter=config["pq_niter"], seed=config["seed"],
                               max_points_per_centroid=config["max_points_per_centroid"])
-        arrays["codebooks"] = pq.train(x - index.centroids[index.assign(xt)]).codebooks
+        # codes of residuals, or of the vectors themselves (by_residual=False)
+        rows = x - index.centroids[index.assign(xt)] if index.by_residual else x
+        arrays["codebooks"] = pq.train(rows).codebooks
     if config["keep_vectors"] == "int8":
         arrays["vector_scale"] = sq.train_scale(x)
     return index_from_state(IndexState(state.kind, config, True, arrays, state.nlist))
@@ -280,7 +284,8 @@ def make_runners(faiss, kind, cfg, fd):
     d = cfg["d_actual"]
     srun = ShardannRunner(kind, d, cfg["nlist"], cfg["M"], cfg["metric"],
                           cfg["refine_factor"], cfg["seed"], fd["ivf.cp.niter"],
-                          fd["pq.cp.niter"], fd["ivf.cp.max_points_per_centroid"])
+                          fd["pq.cp.niter"], fd["ivf.cp.max_points_per_centroid"],
+                          by_residual=not cfg.get("shardann_no_residual", False))
     if faiss is None:
         return (srun,)
     return (FaissRunner(faiss, kind, d, cfg["nlist"], cfg["M"], cfg["metric"],

@@ -109,6 +109,10 @@ def add_arguments(parser):
     idx.add_argument("--faiss-fs-residual", action="store_true",
                      help="ivfpq4: use FAISS 'PQ{M}x4fsr' (by_residual=True) instead of the "
                           "factory default 'PQ{M}x4fs' (by_residual=False)")
+    idx.add_argument("--shardann-no-residual", action="store_true",
+                     help="IVF-PQ kinds: shardann with by_residual=False (codes of the vectors, "
+                          "one table per query, like FAISS's 'PQ{M}x4fs') instead of residual "
+                          "codes")
 
     srch = parser.add_argument_group("search")
     srch.add_argument("--nprobe", type=int, default=16, help="lists probed (default 16)")

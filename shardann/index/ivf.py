@@ -866,7 +866,8 @@ class IVFFlatIndex(IVFIndex):
 
 
 class IVFPQIndex(IVFIndex):
-    """Inverted file with product-quantized residuals (FAISS ``IndexIVFPQ``).
+    """Inverted file with product-quantized residuals (FAISS ``IndexIVFPQ``), or
+    with ``by_residual=False`` product-quantized vectors.
 
     Parameters
     ----------
@@ -887,6 +888,14 @@ class IVFPQIndex(IVFIndex):
     niter, pq_niter : k-means iterations for the coarse centroids and codebooks.
     precompute_max_bytes : largest L2 precomputed-term table (nlist * M *
         2**nbits floats) to keep; above it tables are built per (query, list).
+    by_residual : bool (default True). True: the codes are of each vector's
+        residual to its list centroid (better codes: the PQ only has to hold what
+        the centroid misses). False: of the vector itself (FAISS's ``by_residual
+        = False``, e.g. index_factory's ``PQ{M}x4fs``): a query's distance table
+        does not depend on the list, so a search builds (and, for the fast scan,
+        quantizes) one table per query instead of one per (query, list) -
+        faster per probed list, lower recall at the same ``nprobe``.
+        Saved with the index.
     fast_scan : bool, for ``nbits=4`` on CPUs with AVX2 and ``nbits=8`` on CPUs
         with AVX-512 VBMI: hold the codes in 32-row blocks and scan them with
         the SIMD pre-filter (same results, faster; lists are padded to whole
@@ -919,11 +928,12 @@ class IVFPQIndex(IVFIndex):
                  keep_vectors=False, nprobe=1, niter=25, pq_niter=25,
                  max_points_per_centroid=256, precompute_max_bytes=_PRECOMPUTE_MAX_BYTES,
                  fast_scan=True, verbose=False, num_threads=None, pca=None,
-                 calibration=DEFAULT_CALIBRATION):
+                 calibration=DEFAULT_CALIBRATION, by_residual=True):
         super().__init__(d, nlist, metric, nprobe=nprobe, seed=seed, niter=niter,
                          max_points_per_centroid=max_points_per_centroid, verbose=verbose,
                          num_threads=num_threads, pca=pca, calibration=calibration)
         self._fast_scan = check_bool("fast_scan", fast_scan)
+        self._by_residual = check_bool("by_residual", by_residual)
         M = check_int("M", M, low=1)
         if self.pca is not None and self.pca % M:
             raise ValueError(f"pca must be a multiple of M; got pca={self.pca}, M={M}")
@@ -947,6 +957,11 @@ class IVFPQIndex(IVFIndex):
     def fast_scan(self):
         """Whether 4-bit and 8-bit codes are held for the SIMD fast scan (set at construction)."""
         return self._fast_scan
+
+    @property
+    def by_residual(self):
+        """Whether the codes are of residuals to the list centroids (set at construction)."""
+        return self._by_residual
 
     @property
     def is_trained(self):
@@ -976,6 +991,9 @@ class IVFPQIndex(IVFIndex):
         return x if self.opq is None or self.pca is not None else self.opq.reverse(x)
 
     def _train_payload(self, x, xr, labels_of):
+        if not self._by_residual:
+            self._train_codes(x, xr, labels_of)
+            return
         if self._pca is not None and self.opq is None:
             residuals = xr - self.centroids[labels_of()]
             # PCA's directions come by decreasing variance: spread them over the
@@ -995,11 +1013,33 @@ class IVFPQIndex(IVFIndex):
         if self.keep_vectors == "int8":
             self._vector_scale = train_scale(x)
 
+    def _train_codes(self, x, xr, labels_of):
+        """The codebooks of ``by_residual=False``: trained on the rows themselves."""
+        if self._pca is not None and self.opq is None:
+            # spread PCA's directions over the sub-quantizers by the variance the
+            # codes hold (the rows' own here, not their residuals')
+            order = balanced_order(xr.var(axis=0), self.M)
+            self._pca.reorder(order)
+            self._set_centroids(self.centroids[:, order])
+            labels_of.invalidate()  # reordered columns round differently
+            sample = np.ascontiguousarray(xr[:, order])
+        else:
+            rows = self.pq.training_rows(xr.shape[0])
+            sample = xr if rows is None else xr[rows]
+        self.pq.train(sample)
+        self._precompute()
+        if self.keep_vectors == "int8":
+            self._vector_scale = train_scale(x)
+
     def _precompute(self):
         """L2 precomputed term per (list, sub-quantizer, code):
         ``|c_mj|^2 + 2 <centroid_l,m, c_mj>`` (FAISS's "term 1")."""
         self._list_terms = None
         self._codebooks_t = self.pq.codebooks_t  # the query-table kernel's layout
+        if not self._by_residual:
+            # the L2 table is |q_m|^2 + |c_mj|^2 - 2 <q_m, c_mj>: the codeword norms
+            self._code_norms = np.einsum("mkd,mkd->mk", self.pq.codebooks, self.pq.codebooks)
+            return
         if self._ip:
             return
         M, ksub, dsub = self.pq.codebooks.shape
@@ -1034,7 +1074,8 @@ class IVFPQIndex(IVFIndex):
         return cols
 
     def _payload(self, x, xr, labels):
-        cols = {"codes": self.pq._encode(xr, self.centroids, labels)}
+        cols = {"codes": (self.pq._encode(xr, self.centroids, labels) if self._by_residual
+                          else self.pq._encode(xr))}
         if self.keep_vectors == "int8":
             cols["vectors"] = sq_encode(x, self._vector_scale)
         elif self.keep_vectors:
@@ -1050,7 +1091,20 @@ class IVFPQIndex(IVFIndex):
         # the table kind is told by which of list_terms / codebooks is given
         # (see shardann._kernels.ivf): each compiles without the others' code
         pq_dot_tables = pq_dot_tables_parallel if _parallel(nq) else pq_dot_tables_serial
-        if self._ip:
+        if not self._by_residual:
+            # one table per query: the kernels build (and quantize) it once and
+            # keep it for every list; dis0 is the part the table leaves out
+            qlut = pq_dot_tables(q, self._codebooks_t)
+            if self._ip:
+                np.negative(qlut, out=qlut)
+                dis0 = np.zeros_like(dis0)
+            else:
+                qlut *= -2.0
+                qlut += self._code_norms
+                qnorm = np.einsum("ij,ij->i", q, q).astype(np.float32)
+                dis0 = np.ascontiguousarray(np.broadcast_to(qnorm[:, None], dis0.shape))
+            terms = books = None
+        elif self._ip:
             qlut = pq_dot_tables(q, self._codebooks_t)
             np.negative(qlut, out=qlut)
             terms = books = None
@@ -1090,6 +1144,7 @@ class IVFPQIndex(IVFIndex):
         return out_d, out_p
 
     def __setstate__(self, state):
+        self.__dict__.setdefault("_by_residual", True)  # pickled before the option
         self.__dict__.update(state)
         lists = self.__dict__.get("_lists")
         if lists is not None and lists.tiled != frozenset(self._tiled_columns()):
@@ -1102,7 +1157,7 @@ class IVFPQIndex(IVFIndex):
         return {**super().get_config(), "M": self.M, "nbits": self.nbits,
                 "opq": self.opq is not None, "keep_vectors": self.keep_vectors or False,
                 "pq_niter": self.pq.niter, "precompute_max_bytes": self.precompute_max_bytes,
-                "fast_scan": self.fast_scan}
+                "fast_scan": self.fast_scan, "by_residual": self.by_residual}
 
     def _trained_arrays(self):
         if not self.is_trained:
@@ -1121,6 +1176,17 @@ class IVFPQIndex(IVFIndex):
 
     def _drift_codes(self, payload):
         return self.pq, payload["codes"]
+
+    def quantization_errors(self, x, list_no, payload):
+        if self._by_residual:
+            return super().quantization_errors(x, list_no, payload)
+        # the PQ error of a code of the vector itself: its residual to a zero "centroid"
+        xr = self._reduce(x)
+        coarse = quantization_errors(xr, self.centroids, list_no)
+        pq_err = quantization_errors(xr, np.zeros((1, xr.shape[1]), np.float32),
+                                     np.zeros(len(list_no), np.int64), self.pq,
+                                     payload["codes"])["pq"]
+        return {**coarse, "pq": pq_err}
 
     def _set_trained_arrays(self, arrays):
         self.pq.codebooks = np.ascontiguousarray(arrays["codebooks"], dtype=np.float32)
@@ -1141,5 +1207,8 @@ class IVFPQIndex(IVFIndex):
         elif self.keep_vectors:
             x = L.data["vectors"][pos].astype(np.float32)
         else:
-            x = self._expand(self.pq.decode(L.data["codes"][pos]) + self.centroids[L.owners(pos)])
+            x = self.pq.decode(L.data["codes"][pos])
+            if self._by_residual:
+                x += self.centroids[L.owners(pos)]
+            x = self._expand(x)
         return self._untransform(x)
