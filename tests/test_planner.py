@@ -70,6 +70,26 @@ def test_model_twin_trains_codebooks_as_train_does():
                                   b.search(x[:20], 5, nprobe=4, refine_factor=2)[1])
 
 
+@pytest.mark.parametrize("pca", [None, 8])
+def test_model_twin_of_an_opq_index_keeps_its_rotation(pca):
+    """Another kept-vector type of an OPQ index (bench frontier --opq --keep
+    float16,int8) searches as that index trained directly; other codebooks are
+    refused (the rotation belongs to one M)."""
+    x = synthetic(3000, D, seed=4)
+    kw = {"seed": 1, "pq_niter": 5, "niter": 5, "opq": True, "pca": pca}
+    m = 4 if pca else 8
+    a = shardann.IVFPQIndex(D, 16, m, 4, keep_vectors="float16", **kw).train(x)
+    b = shardann.IVFPQIndex(D, 16, m, 4, keep_vectors="int8", **kw).train(x)
+    twin = model_twin(a, x, keep_vectors="int8")
+    twin.add(x[:500])
+    b.add(x[:500])
+    for r in (0, 2):
+        np.testing.assert_array_equal(twin.search(x[:20], 5, nprobe=4, refine_factor=r)[1],
+                                      b.search(x[:20], 5, nprobe=4, refine_factor=r)[1])
+    with pytest.raises(ValueError, match="without OPQ"):
+        model_twin(a, x, M=m // 2)
+
+
 def test_measurements_are_deterministic_and_consistent(meas):
     again = measure_sample(1_000_000, D, **TINY)
     assert again.recall == meas.recall and again.coarse == meas.coarse

@@ -238,15 +238,15 @@ class ShardannRunner:
 
 
 def model_twin(index, xt, *, keep_vectors=None, M=None, nbits=None):
-    """An empty IVF-PQ index with the coarse centroids of the trained ``index``
-    (no OPQ): the same codebooks, or for another ``M`` / ``nbits`` codebooks
+    """An empty IVF-PQ index with the coarse centroids of the trained ``index``:
+    the same codebooks (and OPQ rotation), or for another ``M`` / ``nbits`` codebooks
     trained on the residuals of ``xt`` exactly as ``train`` would train them;
     keeping ``keep_vectors`` (None keeps the index's choice; the int8 scale is
     trained on ``xt``). One k-means for several code and kept-vector layouts.
 
     Parameters
     ----------
-    index : a trained :class:`shardann.IVFPQIndex` without OPQ.
+    index : a trained :class:`shardann.IVFPQIndex` (without OPQ for another M / nbits).
     xt : float32 (n, d), the training sample ``index`` was trained on.
     """
     from .. import sq
@@ -256,11 +256,14 @@ def model_twin(index, xt, *, keep_vectors=None, M=None, nbits=None):
 
     state = index.to_state(lists=False)
     config = dict(state.config)
-    if config.get("opq"):
-        raise ValueError("model_twin needs an index without OPQ")
     arrays = {k: v for k, v in state.arrays.items() if k != "vector_scale"}
     new_pq = (M is not None and M != config["M"]) or (nbits is not None
                                                       and nbits != config["nbits"])
+    if new_pq and config.get("opq"):
+        # (the rotation is learnt with the codebooks of one M; another kept-vector
+        # type alone keeps both, and the scale is trained in the rotated space as
+        # ``train`` trains it)
+        raise ValueError("model_twin makes other codebooks for an index without OPQ only")
     if keep_vectors is not None:
         config["keep_vectors"] = keep_vectors or False
     x = index.prepare(xt) if new_pq or config["keep_vectors"] == "int8" else None
