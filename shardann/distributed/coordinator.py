@@ -365,7 +365,11 @@ class ShardedIndex:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
+            # one wait for all the calls (an error counts as an answer) rather than
+            # one per answer, each of which woke this thread and walked the Ray
+            # references again; a failed replica's retry now starts once the other
+            # shards have answered
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=remaining)
             for ref in ready:
                 s, replica = pending.pop(ref)
                 try:
@@ -477,14 +481,18 @@ class ShardedIndex:
         parts, exacts, shard_of_part = [], [], []
         for s, payload in results.items():
             keys, ids, ex = unpack(payload)
-            full_k, full_i = empty_results(nq, kk, "l2")
-            full_k[rows_of[s]], full_i[rows_of[s]] = keys, ids
-            parts.append((full_k, full_i))
+            if len(rows_of[s]) < nq:  # (a shard probed by every query answers all rows)
+                full_k, full_i = empty_results(nq, kk, "l2")
+                full_k[rows_of[s]], full_i[rows_of[s]] = keys, ids
+                keys, ids = full_k, full_i
+                if exact:
+                    full_e = np.full((nq, kk), np.inf, np.float32)
+                    full_e[rows_of[s]] = ex
+                    ex = full_e
+            parts.append((keys, ids))
             shard_of_part.append(s)
             if exact:
-                full_e = np.full((nq, kk), np.inf, np.float32)
-                full_e[rows_of[s]] = ex
-                exacts.append(full_e)
+                exacts.append(ex)
         src = None  # the part (shard) each hit came from, for fetching its columns
         if not parts:
             D, I = empty_results(nq, k, self.metric)
