@@ -132,3 +132,25 @@ def test_probe_ratio_with_a_filter(data, fresh):
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
     assert (got[1] % 2 == 0).all()
+
+
+@pytest.mark.parametrize("kind,kw", IVF, ids=IVF_IDS)
+def test_probe_split_over_threads_is_the_same(data, built, kind, kw):
+    # the coordinator's split probe (probe_threads): the same lists and distances
+    # as one thread, with and without a ratio, over all lists or some
+    import copy
+
+    _, xq, _ = data
+    index = copy.copy(built(kind, **kw))  # (the shared index keeps its setting)
+    q = index.prepare(np.concatenate([xq, xq[::-1], xq[:37]]))  # 237 rows: uneven parts
+    lists = np.arange(0, NLIST, 2, dtype=np.int64)
+    for ratio, sub in ((None, None), (0.7, None), (None, lists)):
+        want = index.probe(q, 6, probe_ratio=ratio, lists=sub)
+        for threads in (2, 3, 16):
+            index.probe_threads = threads
+            got = index.probe(q, 6, probe_ratio=ratio, lists=sub)
+            index.probe_threads = None
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+    with pytest.raises(ValueError):
+        index.probe_threads = 0

@@ -49,7 +49,7 @@ _COMPILE_SECONDS = 10
 
 
 def serial_and_parallel(body):
-    """A serial ``njit(cache=True)`` and a ``parallel=True`` kernel of one body.
+    """A serial ``njit(cache=True, nogil=True)`` and a ``parallel=True`` kernel of one body.
 
     Numba keys its on-disk cache by a function's name and bytecode, not by
     its compile options: two kernels made from one function share one cache
@@ -67,7 +67,9 @@ def serial_and_parallel(body):
         fn.__doc__ = body.__doc__
         return fn
 
-    return (njit(cache=True)(named("_serial")),
+    # the serial one releases the GIL: callers may split a batch over Python
+    # threads (the coarse probe of a sharded index's coordinator does)
+    return (njit(cache=True, nogil=True)(named("_serial")),
             njit(cache=True, parallel=True)(named("_parallel")))
 
 

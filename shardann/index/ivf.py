@@ -2,6 +2,8 @@
 
 import contextlib
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -104,6 +106,33 @@ def _mask_arg(allowed, bounds=None):
 _DIRECT_ROWS = np.int64(32)
 #: the refine kernels' per-dimension steps for float kept vectors (their key has none)
 _NO_STEP = np.empty(0, np.float32)
+
+#: the fewest queries a thread of a split probe takes (see ``IVFIndex.probe_threads``)
+_SPLIT_ROWS = 32
+
+_split_pools = {}  # workers -> the split probe's thread pool, made on first use
+_split_lock = threading.Lock()
+
+
+def _split_workers(n):
+    """A pool of ``n`` threads, kept for the process: idle workers wait on a
+    queue and use no CPU."""
+    with _split_lock:
+        if n not in _split_pools:
+            _split_pools[n] = ThreadPoolExecutor(n, thread_name_prefix="shardann-probe")
+        return _split_pools[n]
+
+
+def _on_one_thread(fn, *args):
+    """``fn(*args)`` with this thread's Numba kernels on one thread (Numba's
+    thread count is per calling thread: a pool thread starts with every core)."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        numba.set_num_threads(old)
+
 
 #: candidates beyond ``nprobe`` that the coarse quantizer re-ranks with exact keys
 _PROBE_SPARE = 8
@@ -239,6 +268,27 @@ class IVFIndex(BaseIndex):
     @num_threads.setter
     def num_threads(self, value):
         self._num_threads = None if value is None else check_int("num_threads", value, low=1)
+
+    _probe_threads = None  # (a class default: indexes opened or unpickled have it too)
+
+    @property
+    def probe_threads(self):
+        """Python threads that split a batch's :meth:`probe` by rows (None or 1:
+        none), each running the serial kernels with the GIL released.
+
+        For a coordinator whose shards wait on its probe: Numba's parallel
+        kernels leave their workers spinning afterwards on the cores the shards
+        scan on next (see :mod:`shardann.distributed.coordinator`), these
+        threads just wait on a queue. A query's lists and distances do not
+        depend on its batch, so the results are the same. Only :meth:`probe`
+        uses them (not :meth:`search`); not saved with the index.
+        """
+        return self._probe_threads
+
+    @probe_threads.setter
+    def probe_threads(self, value):
+        self._probe_threads = (None if value is None
+                               else check_int("probe_threads", value, low=1))
 
     @contextlib.contextmanager
     def _threads(self):
@@ -609,7 +659,25 @@ class IVFIndex(BaseIndex):
             keeps, and the skipped lists are -1.
         """
         with self._threads(), _one_blas_thread(q.shape[0] > 1):
-            return self._probe(self._reduce(q), nprobe, probe_ratio, lists)
+            qr = self._reduce(q)
+            parts = min(self._probe_threads or 1, qr.shape[0] // _SPLIT_ROWS)
+            if parts < 2:
+                return self._probe(qr, nprobe, probe_ratio, lists)
+            probe_ratio = check_probe_ratio(probe_ratio)
+            cuts = np.linspace(0, qr.shape[0], parts + 1).astype(np.int64).tolist()
+            # the parts run under this thread's BLAS limit (one thread): a limit
+            # set and restored by each part would race with the others'
+            pending = [_split_workers(parts - 1).submit(
+                _on_one_thread, self._probe, qr[cuts[i]:cuts[i + 1]], nprobe, None, lists)
+                for i in range(1, parts)]
+            first = [_on_one_thread(self._probe, qr[:cuts[1]], nprobe, None, lists)]
+            done = first + [f.result() for f in pending]
+            dis0 = np.concatenate([d for d, _ in done])
+            probes = np.concatenate([p for _, p in done])
+            if probe_ratio is None:
+                return dis0, probes
+            # pruned on the whole batch: its width is the widest row's
+            return prune_probes(dis0, probes, probe_ratio)
 
     def _probe(self, qr, nprobe, probe_ratio=None, lists=None):
         """:meth:`probe` of reduced (nq, space_d) queries."""
