@@ -2,6 +2,7 @@
 (memory -> shards, QPS -> replicas), the Python API and `shardann plan` with
 --json. Its accuracy at scale is tests/test_planner_accuracy.py (slow)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,15 +10,23 @@ import pytest
 
 import shardann
 from shardann.bench import Plan, measure_sample, plan
-from shardann.bench._plan_measure import measurement_nlists
+from shardann.bench._plan_measure import (
+    measurement_nlists,
+    rank_survival,
+    shortlist_grid,
+)
 from shardann.bench._plan_model import (
     RecallModel,
     bytes_per_vector,
     fixed_bytes,
     local_plane,
+    rank_curve,
+    thin_ranks,
+    thinned_survival,
 )
 from shardann.bench._runners import model_twin
 from shardann.bench.datasets import mixture, synthetic
+from shardann.bench.planner import candidate_nlists
 from shardann.cli import main
 
 D = 16
@@ -55,6 +64,95 @@ def test_memory_arithmetic():
 def test_measurement_list_counts():
     assert measurement_nlists(100_000) == [128, 512, 2048]
     assert measurement_nlists(2000) == [8, 32]
+
+
+def test_shortlist_grid():
+    assert shortlist_grid(10, [2, 4, 8]) == [1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48,
+                                             64, 80]
+    assert shortlist_grid(10, []) == [1, 2, 3, 4, 6, 8, 10]
+    assert shortlist_grid(100, [8])[-3:] == [512, 768, 800]
+
+
+def test_rank_survival_reads_positions_within_the_prefix():
+    # 2 queries, candidates by ADC key; rows >= n = 10 are not in the prefix database
+    ids = np.array([[5, 12, 3, 7, 1, 9],
+                    [11, 2, 4, 13, 8, 6]])
+    gt = np.array([[3, 1], [4, 0]])                 # exact top-2 among rows < 10
+    probed = np.array([[True, True], [True, False]])
+    # query 0: rank 1 (row 3) at prefix position 1, rank 2 (row 1) at 3;
+    # query 1: rank 1 (row 4) at position 1, rank 2 (row 0) not probed (ignored)
+    got = rank_survival(ids, gt, probed, 10, [1, 2, 4])
+    np.testing.assert_allclose(got, [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    # the whole database (n = 14): row 12 and 11 now come first
+    got = rank_survival(ids, gt, probed, 14, [2, 3])
+    np.testing.assert_allclose(got, [[0.0, 1.0], [0.0, 0.0]])
+
+
+def test_thin_ranks_reads_the_top_k_of_more_rows_as_fractional_ranks():
+    share = 1 - 0.02 * np.arange(1, 11)          # rank j: 1 - 0.02 j (a line)
+    assert thin_ranks(share, 1.0) == pytest.approx(share.mean())
+    # N = 4n: ranks j / 4; the line continues below rank 1 to rank 0 (share 1)
+    assert thin_ranks(share, 0.25) == pytest.approx(np.mean(1 - 0.005 * np.arange(1, 11)))
+    # curved: only ranks 1..3 carry the line to rank 0
+    curved = np.array([0.9, 0.8, 0.7, 0.5, 0.3, 0.2, 0.1, 0.1, 0.0, 0.0])
+    assert thin_ranks(curved, 0.1) == pytest.approx(np.mean(1.0 - 0.01 * np.arange(1, 11)))
+    assert thin_ranks(np.array([0.5]), 0.1) == 0.5   # k = 1: no slope to extend
+
+
+def test_thinned_survival_arithmetic():
+    grid = [1, 2, 4, 8]
+    # rank j survives a shortlist of L with 1 - j / (20 L) (linear in rank at each L)
+    surv = np.array([[1 - j / (20 * L) for L in grid] for j in range(1, 11)])
+    # at the sample's own size: the mean over ranks at the grid point
+    assert thinned_survival(surv, grid, 1000, 1000, 8) == pytest.approx(surv[:, 3].mean())
+    # between grid points: linear in log L
+    np.testing.assert_allclose(rank_curve(surv, grid, 2 ** 1.5), (surv[:, 1] + surv[:, 2]) / 2)
+    # below one slot: a Weibull law through 1 and 2 slots, in (0, 1) and falling
+    below = [rank_curve(surv, grid, L) for L in (0.5, 0.1, 0.01)]
+    cl = [np.log(-np.log1p(-surv[:, i])) for i in (0, 1)]
+    want = -np.expm1(-np.exp(cl[0] + (cl[1] - cl[0]) * np.log2(0.5)))
+    np.testing.assert_allclose(below[0], want)
+    assert all(((0 < b) & (b < surv[:, 0])).all() for b in below)
+    assert (below[0] > below[1]).all() and (below[1] > below[2]).all()
+    # 8x the sample, shortlist 8 -> one slot, ranks j / 8: 1 - j / 160, averaged over j
+    want = np.mean([1 - j / 160 for j in range(1, 11)])
+    assert thinned_survival(surv, grid, 1000, 8000, 8) == pytest.approx(want)
+    # with a loss that a longer shortlist cuts whatever the rank (intruders), more rows lose
+    # more neighbours; a longer shortlist keeps more
+    surv = np.clip(surv - 0.2 / np.array(grid), 0, 1)
+    s = [thinned_survival(surv, grid, 1000, n, 8) for n in (1000, 4000, 16000, 64000)]
+    assert s == sorted(s, reverse=True)
+    assert thinned_survival(surv, grid, 1000, 4000, 8) < thinned_survival(surv, grid, 1000,
+                                                                           4000, 16)
+
+
+@pytest.mark.parametrize("gen,d", [(synthetic, 16), (mixture, 32)])
+def test_thinning_predicts_the_survival_on_a_larger_database(gen, d):
+    # per-rank survival on the first 4,000 rows of an index predicts the shortlist
+    # survival on all 32,000 (8x), where the survival of the 4,000 rows alone does not
+    N, n, k = 32_000, 4000, 10
+    x = gen(N + 300, d, seed=5)
+    xb, xq = x[:N], x[N:]
+    index = shardann.IVFPQIndex(d, 64, d // 4, 4, seed=0).train(xb)
+    index.add(xb)
+    labels = index.assign(xb)
+    q = index.prepare(xq)
+    grid = shortlist_grid(k, [2, 4])
+    for nprobe in (2, 8):
+        dis0, probes = index.probe(q, nprobe)
+        keys, ids, _ = index.scan_candidates(q, dis0, probes, 40 * (N // n + 2))
+        ids = np.take_along_axis(ids, np.argsort(keys, axis=1, kind="stable"), 1)
+        surv = {}
+        for m in (n, N):
+            gt = shardann.brute_force_knn(xq, xb[:m], k, "l2")[1]
+            probed = (labels[gt][:, :, None] == probes[:, None, :]).any(-1)
+            surv[m] = rank_survival(ids, gt, probed, m, grid)
+        for L in (20, 40):
+            truth = surv[N][:, grid.index(L)].mean()
+            unthinned = surv[n][:, grid.index(L)].mean()
+            pred = thinned_survival(surv[n], grid, n, N, L)
+            assert abs(pred - truth) < 0.035, (nprobe, L, pred, truth)
+            assert abs(pred - truth) < abs(unthinned - truth) / 3, (nprobe, L, pred, truth)
 
 
 def test_model_twin_trains_codebooks_as_train_does():
@@ -100,6 +198,23 @@ def test_measurements_are_deterministic_and_consistent(meas):
     for (n, nlist), group in _by(meas.coarse, "n", "nlist").items():
         c = [r["recall"] for r in sorted(group, key=lambda r: r["nprobe"])]
         assert c == sorted(c), (n, nlist)  # more lists probed: never fewer neighbours
+    for r in meas.coarse:  # the per-rank shares average to the coarse recall
+        assert len(r["by_rank"]) == 10
+        assert np.mean(r["by_rank"]) == pytest.approx(r["recall"])
+    # per-rank shortlist survival: every size, list count and probe count scanned
+    assert {(r["n"], r["nlist"], r["nprobe"]) for r in meas.ranks} == \
+        {(r["n"], r["nlist"], r["nprobe"]) for r in meas.recall}
+    for r in meas.ranks:
+        s = np.array(r["survival"])
+        assert s.shape == (10, len(r["shortlists"])) and ((0 <= s) & (s <= 1)).all()
+        assert (np.diff(s, axis=1) >= 0).all()  # a longer shortlist keeps at least as many
+        # without refine the search returns the probed neighbours in the ADC top-k: the
+        # rank-averaged survival at L = k is that recall over C (up to the ranks' weights)
+        rec = next(x["recall"] for x in meas.recall if x["refine"] == 0 and all(
+            x[f] == r[f] for f in ("n", "nlist", "nprobe")))
+        c = coarse[(r["n"], r["nlist"], r["nprobe"])]
+        if c > 0.5:
+            assert s[:, r["shortlists"].index(10)].mean() == pytest.approx(rec / c, abs=0.05)
 
 
 def _by(rows, *keys):
@@ -122,34 +237,45 @@ def test_model_follows_the_measurements(meas):
     assert model.coarse(512, 512, 10**6) == 1.0
     with pytest.raises(ValueError, match="did not measure"):
         model.survival(4, 32, n, 8, 4, None, 0)
+    # the survival thinned to more rows falls (a fixed shortlist among more rows)
+    s = [model.survival(4, 32, m, 4, 8, "float16", 2) for m in (n, 8 * n, 64 * n)]
+    assert s == sorted(s, reverse=True) and s[0] > s[-1]
+    # measurements saved without the per-rank rows still plan (a plane in log N)
+    old = RecallModel(dataclasses.replace(meas, ranks=[]))
+    assert 0 < old.survival(4, 32, 8 * n, 4, 8, "float16", 2) <= 1
 
 
 def test_plan_bookkeeping(meas):
-    p = plan(1_000_000, D, target_recall=0.8, memory_per_node="64GiB", measurements=meas)
+    # 10x the 2,000-row sample: within reach of its thinned measurements
+    n = 20_000
+    p = plan(n, D, target_recall=0.75, memory_per_node="64GiB", measurements=meas)
     assert isinstance(p, Plan) and p.feasible
-    assert (p.M, p.nbits) == (8, 4) and p.nlist in (256, 512, 1024, 2048, 4096, 8192, 16384)
-    assert p.recall >= 0.8 and p.recall == pytest.approx(p.coarse_recall * p.survival)
+    assert (p.M, p.nbits) == (8, 4) and p.nlist in candidate_nlists(n)
+    assert p.recall >= 0.75 and p.recall == pytest.approx(p.coarse_recall * p.survival)
     assert p.bytes_per_vector == bytes_per_vector(D, 8, 4, p.keep_vectors)
     assert (p.shards, p.replicas, p.nodes) == (1, 1, 1)
     assert p.qps_per_core == pytest.approx(1 / p.seconds_per_query["total"])
-    # a node of 8 MiB (6 usable) holds a fraction: shards follow the bytes
-    small = plan(1_000_000, D, target_recall=0.8, memory_per_node="8MiB", measurements=meas)
-    usable = 8 * 2**20 * 0.75
-    assert small.shards >= np.ceil(1_000_000 * small.bytes_per_vector / usable)
+    # a node of 256 KiB (192 usable) holds a fraction: shards follow the bytes
+    small = plan(n, D, target_recall=0.75, memory_per_node="256KiB", measurements=meas)
+    usable = 256 * 2**10 * 0.75
+    assert small.shards >= np.ceil(n * small.bytes_per_vector / usable) > 1
     assert small.shard_bytes <= usable and small.nodes == small.shards * small.replicas
     # a QPS target beyond one node's cores adds replicas
-    busy = plan(1_000_000, D, target_recall=0.8, memory_per_node="64GiB", qps=1e9,
+    busy = plan(n, D, target_recall=0.75, memory_per_node="64GiB", qps=1e9,
                 cores_per_node=4, measurements=meas)
     assert busy.replicas == np.ceil(1e9 / (busy.qps_per_core * 4 * busy.shards))
     assert busy.nodes == busy.shards * busy.replicas > 1
     # a higher target never plans fewer probes for the same layout and lists
-    hi = plan(1_000_000, D, target_recall=0.9, memory_per_node="64GiB", measurements=meas)
+    hi = plan(n, D, target_recall=0.8, memory_per_node="64GiB", measurements=meas)
     if (hi.nlist, hi.M, hi.nbits, hi.keep_vectors, hi.refine_factor) == \
             (p.nlist, p.M, p.nbits, p.keep_vectors, p.refine_factor):
         assert hi.nprobe >= p.nprobe
     # out of reach: the best there is, flagged
-    top = plan(1_000_000, D, target_recall=0.9999, measurements=meas)
+    top = plan(n, D, target_recall=0.9999, measurements=meas)
     assert not top.feasible and "no measured layout" in top.notes[0]
+    # far beyond the sample (500x: the shortlist below one slot) recall is low, not zero
+    far = plan(1_000_000, D, target_recall=0.75, measurements=meas)
+    assert 0 < far.recall < p.recall and any("thinned" in note for note in far.notes)
     d = p.to_dict()
     assert json.loads(json.dumps(d))["nlist"] == p.nlist
     assert "recall = C x S" in p.format() and str(p.nlist) in p.format()

@@ -12,6 +12,10 @@ Recall is split in two as the planner's model uses it (:mod:`._plan_model`):
 ``coarse`` is the fraction of the true top-k that lies in the probed lists,
 ``recall`` the fraction the full search returns (ADC scan, then re-ranking of
 ``k * refine_factor`` candidates on kept vectors when ``refine_factor > 0``).
+``ranks`` keeps, per true neighbour rank j (1..k), the share of the probed
+neighbours of that rank whose ADC position is within a shortlist of L, for a
+grid of L (:func:`shortlist_grid`): what the model thins to databases larger
+than the sample (:mod:`._plan_model`).
 
 Times are CPU seconds on one thread (:mod:`._timing`): the coarse step by list
 count, the scan by codes and lists visited, the re-ranking by candidate.
@@ -50,8 +54,13 @@ class Measurements:
         measured (``n_sample`` and its half and quarter).
     nq : queries (held-out rows of the sample).
     nlists : list counts measured.
-    coarse : rows ``{"n", "nlist", "nprobe", "recall"}``.
+    coarse : rows ``{"n", "nlist", "nprobe", "recall", "by_rank"}`` (``by_rank``: per
+        true neighbour rank 1..k).
     recall : rows ``{"n", "nlist", "nbits", "M", "keep", "refine", "nprobe", "recall"}``.
+    ranks : rows ``{"n", "nlist", "nbits", "M", "nprobe", "shortlists", "survival"}``:
+        ``survival[j][i]`` is the share of the probed true neighbours of rank
+        ``j + 1`` whose position by ADC key is below ``shortlists[i]`` (a
+        shortlist of that many candidates keeps them).
     timing : ``{"coarse": [{"nlist", "s"}], "scan": [{"nbits", "M", "nlist", "nprobe",
         "codes", "s"}], "refine": [{"nbits", "M", "keep", "candidates", "s"}]}``: CPU
         seconds per query on one thread.
@@ -73,6 +82,7 @@ class Measurements:
     list_skew: dict
     source: str
     seconds: float = 0.0
+    ranks: list = dataclasses.field(default_factory=list)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -85,6 +95,41 @@ def measurement_nlists(n, count=3):
     top = 1 << max(2, int(np.floor(np.log2(max(4, n // MIN_POINTS_PER_LIST)))))
     out = [top >> (2 * i) for i in range(count)]
     return sorted(v for v in out if v >= 4)
+
+
+def shortlist_grid(k, refine_factors):
+    """Shortlist lengths whose per-rank survival is measured: 1, 2, 3, 4, 6, 8,
+    12, ... (steps of 1.5x and 2x) up to the longest searched (``k`` times the
+    largest refine factor), and the searched ones themselves."""
+    top = k * max([1, *refine_factors])
+    out = {v for v in NPROBES if v <= top}
+    v = NPROBES[-1]
+    while v * 1.5 <= top:  # beyond NPROBES' last value, keep the 1.5x / 2x steps
+        out |= {w for w in (int(v * 1.5), v * 2) if w <= top}
+        v *= 2
+    return sorted(out | {k * max(1, r) for r in refine_factors} | {k, top})
+
+
+def rank_survival(ids, gt, probed, n, shortlists):
+    """Per-rank shortlist survival of one scan on the database of the first ``n`` rows.
+
+    Parameters
+    ----------
+    ids : int64 (nq, c) candidate rows of the whole database, ascending ADC key.
+    gt : int64 (nq, k) exact neighbours (rows < n), nearest first.
+    probed : bool (nq, k), whether each neighbour's list was probed.
+    shortlists : ascending ints, each at most the number of candidates below
+        ``n`` that ``ids`` holds for every query.
+
+    Returns float64 (k, len(shortlists)): for rank j and shortlist L, the
+    share of the probed rank-j neighbours among the first L candidates.
+    """
+    valid = (ids >= 0) & (ids < n)
+    pos = np.cumsum(valid, axis=1) - 1                           # position within the n rows
+    hit = (ids[:, :, None] == gt[:, None, :]) & valid[:, :, None]  # (nq, c, k)
+    at = np.where(hit.any(1), np.take_along_axis(pos, hit.argmax(1), 1), np.iinfo(np.int64).max)
+    count = np.maximum(probed.sum(0), 1)
+    return np.stack([((at < L) & probed).sum(0) / count for L in shortlists], axis=1)
 
 
 def sample_rows(sample, d, *, n, nq, seed, label="array"):
@@ -146,7 +191,8 @@ def _recall_rows(base, ids, exact, gt, k, refine_factors):
 
 def coarse_rows(n, nlist, probes, labels, gt, k, nprobes):
     """Fraction of the true top-k whose list is among the first p probes, for each
-    p of ``nprobes``: rows ``{"n", "nlist", "nprobe", "recall"}``.
+    p of ``nprobes``: rows ``{"n", "nlist", "nprobe", "recall", "by_rank"}``
+    (``by_rank``: the fraction for each rank 1..k).
 
     probes : int (nq, pmax) lists probed, nearest first (``index.probe``); labels :
     int (n,) list of each database row (``index.assign``); gt : int64 (nq, >= k)
@@ -155,8 +201,8 @@ def coarse_rows(n, nlist, probes, labels, gt, k, nprobes):
     glists = labels[gt[:, :k]]                                   # (nq, k)
     hit = glists[:, :, None] == probes[:, None, :]               # (nq, k, pmax)
     rank = np.where(hit.any(-1), hit.argmax(-1), np.iinfo(np.int64).max)
-    return [{"n": n, "nlist": nlist, "nprobe": int(p), "recall": float((rank < p).mean())}
-            for p in nprobes]
+    return [{"n": n, "nlist": nlist, "nprobe": int(p), "recall": float((rank < p).mean()),
+             "by_rank": (rank < p).mean(0).tolist()} for p in nprobes]
 
 
 def _best_cpu(fn, reps):
@@ -194,6 +240,8 @@ def measure(xb, xq, *, metric, k, pq_configs, keeps, refine_factors, nlists=None
     # the shortlist the smallest database needs out of the whole one's scan
     kk = k * max(factors + [1]) * (n // sizes[0] + 2)
     gts = {m: brute_force_knn(xq, xb[:m], k, metric)[1] for m in sizes}
+    shortlists = shortlist_grid(k, factors)
+    ranks = []
     tq = xq[:min(time_queries, xq.shape[0])]
     coarse, recall = [], []
     timing = {"coarse": [], "scan": [], "refine": []}
@@ -240,6 +288,15 @@ def measure(xb, xq, *, metric, k, pq_configs, keeps, refine_factors, nlists=None
                                                                 kk, exact=bool(keep))
                         order = np.argsort(keys, axis=1, kind="stable")
                         ids = np.take_along_axis(ids, order, 1)
+                        if keep == twins[0][0]:  # the ADC order is the code layout's alone
+                            for m in sizes:
+                                gt = gts[m][:, :k]
+                                probed = (labels[gt][:, :, None] == probes[:, None, :p]).any(-1)
+                                ranks.append({
+                                    "n": m, "nlist": nlist, "nbits": nbits, "M": M,
+                                    "nprobe": int(p), "shortlists": shortlists,
+                                    "survival": rank_survival(ids, gt, probed, m,
+                                                              shortlists).tolist()})
                         if keep:
                             exact = np.take_along_axis(exact, order, 1)
                         for m in sizes:
@@ -264,4 +321,4 @@ def measure(xb, xq, *, metric, k, pq_configs, keeps, refine_factors, nlists=None
     return Measurements(d=d, metric=metric, k=k, n_sample=n, sizes=sizes, nq=xq.shape[0],
                         nlists=nlists, coarse=coarse, recall=recall, timing=timing,
                         list_skew=skew, source=source,
-                        seconds=time.perf_counter() - t_start)
+                        seconds=time.perf_counter() - t_start, ranks=ranks)

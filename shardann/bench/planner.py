@@ -4,9 +4,9 @@ recall, measured on a sample and extrapolated to the planned size.
 :func:`plan` measures recall and search cost on the sample (or on generated
 data of dimension ``d``: :func:`shardann.bench.datasets.synthetic`) at a few
 list counts and database sizes (:mod:`._plan_measure`), fits the model of
-:mod:`._plan_model` (recall = coarse recall x code-stage survival, each a
-plane in log nprobe, log nlist and log N after a transform; cost linear in lists, codes and
-candidates visited) and searches the candidates: every measured code layout
+:mod:`._plan_model` (recall = coarse recall x code-stage survival, both
+thinned from the sample's per-rank measurements to N; cost linear in lists,
+codes and candidates visited) and searches the candidates: every measured code layout
 (nbits, M), kept-vector type and refine factor, list counts around sqrt(N),
 and the smallest nprobe whose predicted recall reaches the target. The plan
 is the candidate needing the fewest nodes (memory, and cores for ``qps``),
@@ -37,13 +37,19 @@ logger = logging.getLogger(__name__)
 
 #: what the plan's figures rest on, printed with it
 MODEL = (
-    "recall = C x S. C (share of the true top-k in the probed lists) is a Weibull law in "
-    "nprobe: log(-log(1-C)) is a plane in log nprobe, log nlist and log N; sqrt(1-S), S "
-    "the share of those the ADC scan + refine returns, is a plane in the same logs. Both "
-    "are fitted by weighted least squares on the sample, locally in nprobe and nlist (kernels of "
+    "recall = C x S: C the share of the true top-k in the probed lists, S the share of those "
+    "the ADC scan + refine returns (shortlist survival x refine stage). Both are thinned from "
+    "the sample's n rows to N: n rows are a 1-in-(N/n) subsample of N and subsampling divides "
+    "every rank, exact or by ADC key, by N/n, so the rank-j neighbour of N rows within a "
+    "shortlist of L = k x refine_factor behaves as the sample's rank-j*n/N neighbour within "
+    "L*n/N, and is as often in the probed lists. C and the shortlist survival at N average the "
+    "sample's measured per-rank shares at those ranks (below rank 1, the line through ranks "
+    "1..3 extends them to rank 0); the refine stage's loss grows as a power of N fitted on "
+    "the sample's full, half and quarter databases. Both are then fitted by weighted least "
+    "squares, locally in nprobe and nlist (kernels of "
     f"{_plan_model.BANDWIDTH['nprobe']} and {_plan_model.BANDWIDTH['nlist']} in log units, "
-    "extended linearly beyond the measured range) and globally in log N (the sample's full, "
-    "half and quarter databases give the slope). CPU per query = a + b*nlist (coarse) + "
+    "extended linearly beyond the measured range), C on log(-log(1-C)), S on sqrt(1-S). "
+    "CPU per query = a + b*nlist (coarse) + "
     "c + e*nprobe + f*codes (scan; codes = nprobe*N/nlist x measured list skew) + "
     "g*k*refine_factor (re-ranking), fitted on timed single-thread searches of the sample. "
     "Bytes per vector = id 8 + PQ code + kept vector; each shard also holds the centroids, "
@@ -252,7 +258,8 @@ def _backtest(meas, chosen, target):
     partial = dataclasses.replace(
         meas, sizes=[s for s in meas.sizes if s != top],
         coarse=[r for r in meas.coarse if r["n"] != top],
-        recall=[r for r in meas.recall if r["n"] != top])
+        recall=[r for r in meas.recall if r["n"] != top],
+        ranks=[r for r in meas.ranks if r["n"] != top])
     model = _plan_model.RecallModel(partial)
     nlist = min(meas.nlists, key=lambda v: abs(math.log(v / chosen["nlist"])))
     key = (chosen["nbits"], chosen["M"], chosen["keep_vectors"], chosen["refine_factor"])
@@ -270,9 +277,12 @@ def _notes(chosen, recall_model, n, headroom):
     notes = []
     rng = recall_model.range
     if n > rng["n"][1]:
-        notes.append(f"N={n:,} is {n / rng['n'][1]:,.3g}x the sample's database: recall is "
-                     "extrapolated along the slope in log N measured between "
-                     f"{rng['n'][0]:,} and {rng['n'][1]:,} rows")
+        f = n / rng["n"][1]
+        notes.append(f"N={n:,} is {f:,.3g}x the sample's database: recall is thinned "
+                     f"from the sample (rank j of N read as the sample's rank j/{f:.3g}; below "
+                     "rank 1 the sample's per-rank shares are extended to rank 0 by the line "
+                     "through ranks 1..3) and the refine stage's loss extrapolated as a power "
+                     f"of N fitted between {rng['n'][0]:,} and {rng['n'][1]:,} rows")
     if chosen["nlist"] > rng["nlist"][1] or chosen["nlist"] < rng["nlist"][0]:
         notes.append(f"nlist={chosen['nlist']} is outside the measured {rng['nlist'][0]}.."
                      f"{rng['nlist'][1]}: its recall is extrapolated linearly in log nlist")
