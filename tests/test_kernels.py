@@ -128,8 +128,10 @@ def test_topk_from_dots_rounds_like_numpy(clamp, integer):
 @pytest.mark.parametrize("filtered", [False, True])
 def test_topk_from_dots_over_many_columns(filtered):
     """At least 16 k columns: the strided groups' bound skips most columns
-    before the heap; results still equal a full sort (ties by smaller id,
-    clamped keys, +inf keys, a filter's skipped columns, a limit)."""
+    before the selection; results still equal a full sort (ties by smaller
+    id, clamped keys, +inf keys, a filter's skipped columns, a limit), for k
+    on both sides of the sorted-run selection's bound and for rows of fewer
+    than 16 k columns (no group bound)."""
     rng = np.random.default_rng(12)
     nq, n = 9, 1000
     dots = rng.integers(-4, 5, (nq, n)).astype(np.float32)  # many ties
@@ -139,21 +141,24 @@ def test_topk_from_dots_over_many_columns(filtered):
     qadd = rng.integers(-3, 4, nq).astype(np.float32)
     ids = rng.permutation(10 * n)[:n].astype(np.int64)
     allowed = (rng.random(n) < 0.3).astype(np.uint8) if filtered else None
-    keys = np.maximum(base[None, :] - np.float32(2) * dots + qadd[:, None], 0)
-    keep = np.ones(n, bool) if allowed is None else allowed.astype(bool)
-    for k in (1, 10, 62, 300):
-        Dr, Ir = topk_smallest(keys[:, keep], ids[keep], k)
-        for fn in (ktopk.topk_from_dots_serial, ktopk.topk_from_dots_parallel):
-            D = np.empty((nq, k), np.float32)
-            I = np.empty((nq, k), np.int64)
-            fn(*readonly(dots, base), np.float32(2), readonly(qadd), True, readonly(ids), k,
-               D, I, allowed)
-            np.testing.assert_array_equal(I, Ir)
-            np.testing.assert_array_equal(D, Dr.astype(np.float32))
-        limit = Dr[:, k // 2].astype(np.float32)
-        ktopk.topk_from_dots_serial(*readonly(dots, base), np.float32(2), readonly(qadd), True,
-                                    readonly(ids), k, D, I, allowed, limit)
-        np.testing.assert_array_equal(I, np.where(Dr <= limit[:, None], Ir, -1))
+    small = ktopk._SMALL_K
+    for cols, ks in ((n, (1, 10, small - 1, small, small + 1, 62, 300)), (100, (3, 10, 40))):
+        d, b, i = dots[:, :cols].copy(), base[:cols].copy(), ids[:cols].copy()
+        a = None if allowed is None else allowed[:cols].copy()
+        keys = np.maximum(b[None, :] - np.float32(2) * d + qadd[:, None], 0)
+        keep = np.ones(cols, bool) if a is None else a.astype(bool)
+        for k in ks:
+            Dr, Ir = topk_smallest(keys[:, keep], i[keep], k)
+            for fn in (ktopk.topk_from_dots_serial, ktopk.topk_from_dots_parallel):
+                D = np.empty((nq, k), np.float32)
+                I = np.empty((nq, k), np.int64)
+                fn(*readonly(d, b), np.float32(2), readonly(qadd), True, readonly(i), k, D, I, a)
+                np.testing.assert_array_equal(I, Ir)
+                np.testing.assert_array_equal(D, Dr.astype(np.float32))
+            limit = Dr[:, k // 2].astype(np.float32)
+            ktopk.topk_from_dots_serial(*readonly(d, b), np.float32(2), readonly(qadd), True,
+                                        readonly(i), k, D, I, a, limit)
+            np.testing.assert_array_equal(I, np.where(Dr <= limit[:, None], Ir, -1))
 
 
 @pytest.mark.parametrize("k", [1, 5, 37, 50])

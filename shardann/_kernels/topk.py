@@ -120,7 +120,21 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
     # bounds the k-th smallest key from above and columns above it can be
     # skipped without the heap (which sifts far less). Same results.
     G = n // 16 if n >= 16 * k else 0
+    small = k <= _SMALL_K and not resume
     for q in prange(nq):
+        add = qadd[q]
+        lim = np.float32(np.inf) if limit is None else limit[q]
+        keys = np.empty(n + (G if small else 0), np.float32)  # + the small path's minima
+        for j in range(n):  # a vector loop: no branch but the selects
+            v = (base[j] - scale * dots[q, j]) + add
+            if clamp and v < zero:
+                v = zero
+            if allowed is not None and allowed[j] == 0:
+                v = np.float32(np.inf)  # (skipped below; never a group's bound)
+            keys[j] = v
+        if small:
+            _select_small(keys, n, ids, allowed, lim, G, k, out_d[q], out_i[q])
+            continue
         hd = np.empty(k, np.float32)
         hi = np.empty(k, np.int64)
         hid = np.empty(k, np.int64)
@@ -129,16 +143,6 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
             for j in range(k):
                 if out_i[q, j] >= 0:
                     heap_push(hd, hi, hid, k, out_d[q, j], out_i[q, j], out_i[q, j])
-        add = qadd[q]
-        lim = np.float32(np.inf) if limit is None else limit[q]
-        keys = np.empty(n, np.float32)
-        for j in range(n):  # a vector loop: no branch but the selects
-            v = (base[j] - scale * dots[q, j]) + add
-            if clamp and v < zero:
-                v = zero
-            if allowed is not None and allowed[j] == 0:
-                v = np.float32(np.inf)  # (skipped below; never a group's bound)
-            keys[j] = v
         if G > 0:
             low = keys[:G].copy()
             for t in range(1, 16):
@@ -162,6 +166,71 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
                 continue
             heap_push(hd, hi, hid, k, v, ids[j], ids[j])
         heap_sort_into(hd, hi, hid, out_d[q], out_i[q])
+
+
+#: up to this k, a row's selection keeps a sorted run instead of a heap (the
+#: coarse probe's nprobe + a few): shifting a short run costs less than a
+#: heap's unpredictable sift, and the run needs no final sort
+_SMALL_K = 32
+
+
+@njit(cache=True, nogil=True)
+def _select_small(keys, n, ids, allowed, lim, G, k, sd, si):
+    """The k smallest (key, id) of one row's keys ``keys[:n]`` float32 with
+    keys above ``lim`` skipped, best first into ``sd`` float32 (k,) / ``si``
+    int64 (k,) (padded with (+inf, -1)). ``G`` > 0: the bound from 16 strided
+    groups' minima, as in the heap path, which ``keys[n:n + G]`` holds while
+    it is formed. Same results as the heap path."""
+    if G > 0:
+        low = keys[n:n + G]
+        low[:] = keys[:G]
+        for t in range(1, 16):
+            for c in range(G):  # a vector loop
+                v = keys[t * G + c]
+                if v < low[c]:
+                    low[c] = v
+        # the k-th smallest of the minima, kept in a sorted run (sd)
+        cnt = 0
+        for c in range(G):
+            v = low[c]
+            if cnt == k and not v < sd[k - 1]:
+                continue
+            p = cnt if cnt < k else k - 1
+            while p > 0 and sd[p - 1] > v:
+                sd[p] = sd[p - 1]
+                p -= 1
+            sd[p] = v
+            if cnt < k:
+                cnt += 1
+        if cnt == k and sd[k - 1] < lim:
+            lim = sd[k - 1]
+    # the columns under the bound (few), gathered without a branch per column
+    cand = np.empty(n, np.int32)
+    m = 0
+    for j in range(n):
+        cand[m] = j
+        m += keys[j] <= lim
+    cnt = 0
+    for t in range(m):
+        j = cand[t]
+        if allowed is not None and allowed[j] == 0:
+            continue
+        v = keys[j]
+        i = ids[j]
+        if cnt == k and _worse(v, i, sd[k - 1], si[k - 1]):
+            continue
+        p = cnt if cnt < k else k - 1
+        while p > 0 and _worse(sd[p - 1], si[p - 1], v, i):
+            sd[p] = sd[p - 1]
+            si[p] = si[p - 1]
+            p -= 1
+        sd[p] = v
+        si[p] = i
+        if cnt < k:
+            cnt += 1
+    for t in range(cnt, k):
+        sd[t] = np.inf
+        si[t] = -1
 
 
 # rows are independent: the parallel twin (prange over rows) gives the same results
