@@ -61,7 +61,9 @@ def test_keys_are_distances_to_the_decoded_codes(data, metric, nbits):
     assert (I == want_i).mean() > 0.97
 
 
-@pytest.mark.parametrize("nbits", [4, 8])
+# 8 bits: opt-in (-m slow) to keep the default suite under 10 minutes; its codes'
+# keys are checked against float64 in test_keys_are_distances_to_the_decoded_codes
+@pytest.mark.parametrize("nbits", [4, pytest.param(8, marks=pytest.mark.slow)])
 def test_every_scan_kernel_gives_the_same_results(data, nbits):
     _, xq, _ = data
     fast = _raw(data, "l2", nbits)
