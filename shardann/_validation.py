@@ -144,14 +144,22 @@ def as_id_array(ids, name="ids"):
     return arr.astype(np.int64)
 
 
-def check_probe_ratio(value):
-    """Return ``probe_ratio`` as a float in (0, 1], or None (adaptive probing off)."""
+def _optional_real(name, value, expect):
+    """``value`` as a float, or None; TypeError naming ``expect`` for a bool or a
+    non-number (the range is the caller's)."""
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"probe_ratio must be a number in (0, 1] or None; got "
+        raise TypeError(f"{name} must be {expect} or None; got "
                         f"{type(value).__name__} ({value!r})")
-    value = float(value)
+    return float(value)
+
+
+def check_probe_ratio(value):
+    """Return ``probe_ratio`` as a float in (0, 1], or None (adaptive probing off)."""
+    value = _optional_real("probe_ratio", value, "a number in (0, 1]")
+    if value is None:
+        return None
     if not 0.0 < value <= 1.0:  # also refuses NaN
         raise ValueError(f"probe_ratio must be in (0, 1] (1 probes only the lists as close "
                          f"as the closest one); got {value!r}")
@@ -169,12 +177,9 @@ def check_search_args(k, nprobe=None, nlist=None, refine_factor=0):
 
 def check_probe_gap(value):
     """Return ``probe_gap`` as a float > 0 (``inf`` allowed), or None (off)."""
+    value = _optional_real("probe_gap", value, "a number > 0")
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"probe_gap must be a number > 0 or None; got "
-                        f"{type(value).__name__} ({value!r})")
-    value = float(value)
     if not value > 0.0:  # also refuses NaN
         raise ValueError(f"probe_gap must be > 0 (larger scans more lists; inf scans all "
                          f"nprobe); got {value!r}")
