@@ -82,6 +82,33 @@ def heap_sort_into(hd, hi, hid, out_d, out_i):
         heap_replace_top(hd, hi, hid, n, d, i, ident)
 
 
+@njit(inline="always")
+def _group_minima(keys, G, low):
+    # low[c] = min over t < 16 of keys[t G + c]: the 16 strided groups' minima
+    low[:] = keys[:G]
+    for t in range(1, 16):
+        for c in range(G):  # a vector loop
+            v = keys[t * G + c]
+            if v < low[c]:
+                low[c] = v
+
+
+@njit(inline="always")
+def _run_insert(sd, si, cnt, k, v, i):
+    # offer (v, i) to the sorted run sd/si holding the cnt (<= k) best; returns
+    # the new count
+    if cnt == k and _worse(v, i, sd[k - 1], si[k - 1]):
+        return cnt
+    p = cnt if cnt < k else k - 1
+    while p > 0 and _worse(sd[p - 1], si[p - 1], v, i):
+        sd[p] = sd[p - 1]
+        si[p] = si[p - 1]
+        p -= 1
+    sd[p] = v
+    si[p] = i
+    return cnt + 1 if cnt < k else cnt
+
+
 def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, allowed=None,
                          limit=None, resume=False):
     """Row-wise k smallest keys ``base[j] - scale * dots[q, j] + qadd[q]``.
@@ -144,12 +171,8 @@ def _topk_from_dots_body(dots, base, scale, qadd, clamp, ids, k, out_d, out_i, a
                 if out_i[q, j] >= 0:
                     heap_push(hd, hi, hid, k, out_d[q, j], out_i[q, j], out_i[q, j])
         if G > 0:
-            low = keys[:G].copy()
-            for t in range(1, 16):
-                for c in range(G):
-                    v = keys[t * G + c]
-                    if v < low[c]:
-                        low[c] = v
+            low = np.empty(G, np.float32)
+            _group_minima(keys, G, low)
             gd = np.empty(k, np.float32)  # a heap of its own: hd may hold a resumed result
             gi = np.empty(k, np.int64)
             gid = np.empty(k, np.int64)
@@ -183,13 +206,10 @@ def _select_small(keys, n, ids, allowed, lim, G, k, sd, si):
     it is formed. Same results as the heap path."""
     if G > 0:
         low = keys[n:n + G]
-        low[:] = keys[:G]
-        for t in range(1, 16):
-            for c in range(G):  # a vector loop
-                v = keys[t * G + c]
-                if v < low[c]:
-                    low[c] = v
-        # the k-th smallest of the minima, kept in a sorted run (sd)
+        _group_minima(keys, G, low)
+        # the k-th smallest of the minima, kept in the sorted run sd (values
+        # alone: a tie's order cannot change the k-th value, and the id test
+        # of _run_insert cost ~6% of the probe's selection)
         cnt = 0
         for c in range(G):
             v = low[c]
@@ -213,21 +233,8 @@ def _select_small(keys, n, ids, allowed, lim, G, k, sd, si):
     cnt = 0
     for t in range(m):
         j = cand[t]
-        if allowed is not None and allowed[j] == 0:
-            continue
-        v = keys[j]
-        i = ids[j]
-        if cnt == k and _worse(v, i, sd[k - 1], si[k - 1]):
-            continue
-        p = cnt if cnt < k else k - 1
-        while p > 0 and _worse(sd[p - 1], si[p - 1], v, i):
-            sd[p] = sd[p - 1]
-            si[p] = si[p - 1]
-            p -= 1
-        sd[p] = v
-        si[p] = i
-        if cnt < k:
-            cnt += 1
+        if allowed is None or allowed[j] != 0:
+            cnt = _run_insert(sd, si, cnt, k, keys[j], ids[j])
     for t in range(cnt, k):
         sd[t] = np.inf
         si[t] = -1
